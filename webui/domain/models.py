@@ -1,0 +1,84 @@
+"""Records of models found on disk. Pure data: no torch, no file access."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import PurePath
+
+from pydantic import BaseModel
+
+
+class ModelFamily(str, Enum):
+    """Architecture families Easel can load. Values are stable identifiers (also config folder names)."""
+
+    SD1 = "sd1"
+    SD1_INPAINT = "sd1-inpaint"
+    SD2 = "sd2"  # epsilon prediction (512 base)
+    SD2_V = "sd2-v"  # v-prediction (768-v)
+    SD2_INPAINT = "sd2-inpaint"
+    SDXL = "sdxl"
+    SDXL_REFINER = "sdxl-refiner"
+    SDXL_INPAINT = "sdxl-inpaint"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER, ModelFamily.SDXL_INPAINT)
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self in (ModelFamily.SD1_INPAINT, ModelFamily.SD2_INPAINT, ModelFamily.SDXL_INPAINT)
+
+
+_LABELS = {
+    ModelFamily.SD1: "SD 1.x",
+    ModelFamily.SD1_INPAINT: "SD 1.x inpainting",
+    ModelFamily.SD2: "SD 2.x",
+    ModelFamily.SD2_V: "SD 2.x (v-prediction)",
+    ModelFamily.SD2_INPAINT: "SD 2.x inpainting",
+    ModelFamily.SDXL: "SDXL base",
+    ModelFamily.SDXL_REFINER: "SDXL refiner",
+    ModelFamily.SDXL_INPAINT: "SDXL inpainting",
+}
+
+
+class ModelFormat(str, Enum):
+    SAFETENSORS = "safetensors"
+    CKPT = "ckpt"  # .ckpt / .pt / .pth: torch pickles, loaded with weights_only=True only
+    DIFFUSERS = "diffusers"  # a folder with model_index.json
+
+
+class CheckpointRecord(BaseModel):
+    """A checkpoint found by the registry.
+
+    ``name`` is the path relative to the checkpoint folder with forward slashes (A1111's
+    ``filename`` relative name, e.g. ``sub/model.safetensors``); ``model_name`` is that without the
+    extension (A1111's ``model_name`` / infotext ``Model``).
+    """
+
+    name: str
+    path: str
+    format: ModelFormat
+    size: int
+    mtime: float
+    family: ModelFamily | None = None  # None until identified, or when identification failed
+    family_error: str | None = None
+    config_path: str | None = None  # an A1111 ``<name>.yaml`` beside the file, if present
+    sha256: str | None = None  # full hex, once known
+
+    @property
+    def model_name(self) -> str:
+        path = PurePath(self.name)
+        return str(path.with_suffix("")) if self.format is not ModelFormat.DIFFUSERS else self.name
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        """A1111's checkpoint title: ``"<relative name> [<10-hex>]"`` or just the name."""
+        return f"{self.name} [{self.short_hash}]" if self.short_hash else self.name
