@@ -1,0 +1,360 @@
+"""Embedding the infotext in image files, reading it back, and saving outputs A1111-style.
+
+* PNG: a ``parameters`` text chunk (tEXt; Pillow switches to iTXt by itself when the text is not latin-1).
+* JPEG / WebP: EXIF ``UserComment`` (Exif IFD tag 0x9286) holding ``b"UNICODE\\0"`` + UTF-16-BE text, the
+  encoding A1111 writes through piexif. Built with Pillow's own :class:`PIL.Image.Exif`.
+* Files: ``<dir>/NNNNN-<seed>.<ext>``, numbered after the highest existing ``NNNNN-`` prefix, written to a
+  temp file first and published under its final name without ever replacing an existing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from webui.metadata.infotext import build_infotext
+
+try:  # POSIX: lets concurrent processes agree on sequence numbers.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "IGNORED_INFO_KEYS",
+    "ImageFormat",
+    "dated_output_dir",
+    "decode_user_comment",
+    "encode_image",
+    "encode_user_comment",
+    "next_sequence_number",
+    "read_infotext",
+    "save_image_atomic",
+]
+
+ImageFormat = Literal["png", "jpg", "jpeg", "webp"]
+
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+_UNICODE_PREFIX = b"UNICODE\x00"
+_ASCII_PREFIX = b"ASCII\x00\x00\x00"
+_UNDEFINED_PREFIX = b"\x00" * 8
+
+# image.info keys that are container details, not user metadata (A1111's IGNORED_INFO_KEYS).
+IGNORED_INFO_KEYS = frozenset(
+    {
+        "jfif",
+        "jfif_version",
+        "jfif_unit",
+        "jfif_density",
+        "dpi",
+        "exif",
+        "loop",
+        "background",
+        "timestamp",
+        "duration",
+        "progressive",
+        "progression",
+        "icc_profile",
+        "chromaticity",
+        "photoshop",
+    }
+)
+
+# NovelAI's sampler ids -> A1111 sampler names (unknown ids fall back to "Euler a", as A1111 does).
+_NOVELAI_SAMPLERS = {
+    "k_euler_ancestral": "Euler a",
+    "k_euler": "Euler",
+    "k_lms": "LMS",
+    "k_heun": "Heun",
+    "k_dpm_2": "DPM2",
+    "k_dpm_2_ancestral": "DPM2 a",
+    "k_dpmpp_2s_ancestral": "DPM++ 2S a",
+    "k_dpmpp_2m": "DPM++ 2M",
+    "k_dpmpp_sde": "DPM++ SDE",
+    "ddim": "DDIM",
+    "plms": "PLMS",
+}
+
+
+# --------------------------------------------------------------------------------------------- EXIF comment
+
+
+def encode_user_comment(text: str) -> bytes:
+    """EXIF UserComment bytes for ``text``: ``b"UNICODE\\0"`` followed by UTF-16-BE, as A1111 writes."""
+    return _UNICODE_PREFIX + text.encode("utf-16-be")
+
+
+def _utf16_is_little_endian(payload: bytes) -> bool:
+    # Mostly-ASCII text has its zero bytes on the high side of each code unit: even offsets for BE.
+    zeros_even = payload[0::2].count(0)
+    zeros_odd = payload[1::2].count(0)
+    return zeros_odd > zeros_even
+
+
+def decode_user_comment(raw: bytes | str) -> str:
+    """Decode an EXIF UserComment: ``UNICODE\\0`` + UTF-16 (BE, or BOM / clearly LE), ``ASCII\\0\\0\\0`` +
+    text, or anything else as UTF-8 with undecodable bytes dropped. Trailing NULs are removed."""
+    if isinstance(raw, str):
+        return raw.rstrip("\x00")
+    prefix, payload = raw[:8], raw[8:]
+    if prefix == _UNICODE_PREFIX:
+        if payload[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            text = payload.decode("utf-16", errors="replace")
+        elif _utf16_is_little_endian(payload):
+            text = payload.decode("utf-16-le", errors="replace")
+        else:
+            text = payload.decode("utf-16-be", errors="replace")
+    elif prefix in (_ASCII_PREFIX, _UNDEFINED_PREFIX):
+        text = payload.decode("utf-8", errors="ignore")
+    else:
+        text = raw.decode("utf-8", errors="ignore")
+    return text.rstrip("\x00")
+
+
+# --------------------------------------------------------------------------------------------- encode
+
+
+def encode_image(
+    image: Image.Image, infotext: str | None, fmt: ImageFormat = "png", quality: int = 95
+) -> bytes:
+    """Encode ``image`` as PNG, JPEG or WebP bytes with ``infotext`` embedded (nothing when ``None``).
+
+    JPEG cannot hold alpha or palettes, so any mode other than RGB/L is converted to RGB first (alpha is
+    dropped, as A1111 does). ``quality`` applies to JPEG and WebP (WebP stays lossy).
+    """
+    fmt_name = fmt.lower()
+    buffer = io.BytesIO()
+    if fmt_name == "png":
+        png_info = None
+        if infotext is not None:
+            png_info = PngInfo()
+            png_info.add_text("parameters", infotext)
+        image.save(buffer, format="PNG", pnginfo=png_info)
+    elif fmt_name in ("jpg", "jpeg", "webp"):
+        exif = Image.Exif()
+        if infotext is not None:
+            exif.get_ifd(EXIF_IFD)[USER_COMMENT] = encode_user_comment(infotext)
+        if fmt_name == "webp":
+            image.save(buffer, format="WEBP", quality=quality, exif=exif)
+        else:
+            if image.mode not in ("RGB", "L"):
+                image = image.convert("RGB")
+            image.save(buffer, format="JPEG", quality=quality, exif=exif)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}; use png, jpg or webp")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- read
+
+
+def _open(source: Image.Image | bytes | bytearray | memoryview | str | os.PathLike[str]) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, bytes | bytearray | memoryview):
+        return Image.open(io.BytesIO(bytes(source)))
+    return Image.open(source)
+
+
+def _novelai_infotext(items: dict[str, object], width: int, height: int) -> str | None:
+    comment = items.get("Comment")
+    if not isinstance(comment, str):
+        return None
+    try:
+        info = json.loads(comment)
+    except ValueError:
+        return None
+    if not isinstance(info, dict):
+        return None
+    prompt = items.get("Description", info.get("prompt", ""))
+    params = {
+        "Steps": info.get("steps"),
+        "Sampler": _NOVELAI_SAMPLERS.get(str(info.get("sampler")), "Euler a"),
+        "CFG scale": info.get("scale"),
+        "Seed": info.get("seed"),
+        "Size": f"{width}x{height}",
+        "Clip skip": 2,
+        "ENSD": 31337,
+    }
+    return build_infotext(str(prompt), str(info.get("uc", "")), params)
+
+
+def read_infotext(
+    source: Image.Image | bytes | bytearray | memoryview | str | os.PathLike[str],
+) -> tuple[str | None, dict[str, object]]:
+    """Read the infotext of an image (object, encoded bytes or path), like A1111's ``read_info_from_image``.
+
+    Returns ``(infotext or None, items)``: the PNG ``parameters`` text; else the EXIF UserComment (JPEG, WebP,
+    PNG eXIf); else a GIF ``comment``; else a NovelAI ``Software``/``Comment`` pair converted to A1111 syntax.
+    ``items`` are the image's other ``info`` entries, without ``parameters`` and without container keys
+    (:data:`IGNORED_INFO_KEYS`).
+    """
+    image = _open(source)
+    if "parameters" not in image.info and image.format == "PNG":
+        # Text chunks placed after the image data are only seen once the image is loaded.
+        with contextlib.suppress(OSError):
+            image.load()
+    items: dict[str, object] = {key: value for key, value in image.info.items() if isinstance(key, str)}
+    infotext: str | None = None
+    parameters = items.pop("parameters", None)
+    if isinstance(parameters, str):
+        infotext = parameters
+    elif isinstance(parameters, bytes):
+        infotext = parameters.decode("utf-8", errors="replace")
+
+    if infotext is None:
+        try:
+            raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+        except (OSError, ValueError, SyntaxError):
+            raw = None
+        if isinstance(raw, bytes | str):
+            comment = decode_user_comment(raw)
+            if comment:
+                infotext = comment
+
+    if infotext is None and "comment" in items:
+        comment_value = items["comment"]
+        if isinstance(comment_value, bytes):
+            infotext = comment_value.decode("utf-8", errors="replace")
+        elif isinstance(comment_value, str):
+            infotext = comment_value
+
+    for key in IGNORED_INFO_KEYS:
+        items.pop(key, None)
+
+    if items.get("Software") == "NovelAI":
+        converted = _novelai_infotext(items, image.width, image.height)
+        if converted is not None:
+            infotext = converted
+    return infotext, items
+
+
+# --------------------------------------------------------------------------------------------- save
+
+_SEQUENCE_RE = re.compile(r"^(\d+)-")
+_TEMP_PREFIX = ".easel-tmp-"
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def dated_output_dir(root: Path, kind: str, when: date) -> Path:
+    """``root/<kind>-images/YYYY-MM-DD`` (A1111's layout, e.g. ``outputs/txt2img-images/2024-05-01``).
+
+    Only computes the path; :func:`save_image_atomic` creates it.
+    """
+    return Path(root) / f"{kind}-images" / when.isoformat()
+
+
+def next_sequence_number(directory: Path) -> int:
+    """One more than the highest ``NNNNN-`` file-name prefix in ``directory`` (0 when there is none)."""
+    highest = -1
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        match = _SEQUENCE_RE.match(entry.name)
+        if match is not None:
+            highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Serialise numbering in ``directory``: a lock between threads, ``flock`` on the directory between
+    processes (where available)."""
+    key = os.path.realpath(directory)
+    with _thread_locks_guard:
+        lock = _thread_locks.setdefault(key, threading.Lock())
+    with lock:
+        fd = -1
+        if fcntl is not None:
+            try:
+                fd = os.open(directory, os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                if fd >= 0:
+                    os.close(fd)
+                fd = -1  # no cross-process lock here; the no-overwrite claim below still holds
+        try:
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # closing releases the flock
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows, where directories cannot be opened
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _claim(temp_path: str, target: Path) -> bool:
+    """Publish ``temp_path`` as ``target`` unless ``target`` exists; True when it now holds our data."""
+    try:
+        os.link(temp_path, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass  # hard links unsupported on this file system: claim the name with O_EXCL, then swap in the data
+    try:
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    os.replace(temp_path, target)
+    return True
+
+
+def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path:
+    """Write encoded image ``data`` to ``directory/NNNNN-<seed>.<ext>`` and return that path.
+
+    ``NNNNN`` is the next number after the highest existing ``NNNNN-`` prefix (00000 in an empty folder).
+    The bytes go to a temp file in the same folder first and are fsync-ed; the final name is then claimed
+    with ``os.link`` (or ``O_EXCL``), which fails rather than replace an existing file, in which case the next
+    number is tried. Threads and (on POSIX) processes saving into the same folder take turns while choosing a
+    number, so concurrent saves get distinct numbers. The directory is created if needed.
+    """
+    ext = ext.lower().lstrip(".")
+    if not ext or "/" in ext or os.sep in ext:
+        raise ValueError(f"invalid file extension {ext!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=f".{ext}", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with _directory_lock(directory):
+            number = next_sequence_number(directory)
+            while True:
+                target = directory / f"{number:05d}-{seed}.{ext}"
+                if _claim(temp_path, target):
+                    break
+                number += 1
+        _fsync_directory(directory)
+        return target
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
