@@ -1,0 +1,317 @@
+"""A1111-style prompt conditioning: prompt text → text-encoder embeddings.
+
+The steps, each matching what A1111 users expect from a prompt:
+
+1. ``<lora:...>``-style tags are removed (they are applied to the model elsewhere, never encoded).
+2. Prompt editing / alternation are resolved per sampling step (:func:`webui.domain.prompt.prompt_schedule`).
+3. Attention syntax is parsed into weighted fragments (:func:`webui.domain.prompt.parse_attention`); each
+   fragment is tokenized on its own, without special tokens.
+4. Tokens are packed into chunks of 75 (:func:`build_chunks`): ``BREAK`` ends a chunk, and a chunk that
+   fills up within 20 tokens after a comma is cut just after that comma, the rest moving to the next chunk.
+   Each chunk becomes BOS + 75 tokens + EOS = 77 ids, padded with EOS and then, after the first EOS, with
+   the tokenizer's pad token (``!`` for SD2 and SDXL's second encoder).
+5. Every chunk is encoded. SD1/SD2: hidden state ``-clip_skip`` followed by the final layer norm. SDXL:
+   hidden state ``-(clip_skip + 1)`` of both encoders without the final norm, joined on the feature axis,
+   plus the second encoder's projected pooled output of the first chunk.
+6. Emphasis ("Original"): each token's vector is multiplied by its weight, then the chunk is rescaled so
+   its mean equals the unweighted mean.
+7. Chunks are joined along the sequence axis: ``[1, 77 * chunks, dim]``. Conditionings that are used
+   together (prompt and negative, every scheduled prompt) are padded to one length with the encoding of an
+   empty prompt, as A1111 does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from webui.domain.prompt import (
+    Break,
+    extract_extra_networks,
+    parse_attention,
+    prompt_schedule,
+)
+
+CHUNK_TOKENS = 75
+CHUNK_LENGTH = CHUNK_TOKENS + 2
+COMMA_BACKTRACK = 20  # A1111 option "comma_padding_backtrack"
+_COMMA_TOKEN = ",</w>"
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """77 token ids (BOS, 75 tokens or padding, EOS/padding) and one weight per id."""
+
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text-encoder output for one prompt.
+
+    ``embeds``: ``[1, 77 * chunks, dim]``; ``pooled``: ``[1, projection_dim]`` for SDXL, else ``None``.
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    @property
+    def chunks(self) -> int:
+        return self.embeds.shape[1] // CHUNK_LENGTH
+
+
+@dataclass(frozen=True)
+class ScheduledConditioning:
+    """Per-step conditionings for prompt and negative: ``(end_step, Conditioning)`` segments, one length.
+
+    Look segments up with :meth:`at` using the sampler's 0-based step index (A1111's convention).
+    """
+
+    cond: list[tuple[int, Conditioning]]
+    uncond: list[tuple[int, Conditioning]]
+
+    def at(self, step: int) -> tuple[Conditioning, Conditioning]:
+        return _segment_at(self.cond, step), _segment_at(self.uncond, step)
+
+    @property
+    def is_static(self) -> bool:
+        """True when neither prompt changes during sampling, so callers can skip per-step lookups."""
+        return len(self.cond) == 1 and len(self.uncond) == 1
+
+
+def _segment_at(schedule: list[tuple[int, Conditioning]], step: int) -> Conditioning:
+    for end_step, conditioning in schedule:
+        if step <= end_step:
+            return conditioning
+    return schedule[-1][1]
+
+
+def build_chunks(prompt: str, tokenizer: Any) -> list[TokenChunk]:
+    """Tokenize a plain prompt (no editing syntax left) into weighted 77-token chunks.
+
+    ``tokenizer`` is a transformers CLIP tokenizer; its BOS, EOS and pad ids are used. An empty prompt
+    gives one chunk of BOS, EOS and padding.
+    """
+    items = parse_attention(prompt)
+    fragments = [item for item in items if not isinstance(item, Break)]
+    texts = [fragment.text for fragment in fragments]
+    token_lists: list[list[int]] = (
+        tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        if texts
+        else []
+    )
+    token_iter = iter(token_lists)
+    comma_id = tokenizer.convert_tokens_to_ids(_COMMA_TOKEN)
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    chunks: list[TokenChunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def finish_chunk() -> None:
+        nonlocal ids, weights, last_comma
+        fill = CHUNK_TOKENS - len(ids)
+        body_ids = [bos, *ids, *([eos] * fill), eos]
+        body_weights = [1.0, *weights, *([1.0] * fill), 1.0]
+        first_eos = body_ids.index(eos, 1 + len(ids))
+        body_ids[first_eos + 1 :] = [pad] * (CHUNK_LENGTH - first_eos - 1)
+        chunks.append(TokenChunk(tuple(body_ids), tuple(body_weights)))
+        ids, weights, last_comma = [], [], -1
+
+    for item in items:
+        if isinstance(item, Break):
+            finish_chunk()
+            continue
+        for token in next(token_iter):
+            if token == comma_id:
+                last_comma = len(ids)
+            elif len(ids) == CHUNK_TOKENS and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
+                # The chunk is full and a comma is close: end the chunk after the comma instead.
+                cut = last_comma + 1
+                moved_ids, moved_weights = ids[cut:], weights[cut:]
+                ids, weights = ids[:cut], weights[:cut]
+                finish_chunk()
+                ids, weights = moved_ids, moved_weights
+            if len(ids) == CHUNK_TOKENS:
+                finish_chunk()
+            ids.append(token)
+            weights.append(item.weight)
+    if ids or not chunks:
+        finish_chunk()
+    return chunks
+
+
+class PromptEncoder:
+    """Encodes A1111 prompts with one text encoder (SD1/SD2) or two (SDXL; one for the SDXL refiner).
+
+    ``tokenizers[i]`` belongs to ``text_encoders[i]`` (transformers ``CLIPTextModel`` or, for SDXL's last
+    encoder, ``CLIPTextModelWithProjection``, which also gives the pooled embedding). The encoders are used
+    where they are: their device and dtype decide those of the result. ``zero_empty_negative`` (default: on
+    for SDXL, as in A1111) encodes an empty negative prompt as zeros.
+    """
+
+    def __init__(
+        self,
+        tokenizers: Sequence[Any],
+        text_encoders: Sequence[torch.nn.Module],
+        *,
+        is_sdxl: bool,
+        zero_empty_negative: bool | None = None,
+    ) -> None:
+        if len(tokenizers) != len(text_encoders) or not tokenizers:
+            raise ValueError("need one tokenizer per text encoder, and at least one of each")
+        if is_sdxl and len(text_encoders) not in (1, 2):
+            raise ValueError(f"SDXL uses two text encoders, the refiner one (got {len(text_encoders)})")
+        if not is_sdxl and len(text_encoders) != 1:
+            raise ValueError(f"SD1/SD2 use one text encoder (got {len(text_encoders)})")
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = list(text_encoders)
+        self.is_sdxl = is_sdxl
+        self.zero_empty_negative = is_sdxl if zero_empty_negative is None else zero_empty_negative
+
+    # -- single prompts ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, prompt: str, clip_skip: int = 1) -> Conditioning:
+        """Encode one plain prompt (attention, BREAK; editing syntax is taken literally)."""
+        prompt, _ = extract_extra_networks(prompt)
+        chunk_sets = [build_chunks(prompt, tokenizer) for tokenizer in self.tokenizers]
+        if len({len(chunks) for chunks in chunk_sets}) != 1:
+            raise ValueError("the tokenizers split this prompt into different numbers of chunks")
+
+        hidden: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        for index, (encoder, chunks) in enumerate(zip(self.text_encoders, chunk_sets, strict=True)):
+            device = _module_device(encoder)
+            input_ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long, device=device)
+            output = encoder(input_ids=input_ids, output_hidden_states=True)
+            hidden.append(self._select_hidden(encoder, output, clip_skip))
+            if self.is_sdxl and index == len(self.text_encoders) - 1:
+                text_embeds = getattr(output, "text_embeds", None)
+                if text_embeds is None:
+                    raise ValueError("SDXL's last text encoder must be a CLIPTextModelWithProjection")
+                pooled = text_embeds[:1]
+
+        dtype = hidden[0].dtype
+        z = torch.cat([h.to(device=hidden[0].device, dtype=dtype) for h in hidden], dim=-1)  # [k, 77, D]
+        z = _apply_emphasis(z, chunk_sets[0])
+        embeds = z.reshape(1, -1, z.shape[-1])
+        return Conditioning(embeds, pooled)
+
+    def _select_hidden(self, encoder: torch.nn.Module, output: Any, clip_skip: int) -> torch.Tensor:
+        layers = len(output.hidden_states) - 1
+        if self.is_sdxl:
+            if not 1 <= clip_skip < layers:
+                raise ValueError(
+                    f"clip_skip must be between 1 and {layers - 1} for this model (got {clip_skip})"
+                )
+            return output.hidden_states[-(clip_skip + 1)]
+        if not 1 <= clip_skip <= layers:
+            raise ValueError(f"clip_skip must be between 1 and {layers} for this model (got {clip_skip})")
+        if clip_skip == 1:
+            return output.last_hidden_state
+        text_model: Any = getattr(encoder, "text_model", encoder)
+        return text_model.final_layer_norm(output.hidden_states[-clip_skip])
+
+    def empty(self, clip_skip: int = 1) -> Conditioning:
+        """The encoding of an empty prompt (one chunk), used to pad conditionings to equal length.
+
+        Not cached: the encoders' weights may change between calls (LoRA patches), and it is one chunk.
+        """
+        return self.encode("", clip_skip)
+
+    # -- prompt + negative ------------------------------------------------------------------------------
+
+    def encode_pair(
+        self, prompt: str, negative: str, clip_skip: int = 1
+    ) -> tuple[Conditioning, Conditioning]:
+        """Encode prompt and negative prompt, padded to the same number of chunks."""
+        cond = self.encode(prompt, clip_skip)
+        uncond = self._encode_negative(negative, clip_skip)
+        cond, uncond = self.pad_to_same_length([cond, uncond], clip_skip)
+        return cond, uncond
+
+    def encode_schedule(
+        self, prompt: str, negative: str, steps: int, clip_skip: int = 1
+    ) -> ScheduledConditioning:
+        """Encode every prompt-editing / alternation segment of both prompts, all padded to one length.
+
+        Identical texts are encoded once.
+        """
+        prompt, _ = extract_extra_networks(prompt)
+        negative, _ = extract_extra_networks(negative)
+        cache: dict[tuple[bool, str], Conditioning] = {}
+
+        def encode_cached(text: str, is_negative: bool) -> Conditioning:
+            key = (is_negative, text)
+            if key not in cache:
+                cache[key] = (
+                    self._encode_negative(text, clip_skip) if is_negative else self.encode(text, clip_skip)
+                )
+            return cache[key]
+
+        cond_schedule = [(end, encode_cached(text, False)) for end, text in prompt_schedule(prompt, steps)]
+        uncond_schedule = [(end, encode_cached(text, True)) for end, text in prompt_schedule(negative, steps)]
+        padded = self.pad_to_same_length([c for _, c in cond_schedule + uncond_schedule], clip_skip)
+        split = len(cond_schedule)
+        return ScheduledConditioning(
+            cond=[(end, c) for (end, _), c in zip(cond_schedule, padded[:split], strict=True)],
+            uncond=[(end, c) for (end, _), c in zip(uncond_schedule, padded[split:], strict=True)],
+        )
+
+    def _encode_negative(self, negative: str, clip_skip: int) -> Conditioning:
+        negative, _ = extract_extra_networks(negative)
+        conditioning = self.encode(negative, clip_skip)
+        if self.zero_empty_negative and negative == "":
+            pooled = None if conditioning.pooled is None else torch.zeros_like(conditioning.pooled)
+            return Conditioning(torch.zeros_like(conditioning.embeds), pooled)
+        return conditioning
+
+    def pad_to_same_length(
+        self, conditionings: Sequence[Conditioning], clip_skip: int = 1
+    ) -> list[Conditioning]:
+        """Pad each conditioning with empty-prompt chunks up to the longest one's chunk count."""
+        longest = max((c.chunks for c in conditionings), default=0)
+        if all(c.chunks == longest for c in conditionings):
+            return list(conditionings)
+        return pad_conditionings(conditionings, self.empty(clip_skip))
+
+
+def pad_conditionings(conditionings: Sequence[Conditioning], empty: Conditioning) -> list[Conditioning]:
+    """Append copies of ``empty`` (one chunk) to each conditioning until all have the same chunk count."""
+    longest = max((c.chunks for c in conditionings), default=0)
+    done: dict[int, Conditioning] = {}  # a conditioning listed twice is padded once and stays shared
+    padded: list[Conditioning] = []
+    for conditioning in conditionings:
+        missing = longest - conditioning.chunks
+        if missing and id(conditioning) not in done:
+            filler = empty.embeds.to(conditioning.embeds).repeat(1, missing, 1)
+            done[id(conditioning)] = Conditioning(
+                torch.cat([conditioning.embeds, filler], dim=1), conditioning.pooled
+            )
+        padded.append(done.get(id(conditioning), conditioning))
+    return padded
+
+
+def _apply_emphasis(z: torch.Tensor, chunks: Sequence[TokenChunk]) -> torch.Tensor:
+    """A1111 "Original" emphasis on ``z`` ``[chunks, 77, dim]``: weight tokens, keep each chunk's mean."""
+    weights = torch.tensor([chunk.weights for chunk in chunks], dtype=torch.float32, device=z.device)
+    if bool((weights == 1.0).all()):
+        return z
+    z32 = z.float()
+    original_mean = z32.mean(dim=(1, 2), keepdim=True)
+    weighted = z32 * weights.unsqueeze(-1)
+    new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+    scale = torch.where(new_mean != 0, original_mean / new_mean, torch.ones_like(new_mean))
+    return (weighted * scale).to(z.dtype)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
