@@ -1,0 +1,317 @@
+"""The A1111-compatible REST adapter: ``/sdapi/v1/*`` → services.
+
+Every handler builds the same typed request the UI builds and calls the same service, so the API and
+the browser share one queue and one behaviour. Errors come back as A1111's
+``{error, detail, body, errors}`` JSON with a meaningful status, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from webui.api.schemas import ImagesResponse, PngInfoBody, PngInfoResponse, ProgressResponse, Txt2ImgBody
+from webui.container import Services
+from webui.domain.generation import GenerationResult, Txt2ImgRequest
+from webui.domain.samplers import UnknownSamplerError, sampler_list, scheduler_list
+from webui.metadata.image_io import read_infotext
+from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def decode_base64_image(data: str) -> Image.Image:
+    """Accept raw base64 or a ``data:image/...;base64,`` URL, as A1111 does."""
+    if data.startswith("data:"):
+        data = data.split(",", 1)[1] if "," in data else ""
+    if data.startswith(("http://", "https://")):
+        raise ApiError(422, "ImageError", "image URLs are not fetched; send the image as base64")
+    try:
+        raw = base64.b64decode(data, validate=False)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ApiError(422, "ImageError", f"could not decode the image: {exc}") from exc
+    return image
+
+
+def _b64(data: bytes | None) -> str:
+    return base64.b64encode(data or b"").decode("ascii")
+
+
+OVERRIDE_FIELDS = {
+    "CLIP_stop_at_last_layers": "clip_skip",
+    "sd_model_checkpoint": "checkpoint",
+    "sd_vae": "vae",
+    "samples_format": "samples_format",
+    "randn_source": "randn_source",
+    "eta_ddim": "eta",
+}
+
+
+def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+    """Translate A1111's API body into Easel's request (override_settings and infotext applied)."""
+    sent = body.model_fields_set
+    fields: dict[str, Any] = {}
+    if body.infotext:
+        parsed = parse_infotext(body.infotext)
+        for key, value in request_fields_from_infotext(parsed).items():
+            api_name = {"checkpoint": "sd_model_checkpoint"}.get(key, key)
+            if api_name not in sent:
+                fields[key] = value
+    for name in (
+        "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "steps",
+        "cfg_scale", "width", "height", "eta",
+    ):  # fmt: skip
+        if name in sent or name not in fields:
+            value = getattr(body, name)
+            if value is not None:
+                fields[name] = value
+    sampler = (
+        body.sampler_name or ("sampler_name" not in sent and fields.get("sampler_name")) or body.sampler_index
+    )
+    fields["sampler_name"] = sampler or "Euler"
+    if body.scheduler:
+        fields["scheduler"] = body.scheduler
+    opts = services.options.get()
+    fields.setdefault("clip_skip", opts.CLIP_stop_at_last_layers)
+    fields.setdefault("randn_source", opts.randn_source)
+    fields["samples_format"] = opts.samples_format
+    for key, value in (body.override_settings or {}).items():
+        target = OVERRIDE_FIELDS.get(key)
+        if target is not None and value is not None:
+            fields[target] = value
+    fields["save_images"] = body.save_images
+    try:
+        return Txt2ImgRequest(**fields)
+    except ValidationError as exc:
+        raise ApiError(422, "ValidationError", _validation_message(exc)) from exc
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
+    request = result.request
+    first = result.images[0] if result.images else None
+    info = {
+        "prompt": request.prompt,
+        "all_prompts": [image.prompt for image in result.images],
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [image.negative_prompt for image in result.images],
+        "seed": first.seed if first else request.seed,
+        "all_seeds": [image.seed for image in result.images],
+        "subseed": first.subseed if first else request.subseed,
+        "all_subseeds": [image.subseed for image in result.images],
+        "subseed_strength": request.subseed_strength,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler_name,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": bool(body.get("restore_faces")),
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": result.model_hash,
+        "sd_vae_name": result.vae_name,
+        "sd_vae_hash": result.vae_hash,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": body.get("denoising_strength"),
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [image.infotext for image in result.images],
+        "styles": body.get("styles") or [],
+        "job_timestamp": result.job_timestamp,
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": result.version,
+    }
+    return json.dumps(info, ensure_ascii=False)
+
+
+def build_router(services: Services) -> APIRouter:
+    settings = services.settings
+    security = HTTPBasic(auto_error=False)
+    credentials = settings.credentials("api")
+
+    def check_auth(creds: HTTPBasicCredentials | None = Depends(security)) -> None:
+        if not credentials:
+            return
+        if creds is not None:
+            for user, password in credentials:
+                if secrets.compare_digest(creds.username, user) and secrets.compare_digest(
+                    creds.password, password
+                ):
+                    return
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})  # fmt: skip
+
+    router = APIRouter(dependencies=[Depends(check_auth)])
+    generation = services.generation
+    models = services.models
+
+    @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
+    def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
+        request = txt2img_request(body, services)
+        result = generation.txt2img(request)
+        images = [_b64(image.png_bytes) for image in result.images] if body.send_images else []
+        parameters = body.model_dump()
+        return {"images": images, "parameters": parameters, "info": result_info(result, parameters)}
+
+    @router.get("/sdapi/v1/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        return models.sd_models_api()
+
+    @router.post("/sdapi/v1/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        models.refresh()
+
+    @router.get("/sdapi/v1/sd-vae")
+    def sd_vae() -> list[dict[str, Any]]:
+        return [{"model_name": p.name, "filename": str(p)} for p in models.vaes()]
+
+    @router.get("/sdapi/v1/options")
+    def get_options() -> dict[str, Any]:
+        return services.options.as_dict()
+
+    @router.post("/sdapi/v1/options")
+    def set_options(values: dict[str, Any]) -> None:
+        checkpoint = values.get("sd_model_checkpoint")
+        current = services.options.get().sd_model_checkpoint
+        rest = {k: v for k, v in values.items() if k != "sd_model_checkpoint"}
+        try:
+            services.options.update(rest)
+        except ValidationError as exc:
+            raise ApiError(422, "ValidationError", _validation_message(exc)) from exc
+        if checkpoint and checkpoint != current:
+            generation.load_model(checkpoint)
+
+    @router.get("/sdapi/v1/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return sampler_list()
+
+    @router.get("/sdapi/v1/schedulers")
+    def schedulers() -> list[dict[str, Any]]:
+        return scheduler_list()
+
+    @router.post("/sdapi/v1/png-info", response_model=PngInfoResponse)
+    def png_info(body: PngInfoBody) -> dict[str, Any]:
+        if not body.image:
+            raise ApiError(404, "ImageError", "Image not found")
+        image = decode_base64_image(body.image)
+        text, items = read_infotext(image)
+        parsed = parse_infotext(text) if text else {}
+        return {"info": text or "", "items": items, "parameters": parsed}
+
+    @router.get("/sdapi/v1/progress", response_model=ProgressResponse)
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        snap = generation.progress.snapshot()
+        snap.pop("busy", None)
+        current = None
+        preview = generation.progress.preview
+        if not skip_current_image and preview is not None and generation.progress.busy:
+            buffer = io.BytesIO()
+            preview.save(buffer, format="PNG")
+            current = _b64(buffer.getvalue())
+        snap["current_image"] = current
+        return snap
+
+    @router.post("/sdapi/v1/interrupt")
+    def interrupt() -> dict[str, Any]:
+        generation.interrupt()
+        return {}
+
+    @router.post("/sdapi/v1/skip")
+    def skip() -> None:
+        generation.skip()
+
+    @router.get("/sdapi/v1/memory")
+    def memory() -> dict[str, Any]:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        try:
+            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            pages = free = 0
+        engine = generation._engine
+        cuda = engine.memory() if engine is not None else {"error": "model not loaded"}
+        return {"ram": {"free": free, "used": usage, "total": pages}, "cuda": cuda}
+
+    @router.get("/internal/ping")
+    def ping() -> dict[str, Any]:
+        return {}
+
+    if settings.api_server_stop:
+
+        @router.post("/sdapi/v1/server-stop")
+        def server_stop() -> str:
+            threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            return "Stopping."
+
+    return router
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    def payload(request: Request, status: int, error: str, detail: str) -> JSONResponse:
+        return JSONResponse(
+            status_code=status,
+            content={"error": error, "detail": detail, "body": "", "errors": detail},
+        )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return payload(request, exc.status, exc.error, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return payload(request, 422, "RequestValidationError", "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def _any(request: Request, exc: Exception) -> JSONResponse:
+        name = type(exc).__name__
+        status = {
+            "UnknownSamplerError": 422,
+            "ModelNotFoundError": 404,
+            "NoModelError": 404,
+            "ModelLoadError": 500,
+            "GenerationFailed": 500,
+            "GenerationError": 422,
+            "ValidationError": 422,
+        }.get(name, 500)
+        if status == 500 and name not in ("ModelLoadError", "GenerationFailed"):
+            log.exception("API request failed")
+        return payload(request, status, name, str(exc))
+
+
+__all__ = ["ApiError", "UnknownSamplerError", "build_router", "decode_base64_image", "install_error_handlers"]

@@ -1,0 +1,89 @@
+"""Command line: A1111's flag names and meanings, turned into a ``Settings`` object.
+
+Imports nothing heavy, so ``python app.py --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from webui.settings import Settings
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage()
+        self.exit(2, f"{self.prog}: error: {message}\nRun `python app.py --help` for the list of options.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="app.py",
+        description="Easel: a self-hosted Stable Diffusion studio (A1111-compatible flags and API).",
+        allow_abbrev=False,
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 instead of 127.0.0.1")
+    server.add_argument("--port", type=int, help="port (default 7860; 7861 with --nowebui)")
+    server.add_argument("--api", action="store_true", help="serve the /sdapi/v1 API next to the UI")
+    server.add_argument("--nowebui", action="store_true", help="serve the API only")
+    server.add_argument("--gradio-auth", metavar="USER:PASS[,U2:P2]", help="password-protect the UI")
+    server.add_argument("--api-auth", metavar="USER:PASS[,U2:P2]", help="HTTP basic auth on every API route")
+    server.add_argument("--api-server-stop", action="store_true", help="enable /sdapi/v1/server-stop")
+
+    paths = parser.add_argument_group("paths")
+    paths.add_argument("--data-dir", type=Path, help="root for models/, outputs/, config.json, cache.json")
+    paths.add_argument("--ckpt", type=Path, help="checkpoint to load at start")
+    paths.add_argument("--ckpt-dir", type=Path, help="checkpoint folder (default models/Stable-diffusion)")
+    paths.add_argument("--lora-dir", type=Path, help="LoRA folder (default models/Lora)")
+    paths.add_argument("--controlnet-dir", type=Path, help="ControlNet folder (default models/ControlNet)")
+    paths.add_argument("--vae-dir", type=Path, help="VAE folder (default models/VAE)")
+    paths.add_argument("--embeddings-dir", type=Path, help="embeddings folder (default models/embeddings)")
+
+    device = parser.add_argument_group("device and memory")
+    device.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    device.add_argument("--use-cpu", nargs="+", metavar="MODULE", help="`all` runs everything on the CPU")
+    device.add_argument("--no-half", action="store_true", help="keep weights in float32")
+    device.add_argument("--bf16", action="store_true", help="use bfloat16 instead of float16 on CUDA")
+    device.add_argument(
+        "--precision", choices=["full", "autocast"], default="autocast", help="full implies --no-half"
+    )
+    device.add_argument(
+        "--xformers", action="store_true", help="use xformers attention when installed (CUDA)"
+    )
+    device.add_argument("--opt-sdp-attention", action="store_true", help="use torch SDPA attention (default)")
+    device.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
+    device.add_argument(
+        "--lowvram", action="store_true", help="stream weights layer by layer (slow, smallest)"
+    )
+    device.add_argument("--models-in-ram", type=int, default=2, help="checkpoints kept loaded (default 2)")
+    device.add_argument("--no-preload", action="store_true", help="do not load the checkpoint at start")
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    values: dict[str, object] = {}
+    for name in ("ckpt", "ckpt_dir", "lora_dir", "controlnet_dir", "vae_dir", "embeddings_dir", "port"):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    if args.data_dir is not None:
+        values["data_dir"] = args.data_dir.resolve()
+    device = args.device
+    if args.use_cpu and ("all" in args.use_cpu or "sd" in args.use_cpu):
+        device = "cpu"
+    values["device"] = device
+    if args.no_half or args.precision == "full":
+        values["precision"] = "full"
+    elif args.bf16:
+        values["precision"] = "bf16"
+    values["attention"] = "xformers" if args.xformers else "sdpa"
+    values["memory_mode"] = "lowvram" if args.lowvram else "medvram" if args.medvram else "normal"
+    values["models_in_ram"] = args.models_in_ram
+    values["preload_model"] = not args.no_preload
+    for flag in ("listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop"):
+        values[flag] = getattr(args, flag)
+    return Settings(**values)  # type: ignore[arg-type]

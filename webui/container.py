@@ -1,0 +1,75 @@
+"""``build_services(settings)``: the one place where Easel's objects are created and wired together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from webui.services.generation import GenerationService
+from webui.services.models import ModelService
+from webui.services.options import OptionsStore
+from webui.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    options: OptionsStore
+    models: ModelService
+    generation: GenerationService
+
+    def preload(self) -> threading.Thread:
+        """Load the selected checkpoint in the background so the page is served at once."""
+
+        def run() -> None:
+            try:
+                if self.models.default_checkpoint(self.options.get().sd_model_checkpoint) is None:
+                    log.warning(self.generation.no_model_message())
+                    return
+                title = self.generation.load_model(None)
+                log.info("model ready: %s", title)
+            except Exception as exc:  # reported in the UI's load status, app keeps running
+                self.models.load_state.error = str(exc)
+                log.error("could not load the checkpoint: %s", exc)
+
+        thread = threading.Thread(target=run, name="easel-preload", daemon=True)
+        thread.start()
+        return thread
+
+
+def build_services(settings: Settings, *, engine_factory: Any = None) -> Services:
+    for folder in (
+        settings.checkpoint_dir,
+        settings.lora_path,
+        settings.controlnet_path,
+        settings.vae_path,
+        settings.embeddings_path,
+        settings.outputs_path,
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+    options = OptionsStore(settings.config_file)
+    models = ModelService(settings)
+
+    def make_engine() -> Any:
+        from webui.runtime.engine import Engine
+
+        return Engine(
+            device=settings.device,
+            precision=settings.precision,
+            attention=settings.attention,
+            memory_mode=settings.memory_mode,
+            models_in_ram=settings.models_in_ram,
+            tokenizer_cache=settings.cache_dir / "clip-tokenizer",
+        )
+
+    generation = GenerationService(
+        models=models,
+        options=options,
+        engine_factory=engine_factory or make_engine,
+        outputs_root=settings.outputs_path,
+    )
+    return Services(settings=settings, options=options, models=models, generation=generation)

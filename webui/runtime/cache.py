@@ -1,0 +1,202 @@
+"""Device selection and the model cache.
+
+``ModelCache`` keeps up to N loaded checkpoints in RAM (least recently used goes first), with one of
+them on the generation device. Switching back to a cached model reads nothing from disk. A failed
+load leaves the cache (and the previously active model) untouched.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from webui.domain.models import CheckpointRecord
+from webui.runtime.loader import LoadedModel, ModelLoadError, ProgressFn, load_checkpoint, load_vae_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    dtype: torch.dtype
+    attention: str  # "sdpa" or "xformers"
+    memory_mode: str  # "normal", "medvram", "lowvram"
+
+    def describe(self) -> str:
+        name = str(self.device)
+        if self.device.type == "cuda":
+            name = f"cuda ({torch.cuda.get_device_name(self.device)})"
+        dtype = str(self.dtype).removeprefix('torch.')
+        return f"{name}, {dtype}, attention {self.attention}, {self.memory_mode}"
+
+
+def choose_device(device: str, precision: str, attention: str, memory_mode: str) -> DeviceChoice:
+    """Resolve ``--device``/``--precision``/``--xformers`` to what this machine can do.
+
+    Probing hardware may swallow errors (no CUDA → CPU); the choice is logged once.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was given but no CUDA device is available; use --device cpu")
+    target = torch.device(device)
+    if target.type == "cpu" or precision == "full":
+        dtype = torch.float32
+    elif precision == "bf16":
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float16
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            log.warning("--xformers given but xformers is not installed; using torch SDPA attention")
+            attention = "sdpa"
+        if target.type != "cuda":
+            attention = "sdpa"
+    if target.type != "cuda":
+        memory_mode = "normal"
+    return DeviceChoice(device=target, dtype=dtype, attention=attention, memory_mode=memory_mode)
+
+
+def _cache_key(record: CheckpointRecord) -> tuple[str, float]:
+    return (str(Path(record.path).resolve()), record.mtime)
+
+
+class ModelCache:
+    """LRU cache of loaded checkpoints. Not thread-safe by itself: callers hold ``lock``."""
+
+    def __init__(
+        self,
+        device: DeviceChoice,
+        *,
+        capacity: int,
+        tokenizer_cache: Path,
+        loader: Callable[..., LoadedModel] = load_checkpoint,
+    ) -> None:
+        self.device = device
+        self.capacity = capacity
+        self.tokenizer_cache = tokenizer_cache
+        self._loader = loader
+        self._models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
+        self._active: LoadedModel | None = None
+        self.lock = threading.RLock()
+        self.loads = 0  # number of loads from disk (tests use it to prove cache hits)
+
+    @property
+    def active(self) -> LoadedModel | None:
+        return self._active
+
+    def cached_names(self) -> list[str]:
+        return [model.record.name for model in self._models.values()]
+
+    def get(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
+        """The loaded model for ``record``, on the generation device; loads it if not cached."""
+        key = _cache_key(record)
+        model = self._models.get(key)
+        if model is None:
+            model = self._loader(
+                record, dtype=self.device.dtype, tokenizer_cache=self.tokenizer_cache, progress=progress
+            )
+            self.loads += 1
+            self._apply_attention(model)
+            self._models[key] = model
+        self._models.move_to_end(key)
+        self._activate(model)
+        self._evict()
+        return model
+
+    def _apply_attention(self, model: LoadedModel) -> None:
+        if self.device.attention == "xformers":
+            try:
+                model.unet.enable_xformers_memory_efficient_attention()
+                model.vae.enable_xformers_memory_efficient_attention()
+            except Exception as exc:  # probing an optional accelerator: fall back, say so
+                log.warning("xformers could not be enabled (%s); using torch SDPA", exc)
+
+    def _activate(self, model: LoadedModel) -> None:
+        if self._active is model:
+            return
+        target = self.device.device
+        if self._active is not None and target.type != "cpu" and self.device.memory_mode == "normal":
+            self._active.to(torch.device("cpu"))
+        if self.device.memory_mode == "normal" or target.type == "cpu":
+            model.to(target)
+        else:
+            model.device = target  # offload hooks move weights during generation
+            _enable_offload(model, self.device)
+        self._active = model
+        if target.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _evict(self) -> None:
+        while len(self._models) > self.capacity:
+            key, model = next(iter(self._models.items()))
+            if model is self._active:
+                self._models.move_to_end(key)
+                continue
+            del self._models[key]
+            log.info("unloaded %s from RAM (cache holds %d)", model.record.name, self.capacity)
+            del model
+            gc.collect()
+
+    def unload_all(self) -> None:
+        self._models.clear()
+        self._active = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def set_vae(self, model: LoadedModel, vae_path: Path | None, vae_hash: str | None = None) -> None:
+        """Swap the VAE of ``model`` for a file from models/VAE (``None`` restores the checkpoint's own)."""
+        if vae_path is None:
+            original = getattr(model, "_original_vae", None)
+            if original is not None:
+                model.vae = original
+                model._original_vae = None  # type: ignore[attr-defined]
+            model.vae_name = model.vae_hash = None
+            return
+        if model.vae_name == vae_path.name:
+            return
+        try:
+            vae = load_vae_file(vae_path, model.family, self.device.dtype)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{vae_path.name}: cannot load this VAE ({type(exc).__name__}: {exc})"
+            ) from exc
+        if getattr(model, "_original_vae", None) is None:
+            model._original_vae = model.vae  # type: ignore[attr-defined]
+        model.vae = vae.to(model.device)
+        model.vae_name = vae_path.name
+        model.vae_hash = vae_hash
+
+
+def _enable_offload(model: LoadedModel, device: DeviceChoice) -> None:
+    """--medvram: whole components move to the GPU when used; --lowvram: layer by layer."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    if getattr(model, "_offload_mode", None) == device.memory_mode:
+        return
+    if device.memory_mode == "lowvram":
+        for module in model.modules():
+            cpu_offload(module, execution_device=device.device)
+    else:
+        hook = None
+        for module in model.modules():
+            _, hook = cpu_offload_with_hook(module, device.device, prev_module_hook=hook)
+    model._offload_mode = device.memory_mode  # type: ignore[attr-defined]

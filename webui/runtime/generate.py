@@ -1,0 +1,219 @@
+"""Run one batch of latent diffusion through diffusers with Easel's conditioning, noise and samplers.
+
+The diffusers pipeline does the denoising loop; Easel supplies the prompt embeddings (A1111 syntax),
+the seeded initial noise, the scheduler from the sampler table, and a step callback that reports
+progress, swaps scheduled prompts and honours interrupts. Decoding is done here so it can fall back
+to fp32 when a half-precision VAE produces NaNs (SDXL) and tile large images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui.domain.models import ModelFamily
+from webui.runtime.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Decode with VAE tiling above this many output pixels (about 1536x1536), to bound decoder memory.
+VAE_TILING_PIXELS = 1536 * 1536
+
+
+class GenerationError(RuntimeError):
+    """A generation could not run; the message is meant for the user."""
+
+
+@dataclass
+class DiffusionJob:
+    """One batch (``len(seeds)`` images) with everything resolved: no -1 seeds, no sampler names."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seeds: list[int]
+    subseeds: list[int]
+    subseed_strength: float
+    sampler: Any  # webui.domain.samplers.SamplerSpec
+    schedule: Any  # webui.domain.samplers.ScheduleSpec
+    clip_skip: int = 1
+    randn_source: str = "CPU"
+    eta: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# on_step(step_index_1_based, total_steps, latents) -> False to stop early (interrupt / skip)
+StepCallback = Callable[[int, int, torch.Tensor], bool]
+
+
+def _pipeline(model: LoadedModel, scheduler: Any) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if model.family is ModelFamily.SDXL_REFINER:
+        raise GenerationError(
+            f"{model.record.name} is an SDXL refiner: it refines images in img2img and cannot start "
+            "from noise. Choose an SDXL base model for txt2img."
+        )
+    if model.family.is_sdxl:
+        pipe = StableDiffusionXLPipeline(
+            vae=model.vae,
+            text_encoder=model.text_encoder,
+            text_encoder_2=model.text_encoder_2,
+            tokenizer=model.tokenizer,
+            tokenizer_2=model.tokenizer_2,
+            unet=model.unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=False,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=model.vae,
+            text_encoder=model.text_encoder,
+            tokenizer=model.tokenizer,
+            unet=model.unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE-decode ``latents`` to RGB images, upcasting to fp32 if half precision overflows."""
+    vae = model.vae
+    config = vae.config
+    scaled = latents / config.scaling_factor
+    shift = getattr(config, "shift_factor", None)
+    if shift:
+        scaled = scaled + shift
+    height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+    tiled = height * width > VAE_TILING_PIXELS
+    if tiled:
+        vae.enable_tiling()
+    try:
+        with torch.inference_mode():
+            images = torch.cat(
+                [vae.decode(scaled[i : i + 1].to(vae.dtype)).sample for i in range(len(scaled))]
+            )
+            if vae.dtype != torch.float32 and not torch.isfinite(images).all():
+                log.info("VAE produced NaN in %s; decoding again in float32", vae.dtype)
+                original = vae.dtype
+                vae.to(torch.float32)
+                try:
+                    images = torch.cat(
+                        [vae.decode(scaled[i : i + 1].to(torch.float32)).sample for i in range(len(scaled))]
+                    )
+                finally:
+                    vae.to(original)
+    finally:
+        if tiled:
+            vae.disable_tiling()
+    array = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    array_np = array.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(item)) for item in array_np]
+
+
+def _expand(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    return tensor.expand(batch, *tensor.shape[1:]).contiguous() if tensor.shape[0] == 1 else tensor
+
+
+def generate_batch(
+    model: LoadedModel,
+    job: DiffusionJob,
+    *,
+    on_step: StepCallback | None = None,
+    prompt_encoder: Any | None = None,
+) -> tuple[list[Image.Image], bool]:
+    """Generate ``len(job.seeds)`` images. Returns (images, stopped_early)."""
+    from webui.runtime.conditioning import PromptEncoder
+    from webui.runtime.noise import initial_latents, make_generators
+    from webui.runtime.samplers import build_scheduler, step_call_kwargs
+
+    scheduler = build_scheduler(
+        job.sampler, job.schedule, dict(model.scheduler_config), eta=job.eta, noise_seeds=job.seeds
+    )
+    pipe = _pipeline(model, scheduler)
+    device = model.device
+    batch = len(job.seeds)
+    encoder = prompt_encoder or PromptEncoder(
+        model.tokenizers, model.text_encoders, is_sdxl=model.family.is_sdxl
+    )
+    schedule = encoder.encode_schedule(job.prompt, job.negative_prompt, job.steps, job.clip_skip)
+    latent_channels = model.unet.config.in_channels if not model.family.is_inpaint else 4
+    if job.width % 8 or job.height % 8:
+        raise GenerationError(f"width and height must be multiples of 8 (got {job.width}x{job.height})")
+    # One generator per image: it draws the image's initial noise, then the sampler's per-step noise.
+    generators = make_generators(job.seeds, job.randn_source, device)
+    latents = initial_latents(
+        job.seeds,
+        job.subseeds,
+        job.subseed_strength,
+        (latent_channels, job.height // 8, job.width // 8),
+        source=job.randn_source,
+        device=device,
+        dtype=model.unet.dtype,
+        generators=generators,
+    )
+
+    first_cond, first_uncond = schedule.at(0)
+    stopped = {"flag": False}
+    current = {"pair": (first_cond, first_uncond)}
+
+    def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        done = step + 1
+        if not schedule.is_static and done < job.steps:
+            cond, uncond = schedule.at(done)  # prompt editing / alternation: conditioning of the next step
+            if cond is not current["pair"][0] or uncond is not current["pair"][1]:
+                current["pair"] = (cond, uncond)
+                embeds = _expand(cond.embeds.to(device, model.unet.dtype), batch)
+                if pipeline.do_classifier_free_guidance:
+                    neg = _expand(uncond.embeds.to(device, model.unet.dtype), batch)
+                    embeds = torch.cat([neg, embeds])
+                kwargs["prompt_embeds"] = embeds
+                if model.family.is_sdxl and cond.pooled is not None:
+                    pooled = _expand(cond.pooled.to(device, model.unet.dtype), batch)
+                    if pipeline.do_classifier_free_guidance and uncond.pooled is not None:
+                        pooled = torch.cat(
+                            [_expand(uncond.pooled.to(device, model.unet.dtype), batch), pooled]
+                        )
+                    kwargs["add_text_embeds"] = pooled
+        if on_step is not None and not on_step(done, job.steps, kwargs["latents"]):
+            stopped["flag"] = True
+            pipeline._interrupt = True
+        return kwargs
+
+    tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
+    call: dict[str, Any] = {
+        "prompt_embeds": _expand(first_cond.embeds.to(device, model.unet.dtype), batch),
+        "negative_prompt_embeds": _expand(first_uncond.embeds.to(device, model.unet.dtype), batch),
+        "num_inference_steps": job.steps,
+        "guidance_scale": job.cfg_scale,
+        "height": job.height,
+        "width": job.width,
+        "latents": latents,
+        "generator": generators,
+        "output_type": "latent",
+        "callback_on_step_end": callback,
+        "callback_on_step_end_tensor_inputs": tensor_inputs,
+    }
+    call.update(step_call_kwargs(job.sampler, job.eta))
+    if model.family.is_sdxl:
+        call["pooled_prompt_embeds"] = _expand(first_cond.pooled.to(device, model.unet.dtype), batch)
+        call["negative_pooled_prompt_embeds"] = _expand(
+            first_uncond.pooled.to(device, model.unet.dtype), batch
+        )
+    with torch.inference_mode():
+        output = pipe(**call)
+    images = decode_latents(model, output.images)
+    return images, stopped["flag"]

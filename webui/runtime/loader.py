@@ -1,0 +1,427 @@
+"""Load checkpoints (single files in the A1111/LDM layout, or diffusers folders) into diffusers components.
+
+Offline only: configs come from ``webui/runtime/configs`` (sizes read from the file's shapes), the CLIP
+tokenizer is derived locally, and nothing asks a model hub. A single file is loaded one component at
+a time straight from the safetensors memory map into an empty (meta-device) model, so the peak memory
+stays close to the size of the loaded model instead of file + model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat
+from webui.registry.architecture import (
+    ArchitectureConfigs,
+    UnknownArchitectureError,
+    bundled_config,
+    detect_diffusers_family,
+    detect_family,
+    family_from_yaml,
+    infer_configs,
+    infer_vae_config,
+)
+from webui.registry.safetensors_header import SafetensorsError, read_header
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be loaded. The message says what happened and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """The diffusers components of one checkpoint, plus what Easel needs to know about them."""
+
+    record: CheckpointRecord
+    family: ModelFamily
+    unet: Any
+    vae: Any
+    text_encoder: Any | None
+    text_encoder_2: Any | None
+    tokenizer: Any | None
+    tokenizer_2: Any | None
+    scheduler_config: dict[str, Any]
+    dtype: torch.dtype
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    load_seconds: float = 0.0
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return [enc for enc in (self.text_encoder, self.text_encoder_2) if enc is not None]
+
+    @property
+    def tokenizers(self) -> list[Any]:
+        return [tok for tok in (self.tokenizer, self.tokenizer_2) if tok is not None]
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
+    def size_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.modules() for p in m.parameters())
+
+    def to(self, device: torch.device) -> None:
+        for module in self.modules():
+            module.to(device)
+        self.device = device
+
+
+def tokenizers_for(family: ModelFamily, cache_dir: Path) -> tuple[Any | None, Any | None]:
+    """The CLIP tokenizers a family uses (pad token differs between OpenAI CLIP and OpenCLIP)."""
+    from webui.runtime.tokenizer import clip_tokenizer
+
+    if family.is_sdxl:
+        second = clip_tokenizer(cache_dir, pad_token="!")
+        if family is ModelFamily.SDXL_REFINER:
+            return None, second
+        return clip_tokenizer(cache_dir), second
+    if family in (ModelFamily.SD2, ModelFamily.SD2_V, ModelFamily.SD2_INPAINT):
+        return clip_tokenizer(cache_dir, pad_token="!"), None
+    return clip_tokenizer(cache_dir), None
+
+
+def _empty_module(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return factory()
+
+
+def _fill_module(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str
+) -> None:
+    """Assign converted tensors into an empty module, casting one tensor at a time."""
+    expected = module.state_dict()
+    unexpected = [key for key in state if key not in expected]
+    for key in unexpected:
+        state.pop(key)
+    for key in list(state):
+        tensor = state[key]
+        target = expected[key]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise ModelLoadError(
+                f"{what}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}; "
+                "the file does not match its detected family (a <name>.yaml beside it can override detection)"
+            )
+        keep_dtype = not target.is_floating_point()
+        state[key] = tensor.to(dtype=target.dtype if keep_dtype else dtype).contiguous()
+    module.load_state_dict(state, strict=False, assign=True)
+    still_meta = [name for name, p in module.named_parameters() if p.is_meta]
+    if still_meta:
+        raise ModelLoadError(
+            f"{what}: the checkpoint is missing {len(still_meta)} weights (e.g. {still_meta[0]}); "
+            "the file is incomplete or not of the detected family"
+        )
+    for name, buf in list(module.named_buffers()):
+        if buf.is_meta:
+            # Non-persistent buffers (e.g. CLIP position ids) are rebuilt on the CPU.
+            parent_name, _, leaf = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            if leaf == "position_ids":
+                parent.register_buffer(leaf, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+            else:
+                raise ModelLoadError(f"{what}: buffer {name} was not initialised")
+    module.eval()
+    module.requires_grad_(False)
+
+
+class _TensorSource:
+    """Reads tensors from a safetensors file (memory-mapped) or a weights-only torch pickle."""
+
+    def __init__(self, record: CheckpointRecord) -> None:
+        self.record = record
+        self._pickle: dict[str, torch.Tensor] | None = None
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        if self._shapes is None:
+            if self.record.format is ModelFormat.SAFETENSORS:
+                header = read_header(self.record.path)
+                self._shapes = {key: info.shape for key, info in header.tensors.items()}
+            else:
+                self._shapes = {key: tuple(t.shape) for key, t in self._load_pickle().items()}
+        return self._shapes
+
+    def _load_pickle(self) -> dict[str, torch.Tensor]:
+        if self._pickle is None:
+            from webui.registry.pickle_check import load_pickle_checkpoint
+
+            self._pickle = load_pickle_checkpoint(Path(self.record.path))
+        return self._pickle
+
+    def tensors(self, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """All tensors whose key starts with one of ``prefixes`` (keys unchanged)."""
+        if self.record.format is not ModelFormat.SAFETENSORS:
+            return {k: v for k, v in self._load_pickle().items() if k.startswith(prefixes)}
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        try:
+            with safe_open(self.record.path, framework="pt", device="cpu") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    if key.startswith(prefixes):
+                        out[key] = handle.get_tensor(key)
+        except Exception as exc:
+            raise ModelLoadError(f"{Path(self.record.path).name}: cannot read tensors ({exc})") from exc
+        return out
+
+
+def resolve_family(record: CheckpointRecord, shapes: dict[str, tuple[int, ...]]) -> ModelFamily:
+    if record.config_path:
+        try:
+            from_yaml = family_from_yaml(Path(record.config_path).read_text(errors="replace"))
+        except OSError:
+            from_yaml = None
+        if from_yaml is not None:
+            return from_yaml
+    return detect_family(shapes, name=Path(record.path).name)
+
+
+def _load_text_encoder(config: dict[str, Any], state: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    clean = {k: v for k, v in config.items() if not k.startswith("_")}
+    architectures = clean.pop("architectures", ["CLIPTextModel"])
+    text_config = CLIPTextConfig(**clean)
+    cls = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
+    if cls is CLIPTextModelWithProjection and "text_projection.weight" not in state:
+        cls = CLIPTextModel
+    if cls is CLIPTextModel and "text_projection.weight" in state:
+        state.pop("text_projection.weight")
+    model = _empty_module(lambda: cls(text_config))
+    _fill_module(model, _match_text_model_prefix(state, model), dtype, what)
+    return model
+
+
+def _match_text_model_prefix(
+    state: dict[str, torch.Tensor], model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """Align ``text_model.`` key prefixes with the module (transformers versions differ in nesting)."""
+    wants_prefix = any(key.startswith("text_model.") for key in model.state_dict())
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        bare = key.removeprefix("text_model.")
+        if key == "text_projection.weight":
+            out[key] = value
+        else:
+            out[f"text_model.{bare}" if wants_prefix else bare] = value
+    return out
+
+
+def _load_single_file(
+    record: CheckpointRecord, dtype: torch.dtype, tokenizer_cache: Path, progress: ProgressFn
+) -> LoadedModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+
+    name = Path(record.path).name
+    source = _TensorSource(record)
+    try:
+        shapes = source.shapes()
+    except SafetensorsError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    family = resolve_family(record, shapes)
+    configs: ArchitectureConfigs = infer_configs(shapes, family)
+
+    progress(f"Loading UNet of {name}", 0.05)
+    raw = source.tensors((configs.prefixes["unet"],))
+    state = convert_ldm_unet_checkpoint(raw, configs.unet)
+    del raw
+    unet_config = {k: v for k, v in configs.unet.items() if not k.startswith("_")}
+    unet = _empty_module(lambda: UNet2DConditionModel.from_config(unet_config))
+    _fill_module(unet, state, dtype, f"{name} (UNet)")
+    del state
+    gc.collect()
+
+    progress(f"Loading VAE of {name}", 0.6)
+    raw = source.tensors((configs.prefixes["vae"],))
+    vae_config = {k: v for k, v in configs.vae.items() if not k.startswith("_")}
+    vae = _empty_module(lambda: AutoencoderKL.from_config(vae_config))
+    if not raw:
+        raise ModelLoadError(f"{name}: the checkpoint has no VAE weights; choose a VAE from models/VAE")
+    state = convert_ldm_vae_checkpoint(raw, configs.vae)
+    del raw
+    _fill_module(vae, state, dtype, f"{name} (VAE)")
+    del state
+
+    progress(f"Loading text encoder of {name}", 0.75)
+    text_encoder = text_encoder_2 = None
+    if configs.text_encoder is not None:
+        prefix = configs.prefixes["text_encoder"]
+        raw = source.tensors((prefix,))
+        if configs.text_encoder.get("hidden_act") == "gelu" and not family.is_sdxl:
+            state = convert_open_clip_checkpoint(_ConfigHolder(configs.text_encoder), raw, prefix=prefix)
+        else:
+            state = convert_ldm_clip_checkpoint(raw, remove_prefix=prefix)
+            state = _normalise_hf_clip_keys(state)
+        del raw
+        text_encoder = _load_text_encoder(configs.text_encoder, state, dtype, f"{name} (text encoder)")
+    if configs.text_encoder_2 is not None:
+        prefix = configs.prefixes["text_encoder_2"]
+        raw = source.tensors((prefix,))
+        state = convert_open_clip_checkpoint(_ConfigHolder(configs.text_encoder_2), raw, prefix=prefix)
+        del raw
+        text_encoder_2 = _load_text_encoder(configs.text_encoder_2, state, dtype, f"{name} (text encoder 2)")
+    gc.collect()
+    tokenizer, tokenizer_2 = tokenizers_for(family, tokenizer_cache)
+    return LoadedModel(
+        record=record,
+        family=family,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler_config=configs.scheduler,
+        dtype=dtype,
+    )
+
+
+class _ConfigHolder:
+    """The object shape diffusers' OpenCLIP converter reads (``.config.hidden_size``)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = type("Cfg", (), {"hidden_size": config["hidden_size"]})()
+
+
+def _normalise_hf_clip_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Older checkpoints store CLIP-L without the ``text_model.`` level; add it."""
+    if any(key.startswith("text_model.") for key in state):
+        return state
+    return {f"text_model.{key}": value for key, value in state.items()}
+
+
+def _load_diffusers_folder(
+    record: CheckpointRecord, dtype: torch.dtype, tokenizer_cache: Path, progress: ProgressFn
+) -> LoadedModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(record.path)
+    family = detect_diffusers_family(folder)
+    common = {"torch_dtype": dtype, "local_files_only": True}
+    progress(f"Loading UNet of {folder.name}", 0.05)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", **common)
+    progress(f"Loading VAE of {folder.name}", 0.6)
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **common)
+    progress(f"Loading text encoder of {folder.name}", 0.75)
+    text_encoder = text_encoder_2 = None
+    if (folder / "text_encoder" / "config.json").exists():
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **common)
+    if (folder / "text_encoder_2" / "config.json").exists():
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **common)
+    default_tok, default_tok_2 = tokenizers_for(family, tokenizer_cache)
+
+    def folder_tokenizer(sub: str, fallback: Any) -> Any:
+        if fallback is None:
+            return None
+        if (folder / sub / "vocab.json").exists():
+            return CLIPTokenizer.from_pretrained(folder / sub, local_files_only=True)
+        return fallback
+
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = bundled_config(family, "scheduler")
+    if scheduler_file.exists():
+        import json
+
+        scheduler_config.update(json.loads(scheduler_file.read_text()))
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is not None:
+            module.eval()
+            module.requires_grad_(False)
+    return LoadedModel(
+        record=record,
+        family=family,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=folder_tokenizer("tokenizer", default_tok),
+        tokenizer_2=folder_tokenizer("tokenizer_2", default_tok_2),
+        scheduler_config=scheduler_config,
+        dtype=dtype,
+    )
+
+
+def load_checkpoint(
+    record: CheckpointRecord,
+    *,
+    dtype: torch.dtype,
+    tokenizer_cache: Path,
+    progress: ProgressFn | None = None,
+) -> LoadedModel:
+    """Load ``record`` onto the CPU in ``dtype``. Raises ModelLoadError with a user-facing message."""
+    report = progress or (lambda _msg, _frac: None)
+    started = time.perf_counter()
+    path = Path(record.path)
+    if not path.exists():
+        raise ModelLoadError(f"{record.name}: the file no longer exists; refresh the checkpoint list")
+    try:
+        if record.format is ModelFormat.DIFFUSERS:
+            model = _load_diffusers_folder(record, dtype, tokenizer_cache, report)
+        else:
+            model = _load_single_file(record, dtype, tokenizer_cache, report)
+    except ModelLoadError:
+        raise
+    except (UnknownArchitectureError, SafetensorsError) as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except MemoryError as exc:
+        raise ModelLoadError(f"{record.name}: not enough memory to load this model ({exc})") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "UnsafeCheckpointError":
+            raise ModelLoadError(str(exc)) from exc
+        log.exception("loading %s failed", record.name)
+        raise ModelLoadError(f"{record.name}: loading failed: {type(exc).__name__}: {exc}") from exc
+    model.load_seconds = time.perf_counter() - started
+    report(f"Loaded {record.name}", 1.0)
+    return model
+
+
+def load_vae_file(path: Path, family: ModelFamily, dtype: torch.dtype) -> Any:
+    """Load a standalone VAE (``models/VAE``) in the LDM layout or a diffusers folder."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True).eval()
+    try:
+        if path.suffix == ".safetensors":
+            shapes = {k: i.shape for k, i in read_header(path).tensors.items()}
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path))
+        else:
+            from webui.registry.pickle_check import load_pickle_checkpoint
+
+            raw = load_pickle_checkpoint(path)
+            shapes = {k: tuple(v.shape) for k, v in raw.items()}
+    except SafetensorsError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    stripped = {k.removeprefix("first_stage_model."): v for k, v in shapes.items()}
+    if "decoder.conv_out.weight" not in stripped:
+        raise ModelLoadError(f"{path.name}: not a VAE (no decoder weights found)")
+    config = infer_vae_config(stripped, family)
+    state = convert_ldm_vae_checkpoint(raw, config)
+    vae_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    vae = _empty_module(lambda: AutoencoderKL.from_config(vae_config))
+    _fill_module(vae, state, dtype, f"{path.name} (VAE)")
+    return vae

@@ -1,0 +1,295 @@
+"""The generation service: one queue for the UI, the API and extensions.
+
+Jobs run one at a time on a worker thread (model switches are serialised with generations through
+the engine lock). Each job reports progress and live previews through ``ProgressState``; interrupt
+and skip act on the running job only. Results are saved with A1111 infotext before they are returned,
+so nothing a user made exists only in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
+from webui.domain.samplers import effective_schedule, resolve_sampler
+from webui.metadata.image_io import dated_output_dir, encode_image, save_image_atomic
+from webui.metadata.infotext import build_infotext, generation_params
+from webui.services.models import ModelService
+from webui.services.options import OptionsStore
+from webui.services.progress import ProgressState
+
+log = logging.getLogger(__name__)
+
+VERSION = "easel-0.1.0"
+
+
+class NoModelError(RuntimeError):
+    """No checkpoint is available to generate with."""
+
+
+class GenerationFailed(RuntimeError):
+    """A job failed; the message is for the user. The service keeps running."""
+
+
+EngineFactory = Callable[[], Any]
+
+
+class GenerationService:
+    def __init__(
+        self,
+        *,
+        models: ModelService,
+        options: OptionsStore,
+        engine_factory: EngineFactory,
+        outputs_root: Path,
+    ) -> None:
+        self.models = models
+        self.options = options
+        self._engine_factory = engine_factory
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+        self.outputs_root = outputs_root
+        self.progress = ProgressState()
+        self._queue: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="easel-generation", daemon=True)
+        self._worker.start()
+
+    # -- engine ----------------------------------------------------------------------------------------------
+    def engine(self) -> Any:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
+
+    # -- queue -----------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            func, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(func())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def submit_call(self, func: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((func, future))
+        return future
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def shutdown(self) -> None:
+        self._queue.put(None)
+
+    def submit_txt2img(self, request: Txt2ImgRequest) -> Future[GenerationResult]:
+        return self.submit_call(lambda: self._run_txt2img(request))
+
+    def txt2img(self, request: Txt2ImgRequest) -> GenerationResult:
+        return self.submit_txt2img(request).result()
+
+    def interrupt(self) -> None:
+        self.progress.interrupt()
+
+    def skip(self) -> None:
+        self.progress.skip()
+
+    # -- model selection -------------------------------------------------------------------------------------
+    def load_model(self, alias: str | None = None) -> str:
+        """Queue a switch to ``alias`` (or the selected checkpoint); returns the loaded model's title."""
+
+        def run() -> str:
+            opts = self.options.get()
+            record = (
+                self.models.find(alias) if alias else self.models.default_checkpoint(opts.sd_model_checkpoint)
+            )
+            if record is None:
+                raise NoModelError(self.no_model_message())
+            self._activate(record, opts.sd_vae)
+            self.options.update({"sd_model_checkpoint": record.title})
+            return record.title
+
+        return self.submit_call(run).result()
+
+    def no_model_message(self) -> str:
+        return (
+            f"No checkpoint found. Put a Stable Diffusion model (.safetensors file or diffusers folder) "
+            f"into {self.models.settings.checkpoint_dir}, then press the refresh button next to the "
+            "checkpoint list."
+        )
+
+    def _activate(self, record: Any, vae_option: str | None) -> Any:
+        engine = self.engine()
+        state = self.models.load_state
+        vae_path = self.models.find_vae(vae_option) if vae_option else None
+        with engine.lock:
+            state.loading, state.error = True, None
+            try:
+                model = engine.activate(record, vae_path=vae_path, progress=state.set)
+            except Exception as exc:
+                state.error = str(exc)
+                raise
+            finally:
+                state.loading = False
+            state.loaded_name = record.title
+            state.set(f"Loaded {record.name}", 1.0)
+            return model
+
+    # -- txt2img ---------------------------------------------------------------------------------------------
+    def _run_txt2img(self, request: Txt2ImgRequest) -> GenerationResult:
+        from webui.runtime.engine import DiffusionJob
+        from webui.runtime.noise import batch_seeds
+
+        opts = self.options.get()
+        sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
+        record = (
+            self.models.find(request.checkpoint)
+            if request.checkpoint
+            else self.models.default_checkpoint(opts.sd_model_checkpoint)
+        )
+        if record is None:
+            raise NoModelError(self.no_model_message())
+        all_seeds, all_subseeds = batch_seeds(
+            request.seed, request.subseed, request.n_iter, request.batch_size, request.subseed_strength
+        )
+        seed, subseed = all_seeds[0], all_subseeds[0]
+        canonical = request.model_copy(
+            update={
+                "sampler_name": sampler.name,
+                "scheduler": effective_schedule(sampler, schedule).label,
+                "seed": seed,
+                "subseed": subseed,
+            }
+        )
+        # Eta is DDIM's knob (A1111 option eta_ddim); the other samplers use their fixed value.
+        eta = (request.eta if request.eta is not None else opts.eta_ddim) if sampler.name == "DDIM" else None
+        progress = self.progress
+        progress.begin("txt2img", request.n_iter, request.steps)
+        images: list[GeneratedImage] = []
+        interrupted = False
+        try:
+            progress.set_text("Loading model")
+            vae_option = request.vae if request.vae is not None else opts.sd_vae
+            model = self._activate(record, vae_option)
+            engine = self.engine()
+            model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
+            preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
+            with engine.lock:
+                for iteration in range(request.n_iter):
+                    base = iteration * request.batch_size
+                    seeds = all_seeds[base : base + request.batch_size]
+                    subseeds = all_subseeds[base : base + request.batch_size]
+                    job = DiffusionJob(
+                        prompt=request.prompt,
+                        negative_prompt=request.negative_prompt,
+                        steps=request.steps,
+                        cfg_scale=request.cfg_scale,
+                        width=request.width,
+                        height=request.height,
+                        seeds=seeds,
+                        subseeds=subseeds,
+                        subseed_strength=request.subseed_strength,
+                        sampler=sampler,
+                        schedule=schedule,
+                        clip_skip=request.clip_skip,
+                        randn_source=request.randn_source.value,
+                        eta=eta,
+                    )
+                    progress.set_text(f"Batch {iteration + 1} of {request.n_iter}")
+
+                    def on_step(step: int, total: int, latents: Any) -> bool:
+                        progress.step(step, total)
+                        if preview_every > 0 and (step % preview_every == 0) and step < total:
+                            try:
+                                progress.set_preview(engine.preview(latents, model.family), step)
+                            except Exception:  # a preview must never break a generation
+                                log.debug("preview failed", exc_info=True)
+                        return not (progress.interrupted or progress.skipped)
+
+                    batch_images, _stopped = engine.generate(model, job, on_step)
+                    for index, image in enumerate(batch_images):
+                        images.append(
+                            self._finish_image(
+                                canonical, image, seeds[index], subseeds[index], record, model, model_hash
+                            )
+                        )
+                    if progress.interrupted:
+                        interrupted = True
+                        break
+                    progress.next_batch()
+        except Exception as exc:
+            if type(exc).__name__ in (
+                "ModelLoadError",
+                "GenerationError",
+                "NoModelError",
+                "ModelNotFoundError",
+            ):
+                raise
+            if "out of memory" in str(exc).lower():
+                raise GenerationFailed(
+                    "Out of memory. Lower the size or batch size, or restart with --medvram / --lowvram."
+                ) from exc
+            log.exception("generation failed")
+            raise GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            progress.end()
+        return GenerationResult(
+            request=canonical,
+            images=images,
+            model_name=record.model_name,
+            model_hash=model_hash,
+            vae_name=model.vae_name,
+            vae_hash=model.vae_hash,
+            interrupted=interrupted,
+            job_timestamp=progress.job_timestamp,
+            version=VERSION,
+        )
+
+    def _finish_image(
+        self,
+        request: Txt2ImgRequest,
+        image: Any,
+        seed: int,
+        subseed: int,
+        record: Any,
+        model: Any,
+        model_hash: str | None,
+    ) -> GeneratedImage:
+        opts = self.options.get()
+        params = generation_params(
+            request,
+            seed=seed,
+            subseed=subseed,
+            model_name=record.model_name if opts.add_model_name_to_info else None,
+            model_hash=model_hash if opts.add_model_hash_to_info else None,
+            vae_name=Path(model.vae_name).stem if model.vae_name else None,
+            vae_hash=model.vae_hash,
+            version=VERSION if opts.add_version_to_infotext else None,
+        )
+        infotext = build_infotext(request.prompt, request.negative_prompt, params)
+        fmt = request.samples_format
+        data = encode_image(image, infotext if opts.enable_pnginfo else None, fmt, quality=opts.jpeg_quality)
+        path = None
+        if request.save_images and opts.samples_save:
+            folder = dated_output_dir(self.outputs_root, "txt2img", date.today())
+            path = str(save_image_atomic(data, folder, seed, fmt))
+        return GeneratedImage(
+            seed=seed,
+            subseed=subseed,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            infotext=infotext,
+            path=path,
+            png_bytes=data,
+        )

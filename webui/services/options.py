@@ -1,0 +1,112 @@
+"""User options persisted in ``<data-dir>/config.json`` under A1111's option names."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+
+class Options(BaseModel):
+    """Options a user changes from the UI or ``/sdapi/v1/options``. Unknown keys are kept as given."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    sd_model_checkpoint: str | None = None
+    sd_vae: str = "Automatic"
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12)
+    samples_format: str = "png"
+    samples_save: bool = True
+    send_seed: bool = True
+    send_size: bool = True
+    randn_source: str = "CPU"
+    sd_checkpoints_limit: int = Field(2, ge=1, le=16)
+    eta_ddim: float = 0.0
+    eta_ancestral: float = 1.0
+    enable_pnginfo: bool = True
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    live_previews_enable: bool = True
+    show_progress_every_n_steps: int = Field(5, ge=-1, le=32)
+    add_model_hash_to_info: bool = True
+    add_model_name_to_info: bool = True
+    add_version_to_infotext: bool = True
+    outdir_samples: str = ""
+    outdir_txt2img_samples: str = "outputs/txt2img-images"
+
+    @field_validator("samples_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        value = value.lower().replace("jpeg", "jpg")
+        if value not in ("png", "jpg", "webp"):
+            raise ValueError("samples_format must be png, jpg or webp")
+        return value
+
+    @field_validator("randn_source")
+    @classmethod
+    def _rng(cls, value: str) -> str:
+        if value.upper() not in ("CPU", "GPU"):
+            raise ValueError("randn_source must be CPU or GPU")
+        return value.upper()
+
+
+class OptionsStore:
+    """Thread-safe holder of ``Options`` that writes config.json atomically on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.options = self._read()
+
+    def _read(self) -> Options:
+        if not self.path.exists():
+            return Options()
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return Options.model_validate(data)
+        except (OSError, json.JSONDecodeError, ValidationError) as exc:
+            backup = self.path.with_suffix(".json.bad")
+            log.warning(
+                "%s is unreadable (%s); starting from defaults, old file kept as %s", self.path, exc, backup
+            )
+            with contextlib.suppress(OSError):
+                os.replace(self.path, backup)
+            return Options()
+
+    def get(self) -> Options:
+        with self._lock:
+            return self.options.model_copy()
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return self.options.model_dump()
+
+    def update(self, values: dict[str, Any]) -> Options:
+        """Validate and apply ``values`` all-or-nothing, then persist."""
+        with self._lock:
+            merged = {**self.options.model_dump(), **values}
+            updated = Options.model_validate(merged)
+            self.options = updated
+            self._write(updated)
+            return updated.model_copy()
+
+    def _write(self, options: Options) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(options.model_dump(), handle, indent=2, ensure_ascii=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,108 @@
+"""Progress of the running job, in the shape A1111's ``/sdapi/v1/progress`` reports it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ProgressState:
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    textinfo: str = ""
+    interrupted: bool = False
+    skipped: bool = False
+    job_timestamp: str = ""
+    started: float = 0.0
+    preview: Any = None  # PIL image of the latest live preview, or None
+    preview_step: int = -1
+    busy: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def begin(self, job: str, job_count: int, steps: int) -> None:
+        with self._lock:
+            self.job, self.job_count, self.job_no = job, job_count, 0
+            self.sampling_step, self.sampling_steps = 0, steps
+            self.interrupted = self.skipped = False
+            self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+            self.started = time.monotonic()
+            self.preview, self.preview_step = None, -1
+            self.textinfo = "Starting"
+            self.busy = True
+
+    def step(self, step: int, steps: int, textinfo: str | None = None) -> None:
+        with self._lock:
+            self.sampling_step, self.sampling_steps = step, steps
+            if textinfo is not None:
+                self.textinfo = textinfo
+
+    def next_batch(self) -> None:
+        with self._lock:
+            self.job_no += 1
+            self.sampling_step = 0
+            self.skipped = False
+
+    def set_preview(self, image: Any, step: int) -> None:
+        with self._lock:
+            self.preview, self.preview_step = image, step
+
+    def set_text(self, textinfo: str) -> None:
+        with self._lock:
+            self.textinfo = textinfo
+
+    def end(self) -> None:
+        with self._lock:
+            self.busy = False
+            self.job = ""
+            self.sampling_step = 0
+            self.textinfo = ""
+
+    def interrupt(self) -> None:
+        with self._lock:
+            if self.busy:
+                self.interrupted = True
+
+    def skip(self) -> None:
+        with self._lock:
+            if self.busy:
+                self.skipped = True
+
+    @property
+    def fraction(self) -> float:
+        if not self.busy or self.job_count == 0:
+            return 0.0
+        per_job = self.sampling_step / self.sampling_steps if self.sampling_steps else 0.0
+        return min(1.0, (self.job_no + per_job) / self.job_count)
+
+    def eta_seconds(self) -> float:
+        fraction = self.fraction
+        if not self.busy or fraction <= 0:
+            return 0.0
+        elapsed = time.monotonic() - self.started
+        return max(0.0, elapsed / fraction - elapsed)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "progress": self.fraction,
+                "eta_relative": self.eta_seconds(),
+                "state": {
+                    "skipped": self.skipped,
+                    "interrupted": self.interrupted,
+                    "stopping_generation": False,
+                    "job": self.job,
+                    "job_count": self.job_count if self.busy else 0,
+                    "job_timestamp": self.job_timestamp,
+                    "job_no": self.job_no,
+                    "sampling_step": self.sampling_step,
+                    "sampling_steps": self.sampling_steps,
+                },
+                "textinfo": self.textinfo or None,
+                "busy": self.busy,
+            }

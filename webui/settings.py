@@ -1,0 +1,109 @@
+"""Process settings: paths, device and precision, attention, memory modes, server flags.
+
+One pydantic-settings class, built once from the command line (A1111 flag names, see ``webui.cli``) and
+``EASEL_*`` environment variables, then injected. User-changeable options that persist between runs
+(selected checkpoint, Clip skip, image format...) live in ``<data-dir>/config.json`` instead; see
+``webui.services.options``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EASEL_", extra="forbid")
+
+    data_dir: Path = REPO_ROOT
+    ckpt_dir: Path | None = None
+    lora_dir: Path | None = None
+    controlnet_dir: Path | None = None
+    vae_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    outputs_dir: Path | None = None
+    ckpt: Path | None = None  # checkpoint to load at start (A1111 --ckpt)
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["half", "bf16", "full"] = "half"  # half: fp16 on CUDA; always fp32 on CPU
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
+    models_in_ram: int = Field(2, ge=1, le=16)
+
+    listen: bool = False
+    port: int | None = None
+    api: bool = False
+    nowebui: bool = False
+    gradio_auth: str | None = None
+    api_auth: str | None = None
+    api_server_stop: bool = False
+    preload_model: bool = True
+
+    @property
+    def host(self) -> str:
+        return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def server_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 7861 if self.nowebui else 7860
+
+    @property
+    def models_root(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.ckpt_dir or self.models_root / "Stable-diffusion"
+
+    @property
+    def lora_path(self) -> Path:
+        return self.lora_dir or self.models_root / "Lora"
+
+    @property
+    def controlnet_path(self) -> Path:
+        return self.controlnet_dir or self.models_root / "ControlNet"
+
+    @property
+    def vae_path(self) -> Path:
+        return self.vae_dir or self.models_root / "VAE"
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.embeddings_dir or self.models_root / "embeddings"
+
+    @property
+    def outputs_path(self) -> Path:
+        return self.outputs_dir or self.data_dir / "outputs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.json"
+
+    @property
+    def cache_file(self) -> Path:
+        return self.data_dir / "cache.json"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def credentials(self, which: Literal["gradio", "api"]) -> list[tuple[str, str]]:
+        """Parse ``user:pass[,user2:pass2]`` as A1111 does."""
+        raw = self.gradio_auth if which == "gradio" else self.api_auth
+        pairs: list[tuple[str, str]] = []
+        for item in (raw or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            user, sep, password = item.partition(":")
+            if not sep:
+                raise ValueError(f"--{which}-auth expects user:password, got {item!r}")
+            pairs.append((user, password))
+        return pairs
