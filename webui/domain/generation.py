@@ -7,12 +7,12 @@ Field names follow A1111's API where one exists, so the API adapter is a thin ma
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class RngSource(str, Enum):
+class RngSource(StrEnum):
     """Where initial noise is drawn (A1111 option ``randn_source``).
 
     ``CPU`` gives the same image for a seed on every device; ``GPU`` draws on the generation device

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import PurePath
 
 from pydantic import BaseModel
 
 
-class ModelFamily(str, Enum):
+class ModelFamily(StrEnum):
     """Architecture families Easel can load. Values are stable identifiers (also config folder names)."""
 
     SD1 = "sd1"
@@ -45,7 +45,7 @@ _LABELS = {
 }
 
 
-class ModelFormat(str, Enum):
+class ModelFormat(StrEnum):
     SAFETENSORS = "safetensors"
     CKPT = "ckpt"  # .ckpt / .pt / .pth: torch pickles, loaded with weights_only=True only
     DIFFUSERS = "diffusers"  # a folder with model_index.json
