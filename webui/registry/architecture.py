@@ -329,6 +329,11 @@ def infer_configs(shapes: Shapes, family: ModelFamily) -> ArchitectureConfigs:
     else:
         te1 = infer_hf_clip_config(_strip(shapes, SD1_TE_PREFIX), bundled_config(family, "text_encoder"))
         prefixes["text_encoder"] = SD1_TE_PREFIX
+    label = unet.get("projection_class_embeddings_input_dim")
+    if family.is_sdxl and te2 is not None and label:
+        # The size/crop (and refiner aesthetic-score) embedding: pooled text + N time ids of equal width.
+        time_ids = 5 if family is ModelFamily.SDXL_REFINER else 6
+        unet["addition_time_embed_dim"] = (label - te2["projection_dim"]) // time_ids
     return ArchitectureConfigs(
         family=family,
         unet=unet,

@@ -65,14 +65,18 @@ class Engine:
         return generate_batch(model, job, on_step=on_step)
 
     @staticmethod
-    def preview(latents: Any, family: ModelFamily) -> Image.Image | None:
+    def preview(latents: Any, model: LoadedModel) -> Image.Image | None:
+        """A cheap RGB approximation of the first image's latents, at the output's size."""
+        from webui.runtime.generate import vae_scale_factor
         from webui.runtime.preview import latents_to_rgb
 
+        family: ModelFamily = model.family
         images = latents_to_rgb(latents[:1].float().cpu(), "sdxl" if family.is_sdxl else "sd")
         if not images:
             return None
         image = images[0]
-        return image.resize((image.width * 4, image.height * 4), Image.Resampling.BILINEAR)
+        scale = vae_scale_factor(model)
+        return image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
 
     def unload(self) -> None:
         with self.lock:

@@ -89,6 +89,11 @@ def _pipeline(model: LoadedModel, scheduler: Any) -> Any:
     return pipe
 
 
+def vae_scale_factor(model: LoadedModel) -> int:
+    """Pixels per latent (8 for every published SD VAE: three downsampling levels)."""
+    return int(2 ** (len(model.vae.config.block_out_channels) - 1))
+
+
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-decode ``latents`` to RGB images, upcasting to fp32 if half precision overflows."""
     vae = model.vae
@@ -97,7 +102,8 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Imag
     shift = getattr(config, "shift_factor", None)
     if shift:
         scaled = scaled + shift
-    height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+    scale = vae_scale_factor(model)
+    height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
     tiled = height * width > VAE_TILING_PIXELS
     if tiled:
         vae.enable_tiling()
@@ -151,15 +157,16 @@ def generate_batch(
     )
     schedule = encoder.encode_schedule(job.prompt, job.negative_prompt, job.steps, job.clip_skip)
     latent_channels = model.unet.config.in_channels if not model.family.is_inpaint else 4
-    if job.width % 8 or job.height % 8:
-        raise GenerationError(f"width and height must be multiples of 8 (got {job.width}x{job.height})")
+    scale = vae_scale_factor(model)
+    if job.width % scale or job.height % scale:
+        raise GenerationError(f"width and height must be multiples of {scale} (got {job.width}x{job.height})")
     # One generator per image: it draws the image's initial noise, then the sampler's per-step noise.
     generators = make_generators(job.seeds, job.randn_source, device)
     latents = initial_latents(
         job.seeds,
         job.subseeds,
         job.subseed_strength,
-        (latent_channels, job.height // 8, job.width // 8),
+        (latent_channels, job.height // scale, job.width // scale),
         source=job.randn_source,
         device=device,
         dtype=model.unet.dtype,

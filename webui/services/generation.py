@@ -212,7 +212,7 @@ class GenerationService:
                         progress.step(step, total)
                         if preview_every > 0 and (step % preview_every == 0) and step < total:
                             try:
-                                progress.set_preview(engine.preview(latents, model.family), step)
+                                progress.set_preview(engine.preview(latents, model), step)
                             except Exception:  # a preview must never break a generation
                                 log.debug("preview failed", exc_info=True)
                         return not (progress.interrupted or progress.skipped)

@@ -41,7 +41,7 @@ class LoadState:
 class ModelService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hashes = HashCache(settings.cache_file)
+        self.hashes = HashCache(settings.data_dir)
         self.load_state = LoadState()
         self._records: list[CheckpointRecord] = []
         self._lock = threading.Lock()
@@ -71,10 +71,10 @@ class ModelService:
             self.hashes.start_background(missing, on_done=self._hash_done)
         return list(records)
 
-    def _hash_done(self, record: CheckpointRecord, sha256: str) -> None:
+    def _hash_done(self, name: str, sha256: str) -> None:
         with self._lock:
             for item in self._records:
-                if item.path == record.path:
+                if item.name == name:
                     item.sha256 = sha256
 
     def checkpoints(self) -> list[CheckpointRecord]:

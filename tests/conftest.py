@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny real-architecture checkpoints written in real layouts, and wired services."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny SD 1.5 as a diffusers folder and as an A1111 single file, and a tiny SDXL single file."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file
+    from tests.fixtures.tiny_models import tiny_sd15_components, tiny_sdxl_components
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    components = tiny_sd15_components()
+    folder = root / "tiny-sd15-diffusers"
+    StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).save_pretrained(folder)
+    single = save_single_file(
+        root / "tiny-sd15.safetensors",
+        diffusers_to_ldm_state_dict(
+            unet=components["unet"], vae=components["vae"], text_encoder=components["text_encoder"], family="sd1"
+        ),
+    )
+    xl = tiny_sdxl_components()
+    sdxl = save_single_file(
+        root / "tiny-sdxl.safetensors",
+        diffusers_to_ldm_state_dict(
+            unet=xl["unet"],
+            vae=xl["vae"],
+            text_encoder=xl["text_encoder"],
+            text_encoder_2=xl["text_encoder_2"],
+            family="sdxl",
+        ),
+    )
+    return {"sd15_folder": folder, "sd15_single": single, "sdxl_single": sdxl}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, tiny_model_files: dict[str, Path]) -> Path:
+    """A fresh Easel data dir whose models/Stable-diffusion holds the tiny SD 1.5 (file and folder)."""
+    checkpoints = tmp_path / "models" / "Stable-diffusion"
+    _link_or_copy(tiny_model_files["sd15_single"], checkpoints / "tiny-sd15.safetensors")
+    _link_or_copy(tiny_model_files["sd15_folder"], checkpoints / "tiny-sd15-diffusers")
+    return tmp_path
+
+
+@pytest.fixture
+def services(data_dir: Path) -> Iterator[object]:
+    from webui.container import build_services
+    from webui.settings import Settings
+
+    built = build_services(Settings(data_dir=data_dir, preload_model=False))
+    yield built
+    built.generation.shutdown()
