@@ -297,21 +297,26 @@ def install_error_handlers(app: FastAPI) -> None:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
         return payload(request, 422, "RequestValidationError", "; ".join(parts))
 
+    status_by_name = {
+        "ModelNotFoundError": 404,
+        "NoModelError": 404,
+        "GenerationError": 422,
+    }
+
+    async def _known(request: Request, exc: Exception) -> JSONResponse:
+        name = type(exc).__name__
+        default = 422 if isinstance(exc, ValueError) else 404 if isinstance(exc, LookupError) else 500
+        return payload(request, status_by_name.get(name, default), name, str(exc))
+
+    # Domain errors carry user-facing messages: ValueError → 422, LookupError → 404, RuntimeError → 500
+    # (load and generation failures; NoModelError → 404).
+    for exc_type in (ValueError, LookupError, RuntimeError):
+        app.add_exception_handler(exc_type, _known)
+
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception) -> JSONResponse:
-        name = type(exc).__name__
-        status = {
-            "UnknownSamplerError": 422,
-            "ModelNotFoundError": 404,
-            "NoModelError": 404,
-            "ModelLoadError": 500,
-            "GenerationFailed": 500,
-            "GenerationError": 422,
-            "ValidationError": 422,
-        }.get(name, 500)
-        if status == 500 and name not in ("ModelLoadError", "GenerationFailed"):
-            log.exception("API request failed")
-        return payload(request, status, name, str(exc))
+        log.exception("API request failed")
+        return payload(request, 500, type(exc).__name__, str(exc))
 
 
 __all__ = ["ApiError", "UnknownSamplerError", "build_router", "decode_base64_image", "install_error_handlers"]

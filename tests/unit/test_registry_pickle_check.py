@@ -1,0 +1,89 @@
+"""``.ckpt``/``.pt`` load with ``weights_only=True`` only; anything needing code execution is refused."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from webui.registry.pickle_check import (  # noqa: E402
+    CheckpointLoadError,
+    UnsafeCheckpointError,
+    load_pickle_checkpoint,
+)
+
+
+def _record_execution(marker: str) -> dict[str, str]:
+    """What a malicious pickle would run; here it only leaves a marker file."""
+    Path(marker).write_text("executed")
+    return {}
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_record_execution, (self.marker,))
+
+
+def test_plain_state_dict_loads(tmp_path: Path) -> None:
+    weights = {"model.diffusion_model.conv.weight": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}
+    path = tmp_path / "m.ckpt"
+    torch.save(weights, path)
+    loaded = load_pickle_checkpoint(path)
+    assert loaded.keys() == weights.keys()
+    for key, value in weights.items():
+        assert torch.equal(loaded[key], value)
+
+
+def test_state_dict_nesting_is_unwrapped(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({"state_dict": {"state_dict": {"w": torch.zeros(3)}}, "global_step": 470000, "epoch": 6}, path)
+    loaded = load_pickle_checkpoint(path)
+    assert list(loaded) == ["w"]
+
+
+def test_code_executing_pickle_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Payload(marker)}, path)
+
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        load_pickle_checkpoint(path)
+    assert not marker.exists(), "the pickle payload ran"
+    message = str(caught.value)
+    assert "evil.ckpt" in message
+    assert "arbitrary code execution" in message
+    assert "refuses" in message
+    assert ".safetensors" in message
+    assert isinstance(caught.value, CheckpointLoadError)
+
+    # The payload is real: an unrestricted unpickler would have run it.
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "executed"
+
+
+def test_raw_pickle_with_payload_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(UnsafeCheckpointError):
+        load_pickle_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_corrupt_file_is_a_load_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.ckpt"
+    torch.save({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointLoadError, match=r"m\.ckpt"):
+        load_pickle_checkpoint(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointLoadError, match="not found"):
+        load_pickle_checkpoint(tmp_path / "nope.ckpt")
