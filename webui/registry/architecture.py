@@ -203,7 +203,10 @@ def infer_unet_config(unet: Shapes, family: ModelFamily) -> dict[str, Any]:
     depths = [max(level.depth, 1) for level in levels]
     mid_depth = _count_indices(unet, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
     if mid_depth:
-        depths[-1] = mid_depth
+        depths[-1] = mid_depth  # diffusers sizes the middle block from the last entry
+    used = {level.depth for level in levels if level.attention} | ({mid_depth} if mid_depth else set())
+    if len(used) == 1:
+        depths = [used.pop()] * len(levels)  # one depth everywhere (levels without attention ignore it)
     config.update(
         in_channels=conv_in[1],
         out_channels=unet["out.2.weight"][0],
