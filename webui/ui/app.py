@@ -1,0 +1,50 @@
+"""The Gradio UI of Easel: a quick-settings bar above one tab per mode.
+
+``build_ui(services)`` is mounted by ``webui.server``; ``launch_kwargs()`` holds the app-level options
+(theme, CSS) that Gradio 6 takes at launch / mount time rather than in ``gr.Blocks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from webui.ui.pnginfo import build_pnginfo
+from webui.ui.quicksettings import build_quicksettings, refresh_values
+from webui.ui.txt2img import build_txt2img
+
+TXT2IMG_TAB = "txt2img"
+PNGINFO_TAB = "pnginfo"
+
+CSS = """
+.easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
+  background: rgba(217, 83, 79, 0.08); }
+#txt2img_generate { min-height: 4.5em; }
+#txt2img_progress { min-height: 1.5em; }
+"""
+
+
+def build_ui(services: Any) -> gr.Blocks:
+    with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
+        bar = build_quicksettings(services)
+        with gr.Tabs(selected=TXT2IMG_TAB, elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id=TXT2IMG_TAB, elem_id="tab_txt2img"):
+                txt2img = build_txt2img(services, clip_skip=bar.clip_skip)
+            with gr.Tab("PNG Info", id=PNGINFO_TAB, elem_id="tab_pnginfo"):
+                build_pnginfo(services, txt2img_fields=txt2img.fields, tabs=tabs, txt2img_tab_id=TXT2IMG_TAB)
+        outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
+        blocks.load(
+            lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False
+        )
+    blocks.queue(default_concurrency_limit=1)
+    return blocks
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Extra keyword arguments for ``gr.mount_gradio_app`` / ``Blocks.launch``."""
+    # System fonts: a self-hosted studio must render without fetching web fonts.
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    return {"theme": theme, "css": CSS, "footer_links": ["api", "settings"]}

@@ -1,0 +1,99 @@
+"""The PNG Info tab: read the parameters of an image and send them to txt2img.
+
+The infotext is parsed with the same functions the API uses (``parse_infotext`` and
+``request_fields_from_infotext``), so a field pasted here is the field a request would get.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from webui.metadata.image_io import read_infotext
+from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
+from webui.ui.user_errors import user_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PngInfoTab:
+    image: gr.Image
+    info: gr.Textbox
+    params: gr.JSON
+    extra: gr.Markdown
+    send_txt2img: gr.Button
+
+
+def read_image_info(path: str | None) -> tuple[str, dict[str, object], str]:
+    """``(infotext, parsed key/values, other metadata as Markdown)`` for the image at ``path``."""
+    if not path:
+        return "", {}, ""
+    try:
+        infotext, items = read_infotext(path)
+    except Exception as exc:  # an unreadable upload is reported, not raised
+        return "", {}, f"⚠️ Could not read the image: {user_message(exc)}"
+    parsed = parse_infotext(infotext) if infotext else {}
+    lines = [f"- **{key}**: {value}" for key, value in items.items() if isinstance(value, str | int | float)]
+    extra = "\n".join(lines)
+    if not infotext:
+        extra = ("This image has no generation parameters.\n\n" + extra).strip()
+    return infotext or "", parsed, extra
+
+
+def fields_to_send(infotext: str, options: Any, available: set[str]) -> dict[str, object]:
+    """Request fields from ``infotext`` that a widget in ``available`` can show, honouring the
+    ``send_seed`` / ``send_size`` options."""
+    if not infotext.strip():
+        return {}
+    fields = request_fields_from_infotext(parse_infotext(infotext))
+    if not getattr(options, "send_seed", True):
+        fields.pop("seed", None)
+    if not getattr(options, "send_size", True):
+        fields.pop("width", None)
+        fields.pop("height", None)
+    return {name: value for name, value in fields.items() if name in available}
+
+
+def build_pnginfo(
+    services: Any,
+    *,
+    txt2img_fields: dict[str, gr.components.Component],
+    tabs: gr.Tabs,
+    txt2img_tab_id: str,
+) -> PngInfoTab:
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(
+                label="Source",
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                elem_id="pnginfo_image",
+            )
+        with gr.Column():
+            info = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_info", buttons=["copy"])
+            send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+            params = gr.JSON(label="Parsed values", elem_id="pnginfo_params", open=True)
+            extra = gr.Markdown("", elem_id="pnginfo_extra")
+    tab = PngInfoTab(image=image, info=info, params=params, extra=extra, send_txt2img=send_txt2img)
+
+    image.change(read_image_info, inputs=image, outputs=[info, params, extra], api_name="pnginfo")
+
+    targets = list(txt2img_fields.values())
+    by_name = dict(txt2img_fields)
+
+    def send(infotext: str | None) -> dict[Any, Any]:
+        fields = fields_to_send(infotext or "", services.options.get(), set(by_name))
+        if not fields:
+            gr.Info("No generation parameters to send.")
+            return {}
+        updates: dict[Any, Any] = {by_name[name]: value for name, value in fields.items()}
+        updates[tabs] = gr.Tabs(selected=txt2img_tab_id)
+        return updates
+
+    send_txt2img.click(send, inputs=info, outputs=[*targets, tabs], api_visibility="private")
+    return tab

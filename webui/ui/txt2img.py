@@ -1,0 +1,356 @@
+"""The txt2img tab: widgets named after ``Txt2ImgRequest`` fields, one generate call on the service.
+
+``Txt2ImgTab.fields`` maps request field names to the widgets that set them; the generate event passes
+them to its handler by name (``inputs_kwargs``), so the handler is ``Txt2ImgRequest(**fields)`` plus the
+defaults that come from options, and the API endpoint's parameters carry the same names.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+from pydantic import ValidationError
+
+from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
+from webui.ui import choices
+from webui.ui.user_errors import user_message
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.3
+RANDOM_SEED = -1
+
+
+@dataclass
+class Txt2ImgTab:
+    fields: dict[str, gr.components.Component]
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    gallery: gr.Gallery
+    infotext: gr.Textbox
+    progress: gr.Markdown
+    preview: gr.Image
+    error: gr.Markdown
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def format_progress(snapshot: dict[str, Any]) -> str:
+    """``Step 3/20 · Batch 1/2 · ETA 4s · <text>`` from a ``ProgressState.snapshot()``."""
+    state = snapshot.get("state", {})
+    if not snapshot.get("busy", True):
+        return "Starting…"
+    parts: list[str] = []
+    steps = state.get("sampling_steps") or 0
+    if steps:
+        parts.append(f"Step {state.get('sampling_step', 0)}/{steps}")
+    job_count = state.get("job_count") or 0
+    if job_count > 1:
+        parts.append(f"Batch {min(state.get('job_no', 0) + 1, job_count)}/{job_count}")
+    parts.append(f"{snapshot.get('progress', 0.0):.0%}")
+    eta = snapshot.get("eta_relative") or 0.0
+    if eta > 0:
+        parts.append(f"ETA {_duration(eta)}")
+    textinfo = str(snapshot.get("textinfo") or "")
+    if textinfo and not textinfo.startswith("Batch "):  # batches are counted above
+        parts.append(textinfo)
+    return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m {seconds:02d}s"
+
+
+def error_box(message: str) -> dict[str, Any]:
+    return gr.update(value=f"⚠️ {message}", visible=True)
+
+
+def gallery_image(image: GeneratedImage) -> Image.Image:
+    """The image as PIL, with its infotext kept in ``info`` so the gallery's PNG carries the parameters."""
+    if image.png_bytes is not None:
+        pil = Image.open(io.BytesIO(image.png_bytes))
+    elif image.path is not None:
+        pil = Image.open(image.path)
+    else:
+        raise ValueError("the generated image has neither data nor a file")
+    pil.load()
+    pil.info["parameters"] = image.infotext
+    return pil
+
+
+def _result_summary(result: GenerationResult) -> str:
+    count = len(result.images)
+    text = f"Done: {count} image{'s' if count != 1 else ''}"
+    if result.interrupted:
+        text = f"Interrupted after {count} image{'s' if count != 1 else ''}"
+    saved = [image.path for image in result.images if image.path]
+    if saved:
+        text += f" · saved to {Path(saved[0]).parent}"
+    return text
+
+
+def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2ImgTab:
+    """Lay out the tab (inside the caller's ``gr.Tab``) and wire its events."""
+    sampler_choices = choices.sampler_names()
+    schedule_choices = choices.schedule_labels()
+    defaults = Txt2ImgRequest()
+    with gr.Row():
+        with gr.Column(scale=4):
+            prompt = gr.Textbox(
+                "", label="Prompt", lines=3, placeholder="Prompt", elem_id="txt2img_prompt", show_label=False
+            )
+            negative_prompt = gr.Textbox(
+                "",
+                label="Negative prompt",
+                lines=2,
+                placeholder="Negative prompt",
+                elem_id="txt2img_neg_prompt",
+                show_label=False,
+            )
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
+                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                sampler_name = gr.Dropdown(
+                    sampler_choices,
+                    value=defaults.sampler_name
+                    if defaults.sampler_name in sampler_choices
+                    else sampler_choices[0],
+                    label="Sampling method",
+                    allow_custom_value=True,
+                    elem_id="txt2img_sampler",
+                )
+                scheduler = gr.Dropdown(
+                    schedule_choices,
+                    value=defaults.scheduler
+                    if defaults.scheduler in schedule_choices
+                    else schedule_choices[0],
+                    label="Schedule type",
+                    allow_custom_value=True,
+                    elem_id="txt2img_scheduler",
+                )
+            steps = gr.Slider(
+                1,
+                150,
+                value=defaults.steps,
+                step=1,
+                precision=0,
+                label="Sampling steps",
+                elem_id="txt2img_steps",
+            )
+            with gr.Row():
+                width = gr.Slider(
+                    64,
+                    2048,
+                    value=defaults.width,
+                    step=8,
+                    precision=0,
+                    label="Width",
+                    elem_id="txt2img_width",
+                )
+                height = gr.Slider(
+                    64,
+                    2048,
+                    value=defaults.height,
+                    step=8,
+                    precision=0,
+                    label="Height",
+                    elem_id="txt2img_height",
+                )
+            with gr.Row():
+                n_iter = gr.Slider(
+                    1,
+                    100,
+                    value=defaults.n_iter,
+                    step=1,
+                    precision=0,
+                    label="Batch count",
+                    elem_id="txt2img_batch_count",
+                )
+                batch_size = gr.Slider(
+                    1,
+                    8,
+                    value=defaults.batch_size,
+                    step=1,
+                    precision=0,
+                    label="Batch size",
+                    elem_id="txt2img_batch_size",
+                )
+            cfg_scale = gr.Slider(
+                1.0, 30.0, value=defaults.cfg_scale, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale"
+            )
+            with gr.Row():
+                seed = gr.Number(
+                    value=RANDOM_SEED, precision=0, label="Seed", elem_id="txt2img_seed", scale=4
+                )
+                random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=0, min_width=40)
+                reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=0, min_width=40)
+        with gr.Column(scale=1):
+            progress = gr.Markdown("", elem_id="txt2img_progress")
+            preview = gr.Image(
+                label="Preview", interactive=False, visible=False, elem_id="txt2img_preview", format="jpeg"
+            )
+            error = gr.Markdown("", visible=False, elem_id="txt2img_error", elem_classes=["easel-error"])
+            gallery = gr.Gallery(
+                label="Output", columns=2, format="png", elem_id="txt2img_gallery", interactive=False
+            )
+            infotext = gr.Textbox(
+                label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext"
+            )
+    last_seeds = gr.State([])
+    last_infotexts = gr.State([])
+    selected = gr.State(0)
+
+    fields: dict[str, gr.components.Component] = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "sampler_name": sampler_name,
+        "scheduler": scheduler,
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "width": width,
+        "height": height,
+        "n_iter": n_iter,
+        "batch_size": batch_size,
+        "seed": seed,
+        "clip_skip": clip_skip,
+    }
+    tab = Txt2ImgTab(
+        fields=fields,
+        generate=generate,
+        interrupt=interrupt,
+        skip=skip,
+        gallery=gallery,
+        infotext=infotext,
+        progress=progress,
+        preview=preview,
+        error=error,
+        extra={"last_seeds": last_seeds, "last_infotexts": last_infotexts, "selected": selected},
+    )
+    _wire(services, tab, random_seed=random_seed, reuse_seed=reuse_seed)
+    return tab
+
+
+def _wire(services: Any, tab: Txt2ImgTab, *, random_seed: gr.Button, reuse_seed: gr.Button) -> None:
+    generation = services.generation
+    last_seeds = tab.extra["last_seeds"]
+    last_infotexts = tab.extra["last_infotexts"]
+    selected = tab.extra["selected"]
+    hide_preview = gr.update(value=None, visible=False)
+    no_error = gr.update(value="", visible=False)
+
+    def generate(**fields: Any) -> Iterator[dict[Any, Any]]:
+        opts = services.options.get()
+        try:
+            request = Txt2ImgRequest(
+                **fields, samples_format=opts.samples_format, randn_source=opts.randn_source
+            )
+        except ValidationError as exc:
+            message = user_message(exc)
+            gr.Warning(message)
+            yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}
+            return
+        future = generation.submit_txt2img(request)
+        yield {tab.error: no_error, tab.progress: "Queued", tab.preview: hide_preview}
+        shown_step = None
+        while not future.done():
+            concurrent.futures.wait([future], timeout=POLL_SECONDS)
+            if future.done():
+                break
+            if not future.running():
+                yield {tab.progress: f"Waiting for the running job ({generation.pending()} queued)"}
+                continue
+            progress = generation.progress
+            update: dict[Any, Any] = {tab.progress: format_progress(progress.snapshot())}
+            if progress.preview is not None and progress.preview_step != shown_step:
+                shown_step = progress.preview_step
+                update[tab.preview] = gr.update(value=progress.preview, visible=True)
+            yield update
+        try:
+            result = future.result()
+        except Exception as exc:  # shown on the page; the service and the app keep running
+            message = user_message(exc)
+            log.info("txt2img failed: %s", message)
+            gr.Warning(message)
+            yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}
+            return
+        images = [(gallery_image(image), f"Seed {image.seed}") for image in result.images]
+        infotexts = [image.infotext for image in result.images]
+        yield {
+            tab.gallery: images,
+            tab.infotext: infotexts[0] if infotexts else "",
+            tab.progress: _result_summary(result),
+            tab.preview: hide_preview,
+            tab.error: no_error,
+            last_seeds: result.seeds,
+            last_infotexts: infotexts,
+            selected: 0,
+        }
+
+    outputs = [
+        tab.preview,
+        tab.progress,
+        tab.gallery,
+        tab.infotext,
+        tab.error,
+        last_seeds,
+        last_infotexts,
+        selected,
+    ]
+    tab.generate.click(
+        generate,
+        inputs_kwargs=tab.fields,
+        outputs=outputs,
+        api_name="txt2img",
+        concurrency_id="txt2img",
+        show_progress="minimal",
+        show_progress_on=[tab.gallery],
+    )
+    tab.fields["prompt"].submit(
+        generate,
+        inputs_kwargs=tab.fields,
+        outputs=outputs,
+        api_visibility="private",
+        concurrency_id="txt2img",
+        show_progress="minimal",
+    )
+    tab.interrupt.click(generation.interrupt, queue=False, api_name="interrupt")
+    tab.skip.click(generation.skip, queue=False, api_name="skip")
+
+    def on_select(infotexts: list[str], evt: gr.SelectData) -> tuple[str, int]:
+        index = evt.index if isinstance(evt.index, int) else 0
+        return (infotexts[index] if 0 <= index < len(infotexts) else ""), index
+
+    tab.gallery.select(
+        on_select, inputs=[last_infotexts], outputs=[tab.infotext, selected], api_visibility="private"
+    )
+
+    random_seed.click(lambda: RANDOM_SEED, outputs=tab.fields["seed"], api_visibility="private", queue=False)
+
+    def reuse(seeds: list[int], index: int, current: float | None) -> Any:
+        if not seeds:
+            return current
+        return seeds[index] if 0 <= index < len(seeds) else seeds[0]
+
+    reuse_seed.click(
+        reuse,
+        inputs=[last_seeds, selected, tab.fields["seed"]],
+        outputs=tab.fields["seed"],
+        api_visibility="private",
+    )
