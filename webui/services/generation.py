@@ -15,11 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.domain.samplers import effective_schedule, resolve_sampler
-from webui.metadata.image_io import dated_output_dir, encode_image, save_image_atomic
+from webui.metadata.image_io import ImageFormat, dated_output_dir, encode_image, save_image_atomic
 from webui.metadata.infotext import build_infotext, generation_params
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
@@ -278,7 +278,7 @@ class GenerationService:
             version=VERSION if opts.add_version_to_infotext else None,
         )
         infotext = build_infotext(request.prompt, request.negative_prompt, params)
-        fmt = request.samples_format
+        fmt = cast(ImageFormat, request.samples_format)
         data = encode_image(image, infotext if opts.enable_pnginfo else None, fmt, quality=opts.jpeg_quality)
         path = None
         if request.save_images and opts.samples_save:
