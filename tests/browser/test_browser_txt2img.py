@@ -1,0 +1,109 @@
+"""A real browser against `python app.py`: type a prompt, Generate, the image and its infotext appear."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def running_app(data_dir: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = (data_dir / "app.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--api"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError((data_dir / "app.log").read_text()) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_generate_from_the_browser(running_app: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app)
+            page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+            page.fill("#txt2img_prompt textarea", "a red circle on a blue background")
+            for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "4")):
+                field = page.locator(f"#{elem_id} input[type=number]")
+                field.fill(value)
+                field.press("Tab")
+            seed = page.locator("#txt2img_seed input, #txt2img_seed textarea").first
+            seed.fill("4321")
+            seed.press("Tab")
+            page.click("#txt2img_generate")
+            page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
+            page.wait_for_function(
+                "document.querySelector('#txt2img_infotext textarea') && "
+                "document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 4321')",
+                timeout=30_000,
+            )
+            infotext = page.locator("#txt2img_infotext textarea").input_value()
+            assert "a red circle on a blue background" in infotext
+            assert "Steps: 4" in infotext and "Size: 64x64" in infotext
+            page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
+
+            # A wrong input is reported in the page; the app keeps serving.
+            width = page.locator("#txt2img_width input[type=number]")
+            width.fill("100")
+            width.press("Tab")
+            page.click("#txt2img_generate")
+            page.wait_for_function(
+                "document.querySelector('#txt2img_error') && "
+                "document.querySelector('#txt2img_error').innerText.includes('multiple of 8')",
+                timeout=30_000,
+            )
+        finally:
+            browser.close()
