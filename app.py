@@ -18,9 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from webui.server import serve
 
     services = build_services(settings)
-    if settings.preload_model:
-        services.preload()
-    serve(services)
+    serve(services, preload=settings.preload_model)
     return 0
 
 

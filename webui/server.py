@@ -37,12 +37,27 @@ def _launch_kwargs() -> dict[str, Any]:
     return launch_kwargs()
 
 
-def serve(services: Services) -> None:
+def serve(services: Services, *, preload: bool = True) -> None:
+    """Serve until stopped. The checkpoint starts loading once the server answers, not before."""
+    import threading
+    import time
+
     import uvicorn
 
     settings = services.settings
     app = build_app(services)
     where = f"http://{settings.host}:{settings.server_port}"
-    log.info("Easel is serving %s at %s", "the API" if settings.nowebui else "the UI", where)
-    print(f"Easel: open {where}" + ("/docs for the API" if settings.nowebui else ""), flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.server_port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.server_port, log_level="warning"))
+
+    def announce_then_preload() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.should_exit:
+            return
+        log.info("Easel is serving %s at %s", "the API" if settings.nowebui else "the UI", where)
+        print(f"Easel: open {where}" + ("/docs for the API" if settings.nowebui else ""), flush=True)
+        if preload:
+            services.preload()
+
+    threading.Thread(target=announce_then_preload, name="easel-announce", daemon=True).start()
+    server.run()

@@ -220,3 +220,25 @@ def test_sdxl_single_file_generates(tmp_path: Path, tiny_model_files: dict[str, 
         assert result.images and "Model: tiny-sdxl" in result.images[0].infotext
     finally:
         services.generation.shutdown()
+
+
+def test_vae_override_from_models_vae(services, data_dir: Path) -> None:
+    import hashlib
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from tests.fixtures.ldm_convert import convert_vae, save_single_file
+    from tests.fixtures.tiny_models import tiny_vae
+
+    torch.manual_seed(5)
+    other = AutoencoderKL.from_config(tiny_vae().config)
+    path = save_single_file(data_dir / "models" / "VAE" / "other.vae.safetensors", convert_vae(other))
+    plain = services.generation.txt2img(_request(sampler_name="Euler"))
+    swapped = services.generation.txt2img(_request(sampler_name="Euler", vae="other.vae.safetensors"))
+    assert _pixels(plain.images[0].png_bytes) != _pixels(swapped.images[0].png_bytes)
+    vae_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    assert f"VAE hash: {vae_hash}, VAE: other.vae," in swapped.images[0].infotext
+    back = services.generation.txt2img(_request(sampler_name="Euler", vae="Automatic"))
+    assert _pixels(back.images[0].png_bytes) == _pixels(plain.images[0].png_bytes)
+    assert "VAE" not in back.images[0].infotext.split("\n")[-1]

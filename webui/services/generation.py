@@ -133,10 +133,11 @@ class GenerationService:
         engine = self.engine()
         state = self.models.load_state
         vae_path = self.models.find_vae(vae_option) if vae_option else None
+        vae_hash = self.models.hashes.compute("vae", vae_path.name, vae_path)[:10] if vae_path else None
         with engine.lock:
             state.loading, state.error = True, None
             try:
-                model = engine.activate(record, vae_path=vae_path, progress=state.set)
+                model = engine.activate(record, vae_path=vae_path, vae_hash=vae_hash, progress=state.set)
             except Exception as exc:
                 state.error = str(exc)
                 raise
