@@ -29,7 +29,10 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     single = save_single_file(
         root / "tiny-sd15.safetensors",
         diffusers_to_ldm_state_dict(
-            unet=components["unet"], vae=components["vae"], text_encoder=components["text_encoder"], family="sd1"
+            unet=components["unet"],
+            vae=components["vae"],
+            text_encoder=components["text_encoder"],
+            family="sd1",
         ),
     )
     xl = tiny_sdxl_components()

@@ -47,7 +47,9 @@ def serve(services: Services, *, preload: bool = True) -> None:
     settings = services.settings
     app = build_app(services)
     where = f"http://{settings.host}:{settings.server_port}"
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.server_port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.server_port, log_level="warning")
+    )
 
     def announce_then_preload() -> None:
         while not server.started and not server.should_exit:

@@ -47,7 +47,9 @@ def test_txt2img_response_shape_and_png_parameters(client: TestClient) -> None:
     info = json.loads(payload["info"])
     assert info["all_seeds"] == [7]
     assert info["sampler_name"] == "Euler a"  # sampler_index used when sampler_name is empty
-    assert info["infotexts"][0].startswith("a red circle\nSteps: 2, Sampler: Euler a, CFG scale: 7.0, Seed: 7")
+    assert info["infotexts"][0].startswith(
+        "a red circle\nSteps: 2, Sampler: Euler a, CFG scale: 7.0, Seed: 7"
+    )
     image = _decode(payload["images"][0])
     assert image.size == (64, 64)
     assert image.info["parameters"] == info["infotexts"][0]
@@ -69,7 +71,9 @@ def test_txt2img_save_images_and_legacy_sampler_name(client: TestClient) -> None
 
 
 def test_txt2img_infotext_field_fills_unset_fields(client: TestClient) -> None:
-    infotext = "a blue square\nNegative prompt: ugly\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 99, Size: 64x64"
+    infotext = (
+        "a blue square\nNegative prompt: ugly\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 99, Size: 64x64"
+    )
     response = client.post("/sdapi/v1/txt2img", json={"infotext": infotext, "seed": 5})
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
@@ -111,7 +115,10 @@ def test_sd_models_and_options_switch_checkpoint(client: TestClient) -> None:
     assert "sd_model_checkpoint" in options and "samples_format" in options
     # POST accepts back everything GET returned.
     assert client.post("/sdapi/v1/options", json=options).status_code == 200
-    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd15-diffusers"}).status_code == 200
+    assert (
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd15-diffusers"}).status_code
+        == 200
+    )
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny-sd15-diffusers"
     info = json.loads(client.post("/sdapi/v1/txt2img", json=SMALL).json()["info"])
     assert info["sd_model_name"] == "tiny-sd15-diffusers"
@@ -126,7 +133,13 @@ def test_samplers_schedulers_progress_interrupt_refresh(client: TestClient) -> N
     assert samplers[0]["name"] == "DPM++ 2M" and {"name", "aliases", "options"} <= set(samplers[0])
     assert "Euler a" in {s["name"] for s in samplers}
     schedulers = client.get("/sdapi/v1/schedulers").json()
-    assert {s["label"] for s in schedulers} >= {"Automatic", "Karras", "Exponential", "SGM Uniform", "Uniform"}
+    assert {s["label"] for s in schedulers} >= {
+        "Automatic",
+        "Karras",
+        "Exponential",
+        "SGM Uniform",
+        "Uniform",
+    }
     progress = client.get("/sdapi/v1/progress").json()
     assert progress["progress"] == 0 and progress["eta_relative"] == 0
     assert progress["state"]["job_count"] == 0 and progress["current_image"] is None
@@ -138,7 +151,9 @@ def test_samplers_schedulers_progress_interrupt_refresh(client: TestClient) -> N
 
 def test_png_info_round_trip(client: TestClient) -> None:
     generated = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "hello, world"}).json()
-    response = client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + generated["images"][0]})
+    response = client.post(
+        "/sdapi/v1/png-info", json={"image": "data:image/png;base64," + generated["images"][0]}
+    )
     assert response.status_code == 200
     payload = response.json()
     assert payload["info"].startswith("hello, world\nSteps: 2")

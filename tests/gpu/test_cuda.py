@@ -58,7 +58,9 @@ def test_offload_modes_generate(mode: str, tiny_model_files: dict[str, Path], tm
     from webui.runtime.cache import ModelCache, choose_device
     from webui.runtime.generate import DiffusionJob, generate_batch
 
-    cache = ModelCache(choose_device("cuda", "half", "sdpa", mode), capacity=1, tokenizer_cache=tmp_path / "t")
+    cache = ModelCache(
+        choose_device("cuda", "half", "sdpa", mode), capacity=1, tokenizer_cache=tmp_path / "t"
+    )
     model = cache.get(_record(tiny_model_files["sd15_single"]))
     sampler, schedule = resolve_sampler("Euler")
     job = DiffusionJob(

@@ -42,7 +42,9 @@ def test_txt2img_saves_png_with_a1111_infotext(services) -> None:
     assert parsed["Seed"] == "1234"
     assert parsed["Size-1"] == "64"
     assert parsed["Model"] == "tiny-sd15"
-    expected_hash = hashlib.sha256(Path(services.models.find("tiny-sd15.safetensors").path).read_bytes()).hexdigest()
+    expected_hash = hashlib.sha256(
+        Path(services.models.find("tiny-sd15.safetensors").path).read_bytes()
+    ).hexdigest()
     assert parsed["Model hash"] == expected_hash[:10]
 
 

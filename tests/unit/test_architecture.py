@@ -83,8 +83,11 @@ def test_unknown_files_get_hints() -> None:
     ("text", "family"),
     [
         ("cond_stage_config:\n  target: ldm.modules.encoders.modules.FrozenCLIPEmbedder\n", ModelFamily.SD1),
-        ("unet_config:\n  params:\n    in_channels: 9\ncond_stage_config: FrozenCLIPEmbedder", ModelFamily.SD1_INPAINT),
-        ("parameterization: \"v\"\ncond_stage_config: FrozenOpenCLIPEmbedder", ModelFamily.SD2_V),
+        (
+            "unet_config:\n  params:\n    in_channels: 9\ncond_stage_config: FrozenCLIPEmbedder",
+            ModelFamily.SD1_INPAINT,
+        ),
+        ('parameterization: "v"\ncond_stage_config: FrozenOpenCLIPEmbedder', ModelFamily.SD2_V),
         ("cond_stage_config: FrozenOpenCLIPEmbedder", ModelFamily.SD2),
         ("conditioner:\n  FrozenCLIPEmbedder\n  FrozenOpenCLIPEmbedder2", ModelFamily.SDXL),
         ("conditioner:\n  FrozenOpenCLIPEmbedder2", ModelFamily.SDXL_REFINER),

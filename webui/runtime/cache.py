@@ -34,7 +34,7 @@ class DeviceChoice:
         name = str(self.device)
         if self.device.type == "cuda":
             name = f"cuda ({torch.cuda.get_device_name(self.device)})"
-        dtype = str(self.dtype).removeprefix('torch.')
+        dtype = str(self.dtype).removeprefix("torch.")
         return f"{name}, {dtype}, attention {self.attention}, {self.memory_mode}"
 
 
