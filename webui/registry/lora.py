@@ -1,0 +1,311 @@
+"""What LoRAs and textual-inversion embeddings exist on disk, described from headers and sidecars only.
+
+``LoraLibrary`` lists ``models/Lora`` (subfolders become groups) the way A1111's Lora tab does: the name is
+the file stem, ``ss_output_name`` is an alias, a ``<name>.json`` sidecar holds the user's notes and
+preferred weight (A1111's keys ``activation text``, ``preferred weight``, ``notes``, ``sd version``), and a
+``<name>.png`` / ``<name>.preview.png`` beside the file is its preview. The family comes from kohya's
+``ss_base_model_version`` or, failing that, from tensor shapes in the header. Hashes are computed lazily
+(A1111's addnet hash, cached in ``cache.json`` under ``hashes-addnet``).
+
+``EmbeddingLibrary`` lists ``models/embeddings``; an embedding is used by writing its file stem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.domain.lora import (
+    CONTEXT_DIM_FAMILIES,
+    LoraFamily,
+    LoraRecord,
+    family_from_base_model_version,
+)
+from webui.registry.hashes import HashCache
+from webui.registry.safetensors_header import SafetensorsError, SafetensorsHeader, read_header
+from webui.registry.scanner import EMBEDDING_EXTENSIONS, LORA_EXTENSIONS, scan_files
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SUFFIXES = (".png", ".preview.png", ".jpg", ".jpeg", ".preview.jpg", ".webp", ".preview.webp")
+TRIGGER_WORDS = 10
+_SIDECAR_FAMILIES = {"SD1": LoraFamily.SD1, "SD2": LoraFamily.SD2, "SDXL": LoraFamily.SDXL}
+
+
+# -- describing one file ---------------------------------------------------------------------------------
+
+
+def family_from_shapes(shapes: dict[str, tuple[int, ...]]) -> LoraFamily:
+    """Infer the family from key names and the cross-attention / text-encoder widths in the header."""
+    if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in shapes):
+        return LoraFamily.SDXL
+    for key, shape in shapes.items():
+        lowered = key.lower()
+        is_down = any(part in lowered for part in ("lora_down", "lora_a", "lora.down", "hada_w1_b"))
+        if "attn2" in lowered and ("to_k" in lowered or "to_v" in lowered) and is_down and len(shape) >= 2:
+            family = CONTEXT_DIM_FAMILIES.get(shape[1])
+            if family is not None:
+                return family
+    for key, shape in shapes.items():
+        lowered = key.lower()
+        is_te = "lora_te_" in lowered or lowered.startswith("text_encoder.")
+        is_down = any(p in lowered for p in ("lora_down", "lora_a", "lora.down"))
+        if is_te and "q_proj" in lowered and is_down and len(shape) >= 2:
+            family = {768: LoraFamily.SD1, 1024: LoraFamily.SD2}.get(shape[1])
+            if family is not None:
+                return family
+    return LoraFamily.UNKNOWN
+
+
+def lora_kind(shapes: dict[str, tuple[int, ...]]) -> str:
+    """``loha``, ``lokr``, ``locon`` (LoRA with convolution kernels), ``lora``, or ``unknown``."""
+    keys = list(shapes)
+    if any(".hada_w1_a" in key for key in keys):
+        return "loha"
+    if any(".lokr_w1" in key for key in keys):
+        return "lokr"
+    downs = [shape for key, shape in shapes.items() if key.endswith(("lora_down.weight", "lora_A.weight"))]
+    if any(len(shape) == 4 and shape[-1] > 1 for shape in downs):
+        return "locon"
+    if downs or any(key.endswith(("lora.down.weight", "down.weight")) for key in keys):
+        return "lora"
+    return "unknown"
+
+
+def lora_rank(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    ranks = Counter(
+        shape[0]
+        for key, shape in shapes.items()
+        if key.endswith(("lora_down.weight", "lora_A.weight", "lora.down.weight", "hada_w1_b"))
+        and len(shape) >= 2
+    )
+    return ranks.most_common(1)[0][0] if ranks else None
+
+
+def trigger_words(metadata: dict[str, str]) -> tuple[str, ...]:
+    """The most frequent training tags (kohya ``ss_tag_frequency``: ``{dataset: {tag: count}}``)."""
+    raw = metadata.get("ss_tag_frequency")
+    if not raw:
+        return ()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return ()
+    counts: Counter[str] = Counter()
+    if isinstance(data, dict):
+        for tags in data.values():
+            if isinstance(tags, dict):
+                for tag, count in tags.items():
+                    if isinstance(count, int | float):
+                        counts[str(tag).strip()] += int(count)
+    return tuple(tag for tag, _ in counts.most_common(TRIGGER_WORDS) if tag)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """A1111's ``<name>.json`` user metadata beside a network file (``{}`` when absent or unreadable)."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", sidecar.name, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_sidecar(path: Path, values: dict[str, Any]) -> None:
+    """Merge ``values`` into the sidecar of ``path`` (other keys A1111 keeps there are preserved)."""
+    data = read_sidecar(path)
+    data.update(values)
+    path.with_suffix(".json").write_text(json.dumps(data, indent=4, ensure_ascii=False), encoding="utf-8")
+
+
+def find_preview(path: Path) -> str | None:
+    stem = path.with_suffix("")
+    for suffix in PREVIEW_SUFFIXES:
+        candidate = Path(f"{stem}{suffix}")
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def describe_lora(root: Path, path: Path) -> LoraRecord:
+    """A library record for ``path`` from its header, sidecar and preview; never raises for a bad file."""
+    relative = path.relative_to(root)
+    group = relative.parent.as_posix() if relative.parent != Path(".") else ""
+    try:
+        stat = path.stat()
+        mtime, size = stat.st_mtime, stat.st_size
+    except OSError:
+        mtime, size = 0.0, 0
+    record = LoraRecord(name=path.stem, path=str(path), group=group, mtime=mtime, size=size)
+    if path.suffix.lower() == ".safetensors":
+        try:
+            header: SafetensorsHeader | None = read_header(path)
+        except SafetensorsError as exc:
+            header, record.error = None, str(exc)
+        if header is not None:
+            shapes = {key: info.shape for key, info in header.tensors.items()}
+            metadata = header.metadata
+            record.metadata = dict(metadata)
+            record.alias = metadata.get("ss_output_name") or None
+            record.family = family_from_base_model_version(
+                metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
+            )
+            if record.family is LoraFamily.UNKNOWN:
+                record.family = family_from_shapes(shapes)
+            record.rank = lora_rank(shapes)
+            record.kind = lora_kind(shapes)
+            record.trigger_words = trigger_words(metadata)
+            record.sshs_hash = metadata.get("sshs_model_hash") or None
+            covers = metadata.get("ssmd_cover_images")
+            if covers:
+                try:
+                    images = json.loads(covers)
+                    record.preview_data = images[0] if images and isinstance(images[0], str) else None
+                except ValueError:
+                    pass
+    else:
+        record.kind = "pickle"
+    sidecar = read_sidecar(path)
+    record.activation_text = str(sidecar.get("activation text") or "")
+    record.notes = str(sidecar.get("notes") or "")
+    try:
+        record.preferred_weight = float(sidecar.get("preferred weight") or 1.0) or 1.0
+    except (TypeError, ValueError):
+        record.preferred_weight = 1.0
+    family = _SIDECAR_FAMILIES.get(str(sidecar.get("sd version") or ""))
+    if family is not None:
+        record.family = family
+    record.preview = find_preview(path)
+    return record
+
+
+# -- the library ------------------------------------------------------------------------------------------
+
+
+class LoraLibrary:
+    """The LoRAs of one folder; ``refresh()`` rescans it. Thread-safe."""
+
+    def __init__(self, root: Path, hashes: HashCache) -> None:
+        self.root = Path(root)
+        self.hashes = hashes
+        self._lock = threading.Lock()
+        self._records: list[LoraRecord] = []
+        self.refresh()
+
+    def refresh(self) -> list[LoraRecord]:
+        records = [describe_lora(self.root, path) for path in scan_files(self.root, LORA_EXTENSIONS)]
+        for record in records:
+            record.sha256 = self.hashes.get("lora", self._hash_name(record), record.path)
+        with self._lock:
+            self._records = records
+        return list(records)
+
+    def records(self) -> list[LoraRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def _hash_name(self, record: LoraRecord) -> str:
+        return Path(record.path).relative_to(self.root).with_suffix("").as_posix()
+
+    def ensure_hash(self, record: LoraRecord) -> str:
+        """The addnet hash of the file (computed and cached on first use)."""
+        if record.sha256 is None:
+            record.sha256 = self.hashes.compute("lora", self._hash_name(record), record.path)
+        return record.sha256
+
+    def find(self, name: str) -> LoraRecord | None:
+        """By file stem, then relative path, then alias (``ss_output_name``)."""
+        name = name.strip()
+        records = self.records()
+        for record in records:
+            if record.name == name:
+                return record
+        for record in records:
+            if self._hash_name(record) == name:
+                return record
+        for record in records:
+            if record.alias and record.alias == name:
+                return record
+        return None
+
+    def find_by_hash(self, short_hash: str) -> LoraRecord | None:
+        """The file whose ``Lora hashes`` value is ``short_hash`` (hashes files lazily until found)."""
+        short_hash = short_hash.lower()
+        records = self.records()
+        for record in records:
+            if record.sshs_hash and record.sshs_hash.lower().startswith(short_hash):
+                return record
+        for record in records:
+            if record.sha256 and record.sha256.startswith(short_hash):
+                return record
+        for record in records:
+            if record.sha256 is None:
+                try:
+                    if self.ensure_hash(record).startswith(short_hash):
+                        return record
+                except (OSError, ValueError) as exc:
+                    log.warning("could not hash %s: %s", record.path, exc)
+        return None
+
+
+@dataclass
+class EmbeddingRecord:
+    name: str
+    path: str
+    mtime: float
+    sha256: str | None = None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:12] if self.sha256 else None
+
+
+class EmbeddingLibrary:
+    """Textual-inversion files in ``models/embeddings``; the name is the file stem."""
+
+    def __init__(self, root: Path, hashes: HashCache) -> None:
+        self.root = Path(root)
+        self.hashes = hashes
+        self._lock = threading.Lock()
+        self._records: dict[str, EmbeddingRecord] = {}
+        self.refresh()
+
+    def refresh(self) -> list[EmbeddingRecord]:
+        records: dict[str, EmbeddingRecord] = {}
+        for path in scan_files(self.root, EMBEDDING_EXTENSIONS):
+            if path.name.endswith((".preview.png",)):
+                continue
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue
+            records.setdefault(path.stem, EmbeddingRecord(name=path.stem, path=str(path), mtime=mtime))
+        with self._lock:
+            self._records = records
+        return list(records.values())
+
+    def records(self) -> list[EmbeddingRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._records)
+
+    def get(self, name: str) -> EmbeddingRecord | None:
+        with self._lock:
+            return self._records.get(name)
+
+    def ensure_hash(self, record: EmbeddingRecord) -> str:
+        if record.sha256 is None:
+            relative = Path(record.path).relative_to(self.root).with_suffix("").as_posix()
+            record.sha256 = self.hashes.compute("textual_inversion", relative, record.path)
+        return record.sha256
