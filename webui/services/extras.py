@@ -1,0 +1,154 @@
+"""Upscalers and the Extras tab: list upscalers, upscale images by factor or to a size.
+
+Model upscalers run on the generation device, through the generation queue, so an upscale never competes
+with a generation for GPU memory. Results are saved to ``outputs/extras-images/YYYY-MM-DD/`` with the
+source image's parameters plus A1111's ``Postprocess ...`` keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Any, cast
+
+from PIL import Image
+
+from webui.domain.img2img import UPSCALER_NONE
+from webui.domain.upscalers import ExtrasImage, ExtrasRequest, ExtrasResult
+from webui.metadata.image_io import (
+    ImageFormat,
+    dated_output_dir,
+    encode_image,
+    read_infotext,
+    save_image_atomic,
+)
+from webui.metadata.infotext import quote
+from webui.registry.upscalers import UpscalerRecord, scan_upscalers
+from webui.services.img2img import decode_image
+
+log = logging.getLogger(__name__)
+
+
+class UnknownUpscalerError(ValueError):
+    """No upscaler has that name; the message lists the known ones."""
+
+
+class UpscalerService:
+    def __init__(self, models_root: Path, generation: Any) -> None:
+        self.models_root = models_root
+        self.generation = generation
+        self._runner: Any = None
+
+    def available(self) -> list[UpscalerRecord]:
+        return scan_upscalers(self.models_root)
+
+    def names(self) -> list[str]:
+        return [record.name for record in self.available()]
+
+    def find(self, name: str) -> UpscalerRecord:
+        records = self.available()
+        for record in records:
+            if record.name == name:
+                return record
+        for record in records:
+            if record.name.lower() == name.lower():
+                return record
+        known = ", ".join(record.name for record in records)
+        raise UnknownUpscalerError(f"Unknown upscaler {name!r}. Known upscalers: {known}.")
+
+    def runner(self) -> Any:
+        if self._runner is None:
+            from webui.runtime.upscalers import UpscalerRunner
+
+            choice = self.generation.engine().choice
+            self._runner = UpscalerRunner(choice.device, choice.dtype)
+        return self._runner
+
+    def upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
+        """``image`` at exactly ``width`` x ``height`` through upscaler ``name`` (``None`` just resizes)."""
+        record = self.find(name)
+        if record.path is None:
+            from webui.runtime.upscalers import resize_builtin
+
+            return resize_builtin(
+                image, "Lanczos" if record.name == UPSCALER_NONE else record.name, width, height
+            )
+        return cast(Image.Image, self.runner().upscale(image, record.name, record.path, width, height))
+
+
+class ExtrasService:
+    def __init__(self, upscalers: UpscalerService, generation: Any, options: Any, outputs_root: Path) -> None:
+        self.upscalers = upscalers
+        self.generation = generation
+        self.options = options
+        self.outputs_root = outputs_root
+
+    def run(self, request: ExtrasRequest) -> ExtrasResult:
+        """Decode and check everything first, then upscale on the generation queue, then save."""
+        images = [decode_image(data, f"image {i + 1}") for i, data in enumerate(request.images)]
+        first = self.upscalers.find(request.upscaler_1)
+        second = self.upscalers.find(request.upscaler_2) if request.extras_upscaler_2_visibility > 0 else None
+        if second is not None and second.name == UPSCALER_NONE:
+            second = None
+        processed = self.generation.submit_call(
+            lambda: [self._process(request, image, first, second) for image in images]
+        ).result()
+        results = []
+        opts = self.options.get()
+        fmt = cast(ImageFormat, request.samples_format)
+        for index, ((image, info), source) in enumerate(zip(processed, images, strict=True)):
+            original, _items = read_infotext(source)
+            infotext = ", ".join(
+                key if key == value else f"{key}: {quote(value)}" for key, value in info.items()
+            )
+            if original:
+                infotext = f"{original}, {infotext}" if infotext else original
+            data = encode_image(image, infotext or None, fmt, quality=opts.jpeg_quality)
+            path = None
+            if request.save_images and opts.samples_save:
+                folder = dated_output_dir(self.outputs_root, "extras", date.today())
+                path = str(save_image_atomic(data, folder, index, fmt))
+            name = request.names[index] if index < len(request.names) else f"image-{index + 1}"
+            results.append(
+                ExtrasImage(
+                    name=name,
+                    infotext=infotext,
+                    width=image.width,
+                    height=image.height,
+                    path=path,
+                    png_bytes=data,
+                )
+            )
+        return ExtrasResult(request=request, images=results)
+
+    def _process(
+        self,
+        request: ExtrasRequest,
+        image: Image.Image,
+        first: UpscalerRecord,
+        second: UpscalerRecord | None,
+    ) -> tuple[Image.Image, dict[str, object]]:
+        info: dict[str, object] = {}
+        source = image.convert("RGB")
+        if first.name == UPSCALER_NONE:
+            return source, info  # A1111: upscaler 1 "None" leaves the image as it is
+        if request.resize_mode == 1:
+            target_w, target_h = request.upscaling_resize_w, request.upscaling_resize_h
+            scale = max(target_w / source.width, target_h / source.height)
+            info["Postprocess upscale to"] = f"{target_w}x{target_h}"
+        else:
+            scale = request.upscaling_resize
+            info["Postprocess upscale by"] = scale
+        width, height = round(source.width * scale), round(source.height * scale)
+        result = self.upscalers.upscale(source, first.name, width, height)
+        info["Postprocess upscaler"] = first.name
+        if second is not None:
+            other = self.upscalers.upscale(source, second.name, width, height)
+            result = Image.blend(result, other, request.extras_upscaler_2_visibility)
+            info["Postprocess upscaler 2"] = second.name
+        if request.resize_mode == 1 and request.upscaling_crop and (width, height) != (target_w, target_h):
+            left, top = (width - target_w) // 2, (height - target_h) // 2
+            result = result.crop((left, top, left + target_w, top + target_h))
+            info["Postprocess crop to"] = f"{target_w}x{target_h}"
+        return result, info

@@ -1,0 +1,218 @@
+"""img2img, inpainting and hires fix on the generation service's queue.
+
+:class:`ImageModesMixin` is mixed into ``GenerationService``: txt2img and img2img share its job loop
+(seeds, batches, progress, saving); this mixin supplies what differs per mode: the batch runner, the
+steps a batch reports, and the infotext keys. Images arrive base64-encoded in the request and are decoded
+and checked before the job is queued, so a bad upload fails at once and nothing is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from webui.domain.generation import GenerationResult, Img2ImgRequest, Txt2ImgRequest
+from webui.domain.img2img import (
+    DEFAULT_HR_UPSCALER,
+    LATENT_UPSCALE_MODES,
+    effective_steps,
+    hires_infotext_extra,
+    hires_target_size,
+    img2img_infotext_extra,
+)
+from webui.domain.samplers import effective_schedule, resolve_sampler
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_PIXELS = 8192 * 8192
+
+
+class ImageInputError(ValueError):
+    """An uploaded image or mask cannot be used; the message says which and why."""
+
+
+def decode_image(data: str, what: str = "image") -> Image.Image:
+    """A base64 image file (raw, or a ``data:`` URL) as a loaded PIL image; ``ImageInputError`` if not."""
+    if data.startswith("data:"):
+        data = data.split(",", 1)[1] if "," in data else ""
+    try:
+        raw = base64.b64decode(data, validate=False)
+        image = Image.open(io.BytesIO(raw))
+        if image.width * image.height > MAX_INPUT_PIXELS:
+            size = f"{image.width}x{image.height}"
+            raise ImageInputError(f"The {what} is {size}; the limit is 8192x8192 pixels.")
+        image.load()
+    except ImageInputError:
+        raise
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageInputError(f"The {what} is not a readable image file ({type(exc).__name__}).") from exc
+    return image
+
+
+def encode_png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass
+class Img2ImgInputs:
+    """Decoded init images and mask of one img2img job; hands them out batch by batch."""
+
+    images: list[Image.Image]
+    mask: Image.Image | None
+    used: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def next_batch(self, count: int) -> list[Image.Image]:
+        start, self.used = self.used, self.used + count
+        return [self.images[(start + i) % len(self.images)] for i in range(count)]
+
+
+def decode_img2img_inputs(request: Img2ImgRequest) -> Img2ImgInputs:
+    from webui.runtime.masks import to_rgb
+
+    images = [to_rgb(decode_image(data, f"init image {i + 1}")) for i, data in enumerate(request.init_images)]
+    mask = None
+    if request.mask:
+        mask = decode_image(request.mask, "mask")
+        if mask.size != images[0].size:
+            raise ImageInputError(
+                f"The mask is {mask.width}x{mask.height} but the init image is "
+                f"{images[0].width}x{images[0].height}; the mask must have the image's size."
+            )
+        if any(image.size != images[0].size for image in images):
+            raise ImageInputError("With a mask, every init image must have the mask's size.")
+    return Img2ImgInputs(images=images, mask=mask)
+
+
+class ImageModesMixin:
+    """The img2img / hires parts of ``GenerationService`` (see the module doc)."""
+
+    upscalers: Any = None  # webui.services.extras.UpscalerService, set by the container
+    _img2img_inputs: Img2ImgInputs | None = None
+    submit_call: Callable[[Callable[[], Any]], Future[Any]]
+    _run_txt2img: Callable[[Any], GenerationResult]
+
+    # -- entry points ----------------------------------------------------------------------------------------
+    def submit_img2img(self, request: Img2ImgRequest) -> Future[GenerationResult]:
+        inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
+
+        def run() -> GenerationResult:
+            self._img2img_inputs = inputs
+            try:
+                return self._run_txt2img(request)
+            finally:
+                self._img2img_inputs = None
+
+        return self.submit_call(run)
+
+    def img2img(self, request: Img2ImgRequest) -> GenerationResult:
+        return self.submit_img2img(request).result()
+
+    # -- used by the shared job loop -------------------------------------------------------------------------
+    def _steps_per_batch(self, request: Txt2ImgRequest | Img2ImgRequest) -> int:
+        if isinstance(request, Img2ImgRequest):
+            return max(1, effective_steps(request.steps, request.denoising_strength))
+        if request.enable_hr:
+            second = request.hr_second_pass_steps or request.steps
+            return request.steps + effective_steps(second, request.denoising_strength)
+        return request.steps
+
+    def _mode_extra(
+        self, request: Txt2ImgRequest | Img2ImgRequest, extra: dict[str, object] | None
+    ) -> dict[str, object] | None:
+        """Mode keys (hires / inpainting) before the other extras (``Lora hashes``...), in A1111's order."""
+        if isinstance(request, Img2ImgRequest):
+            mode = img2img_infotext_extra(request)
+        else:
+            mode = hires_infotext_extra(request, request.sampler_name, request.scheduler)
+        merged = {**mode, **(extra or {})}
+        return merged or None
+
+    def _generate_batch(
+        self,
+        engine: Any,
+        model: Any,
+        job: Any,
+        request: Txt2ImgRequest | Img2ImgRequest,
+        on_step: Callable[[int, int, Any], bool],
+    ) -> tuple[list[Any], bool]:
+        if isinstance(request, Img2ImgRequest):
+            inputs = self._img2img_inputs
+            if inputs is None:
+                raise ImageInputError("img2img needs init images")
+            return engine.img2img(model, job, self._img2img_spec(request, inputs, len(job.seeds)), on_step)
+        if request.enable_hr:
+            return engine.hires(model, job, self._hires_spec(request), on_step)
+        return engine.generate(model, job, on_step)
+
+    # -- specs -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _img2img_spec(request: Img2ImgRequest, inputs: Img2ImgInputs, count: int) -> Any:
+        from webui.runtime.img2img import Img2ImgSpec
+
+        return Img2ImgSpec(
+            init_images=inputs.next_batch(count),
+            strength=request.denoising_strength,
+            resize_mode=request.resize_mode,
+            mask=inputs.mask,
+            mask_blur=request.mask_blur,
+            inpainting_fill=request.inpainting_fill,
+            inpaint_full_res=request.inpaint_full_res,
+            inpaint_full_res_padding=request.inpaint_full_res_padding,
+            invert_mask=bool(request.inpainting_mask_invert),
+        )
+
+    def _hires_spec(self, request: Txt2ImgRequest) -> Any:
+        from webui.runtime.hires import HiresSpec
+
+        width, height, crop = hires_target_size(
+            request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y
+        )
+        upscaler = request.hr_upscaler or DEFAULT_HR_UPSCALER
+        pixel_upscale = None
+        if upscaler not in LATENT_UPSCALE_MODES:
+            pixel_upscale = self._pixel_upscaler(upscaler)
+        sampler = schedule = None
+        if request.hr_sampler_name and request.hr_sampler_name != "Use same sampler":
+            hr_schedule = request.hr_scheduler
+            if not hr_schedule or hr_schedule == "Use same scheduler":
+                hr_schedule = request.scheduler
+            sampler, schedule = resolve_sampler(request.hr_sampler_name, hr_schedule)
+        elif request.hr_scheduler and request.hr_scheduler != "Use same scheduler":
+            sampler, schedule = resolve_sampler(request.sampler_name, request.hr_scheduler)
+        if sampler is not None and schedule is not None:
+            effective_schedule(sampler, schedule)  # rejects a schedule the sampler cannot use
+        return HiresSpec(
+            width=width,
+            height=height,
+            crop=crop,
+            upscaler=upscaler,
+            steps=request.hr_second_pass_steps,
+            strength=request.denoising_strength,
+            prompt=request.hr_prompt or None,
+            negative_prompt=request.hr_negative_prompt or None,
+            sampler=sampler,
+            schedule=schedule,
+            pixel_upscale=pixel_upscale,
+        )
+
+    def _pixel_upscaler(self, name: str) -> Callable[[Image.Image, int, int], Image.Image]:
+        service = self.upscalers
+        if service is None:
+            raise ImageInputError("no upscaler service is configured")
+        service.find(name)  # unknown name -> a clear error listing the known ones
+
+        def upscale(image: Image.Image, width: int, height: int) -> Image.Image:
+            return service.upscale(image, name, width, height)
+
+        return upscale

@@ -1,0 +1,382 @@
+"""The img2img tab: an init image (img2img), a mask painted in the browser (Inpaint) or uploaded
+(Inpaint upload); widgets named after ``Img2ImgRequest`` fields, one generate call on the service.
+
+Images are handed to the request as base64 PNG, the same form the API receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+
+from webui.domain.generation import Img2ImgRequest
+from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
+from webui.ui import choices
+from webui.ui.txt2img import POLL_SECONDS, _result_summary, error_box, format_progress, gallery_image
+from webui.ui.user_errors import user_message
+
+log = logging.getLogger(__name__)
+
+MODE_IMG2IMG, MODE_INPAINT, MODE_UPLOAD = "img2img", "inpaint", "inpaint_upload"
+
+
+@dataclass
+class Img2ImgTab:
+    fields: dict[str, gr.components.Component]
+    image: gr.Image
+    editor: gr.ImageEditor
+    upload_image: gr.Image
+    upload_mask: gr.Image
+    mode: gr.State
+    sub_tabs: gr.Tabs
+    gallery: gr.Gallery
+    infotext: gr.Textbox
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def editor_mask(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
+    """``(background, mask)`` from an ImageEditor value: the mask is white wherever a layer was painted."""
+    if not value:
+        return None, None
+    background = value.get("background") if isinstance(value, dict) else None
+    if background is None:
+        return None, None
+    painted = np.zeros((background.height, background.width), dtype=bool)
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        rgba = np.asarray(layer.convert("RGBA").resize(background.size))
+        painted |= rgba[..., 3] > 0
+    mask = Image.fromarray((painted * 255).astype(np.uint8), mode="L")
+    return background, mask
+
+
+def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2ImgTab:
+    sampler_choices = choices.sampler_names()
+    schedule_choices = choices.schedule_labels()
+    defaults = Img2ImgRequest(init_images=["-"])
+    with gr.Row():
+        with gr.Column(scale=4):
+            prompt = gr.Textbox(
+                "", label="Prompt", lines=3, placeholder="Prompt", elem_id="img2img_prompt", show_label=False
+            )
+            negative_prompt = gr.Textbox(
+                "",
+                label="Negative prompt",
+                lines=2,
+                placeholder="Negative prompt",
+                elem_id="img2img_neg_prompt",
+                show_label=False,
+            )
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="img2img_interrupt", size="sm")
+                skip = gr.Button("Skip", elem_id="img2img_skip", size="sm")
+    mode = gr.State(MODE_IMG2IMG)
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Tabs(elem_id="img2img_mode_tabs") as sub_tabs:
+                with gr.Tab("img2img", id=MODE_IMG2IMG, elem_id="img2img_img2img_tab") as tab_plain:
+                    image = gr.Image(
+                        label="Image for img2img",
+                        type="pil",
+                        image_mode="RGBA",
+                        sources=["upload", "clipboard"],
+                        elem_id="img2img_image",
+                    )
+                with gr.Tab("Inpaint", id=MODE_INPAINT, elem_id="img2img_inpaint_tab") as tab_inpaint:
+                    editor = gr.ImageEditor(
+                        label="Image for inpainting: paint the area to repaint",
+                        type="pil",
+                        image_mode="RGBA",
+                        sources=["upload", "clipboard"],
+                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                        eraser=gr.Eraser(default_size=24),
+                        layers=False,
+                        elem_id="img2img_inpaint_editor",
+                    )
+                with (
+                    gr.Tab("Inpaint upload", id=MODE_UPLOAD, elem_id="img2img_inpaint_upload_tab") as tab_up,
+                    gr.Row(),
+                ):
+                    upload_image = gr.Image(
+                        label="Image", type="pil", image_mode="RGBA", elem_id="img2img_inpaint_upload_image"
+                    )
+                    upload_mask = gr.Image(
+                        label="Mask (white = repaint)",
+                        type="pil",
+                        image_mode="L",
+                        elem_id="img2img_inpaint_upload_mask",
+                    )
+            resize_mode = gr.Radio(
+                list(RESIZE_MODES),
+                value=RESIZE_MODES[defaults.resize_mode],
+                type="index",
+                label="Resize mode",
+                elem_id="img2img_resize_mode",
+            )
+            with gr.Accordion("Inpainting", open=True, elem_id="img2img_inpaint_options"):
+                mask_blur = gr.Slider(
+                    0,
+                    64,
+                    value=defaults.mask_blur,
+                    step=1,
+                    precision=0,
+                    label="Mask blur",
+                    elem_id="img2img_mask_blur",
+                )
+                mask_invert = gr.Radio(
+                    list(MASK_MODES),
+                    value=MASK_MODES[0],
+                    type="index",
+                    label="Mask mode",
+                    elem_id="img2img_mask_mode",
+                )
+                inpainting_fill = gr.Radio(
+                    list(INPAINTING_FILLS),
+                    value=INPAINTING_FILLS[defaults.inpainting_fill],
+                    type="index",
+                    label="Masked content",
+                    elem_id="img2img_inpainting_fill",
+                )
+                inpaint_area = gr.Radio(
+                    list(INPAINT_AREAS),
+                    value=INPAINT_AREAS[0],
+                    type="index",
+                    label="Inpaint area",
+                    elem_id="img2img_inpaint_full_res",
+                )
+                padding = gr.Slider(
+                    0,
+                    256,
+                    value=defaults.inpaint_full_res_padding,
+                    step=4,
+                    precision=0,
+                    label="Only masked padding, pixels",
+                    elem_id="img2img_inpaint_full_res_padding",
+                )
+            with gr.Row():
+                sampler_name = gr.Dropdown(
+                    sampler_choices,
+                    value=defaults.sampler_name,
+                    label="Sampling method",
+                    allow_custom_value=True,
+                    elem_id="img2img_sampler",
+                )
+                scheduler = gr.Dropdown(
+                    schedule_choices,
+                    value=defaults.scheduler,
+                    label="Schedule type",
+                    allow_custom_value=True,
+                    elem_id="img2img_scheduler",
+                )
+            steps = gr.Slider(
+                1,
+                150,
+                value=defaults.steps,
+                step=1,
+                precision=0,
+                label="Sampling steps",
+                elem_id="img2img_steps",
+            )
+            with gr.Row():
+                width = gr.Slider(
+                    64,
+                    2048,
+                    value=defaults.width,
+                    step=8,
+                    precision=0,
+                    label="Width",
+                    elem_id="img2img_width",
+                )
+                height = gr.Slider(
+                    64,
+                    2048,
+                    value=defaults.height,
+                    step=8,
+                    precision=0,
+                    label="Height",
+                    elem_id="img2img_height",
+                )
+            with gr.Row():
+                n_iter = gr.Slider(
+                    1, 100, value=1, step=1, precision=0, label="Batch count", elem_id="img2img_batch_count"
+                )
+                batch_size = gr.Slider(
+                    1, 8, value=1, step=1, precision=0, label="Batch size", elem_id="img2img_batch_size"
+                )
+            cfg_scale = gr.Slider(
+                1.0, 30.0, value=defaults.cfg_scale, step=0.5, label="CFG Scale", elem_id="img2img_cfg_scale"
+            )
+            denoising_strength = gr.Slider(
+                0.0,
+                1.0,
+                value=defaults.denoising_strength,
+                step=0.01,
+                label="Denoising strength",
+                elem_id="img2img_denoising_strength",
+            )
+            seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="img2img_seed")
+        with gr.Column(scale=1):
+            progress = gr.Markdown("", elem_id="img2img_progress")
+            preview = gr.Image(
+                label="Preview", interactive=False, visible=False, elem_id="img2img_preview", format="jpeg"
+            )
+            error = gr.Markdown("", visible=False, elem_id="img2img_error", elem_classes=["easel-error"])
+            gallery = gr.Gallery(
+                label="Output", columns=2, format="png", elem_id="img2img_gallery", interactive=False
+            )
+            infotext = gr.Textbox(
+                label="Generation parameters", lines=4, interactive=False, elem_id="img2img_infotext"
+            )
+    fields: dict[str, gr.components.Component] = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "sampler_name": sampler_name,
+        "scheduler": scheduler,
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "width": width,
+        "height": height,
+        "n_iter": n_iter,
+        "batch_size": batch_size,
+        "seed": seed,
+        "clip_skip": clip_skip,
+        "denoising_strength": denoising_strength,
+        "resize_mode": resize_mode,
+        "mask_blur": mask_blur,
+        "inpainting_mask_invert": mask_invert,
+        "inpainting_fill": inpainting_fill,
+        "inpaint_full_res": inpaint_area,
+        "inpaint_full_res_padding": padding,
+    }
+    tab = Img2ImgTab(
+        fields=fields,
+        image=image,
+        editor=editor,
+        upload_image=upload_image,
+        upload_mask=upload_mask,
+        mode=mode,
+        sub_tabs=sub_tabs,
+        gallery=gallery,
+        infotext=infotext,
+        extra={"progress": progress, "preview": preview, "error": error},
+    )
+    for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
+        sub.select(lambda n=name: n, outputs=mode, api_visibility="private", queue=False)
+    _wire(services, tab, generate, interrupt, skip)
+    return tab
+
+
+def request_images(
+    mode: str, image: Any, editor: Any, upload_image: Any, upload_mask: Any
+) -> tuple[list[str], str | None]:
+    """The request's ``init_images`` and ``mask`` for the selected sub-tab (ValueError if missing)."""
+    if mode == MODE_INPAINT:
+        background, mask = editor_mask(editor)
+        if background is None:
+            raise ValueError("Upload an image to inpaint first.")
+        return [png_b64(background)], png_b64(mask) if mask is not None else None
+    if mode == MODE_UPLOAD:
+        if upload_image is None or upload_mask is None:
+            raise ValueError("Upload both the image and its mask.")
+        return [png_b64(upload_image)], png_b64(upload_mask)
+    if image is None:
+        raise ValueError("Upload an init image first.")
+    return [png_b64(image)], None
+
+
+def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.Button, skip: gr.Button) -> None:
+    generation = services.generation
+    progress_md, preview, error = tab.extra["progress"], tab.extra["preview"], tab.extra["error"]
+    hide_preview = gr.update(value=None, visible=False)
+    no_error = gr.update(value="", visible=False)
+
+    def run(
+        mode: str, image: Any, editor: Any, upload_image: Any, upload_mask: Any, **fields: Any
+    ) -> Iterator[dict[Any, Any]]:
+        opts = services.options.get()
+        try:
+            init_images, mask = request_images(mode, image, editor, upload_image, upload_mask)
+            fields["inpaint_full_res"] = bool(fields["inpaint_full_res"])
+            request = Img2ImgRequest(
+                **fields,
+                init_images=init_images,
+                mask=mask,
+                samples_format=opts.samples_format,
+                randn_source=opts.randn_source,
+            )
+            future = generation.submit_img2img(request)
+        except (ValidationError, ValueError) as exc:
+            message = user_message(exc)
+            gr.Warning(message)
+            yield {error: error_box(message), progress_md: "", preview: hide_preview}
+            return
+        yield {error: no_error, progress_md: "Queued", preview: hide_preview}
+        shown_step = None
+        while not future.done():
+            concurrent.futures.wait([future], timeout=POLL_SECONDS)
+            if future.done():
+                break
+            if not future.running():
+                yield {progress_md: f"Waiting for the running job ({generation.pending()} queued)"}
+                continue
+            state = generation.progress
+            update: dict[Any, Any] = {progress_md: format_progress(state.snapshot())}
+            if state.preview is not None and state.preview_step != shown_step:
+                shown_step = state.preview_step
+                update[preview] = gr.update(value=state.preview, visible=True)
+            yield update
+        try:
+            result = future.result()
+        except Exception as exc:  # shown on the page; the service keeps running
+            message = user_message(exc)
+            log.info("img2img failed: %s", message)
+            gr.Warning(message)
+            yield {error: error_box(message), progress_md: "", preview: hide_preview}
+            return
+        images = [(gallery_image(item), f"Seed {item.seed}") for item in result.images]
+        yield {
+            tab.gallery: images,
+            tab.infotext: result.images[0].infotext if result.images else "",
+            progress_md: _result_summary(result),
+            preview: hide_preview,
+            error: no_error,
+        }
+
+    inputs = {
+        "mode": tab.mode,
+        "image": tab.image,
+        "editor": tab.editor,
+        "upload_image": tab.upload_image,
+        "upload_mask": tab.upload_mask,
+        **tab.fields,
+    }
+    generate.click(
+        run,
+        inputs_kwargs=inputs,
+        outputs=[preview, progress_md, tab.gallery, tab.infotext, error],
+        api_name="img2img",
+        concurrency_id="txt2img",
+        show_progress="minimal",
+        show_progress_on=[tab.gallery],
+    )
+    interrupt.click(generation.interrupt, queue=False, api_visibility="private")
+    skip.click(generation.skip, queue=False, api_visibility="private")
