@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device.add_argument("--models-in-ram", type=int, default=2, help="checkpoints kept loaded (default 2)")
     device.add_argument("--no-preload", action="store_true", help="do not load the checkpoint at start")
+    device.add_argument(
+        "--lora-cache-mb", type=int, default=1024, help="RAM for parsed LoRA files (default 1024)"
+    )
     return parser
 
 
@@ -83,6 +86,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["attention"] = "xformers" if args.xformers else "sdpa"
     values["memory_mode"] = "lowvram" if args.lowvram else "medvram" if args.medvram else "normal"
     values["models_in_ram"] = args.models_in_ram
+    values["lora_cache_mb"] = args.lora_cache_mb
     values["preload_model"] = not args.no_preload
     for flag in ("listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop"):
         values[flag] = getattr(args, flag)

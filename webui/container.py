@@ -7,7 +7,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from webui.services.extras import ExtrasService, UpscalerService
 from webui.services.generation import GenerationService
+from webui.services.lora import NetworkService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
 from webui.settings import Settings
@@ -21,6 +23,9 @@ class Services:
     options: OptionsStore
     models: ModelService
     generation: GenerationService
+    networks: NetworkService | None = None
+    upscalers: UpscalerService | None = None
+    extras: ExtrasService | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -53,6 +58,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         folder.mkdir(parents=True, exist_ok=True)
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)
+    networks = NetworkService(settings, models.hashes)
 
     def make_engine() -> Any:
         from webui.runtime.engine import Engine
@@ -64,6 +70,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
             memory_mode=settings.memory_mode,
             models_in_ram=settings.models_in_ram,
             tokenizer_cache=settings.cache_dir / "clip-tokenizer",
+            lora_cache_mb=settings.lora_cache_mb,
         )
 
     generation = GenerationService(
@@ -71,5 +78,17 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         options=options,
         engine_factory=engine_factory or make_engine,
         outputs_root=settings.outputs_path,
+        networks=networks,
     )
-    return Services(settings=settings, options=options, models=models, generation=generation)
+    upscalers = UpscalerService(settings.models_root, generation)
+    generation.upscalers = upscalers
+    extras = ExtrasService(upscalers, generation, options, settings.outputs_path)
+    return Services(
+        settings=settings,
+        options=options,
+        models=models,
+        generation=generation,
+        networks=networks,
+        upscalers=upscalers,
+        extras=extras,
+    )

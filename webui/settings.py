@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     attention: Literal["sdpa", "xformers"] = "sdpa"
     memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
     models_in_ram: int = Field(2, ge=1, le=16)
+    lora_cache_mb: int = Field(1024, ge=16)  # RAM for parsed LoRA files (least recently used dropped)
 
     listen: bool = False
     port: int | None = None

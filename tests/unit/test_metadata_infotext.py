@@ -103,6 +103,7 @@ class _HiresRequest(Txt2ImgRequest):
     """A request shape with the hires-fix denoising strength that A1111's txt2img carries."""
 
     denoising_strength: float | None = None
+    enable_hr: bool = True  # txt2img writes Denoising strength only with hires fix on
 
 
 def test_example_d_is_reproduced_byte_for_byte() -> None:
@@ -357,7 +358,7 @@ def test_request_fields_legacy_sampler_and_extras() -> None:
     assert (fields["subseed"], fields["subseed_strength"]) == (9, 0.3)
     assert fields["randn_source"] is RngSource.CPU
     assert fields["vae"] == "vae.safetensors"
-    assert "denoising_strength" not in fields  # not a Txt2ImgRequest field (yet)
+    assert fields["denoising_strength"] == 0.5  # the hires pass's (Txt2ImgRequest has hires fields)
     Txt2ImgRequest(**fields)  # type: ignore[arg-type]
 
     hires = request_fields_from_infotext(

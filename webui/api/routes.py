@@ -70,10 +70,17 @@ OVERRIDE_FIELDS = {
 }
 
 
-def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+def txt2img_request(
+    body: Txt2ImgBody,
+    services: Services,
+    *,
+    cls: type[Any] = Txt2ImgRequest,
+    extra: dict[str, Any] | None = None,
+) -> Any:
     """Translate A1111's API body into Easel's request (override_settings and infotext applied)."""
     sent = body.model_fields_set
     fields: dict[str, Any] = {}
+    parsed: dict[str, object] = {}
     if body.infotext:
         parsed = parse_infotext(body.infotext)
         for key, value in request_fields_from_infotext(parsed).items():
@@ -103,8 +110,16 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
         if target is not None and value is not None:
             fields[target] = value
     fields["save_images"] = body.save_images
+    if parsed.get("Lora hashes") and services.networks is not None and isinstance(fields.get("prompt"), str):
+        # LoRAs renamed since the infotext was written are found by hash.
+        fields["prompt"] = services.networks.restore_prompt(fields["prompt"], parsed["Lora hashes"])
+    if cls is Txt2ImgRequest:
+        from webui.api.img2img_schemas import hires_fields
+
+        fields.update(hires_fields(body))
+    fields.update(extra or {})  # img2img: its own fields (cls=Img2ImgRequest)
     try:
-        return Txt2ImgRequest(**fields)
+        return cls(**{key: value for key, value in fields.items() if key in cls.model_fields})
     except ValidationError as exc:
         raise ApiError(422, "ValidationError", _validation_message(exc)) from exc
 
@@ -153,6 +168,7 @@ def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": result.version,
+        "warnings": list(result.warnings),
     }
     return json.dumps(info, ensure_ascii=False)
 
@@ -193,6 +209,30 @@ def build_router(services: Services) -> APIRouter:
     @router.post("/sdapi/v1/refresh-checkpoints")
     def refresh_checkpoints() -> None:
         models.refresh()
+
+    networks = services.networks
+
+    @router.get("/sdapi/v1/loras")
+    def loras() -> list[dict[str, Any]]:
+        return networks.loras_api() if networks is not None else []
+
+    @router.post("/sdapi/v1/refresh-loras")
+    def refresh_loras() -> None:
+        if networks is not None:
+            networks.refresh_loras()
+
+    @router.get("/sdapi/v1/embeddings")
+    def embeddings() -> dict[str, Any]:
+        if networks is None:
+            return {"loaded": {}, "skipped": {}}
+        engine = generation.engine()
+        model = engine.cache.active if hasattr(engine, "cache") else None
+        return networks.describe_embeddings(engine, model)
+
+    @router.post("/sdapi/v1/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        if networks is not None:
+            networks.refresh_embeddings()
 
     @router.get("/sdapi/v1/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
@@ -278,6 +318,9 @@ def build_router(services: Services) -> APIRouter:
             threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
             return "Stopping."
 
+    from webui.api.img2img_routes import add_image_routes
+
+    add_image_routes(router, services)
     return router
 
 

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
+
 
 class RngSource(StrEnum):
     """Where initial noise is drawn (A1111 option ``randn_source``).
@@ -73,9 +75,45 @@ class GenerationParams(BaseModel):
 
 
 class Txt2ImgRequest(GenerationParams):
-    """A txt2img job."""
+    """A txt2img job, optionally with A1111's hires fix (a second, img2img pass at a larger size)."""
 
     mode: str = Field("txt2img", frozen=True)
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
+    hr_upscaler: str = DEFAULT_HR_UPSCALER  # a latent mode or a pixel upscaler name
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)  # 0: the first pass's steps
+    hr_resize_x: int = Field(0, ge=0, le=8192)
+    hr_resize_y: int = Field(0, ge=0, le=8192)
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)  # of the hires pass; written only with enable_hr
+    hr_prompt: str = ""  # empty: the first pass's prompt
+    hr_negative_prompt: str = ""
+    hr_sampler_name: str | None = None  # None / "Use same sampler": the first pass's
+    hr_scheduler: str | None = None
+
+
+class Img2ImgRequest(GenerationParams):
+    """An img2img (or, with ``mask``, inpainting) job. Images are base64-encoded files (PNG, JPEG...).
+
+    Image ``i`` of the job starts from ``init_images[i % len(init_images)]``. The mask is white where the
+    image is repainted (black where it is kept); ``inpainting_mask_invert`` swaps that. Field names,
+    codes and defaults follow A1111's img2img tab.
+    """
+
+    mode: str = Field("img2img", frozen=True)
+    init_images: list[str] = Field(min_length=1)
+    mask: str | None = None
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    resize_mode: int = Field(0, ge=0, le=len(RESIZE_MODES) - 1)
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(1, ge=0, le=len(INPAINTING_FILLS) - 1)
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+
+    @field_validator("inpainting_mask_invert", mode="before")
+    @classmethod
+    def _invert_flag(cls, value: object) -> object:
+        return int(value) if isinstance(value, bool) else value
 
 
 class GeneratedImage(BaseModel):
@@ -95,7 +133,7 @@ class GeneratedImage(BaseModel):
 class GenerationResult(BaseModel):
     """What a finished (or interrupted) job gives back to every adapter."""
 
-    request: Txt2ImgRequest
+    request: Txt2ImgRequest | Img2ImgRequest
     images: list[GeneratedImage]
     model_name: str
     model_hash: str | None
@@ -104,6 +142,7 @@ class GenerationResult(BaseModel):
     interrupted: bool = False
     job_timestamp: str = ""
     version: str = ""
+    warnings: list[str] = Field(default_factory=list)  # e.g. a LoRA that does not fit the model
 
     @property
     def seeds(self) -> list[int]:

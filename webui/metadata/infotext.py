@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping
 
-from webui.domain.generation import RngSource, Txt2ImgRequest
+from webui.domain.generation import GenerationParams, RngSource, Txt2ImgRequest
 
 __all__ = [
     "PARSE_DEFAULTS",
@@ -121,7 +121,7 @@ def _schedule_label(scheduler: str) -> str:
 
 
 def generation_params(
-    request: Txt2ImgRequest,
+    request: GenerationParams,
     *,
     seed: int,
     subseed: int,
@@ -166,7 +166,8 @@ def generation_params(
         params["Variation seed"] = subseed
         params["Variation seed strength"] = request.subseed_strength
     denoising_strength = getattr(request, "denoising_strength", None)
-    if denoising_strength is not None:
+    # txt2img has a denoising strength only for its hires pass (A1111 writes it only then).
+    if denoising_strength is not None and getattr(request, "enable_hr", True):
         params["Denoising strength"] = denoising_strength
     if request.clip_skip > 1:
         params["Clip skip"] = request.clip_skip
@@ -356,5 +357,10 @@ def request_fields_from_infotext(
     ):
         fields["enable_hr"] = True
 
+    # The parser's defaults for absent hires keys ("" prompts, 0 resize) mean "not set": leave them out.
+    unset_hires = (("hr_prompt", ""), ("hr_negative_prompt", ""), ("hr_resize_x", 0), ("hr_resize_y", 0))
+    for name, unset in unset_hires:
+        if fields.get(name) == unset:
+            fields.pop(name)
     names = set(Txt2ImgRequest.model_fields) if allowed is None else set(allowed)
     return {name: value for name, value in fields.items() if name in names}

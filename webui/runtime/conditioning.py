@@ -22,7 +22,9 @@ The steps, each matching what A1111 users expect from a prompt:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +45,15 @@ _COMMA_TOKEN = ",</w>"
 
 @dataclass(frozen=True)
 class TokenChunk:
-    """77 token ids (BOS, 75 tokens or padding, EOS/padding) and one weight per id."""
+    """77 token ids (BOS, 75 tokens or padding, EOS/padding) and one weight per id.
+
+    ``slots``: ``(position, embedding name, vector row)`` for positions that take a textual-inversion
+    vector instead of their token's embedding (their id is a placeholder).
+    """
 
     ids: tuple[int, ...]
     weights: tuple[float, ...]
+    slots: tuple[tuple[int, str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,17 +97,22 @@ def _segment_at(schedule: list[tuple[int, Conditioning]], step: int) -> Conditio
     return schedule[-1][1]
 
 
-def build_chunks(prompt: str, tokenizer: Any) -> list[TokenChunk]:
+def build_chunks(
+    prompt: str, tokenizer: Any, embeddings: Mapping[str, int] | None = None
+) -> list[TokenChunk]:
     """Tokenize a plain prompt (no editing syntax left) into weighted 77-token chunks.
 
     ``tokenizer`` is a transformers CLIP tokenizer; its BOS, EOS and pad ids are used. An empty prompt
-    gives one chunk of BOS, EOS and padding.
+    gives one chunk of BOS, EOS and padding. ``embeddings`` (name → vector count) marks textual-inversion
+    names: each use takes that many positions, kept in one chunk when it fits, recorded in ``slots``.
     """
     items = parse_attention(prompt)
     fragments = [item for item in items if not isinstance(item, Break)]
     texts = [fragment.text for fragment in fragments]
-    token_lists: list[list[int]] = (
-        tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    token_lists: list[list[Any]] = (
+        _tokenize_with_embeddings(texts, tokenizer, embeddings)
+        if embeddings
+        else tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         if texts
         else []
     )
@@ -116,11 +128,17 @@ def build_chunks(prompt: str, tokenizer: Any) -> list[TokenChunk]:
     def finish_chunk() -> None:
         nonlocal ids, weights, last_comma
         fill = CHUNK_TOKENS - len(ids)
-        body_ids = [bos, *ids, *([eos] * fill), eos]
+        slots = tuple(
+            (position + 1, token.name, token.row)
+            for position, token in enumerate(ids)
+            if isinstance(token, _EmbeddingToken)
+        )
+        plain = [_PLACEHOLDER_ID if isinstance(token, _EmbeddingToken) else token for token in ids]
+        body_ids = [bos, *plain, *([eos] * fill), eos]
         body_weights = [1.0, *weights, *([1.0] * fill), 1.0]
         first_eos = body_ids.index(eos, 1 + len(ids))
         body_ids[first_eos + 1 :] = [pad] * (CHUNK_LENGTH - first_eos - 1)
-        chunks.append(TokenChunk(tuple(body_ids), tuple(body_weights)))
+        chunks.append(TokenChunk(tuple(body_ids), tuple(body_weights), slots))
         ids, weights, last_comma = [], [], -1
 
     for item in items:
@@ -128,6 +146,12 @@ def build_chunks(prompt: str, tokenizer: Any) -> list[TokenChunk]:
             finish_chunk()
             continue
         for token in next(token_iter):
+            if (
+                isinstance(token, _EmbeddingToken)
+                and token.row == 0
+                and len(ids) + token.count > CHUNK_TOKENS >= token.count
+            ):
+                finish_chunk()  # an embedding is not split across chunks when it fits in one
             if token == comma_id:
                 last_comma = len(ids)
             elif len(ids) == CHUNK_TOKENS and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
@@ -146,6 +170,42 @@ def build_chunks(prompt: str, tokenizer: Any) -> list[TokenChunk]:
     return chunks
 
 
+# Id written at textual-inversion positions; its token embedding is replaced, so any non-special id works.
+_PLACEHOLDER_ID = 0
+
+
+@dataclass(frozen=True)
+class _EmbeddingToken:
+    name: str
+    row: int
+    count: int
+
+
+def _tokenize_with_embeddings(
+    texts: list[str], tokenizer: Any, embeddings: Mapping[str, int]
+) -> list[list[Any]]:
+    """Token ids per text, with each embedding name replaced by markers for its vectors."""
+    from webui.domain.lora import embedding_pattern
+
+    names = sorted(embeddings, key=len, reverse=True)
+    patterns = [embedding_pattern(name).pattern for name in names]
+    splitter = re.compile("(" + "|".join(patterns) + ")") if names else None
+    out: list[list[Any]] = []
+    for text in texts:
+        pieces = splitter.split(text) if splitter is not None else [text]
+        tokens: list[Any] = []
+        for index, piece in enumerate(pieces):
+            if index % 2:  # a captured embedding name
+                count = embeddings[piece]
+                tokens.extend(_EmbeddingToken(piece, row, count) for row in range(count))
+            elif piece.strip():
+                tokens.extend(
+                    tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+                )
+        out.append(tokens)
+    return out
+
+
 class PromptEncoder:
     """Encodes A1111 prompts with one text encoder (SD1/SD2) or two (SDXL; one for the SDXL refiner).
 
@@ -162,6 +222,7 @@ class PromptEncoder:
         *,
         is_sdxl: bool,
         zero_empty_negative: bool | None = None,
+        embeddings: Sequence[Mapping[str, torch.Tensor]] | None = None,
     ) -> None:
         if len(tokenizers) != len(text_encoders) or not tokenizers:
             raise ValueError("need one tokenizer per text encoder, and at least one of each")
@@ -173,6 +234,10 @@ class PromptEncoder:
         self.text_encoders = list(text_encoders)
         self.is_sdxl = is_sdxl
         self.zero_empty_negative = is_sdxl if zero_empty_negative is None else zero_empty_negative
+        # Textual-inversion vectors per text encoder (name → [vectors, width]); one mapping per encoder.
+        self.embeddings = list(embeddings) if embeddings else [{} for _ in self.text_encoders]
+        if len(self.embeddings) != len(self.text_encoders):
+            raise ValueError("need one embedding mapping per text encoder")
 
     # -- single prompts ---------------------------------------------------------------------------------
 
@@ -180,7 +245,10 @@ class PromptEncoder:
     def encode(self, prompt: str, clip_skip: int = 1) -> Conditioning:
         """Encode one plain prompt (attention, BREAK; editing syntax is taken literally)."""
         prompt, _ = extract_extra_networks(prompt)
-        chunk_sets = [build_chunks(prompt, tokenizer) for tokenizer in self.tokenizers]
+        chunk_sets = [
+            build_chunks(prompt, tokenizer, {name: len(vectors) for name, vectors in table.items()})
+            for tokenizer, table in zip(self.tokenizers, self.embeddings, strict=True)
+        ]
         if len({len(chunks) for chunks in chunk_sets}) != 1:
             raise ValueError("the tokenizers split this prompt into different numbers of chunks")
 
@@ -189,7 +257,8 @@ class PromptEncoder:
         for index, (encoder, chunks) in enumerate(zip(self.text_encoders, chunk_sets, strict=True)):
             device = _module_device(encoder)
             input_ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long, device=device)
-            output = encoder(input_ids=input_ids, output_hidden_states=True)
+            with _substituted_embeddings(encoder, chunks, self.embeddings[index]):
+                output = encoder(input_ids=input_ids, output_hidden_states=True)
             hidden.append(self._select_hidden(encoder, output, clip_skip))
             if self.is_sdxl and index == len(self.text_encoders) - 1:
                 text_embeds = getattr(output, "text_embeds", None)
@@ -309,6 +378,34 @@ def _apply_emphasis(z: torch.Tensor, chunks: Sequence[TokenChunk]) -> torch.Tens
     new_mean = weighted.mean(dim=(1, 2), keepdim=True)
     scale = torch.where(new_mean != 0, original_mean / new_mean, torch.ones_like(new_mean))
     return (weighted * scale).to(z.dtype)
+
+
+@contextmanager
+def _substituted_embeddings(
+    encoder: torch.nn.Module, chunks: Sequence[TokenChunk], table: Mapping[str, torch.Tensor]
+) -> Iterator[None]:
+    """While encoding ``chunks``, the token-embedding output at their slots is the embedding's vectors.
+
+    A forward hook on this encoder's token-embedding module, removed on exit: no tokenizer or model
+    weight is changed, so nothing has to be undone when the model or the embedding set changes.
+    """
+    slots = [(c, pos, name, row) for c, chunk in enumerate(chunks) for pos, name, row in chunk.slots]
+    if not slots:
+        yield
+        return
+    module: Any = encoder.get_input_embeddings()
+
+    def replace(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for c, position, name, row in slots:
+            output[c, position] = table[name][row].to(device=output.device, dtype=output.dtype)
+        return output
+
+    handle = module.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

@@ -7,16 +7,19 @@ and the web server can start before torch is imported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from webui.domain.lora import ActiveLora
 from webui.domain.models import CheckpointRecord, ModelFamily
 from webui.runtime.cache import DeviceChoice, ModelCache, choose_device
+from webui.runtime.embeddings import EmbeddingError, EmbeddingStore, tables_for_model
 from webui.runtime.generate import DiffusionJob, GenerationError, generate_batch
 from webui.runtime.loader import LoadedModel, ModelLoadError, ProgressFn
+from webui.runtime.lora import LoraApplyReport, LoraFileCache, LoraFormatError, LoraPatcher
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,15 @@ class Engine:
         models_in_ram: int,
         tokenizer_cache: Path,
         loader: Callable[..., LoadedModel] | None = None,
+        lora_cache_mb: int = 1024,
     ) -> None:
         self.choice: DeviceChoice = choose_device(device, precision, attention, memory_mode)
         kwargs: dict[str, Any] = {"capacity": models_in_ram, "tokenizer_cache": tokenizer_cache}
         if loader is not None:
             kwargs["loader"] = loader
         self.cache = ModelCache(self.choice, **kwargs)
+        self.lora_files = LoraFileCache(lora_cache_mb * 2**20)
+        self.embedding_store = EmbeddingStore()
         log.info("generation device: %s", self.choice.describe())
 
     @property
@@ -63,6 +69,91 @@ class Engine:
         self, model: LoadedModel, job: DiffusionJob, on_step: Callable[[int, int, Any], bool] | None
     ) -> tuple[list[Image.Image], bool]:
         return generate_batch(model, job, on_step=on_step)
+
+    def img2img(
+        self, model: LoadedModel, job: DiffusionJob, spec: Any, on_step: Callable[..., bool] | None
+    ) -> tuple[list[Image.Image], bool]:
+        """img2img / inpainting batch (``spec``: ``webui.runtime.img2img.Img2ImgSpec``)."""
+        from webui.runtime.img2img import img2img_batch
+
+        return img2img_batch(model, job, spec, on_step=on_step)
+
+    def hires(
+        self, model: LoadedModel, job: DiffusionJob, spec: Any, on_step: Callable[..., bool] | None
+    ) -> tuple[list[Image.Image], bool]:
+        """txt2img with hires fix (``spec``: ``webui.runtime.hires.HiresSpec``)."""
+        from webui.runtime.hires import hires_batch
+
+        return hires_batch(model, job, spec, on_step=on_step)
+
+    # -- LoRA and embeddings --------------------------------------------------------------------------------
+    @staticmethod
+    def lora_patcher(model: LoadedModel) -> LoraPatcher:
+        if model.lora_patcher is None:
+            model.lora_patcher = LoraPatcher(model)
+        patcher: LoraPatcher = model.lora_patcher
+        return patcher
+
+    def apply_loras(self, model: LoadedModel, loras: Sequence[ActiveLora]) -> LoraApplyReport:
+        """Make exactly ``loras`` active on ``model`` (``[]`` restores it). Caller holds ``lock``.
+
+        A file that cannot be read is skipped with a warning; the others are still applied.
+        """
+        parsed = []
+        problems: list[str] = []
+        for lora in loras:
+            try:
+                parsed.append((lora, self.lora_files.get(lora)))
+            except (LoraFormatError, OSError) as exc:
+                problems.append(f"LoRA {lora.name!r} was not applied: {exc}")
+        report = self.lora_patcher(model).apply(parsed)
+        report.warnings[:0] = problems
+        return report
+
+    def embedding_tables(
+        self, model: LoadedModel, files: Sequence[tuple[str, str]]
+    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """Vectors per text encoder for the embeddings ``(name, path)`` that fit ``model``.
+
+        Returns ``(tables, used names, warnings)``.
+        """
+        loaded = []
+        warnings: list[str] = []
+        for name, path in files:
+            try:
+                loaded.append(self.embedding_store.get(path, name))
+            except (EmbeddingError, OSError) as exc:
+                warnings.append(f"Embedding {name!r} was not used: {exc}")
+        tables, skipped = tables_for_model(model, loaded)
+        for name in skipped:
+            warnings.append(
+                f"Embedding {name!r} does not fit {model.record.model_name} ({model.family.label}); not used."
+            )
+        used = [e.name for e in loaded if e.name not in skipped]
+        return tables, used, warnings
+
+    def describe_embeddings(
+        self, model: LoadedModel | None, files: Sequence[tuple[str, str]]
+    ) -> dict[str, dict[str, Any]]:
+        """A1111's ``/sdapi/v1/embeddings``: ``loaded`` (fit the active model) and ``skipped``."""
+        out: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+        for name, path in files:
+            try:
+                embedding = self.embedding_store.get(path, name)
+            except (EmbeddingError, OSError):
+                continue
+            fits = True
+            if model is not None:
+                _, skipped = tables_for_model(model, [embedding])
+                fits = not skipped
+            out["loaded" if fits else "skipped"][name] = {
+                "step": embedding.step,
+                "sd_checkpoint": embedding.sd_checkpoint,
+                "sd_checkpoint_name": embedding.sd_checkpoint_name,
+                "shape": embedding.shape,
+                "vectors": embedding.count,
+            }
+        return out
 
     @staticmethod
     def preview(latents: Any, model: LoadedModel) -> Image.Image | None:

@@ -134,6 +134,45 @@ def _expand(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     return tensor.expand(batch, *tensor.shape[1:]).contiguous() if tensor.shape[0] == 1 else tensor
 
 
+def step_callback(
+    model: LoadedModel,
+    schedule: Any,
+    total: int,
+    batch: int,
+    on_step: StepCallback | None,
+    stopped: dict[str, bool],
+) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+    """The pipelines' ``callback_on_step_end``: swaps scheduled prompts (prompt editing, alternation) in
+    before the next step, reports progress and stops the loop when ``on_step`` says so."""
+    device = model.device
+    current = {"pair": schedule.at(0)}
+
+    def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        done = step + 1
+        if not schedule.is_static and done < total:
+            cond, uncond = schedule.at(done)  # prompt editing / alternation: conditioning of the next step
+            if cond is not current["pair"][0] or uncond is not current["pair"][1]:
+                current["pair"] = (cond, uncond)
+                embeds = _expand(cond.embeds.to(device, model.unet.dtype), batch)
+                if pipeline.do_classifier_free_guidance:
+                    neg = _expand(uncond.embeds.to(device, model.unet.dtype), batch)
+                    embeds = torch.cat([neg, embeds])
+                kwargs["prompt_embeds"] = embeds
+                if model.family.is_sdxl and cond.pooled is not None:
+                    pooled = _expand(cond.pooled.to(device, model.unet.dtype), batch)
+                    if pipeline.do_classifier_free_guidance and uncond.pooled is not None:
+                        pooled = torch.cat(
+                            [_expand(uncond.pooled.to(device, model.unet.dtype), batch), pooled]
+                        )
+                    kwargs["add_text_embeds"] = pooled
+        if on_step is not None and not on_step(min(done, total), total, kwargs["latents"]):
+            stopped["flag"] = True
+            pipeline._interrupt = True
+        return kwargs
+
+    return callback
+
+
 def generate_batch(
     model: LoadedModel,
     job: DiffusionJob,
@@ -153,7 +192,10 @@ def generate_batch(
     device = model.device
     batch = len(job.seeds)
     encoder = prompt_encoder or PromptEncoder(
-        model.tokenizers, model.text_encoders, is_sdxl=model.family.is_sdxl
+        model.tokenizers,
+        model.text_encoders,
+        is_sdxl=model.family.is_sdxl,
+        embeddings=job.extra.get("embeddings"),
     )
     schedule = encoder.encode_schedule(job.prompt, job.negative_prompt, job.steps, job.clip_skip)
     latent_channels = model.unet.config.in_channels if not model.family.is_inpaint else 4
@@ -175,30 +217,7 @@ def generate_batch(
 
     first_cond, first_uncond = schedule.at(0)
     stopped = {"flag": False}
-    current = {"pair": (first_cond, first_uncond)}
-
-    def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        done = step + 1
-        if not schedule.is_static and done < job.steps:
-            cond, uncond = schedule.at(done)  # prompt editing / alternation: conditioning of the next step
-            if cond is not current["pair"][0] or uncond is not current["pair"][1]:
-                current["pair"] = (cond, uncond)
-                embeds = _expand(cond.embeds.to(device, model.unet.dtype), batch)
-                if pipeline.do_classifier_free_guidance:
-                    neg = _expand(uncond.embeds.to(device, model.unet.dtype), batch)
-                    embeds = torch.cat([neg, embeds])
-                kwargs["prompt_embeds"] = embeds
-                if model.family.is_sdxl and cond.pooled is not None:
-                    pooled = _expand(cond.pooled.to(device, model.unet.dtype), batch)
-                    if pipeline.do_classifier_free_guidance and uncond.pooled is not None:
-                        pooled = torch.cat(
-                            [_expand(uncond.pooled.to(device, model.unet.dtype), batch), pooled]
-                        )
-                    kwargs["add_text_embeds"] = pooled
-        if on_step is not None and not on_step(done, job.steps, kwargs["latents"]):
-            stopped["flag"] = True
-            pipeline._interrupt = True
-        return kwargs
+    callback = step_callback(model, schedule, job.steps, batch, on_step, stopped)
 
     tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
     call: dict[str, Any] = {
@@ -222,5 +241,6 @@ def generate_batch(
         )
     with torch.inference_mode():
         output = pipe(**call)
+    job.extra["latents"] = output.images  # the denoised latents, for a hires pass
     images = decode_latents(model, output.images)
     return images, stopped["flag"]

@@ -58,6 +58,7 @@ class LoadedModel:
     vae_name: str | None = None
     vae_hash: str | None = None
     load_seconds: float = 0.0
+    lora_patcher: Any = field(default=None, repr=False)  # webui.runtime.lora.LoraPatcher, made on first use
 
     @property
     def text_encoders(self) -> list[Any]:

@@ -17,10 +17,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any, cast
 
-from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
+from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.metadata.image_io import ImageFormat, dated_output_dir, encode_image, save_image_atomic
 from webui.metadata.infotext import build_infotext, generation_params
+from webui.services.img2img import ImageModesMixin
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
 from webui.services.progress import ProgressState
@@ -41,7 +42,7 @@ class GenerationFailed(RuntimeError):
 EngineFactory = Callable[[], Any]
 
 
-class GenerationService:
+class GenerationService(ImageModesMixin):
     def __init__(
         self,
         *,
@@ -49,8 +50,10 @@ class GenerationService:
         options: OptionsStore,
         engine_factory: EngineFactory,
         outputs_root: Path,
+        networks: Any = None,
     ) -> None:
         self.models = models
+        self.networks = networks  # webui.services.lora.NetworkService (LoRAs, embeddings), optional
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -148,7 +151,8 @@ class GenerationService:
             return model
 
     # -- txt2img ---------------------------------------------------------------------------------------------
-    def _run_txt2img(self, request: Txt2ImgRequest) -> GenerationResult:
+    # The job loop of every mode (txt2img, hires fix, img2img); ImageModesMixin runs each batch.
+    def _run_txt2img(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
         from webui.runtime.engine import DiffusionJob
         from webui.runtime.noise import batch_seeds
 
@@ -176,7 +180,7 @@ class GenerationService:
         # Eta is DDIM's knob (A1111 option eta_ddim); the other samplers use their fixed value.
         eta = (request.eta if request.eta is not None else opts.eta_ddim) if sampler.name == "DDIM" else None
         progress = self.progress
-        progress.begin("txt2img", request.n_iter, request.steps)
+        progress.begin(request.mode, request.n_iter, self._steps_per_batch(request))
         images: list[GeneratedImage] = []
         interrupted = False
         try:
@@ -187,6 +191,7 @@ class GenerationService:
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
             with engine.lock:
+                job_extra, infotext_extra, warnings = self._prepare_networks(engine, model, request)
                 for iteration in range(request.n_iter):
                     base = iteration * request.batch_size
                     seeds = all_seeds[base : base + request.batch_size]
@@ -206,6 +211,7 @@ class GenerationService:
                         clip_skip=request.clip_skip,
                         randn_source=request.randn_source.value,
                         eta=eta,
+                        extra=dict(job_extra),
                     )
                     progress.set_text(f"Batch {iteration + 1} of {request.n_iter}")
 
@@ -218,11 +224,18 @@ class GenerationService:
                                 log.debug("preview failed", exc_info=True)
                         return not (progress.interrupted or progress.skipped)
 
-                    batch_images, _stopped = engine.generate(model, job, on_step)
+                    batch_images, _stopped = self._generate_batch(engine, model, job, canonical, on_step)
                     for index, image in enumerate(batch_images):
                         images.append(
                             self._finish_image(
-                                canonical, image, seeds[index], subseeds[index], record, model, model_hash
+                                canonical,
+                                image,
+                                seeds[index],
+                                subseeds[index],
+                                record,
+                                model,
+                                model_hash,
+                                extra=infotext_extra,
                             )
                         )
                     if progress.interrupted:
@@ -235,6 +248,10 @@ class GenerationService:
                 "GenerationError",
                 "NoModelError",
                 "ModelNotFoundError",
+                "LoraTagError",
+                "ImageInputError",
+                "UpscalerError",
+                "UnknownUpscalerError",
             ):
                 raise
             if "out of memory" in str(exc).lower():
@@ -255,17 +272,51 @@ class GenerationService:
             interrupted=interrupted,
             job_timestamp=progress.job_timestamp,
             version=VERSION,
+            warnings=warnings,
         )
+
+    def _prepare_networks(
+        self, engine: Any, model: Any, request: Txt2ImgRequest | Img2ImgRequest
+    ) -> tuple[dict[str, Any], dict[str, object], list[str]]:
+        """Apply the prompt's LoRAs to ``model`` (caller holds the engine lock) and pick its embeddings.
+
+        Returns the job's extra inputs, the infotext extras (``Lora hashes``, ``TI hashes``) and the
+        warnings for the user. Without LoRA tags the model is restored to its own weights.
+        """
+        if self.networks is None:
+            return {}, {}, []
+        resolved = self.networks.resolve(request.prompt, request.negative_prompt)  # LoraTagError: bad tag
+        warnings = list(resolved.warnings)
+        applied: dict[str, tuple[int, int]] | None = {}
+        apply = getattr(engine, "apply_loras", None)
+        if apply is not None:
+            report = apply(model, resolved.loras)
+            applied = report.applied
+            warnings.extend(report.warnings)
+        elif resolved.loras:
+            warnings.append("This engine cannot apply LoRAs; generated without them.")
+        job_extra: dict[str, Any] = {}
+        used: list[str] = []
+        tables_for = getattr(engine, "embedding_tables", None)
+        if resolved.embeddings and tables_for is not None:
+            tables, used, embedding_warnings = tables_for(model, resolved.embedding_files())
+            warnings.extend(embedding_warnings)
+            if used:
+                job_extra["embeddings"] = tables
+        for warning in warnings:
+            log.warning("%s", warning)
+        return job_extra, self.networks.infotext_extra(resolved, applied, used), warnings
 
     def _finish_image(
         self,
-        request: Txt2ImgRequest,
+        request: Txt2ImgRequest | Img2ImgRequest,
         image: Any,
         seed: int,
         subseed: int,
         record: Any,
         model: Any,
         model_hash: str | None,
+        extra: dict[str, object] | None = None,
     ) -> GeneratedImage:
         opts = self.options.get()
         params = generation_params(
@@ -277,13 +328,14 @@ class GenerationService:
             vae_name=Path(model.vae_name).stem if model.vae_name else None,
             vae_hash=model.vae_hash,
             version=VERSION if opts.add_version_to_infotext else None,
+            extra=self._mode_extra(request, extra),
         )
         infotext = build_infotext(request.prompt, request.negative_prompt, params)
         fmt = cast(ImageFormat, request.samples_format)
         data = encode_image(image, infotext if opts.enable_pnginfo else None, fmt, quality=opts.jpeg_quality)
         path = None
         if request.save_images and opts.samples_save:
-            folder = dated_output_dir(self.outputs_root, "txt2img", date.today())
+            folder = dated_output_dir(self.outputs_root, request.mode, date.today())
             path = str(save_image_atomic(data, folder, seed, fmt))
         return GeneratedImage(
             seed=seed,

@@ -10,12 +10,19 @@ from typing import Any
 
 import gradio as gr
 
+from webui.ui.extras import build_extras
+from webui.ui.img2img import build_img2img
+from webui.ui.lora import build_lora_tab
 from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values
+from webui.ui.send_to import add_send_buttons, wire_image_tabs
 from webui.ui.txt2img import build_txt2img
 
 TXT2IMG_TAB = "txt2img"
 PNGINFO_TAB = "pnginfo"
+IMG2IMG_TAB = "img2img"
+EXTRAS_TAB = "extras"
+LORA_TAB = "lora"
 
 CSS = """
 .easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
@@ -31,8 +38,23 @@ def build_ui(services: Any) -> gr.Blocks:
         with gr.Tabs(selected=TXT2IMG_TAB, elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id=TXT2IMG_TAB, elem_id="tab_txt2img"):
                 txt2img = build_txt2img(services, clip_skip=bar.clip_skip)
+                txt2img_send = add_send_buttons("txt2img")
+            with gr.Tab("img2img", id=IMG2IMG_TAB, elem_id="tab_img2img"):
+                img2img = build_img2img(services, clip_skip=bar.clip_skip)
+            with gr.Tab("Extras", id=EXTRAS_TAB, elem_id="tab_extras"):
+                build_extras(services)
             with gr.Tab("PNG Info", id=PNGINFO_TAB, elem_id="tab_pnginfo"):
-                build_pnginfo(services, txt2img_fields=txt2img.fields, tabs=tabs, txt2img_tab_id=TXT2IMG_TAB)
+                pnginfo = build_pnginfo(
+                    services, txt2img_fields=txt2img.fields, tabs=tabs, txt2img_tab_id=TXT2IMG_TAB
+                )
+                pnginfo_send = add_send_buttons("pnginfo")
+            with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):
+                prompt = txt2img.fields["prompt"]
+                build_lora_tab(services, prompt=prompt, tabs=tabs, prompt_tab_id=TXT2IMG_TAB)
+        wire_image_tabs(
+            services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
+            pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,
+        )  # fmt: skip
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False

@@ -44,12 +44,17 @@ def read_image_info(path: str | None) -> tuple[str, dict[str, object], str]:
     return infotext or "", parsed, extra
 
 
-def fields_to_send(infotext: str, options: Any, available: set[str]) -> dict[str, object]:
+def fields_to_send(
+    infotext: str, options: Any, available: set[str], networks: Any = None
+) -> dict[str, object]:
     """Request fields from ``infotext`` that a widget in ``available`` can show, honouring the
-    ``send_seed`` / ``send_size`` options."""
+    ``send_seed`` / ``send_size`` options. With ``networks``, LoRAs renamed since are found by hash."""
     if not infotext.strip():
         return {}
-    fields = request_fields_from_infotext(parse_infotext(infotext))
+    parsed = parse_infotext(infotext)
+    fields = request_fields_from_infotext(parsed)
+    if networks is not None and parsed.get("Lora hashes") and isinstance(fields.get("prompt"), str):
+        fields["prompt"] = networks.restore_prompt(str(fields["prompt"]), parsed["Lora hashes"])
     if not getattr(options, "send_seed", True):
         fields.pop("seed", None)
     if not getattr(options, "send_size", True):
@@ -87,7 +92,8 @@ def build_pnginfo(
     by_name = dict(txt2img_fields)
 
     def send(infotext: str | None) -> dict[Any, Any]:
-        fields = fields_to_send(infotext or "", services.options.get(), set(by_name))
+        networks = getattr(services, "networks", None)
+        fields = fields_to_send(infotext or "", services.options.get(), set(by_name), networks)
         if not fields:
             gr.Info("No generation parameters to send.")
             return {}

@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import choices
+from webui.ui.hires import build_hires_controls
+from webui.ui.lora import build_lora_picker
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ def _result_summary(result: GenerationResult) -> str:
     saved = [image.path for image in result.images if image.path]
     if saved:
         text += f" · saved to {Path(saved[0]).parent}"
+    for warning in result.warnings:  # e.g. a LoRA that does not fit the model: shown, never silent
+        text += f"\n\n⚠️ {warning}"
     return text
 
 
@@ -119,6 +123,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 elem_id="txt2img_neg_prompt",
                 show_label=False,
             )
+            lora_picker = build_lora_picker(services, prompt)
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             with gr.Row():
@@ -201,6 +206,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 )
                 random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=0, min_width=40)
                 reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=0, min_width=40)
+            hires = build_hires_controls(services)
         with gr.Column(scale=1):
             progress = gr.Markdown("", elem_id="txt2img_progress")
             preview = gr.Image(
@@ -231,6 +237,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         "seed": seed,
         "clip_skip": clip_skip,
     }
+    fields.update(hires)
     tab = Txt2ImgTab(
         fields=fields,
         generate=generate,
@@ -241,7 +248,12 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         progress=progress,
         preview=preview,
         error=error,
-        extra={"last_seeds": last_seeds, "last_infotexts": last_infotexts, "selected": selected},
+        extra={
+            "last_seeds": last_seeds,
+            "last_infotexts": last_infotexts,
+            "selected": selected,
+            "lora_picker": lora_picker,
+        },
     )
     _wire(services, tab, random_seed=random_seed, reuse_seed=reuse_seed)
     return tab

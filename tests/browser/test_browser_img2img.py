@@ -1,0 +1,59 @@
+"""A real browser against `python app.py`: upload an init image in img2img, Generate, the image appears."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.browser.test_browser_txt2img import CHROMIUM, running_app  # noqa: F401 (fixture)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
+]
+
+
+def _init_png(path: Path) -> Path:
+    image = Image.new("RGBA", (64, 64), (30, 60, 200, 255))
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(220, 40, 40, 255))
+    image.save(path)
+    return path
+
+
+def test_img2img_from_the_browser(running_app: str, tmp_path: Path) -> None:  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    init = _init_png(tmp_path / "init.png")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(running_app)
+            page.wait_for_selector("#tab_img2img-button, button:has-text('img2img')", timeout=30_000)
+            page.get_by_role("tab", name="img2img", exact=True).click()
+            page.wait_for_selector("#img2img_prompt textarea", timeout=30_000)
+            page.fill("#img2img_prompt textarea", "a red circle")
+            page.locator("#img2img_image input[type=file]").set_input_files(str(init))
+            page.wait_for_selector("#img2img_image img", timeout=30_000)
+            for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "4")):
+                field = page.locator(f"#{elem_id} input[type=number]")
+                field.fill(value)
+                field.press("Tab")
+            seed = page.locator("#img2img_seed input").first
+            seed.fill("99")
+            seed.press("Tab")
+            page.click("#img2img_generate")
+            page.wait_for_selector("#img2img_gallery img", timeout=120_000)
+            page.wait_for_function(
+                "document.querySelector('#img2img_infotext textarea') && "
+                "document.querySelector('#img2img_infotext textarea').value.includes('Seed: 99')",
+                timeout=30_000,
+            )
+            infotext = page.locator("#img2img_infotext textarea").input_value()
+            assert "Denoising strength: 0.75" in infotext and "Size: 64x64" in infotext
+            page.screenshot(path=str(tmp_path / "img2img.png"), full_page=True)
+        finally:
+            browser.close()

@@ -1,0 +1,60 @@
+"""A real browser: pick a LoRA in the txt2img dropdown, generate, the infotext names it with its hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.browser.test_browser_txt2img import CHROMIUM, running_app  # noqa: F401 - fixture reuse
+from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
+]
+
+
+@pytest.fixture
+def data_dir(data_dir: Path, tiny_model_files: dict[str, Path]) -> Path:
+    """The tiny SD 1.5 data dir plus one kohya LoRA in models/Lora."""
+    unet, te = tiny_sd15_modules(tiny_model_files["sd15_folder"])
+    write_lora(data_dir / "models" / "Lora" / "inkwash.safetensors", kohya_lora(unet, [te]))
+    return data_dir
+
+
+def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app)
+            page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+            page.fill("#txt2img_prompt textarea", "a red circle")
+            for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "3")):
+                field = page.locator(f"#{elem_id} input[type=number]")
+                field.fill(value)
+                field.press("Tab")
+            dropdown = page.locator("#txt2img_loras input").first
+            dropdown.click()
+            page.locator("#txt2img_loras").get_by_text("inkwash").first.wait_for(timeout=10_000)
+            page.get_by_role("option", name="inkwash").first.click()
+            page.wait_for_function(
+                "document.querySelector('#txt2img_prompt textarea').value.includes('<lora:inkwash:1>')",
+                timeout=15_000,
+            )
+            page.locator("#txt2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
+            page.click("#txt2img_generate")
+            page.wait_for_function(
+                "document.querySelector('#txt2img_infotext textarea') && "
+                "document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')",
+                timeout=120_000,
+            )
+            infotext = page.locator("#txt2img_infotext textarea").input_value()
+            assert "<lora:inkwash:1>" in infotext
+            assert 'Lora hashes: "inkwash: ' in infotext
+        finally:
+            browser.close()

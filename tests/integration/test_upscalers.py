@@ -1,0 +1,75 @@
+"""Model upscalers (tiny ESRGAN, random weights, real architecture) and the Extras service."""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.fixtures.upscaler_models import write_esrgan
+from tests.integration.test_img2img_service import b64, picture
+from webui.domain.upscalers import ExtrasRequest
+from webui.runtime.upscalers import UpscalerError, UpscalerRunner, run_model
+
+
+def test_tiled_equals_untiled_and_pth_loads(tmp_path: Path) -> None:
+    path = write_esrgan(tmp_path, "4x-tiny.pth")
+    runner = UpscalerRunner()
+    model = runner.model(path)
+    assert model.scale == 4
+    image = Image.fromarray((np.random.RandomState(1).rand(70, 90, 3) * 255).astype(np.uint8))
+    tiled = np.asarray(run_model(model, image, tile=32, margin=24)).astype(int)
+    whole = np.asarray(run_model(model, image, tile=512, margin=0)).astype(int)
+    assert tiled.shape == (280, 360, 3)
+    assert np.abs(tiled - whole).max() <= 1
+    # Two model passes then Lanczos reach any size.
+    assert runner.upscale(image, "4x-tiny", path, 500, 389).size == (500, 389)
+
+
+def test_corrupt_and_unsafe_files_are_clear_errors(tmp_path: Path) -> None:
+    runner = UpscalerRunner()
+    corrupt = tmp_path / "broken.safetensors"
+    corrupt.write_bytes(b"\x00" * 40)
+    with pytest.raises(UpscalerError, match=r"Could not read upscaler broken\.safetensors"):
+        runner.model(corrupt)
+    unsafe = tmp_path / "evil.pth"
+    unsafe.write_bytes(pickle.dumps(print))
+    with pytest.raises(UpscalerError, match=r"evil\.pth"):
+        runner.model(unsafe)
+    not_sr = tmp_path / "weird.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"some.weight": torch.zeros(3, 3)}, str(not_sr))
+    with pytest.raises(UpscalerError, match="not a supported architecture"):
+        runner.model(not_sr)
+
+
+def test_extras_service_saves_with_infotext(services) -> None:
+    write_esrgan(services.settings.models_root / "ESRGAN", "4x-tiny.safetensors")
+    source = picture(24, 20)
+    source_info = io.BytesIO()
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 3, Sampler: Euler, Seed: 1")
+    source.save(source_info, format="PNG", pnginfo=info)
+    request = ExtrasRequest(
+        images=[base64.b64encode(source_info.getvalue()).decode(), b64(picture(10, 10))],
+        upscaler_1="4x-tiny",
+        upscaling_resize=2,
+    )
+    result = services.extras.run(request)
+    assert [(i.width, i.height) for i in result.images] == [(48, 40), (20, 20)]
+    first = result.images[0]
+    assert first.infotext.endswith("Seed: 1, Postprocess upscale by: 2.0, Postprocess upscaler: 4x-tiny")
+    assert Path(first.path).parent.parent.name == "extras-images"
+    with Image.open(first.path) as saved:
+        assert saved.info["parameters"] == first.infotext
+    with pytest.raises(ValueError, match="not a readable image"):
+        services.extras.run(ExtrasRequest(images=["AAAA"], upscaler_1="Lanczos"))
