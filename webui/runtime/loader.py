@@ -163,21 +163,67 @@ class _TensorSource:
             self._pickle = load_pickle_checkpoint(Path(self.record.path))
         return self._pickle
 
-    def tensors(self, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """All tensors whose key starts with one of ``prefixes`` (keys unchanged)."""
-        if self.record.format is not ModelFormat.SAFETENSORS:
-            return {k: v for k, v in self._load_pickle().items() if k.startswith(prefixes)}
-        from safetensors import safe_open
+    def tensors(
+        self, prefixes: tuple[str, ...], cast_to: torch.dtype | None = None
+    ) -> dict[str, torch.Tensor]:
+        """All tensors whose key starts with one of ``prefixes`` (keys unchanged).
 
+        Safetensors files are read tensor by tensor into their own buffers at the offsets in the header
+        (no memory map of the whole file: mapped pages would stay counted in RSS until the component is
+        done). With ``cast_to`` each floating tensor is converted right after it is read, so the file's
+        half-precision copy never outlives its own tensor and the peak stays near the loaded size.
+        """
+        if self.record.format is not ModelFormat.SAFETENSORS:
+            found = {k: v for k, v in self._load_pickle().items() if k.startswith(prefixes)}
+            if cast_to is not None:
+                found = {k: v.to(cast_to) if v.is_floating_point() else v for k, v in found.items()}
+            return found
+        name = Path(self.record.path).name
+        header = read_header(self.record.path)
+        wanted = sorted(
+            ((key, info) for key, info in header.tensors.items() if key.startswith(prefixes)),
+            key=lambda item: item[1].start,  # file order: sequential reads
+        )
         out: dict[str, torch.Tensor] = {}
         try:
-            with safe_open(self.record.path, framework="pt", device="cpu") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    if key.startswith(prefixes):
-                        out[key] = handle.get_tensor(key)
-        except Exception as exc:
-            raise ModelLoadError(f"{Path(self.record.path).name}: cannot read tensors ({exc})") from exc
+            with Path(self.record.path).open("rb", buffering=0) as handle:
+                for key, info in wanted:
+                    dtype = _SAFETENSORS_DTYPES.get(info.dtype)
+                    if dtype is None:
+                        raise ModelLoadError(f"{name}: tensor {key} has unsupported dtype {info.dtype}")
+                    size = info.end - info.start
+                    raw = torch.empty(size, dtype=torch.uint8)
+                    handle.seek(header.data_offset + info.start)
+                    view = memoryview(raw.numpy())
+                    done = 0
+                    while done < size:
+                        count = handle.readinto(view[done:])
+                        if not count:
+                            raise ModelLoadError(
+                                f"{name}: the file ends inside tensor {key}; download it again"
+                            )
+                        done += count
+                    tensor = raw.view(dtype).reshape(info.shape)
+                    if cast_to is not None and tensor.is_floating_point() and tensor.dtype != cast_to:
+                        tensor = tensor.to(cast_to)
+                    out[key] = tensor
+        except OSError as exc:
+            raise ModelLoadError(f"{name}: cannot read tensors ({exc})") from exc
         return out
+
+
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def resolve_family(record: CheckpointRecord, shapes: dict[str, tuple[int, ...]]) -> ModelFamily:
@@ -243,7 +289,7 @@ def _load_single_file(
     configs: ArchitectureConfigs = infer_configs(shapes, family)
 
     progress(f"Loading UNet of {name}", 0.05)
-    raw = source.tensors((configs.prefixes["unet"],))
+    raw = source.tensors((configs.prefixes["unet"],), cast_to=dtype)
     state = convert_ldm_unet_checkpoint(raw, configs.unet)
     del raw
     unet_config = {k: v for k, v in configs.unet.items() if not k.startswith("_")}
@@ -253,7 +299,7 @@ def _load_single_file(
     gc.collect()
 
     progress(f"Loading VAE of {name}", 0.6)
-    raw = source.tensors((configs.prefixes["vae"],))
+    raw = source.tensors((configs.prefixes["vae"],), cast_to=dtype)
     vae_config = {k: v for k, v in configs.vae.items() if not k.startswith("_")}
     vae = _empty_module(lambda: AutoencoderKL.from_config(vae_config))
     if not raw:
@@ -267,7 +313,7 @@ def _load_single_file(
     text_encoder = text_encoder_2 = None
     if configs.text_encoder is not None:
         prefix = configs.prefixes["text_encoder"]
-        raw = source.tensors((prefix,))
+        raw = source.tensors((prefix,), cast_to=dtype)
         if configs.text_encoder.get("hidden_act") == "gelu" and not family.is_sdxl:
             state = convert_open_clip_checkpoint(_ConfigHolder(configs.text_encoder), raw, prefix=prefix)
         else:
@@ -277,7 +323,7 @@ def _load_single_file(
         text_encoder = _load_text_encoder(configs.text_encoder, state, dtype, f"{name} (text encoder)")
     if configs.text_encoder_2 is not None:
         prefix = configs.prefixes["text_encoder_2"]
-        raw = source.tensors((prefix,))
+        raw = source.tensors((prefix,), cast_to=dtype)
         state = convert_open_clip_checkpoint(_ConfigHolder(configs.text_encoder_2), raw, prefix=prefix)
         del raw
         text_encoder_2 = _load_text_encoder(configs.text_encoder_2, state, dtype, f"{name} (text encoder 2)")
