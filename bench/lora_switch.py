@@ -6,7 +6,9 @@ Measures, for two rank-32 kohya LoRAs covering every attention projection, feed-
 1. reading a LoRA file's tensors (``safetensors.safe_open``) vs Easel's first load of it
    (read + parse into the file cache + merge into the model);
 2. switching between the two LoRAs once both are cached (restore from backups + merge);
-3. one UNet step (CFG batch of 2) with no LoRA vs with a LoRA merged (median of alternated runs);
+3. one UNet step (CFG batch of 2) with no LoRA vs with a LoRA merged (median of alternated runs), in
+   steady state: after each change of the set one untimed step runs first, as a generation's later steps
+   follow its first (that first step is reported on its own: it pays the OS for memory just handed out);
 4. a second generation with an unchanged LoRA set: the time ``apply`` spends (no patching).
 
     python bench/lora_switch.py [--size 512] [--rounds 5]
@@ -43,6 +45,10 @@ def _timed(func: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     value = func()
     return time.perf_counter() - start, value
+
+
+def _median_ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.0f} ms" if values else "n/a"
 
 
 def main() -> None:
@@ -110,10 +116,14 @@ def main() -> None:
     patcher.apply([])
     step()  # warm-up
     plain, with_lora = [], []
+    first_plain, first_lora = [], []  # the first step after the set changed
     for round_ in range(args.rounds):
         order = (False, True) if round_ % 2 == 0 else (True, False)
         for active in order:
-            patcher.apply([(loras[0], parsed_a)] if active else [])
+            changed = patcher.apply([(loras[0], parsed_a)] if active else []).patched
+            first = step()
+            if changed:
+                (first_lora if active else first_plain).append(first)
             (with_lora if active else plain).append(step())
     backup_mb = patcher.backup_bytes / 2**20 if patcher.applied else 0.0
     patcher.apply([])
@@ -134,6 +144,8 @@ def main() -> None:
         f"| UNet step {args.size}×{args.size}, CFG batch 2, no LoRA (median of {args.rounds}) | "
         f"{plain_med * 1000:.0f} ms |",
         f"| UNet step with a LoRA merged | {lora_med * 1000:.0f} ms ({lora_med / plain_med:.3f}×) |",
+        f"| first step after adding the LoRA / after removing it (median) | "
+        f"{_median_ms(first_lora)} / {_median_ms(first_plain)} |",
         f"| backups held while a LoRA is active | {backup_mb:.0f} MiB (CPU) |",
     ]
     print("\n".join(lines))

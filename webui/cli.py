@@ -31,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--nowebui", action="store_true", help="serve the API only")
     server.add_argument("--gradio-auth", metavar="USER:PASS[,U2:P2]", help="password-protect the UI")
     server.add_argument("--api-auth", metavar="USER:PASS[,U2:P2]", help="HTTP basic auth on every API route")
-    server.add_argument("--api-server-stop", action="store_true", help="enable /sdapi/v1/server-stop")
+    server.add_argument(
+        "--api-server-stop", action="store_true", help="enable /sdapi/v1/server-stop, -restart and -kill"
+    )
+    server.add_argument(
+        "--cors-allow-origins", metavar="ORIGINS", help="comma-separated origins that may call the API (CORS)"
+    )
+    server.add_argument(
+        "--cors-allow-origins-regex", metavar="REGEX", help="origins matching REGEX may call the API (CORS)"
+    )
 
     paths = parser.add_argument_group("paths")
     paths.add_argument("--data-dir", type=Path, help="root for models/, outputs/, config.json, cache.json")
@@ -66,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def namespace_dict(args: argparse.Namespace) -> dict[str, object]:
+    """``vars(args)`` with paths as strings, so it serialises to JSON as A1111's cmd-flags does."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+def default_cmd_flags() -> dict[str, object]:
+    """The flags of a plain ``python app.py`` (for settings not built from a command line)."""
+    return namespace_dict(build_parser().parse_args([]))
+
+
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     values: dict[str, object] = {}
@@ -88,6 +106,10 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["models_in_ram"] = args.models_in_ram
     values["lora_cache_mb"] = args.lora_cache_mb
     values["preload_model"] = not args.no_preload
-    for flag in ("listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop"):
+    for flag in (
+        "listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop", "cors_allow_origins",
+        "cors_allow_origins_regex",
+    ):  # fmt: skip
         values[flag] = getattr(args, flag)
+    values["cmd_flags"] = namespace_dict(args)
     return Settings(**values)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from webui.services.generation import GenerationService
 from webui.services.lora import NetworkService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
+from webui.services.styles import StyleStore
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Services:
     networks: NetworkService | None = None
     upscalers: UpscalerService | None = None
     extras: ExtrasService | None = None
+    styles: StyleStore | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -82,6 +84,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     )
     upscalers = UpscalerService(settings.models_root, generation)
     generation.upscalers = upscalers
+    styles = StyleStore(settings.styles_file)
+    generation.styles = styles
     extras = ExtrasService(upscalers, generation, options, settings.outputs_path)
     return Services(
         settings=settings,
@@ -91,4 +95,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         networks=networks,
         upscalers=upscalers,
         extras=extras,
+        styles=styles,
     )

@@ -13,11 +13,13 @@ log = logging.getLogger(__name__)
 def build_app(services: Services) -> Any:
     from fastapi import FastAPI
 
+    from webui.api.middleware import install_middleware
     from webui.api.routes import build_router, install_error_handlers
 
     settings = services.settings
     app = FastAPI(title="Easel", version="0.1.0", docs_url="/docs")
     install_error_handlers(app)
+    install_middleware(app, settings)
     if settings.api or settings.nowebui:
         app.include_router(build_router(services))
     if not settings.nowebui:

@@ -9,7 +9,7 @@ One pydantic-settings class, built once from the command line (A1111 flag names,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     gradio_auth: str | None = None
     api_auth: str | None = None
     api_server_stop: bool = False
+    cors_allow_origins: str | None = None  # comma-separated origins (A1111 --cors-allow-origins)
+    cors_allow_origins_regex: str | None = None
     preload_model: bool = True
+    # The parsed command line as ``vars(argparse.Namespace)``, for /sdapi/v1/cmd-flags; None when the
+    # settings were not built from a command line.
+    cmd_flags: dict[str, Any] | None = None
 
     @property
     def host(self) -> str:
@@ -90,6 +95,10 @@ class Settings(BaseSettings):
     @property
     def cache_file(self) -> Path:
         return self.data_dir / "cache.json"
+
+    @property
+    def styles_file(self) -> Path:
+        return self.data_dir / "styles.csv"
 
     @property
     def cache_dir(self) -> Path:

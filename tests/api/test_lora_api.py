@@ -67,6 +67,23 @@ def test_lora_in_api_prompt_and_warnings_in_info(client: TestClient, data_dir: P
     assert bad.status_code == 422 and "not a number" in bad.json()["detail"]
 
 
+def test_lora_in_api_img2img_prompt(client: TestClient) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 60, 40)).save(buffer, format="PNG")
+    body = {**SMALL, "init_images": [base64.b64encode(buffer.getvalue()).decode()], "denoising_strength": 0.7}
+    plain = client.post("/sdapi/v1/img2img", json={**body, "prompt": "a cat"})
+    styled = client.post("/sdapi/v1/img2img", json={**body, "prompt": "a cat <lora:ink:1>"})
+    assert plain.status_code == styled.status_code == 200, styled.text
+    info = json.loads(styled.json()["info"])
+    assert info["warnings"] == [] and 'Lora hashes: "ink: ' in info["infotexts"][0]
+    assert styled.json()["images"] != plain.json()["images"]
+
+
 def test_infotext_with_renamed_lora_is_restored_by_hash(client: TestClient, data_dir: Path) -> None:
     first = json.loads(
         client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x <lora:ink:1>"}).json()["info"]

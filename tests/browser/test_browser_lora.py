@@ -58,3 +58,34 @@ def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:  # noqa: 
             assert 'Lora hashes: "inkwash: ' in infotext
         finally:
             browser.close()
+
+
+def test_img2img_dropdown_and_prompt_stay_in_sync(running_app: str) -> None:  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app)
+            page.wait_for_selector("#tab_img2img-button, button:has-text('img2img')", timeout=30_000)
+            page.get_by_role("tab", name="img2img").first.click()
+            page.wait_for_selector("#img2img_prompt textarea", timeout=15_000)
+            page.fill("#img2img_prompt textarea", "a red circle")
+            page.locator("#img2img_loras input").first.click()
+            page.get_by_role("option", name="inkwash").first.click()
+            page.wait_for_function(
+                "document.querySelector('#img2img_prompt textarea').value == 'a red circle <lora:inkwash:1>'",
+                timeout=15_000,
+            )
+            page.locator("#img2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
+            # the txt2img prompt is untouched: each tab's picker edits its own prompt
+            assert page.locator("#txt2img_prompt textarea").input_value() == ""
+            # typing a weight into the prompt moves the slider
+            page.fill("#img2img_prompt textarea", "a red circle <lora:inkwash:0.4>")
+            page.wait_for_function(
+                "document.querySelector('#img2img_lora_weight_0 input[type=number]').value == '0.4'",
+                timeout=15_000,
+            )
+        finally:
+            browser.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,127 @@ def test_several_loras_add_up_and_peft_layout_works(services, lora_dir, tiny_mod
     torch.testing.assert_close(both, deltas["a"] - 0.5 * deltas["b"], rtol=1e-4, atol=1e-5)
 
 
+def test_peft_file_scales_by_the_adapter_configs_alpha_over_rank(services, lora_dir, tiny_model_files):
+    """A file written by diffusers' ``save_lora_weights`` from a real PEFT adapter: the merged delta is
+    PEFT's own ``get_delta_weight`` (lora_alpha / r, with rank_pattern / alpha_pattern overrides)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_files["sd15_folder"] / "unet")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=12,  # scale 3
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        init_lora_weights=False,
+        rank_pattern={"attn2.to_k": 2},  # scale 12 / 2 = 6
+        alpha_pattern={"attn2.to_v": 2.0},  # scale 2 / 4 = 0.5
+    )
+    unet.add_adapter(config)
+    with torch.no_grad():
+        expected = {
+            name: module.get_delta_weight("default").clone()
+            for name, module in unet.named_modules()
+            if "default" in getattr(module, "lora_A", {})
+        }
+    StableDiffusionPipeline.save_lora_weights(
+        lora_dir,
+        unet_lora_layers=get_peft_model_state_dict(unet),
+        unet_lora_adapter_metadata=config.to_dict(),
+        weight_name="peft-alpha.safetensors",
+    )
+    with safe_open(str(lora_dir / "peft-alpha.safetensors"), "pt") as handle:
+        assert "lora_adapter_metadata" in (handle.metadata() or {})
+        assert not any(key.endswith(".alpha") for key in handle.keys())  # noqa: SIM118
+    engine, model = _model(services)
+    before = _weights(model)
+    with engine.lock:
+        report = engine.apply_loras(model, [_active(services, "peft-alpha", unet=0.5)])
+    assert report.applied["peft-alpha"][0] == report.applied["peft-alpha"][1] == len(expected)
+    after = _weights(model)
+    for path in (
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+        "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v",
+        "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0",
+    ):
+        key = f"unet.{path}.weight"
+        torch.testing.assert_close(after[key] - before[key], 0.5 * expected[path], rtol=1e-4, atol=1e-5)
+    block = "unet.down_blocks.1.attentions.0.transformer_blocks.0."
+    parsed = engine.lora_files.get(_active(services, "peft-alpha"))
+    scales = {
+        path.removeprefix(block): layer.alpha / layer.rank
+        for path, layer in parsed.layers.items()
+        if path.startswith(block) and layer.alpha is not None and layer.rank
+    }
+    assert scales == {
+        "attn1.to_q": 3.0, "attn1.to_k": 3.0, "attn1.to_v": 3.0, "attn1.to_out.0": 3.0,
+        "attn2.to_q": 3.0, "attn2.to_k": 6.0, "attn2.to_v": 0.5, "attn2.to_out.0": 3.0,
+    }  # fmt: skip
+
+
+def test_adapter_config_arithmetic() -> None:
+    from webui.runtime.lora import (
+        LoraFormatError,
+        LoraLayer,
+        ParsedLora,
+        adapter_configs,
+        apply_metadata_alphas,
+    )
+
+    def layers() -> ParsedLora:
+        def layer(rank: int, alpha: float | None = None) -> LoraLayer:
+            return LoraLayer("lora", {"down": torch.zeros(rank, 8), "up": torch.zeros(8, rank)}, alpha)
+
+        return ParsedLora(
+            "x",
+            "k",
+            {
+                "unet.a.attn1.to_q": layer(4),
+                "unet.a.attn2.to_k": layer(4),
+                "unet.a.attn2.to_v": layer(4, alpha=1.0),  # an .alpha tensor wins over the config
+                "text_encoder.text_model.q_proj": layer(8),
+                "conv_in": layer(16),
+            },
+        )
+
+    def scales(metadata: dict[str, str]) -> dict[str, float]:
+        parsed = layers()
+        apply_metadata_alphas(parsed, metadata, file="x.safetensors")
+        return {k: (v.alpha / v.rank if v.alpha is not None else 1.0) for k, v in parsed.layers.items()}
+
+    packed = {
+        "lora_adapter_metadata": json.dumps(
+            {
+                "unet.r": 4,
+                "unet.lora_alpha": 8,
+                "unet.alpha_pattern": {"attn2.to_k": 2},
+                "text_encoder.r": 8,
+                "text_encoder.lora_alpha": 16,
+                "text_encoder.use_rslora": True,
+            }
+        )
+    }
+    assert scales(packed) == {
+        "unet.a.attn1.to_q": 2.0,
+        "unet.a.attn2.to_k": 0.5,
+        "unet.a.attn2.to_v": 0.25,
+        "text_encoder.text_model.q_proj": 16 / 8**0.5,
+        "conv_in": 1.0,  # no config for an unprefixed module when every entry is prefixed
+    }
+    bare = {"lora_adapter_metadata": json.dumps({"r": 16, "lora_alpha": 4})}  # a model's save_lora_adapter
+    assert scales(bare)["conv_in"] == 0.25 and scales(bare)["unet.a.attn1.to_q"] == 4 / 16
+    assert scales({"network_alpha": "2"})["unet.a.attn1.to_q"] == 0.5  # alpha / the layer's own rank
+    assert scales({"ss_network_alpha": "2", "network_alpha": "Dynamic"})["unet.a.attn1.to_q"] == 1.0
+    assert scales({})["unet.a.attn1.to_q"] == 1.0
+    assert adapter_configs({}) == {}
+    with pytest.raises(LoraFormatError, match="lora_adapter_metadata is not valid JSON"):
+        adapter_configs({"lora_adapter_metadata": "{nope"}, file="x.safetensors")
+    with pytest.raises(LoraFormatError, match="pattern in its adapter config"):
+        scales({"lora_adapter_metadata": json.dumps({"lora_alpha": 4, "alpha_pattern": {"(": 1}})})
+
+
 def test_generation_with_lora_weight_zero_and_removal_is_identical(services, lora_dir, tiny_modules):
     unet, te = tiny_modules
     path = write_lora(lora_dir / "ink.safetensors", kohya_lora(unet, [te], seed=5))
@@ -188,6 +310,26 @@ def test_bad_files_give_clear_messages_and_model_stays_usable(services, lora_dir
     assert "evil.pt" in text and "arbitrary code" in text
     assert "unsupported LoRA type DoRA in dora.safetensors" in text
     assert _pixels(result) == _pixels(baseline)
+
+
+def test_loras_whose_backups_exceed_free_ram_fail_clearly_and_change_nothing(
+    services, lora_dir, tiny_modules, monkeypatch
+):
+    from webui.runtime import lora as lora_runtime
+    from webui.services.generation import GenerationFailed
+
+    unet, te = tiny_modules
+    write_lora(lora_dir / "big.safetensors", kohya_lora(unet, [te], seed=10))
+    generation = services.generation
+    baseline = generation.txt2img(_request())
+    monkeypatch.setattr(lora_runtime, "available_ram_bytes", lambda: lora_runtime.BACKUP_RESERVE_BYTES)
+    with pytest.raises(
+        GenerationFailed, match=r"needs .* GiB of RAM for exact backups .* Nothing was changed"
+    ):
+        generation.txt2img(_request("a cat <lora:big:1>"))
+    monkeypatch.undo()
+    assert generation.txt2img(_request()).images[0].png_bytes == baseline.images[0].png_bytes
+    assert generation.txt2img(_request("a cat <lora:big:1>")).warnings == []
 
 
 class _Unpicklable:
@@ -274,6 +416,39 @@ def test_embedding_changes_conditioning_and_ti_hashes_appear(services):
         "step": 500, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 64, "vectors": 1,
     }  # fmt: skip
     assert "wide" in info["skipped"]
+
+
+def _img2img_request(prompt: str, **fields: Any) -> Any:
+    from tests.integration.test_img2img_service import b64, picture
+    from webui.domain.generation import Img2ImgRequest
+
+    return Img2ImgRequest(
+        **{**SMALL, "steps": 4, "prompt": prompt, "checkpoint": CKPT, "save_images": False},
+        init_images=[b64(picture())],
+        denoising_strength=0.8,
+        **fields,
+    )
+
+
+def test_img2img_and_inpaint_apply_the_prompts_loras(services, lora_dir, tiny_modules):
+    from tests.integration.test_img2img_service import b64, square_mask
+
+    unet, te = tiny_modules
+    path = write_lora(lora_dir / "ink.safetensors", kohya_lora(unet, [te], seed=5))
+    services.networks.refresh_loras()
+    generation = services.generation
+    short = _addnet_hash(path)[:12]
+    mask = {"mask": b64(square_mask((64, 64), (16, 16, 47, 47)))}
+    for extra in ({}, mask):  # img2img, then inpaint
+        baseline = generation.img2img(_img2img_request("a cat", **extra))
+        styled = generation.img2img(_img2img_request("a cat <lora:ink:1>", **extra))
+        assert _pixels(styled) != _pixels(baseline), extra.keys()
+        parsed = parse_infotext(styled.images[0].infotext)
+        assert parsed["Lora hashes"] == f"ink: {short}"
+        assert "Denoising strength" in parsed and styled.warnings == []
+        assert "Lora hashes" not in baseline.images[0].infotext
+        again = generation.img2img(_img2img_request("a cat", **extra))
+        assert again.images[0].png_bytes == baseline.images[0].png_bytes  # removal restores exactly
 
 
 def _mean_saturation(result: Any) -> float:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from webui.domain.lora import LoraFamily, LoraRecord
 from webui.domain.models import ModelFamily
 from webui.ui.lora import (
+    SLIDERS,
     card_caption,
     card_entries,
     picker_from_prompt,
@@ -36,3 +40,56 @@ def test_cards_current_family_first_incompatible_marked_and_filters() -> None:
     assert [r.name for r in card_entries(records, None, "", "SDXL")] == ["xl-thing"]
     assert card_caption(records[0], False).startswith("⚠️ xl-thing · SDXL · rank 8")
     assert card_caption(records[1], True) == "b-style · SD 1.x\ninky"
+
+
+def _picker_handlers(blocks: Any, prefix: str) -> dict[str, Any]:
+    """The picker's events in one tab: ``prompt.change``, ``dropdown.input``, ``slider.release`` → fn."""
+    by_id = {getattr(block, "elem_id", None): block for block in blocks.blocks.values()}
+    wanted = {
+        (by_id[f"{prefix}_prompt"]._id, "change"): "from_prompt",
+        (by_id[f"{prefix}_loras"]._id, "input"): "selection_to_prompt",
+        (by_id[f"{prefix}_lora_weight_0"]._id, "release"): "weights_to_prompt",
+    }
+    found: dict[str, Any] = {}
+    for fn in blocks.fns.values():
+        for target in fn.targets:
+            name = wanted.get(tuple(target))
+            if name is not None:
+                found[name] = fn
+    return found
+
+
+def test_img2img_has_the_same_picker_synced_with_its_own_prompt(tmp_path: Path) -> None:
+    from tests.ui.test_ui_app import _make_services
+    from webui.ui.app import build_ui
+
+    lora_dir = tmp_path / "models" / "Lora"
+    lora_dir.mkdir(parents=True)
+    (lora_dir / "ink.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    services = _make_services(tmp_path)
+    try:
+        blocks = build_ui(services)
+        by_id = {getattr(block, "elem_id", None): block for block in blocks.blocks.values()}
+        for prefix in ("txt2img", "img2img"):
+            dropdown = by_id[f"{prefix}_loras"]
+            assert dropdown.multiselect and "ink" in [c[0] for c in dropdown.choices]
+            assert all(f"{prefix}_lora_weight_{i}" in by_id for i in range(SLIDERS))
+            handlers = _picker_handlers(blocks, prefix)
+            assert set(handlers) == {"from_prompt", "selection_to_prompt", "weights_to_prompt"}, prefix
+            prompt = by_id[f"{prefix}_prompt"]
+            # each tab's picker reads and writes its own prompt, never the other tab's
+            assert handlers["from_prompt"].inputs == [prompt]
+            assert handlers["selection_to_prompt"].outputs[0] is prompt
+            assert handlers["weights_to_prompt"].outputs == [prompt]
+            # prompt → picker: tags become the selection and visible, labelled sliders
+            dropdown_update, *sliders = handlers["from_prompt"].fn("a fox <lora:ink:0.7>")
+            assert dropdown_update["value"] == ["ink"]
+            assert sliders[0]["value"] == 0.7 and sliders[0]["visible"] and sliders[0]["label"] == "ink"
+            assert not sliders[1]["visible"]
+            # picker → prompt: choosing adds the tag, a slider re-weights it, clearing removes it
+            updated, *_ = handlers["selection_to_prompt"].fn("a fox", ["ink"])
+            assert updated == "a fox <lora:ink:1>"
+            assert handlers["weights_to_prompt"].fn(updated, -0.5, 1, 1, 1) == "a fox <lora:ink:-0.5>"
+            assert handlers["selection_to_prompt"].fn(updated, [])[0] == "a fox"
+    finally:
+        services.generation.shutdown()

@@ -15,10 +15,18 @@ from webui.api.img2img_schemas import (
     ExtrasSingleResponse,
     Img2ImgBody,
 )
-from webui.api.routes import ApiError, _b64, _validation_message, result_info, txt2img_request
+from webui.api.routes import (
+    ApiError,
+    _b64,
+    _validation_message,
+    keep_overrides,
+    result_info,
+    txt2img_request,
+)
 from webui.api.schemas import ImagesResponse
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import LATENT_UPSCALE_MODES
+from webui.domain.sd_upscale import SD_UPSCALE, ScriptError, find_script, params_from_script_args
 from webui.domain.upscalers import ExtrasRequest
 
 
@@ -29,13 +37,15 @@ def _strip_data_url(data: str) -> str:
 def img2img_request(body: Img2ImgBody, services: Any) -> Img2ImgRequest:
     if not body.init_images:
         raise ApiError(404, "ImageError", "Init image not found")
-    if body.script_name:
-        raise ApiError(
-            422,
-            "ScriptError",
-            f"script {body.script_name!r} is not available in Easel (SD upscale is not built yet)",
-        )
+    sd_upscale = None
+    if body.script_name and body.script_name.strip().lower() not in ("", "none"):
+        try:
+            if find_script(body.script_name) == SD_UPSCALE:
+                sd_upscale = params_from_script_args(body.script_args, services.upscalers.names())
+        except ScriptError as exc:
+            raise ApiError(422, "ScriptError", str(exc)) from exc
     extra: dict[str, Any] = {
+        "sd_upscale": sd_upscale,
         "init_images": [_strip_data_url(image) for image in body.init_images],
         "mask": _strip_data_url(body.mask) if body.mask else None,
         "resize_mode": body.resize_mode,
@@ -79,6 +89,7 @@ def add_image_routes(router: APIRouter, services: Any) -> None:
     def img2img(body: Img2ImgBody) -> dict[str, Any]:
         request = img2img_request(body, services)
         result = generation.img2img(request)
+        keep_overrides(body, services)
         images = [_b64(image.png_bytes) for image in result.images] if body.send_images else []
         parameters = body.model_dump()
         if not body.include_init_images:

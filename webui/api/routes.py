@@ -110,6 +110,10 @@ def txt2img_request(
         if target is not None and value is not None:
             fields[target] = value
     fields["save_images"] = body.save_images
+    fields["styles"] = list(body.styles or [])
+    fields["tiling"] = bool(body.tiling)
+    fields["override_settings"] = request_overrides(body, services)
+    check_scripts(body, "txt2img" if cls is Txt2ImgRequest else "img2img")
     if parsed.get("Lora hashes") and services.networks is not None and isinstance(fields.get("prompt"), str):
         # LoRAs renamed since the infotext was written are found by hash.
         fields["prompt"] = services.networks.restore_prompt(fields["prompt"], parsed["Lora hashes"])
@@ -124,6 +128,49 @@ def txt2img_request(
         raise ApiError(422, "ValidationError", _validation_message(exc)) from exc
 
 
+# Script titles (lowercase) Easel runs from ``script_name`` / ``alwayson_scripts``.
+SELECTABLE_SCRIPTS: dict[str, list[str]] = {"txt2img": [], "img2img": ["sd upscale"]}
+ALWAYSON_SCRIPTS: dict[str, list[str]] = {"txt2img": [], "img2img": []}
+
+
+def check_scripts(body: Txt2ImgBody, mode: str = "txt2img") -> None:
+    """A1111 answers 422 for a script it does not have; so does Easel, naming the script."""
+    name = (body.script_name or "").strip().lower()
+    if name and name != "none" and name not in SELECTABLE_SCRIPTS[mode]:
+        raise ApiError(422, "ScriptError", f"script {body.script_name!r} is not available in Easel")
+    for title in body.alwayson_scripts or {}:
+        if title.lower() not in ALWAYSON_SCRIPTS[mode]:
+            raise ApiError(
+                422,
+                "ScriptError",
+                f"always-on script {title!r} is not available in Easel; GET /sdapi/v1/scripts lists them",
+            )
+
+
+def request_overrides(body: Txt2ImgBody, services: Services) -> dict[str, Any]:
+    """``override_settings`` checked against the options now, so a bad value fails before queueing."""
+    overrides = {key: value for key, value in (body.override_settings or {}).items() if value is not None}
+    if overrides:
+        from webui.services.options import Options
+
+        try:
+            Options.model_validate({**services.options.as_dict(), **overrides})
+        except ValidationError as exc:
+            raise ApiError(422, "ValidationError", _validation_message(exc)) from exc
+    return overrides
+
+
+def keep_overrides(body: Txt2ImgBody, services: Services) -> None:
+    """``override_settings_restore_afterwards: false`` keeps the overrides as the saved options."""
+    if body.override_settings and not body.override_settings_restore_afterwards:
+        services.options.update({k: v for k, v in body.override_settings.items() if v is not None})
+
+
+NO_FACE_RESTORER = (
+    "Face restoration was requested but no face restorer is installed; the images are not restored."
+)
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -135,7 +182,7 @@ def _validation_message(exc: ValidationError) -> str:
 def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
     request = result.request
     first = result.images[0] if result.images else None
-    info = {
+    info: dict[str, Any] = {
         "prompt": request.prompt,
         "all_prompts": [image.prompt for image in result.images],
         "negative_prompt": request.negative_prompt,
@@ -151,7 +198,7 @@ def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
         "cfg_scale": request.cfg_scale,
         "steps": request.steps,
         "batch_size": request.batch_size,
-        "restore_faces": bool(body.get("restore_faces")),
+        "restore_faces": bool(body.get("restore_faces")),  # requested; no restorer ran (see warnings)
         "face_restoration_model": None,
         "sd_model_name": result.model_name,
         "sd_model_hash": result.model_hash,
@@ -168,7 +215,7 @@ def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": result.version,
-        "warnings": list(result.warnings),
+        "warnings": list(result.warnings) + ([NO_FACE_RESTORER] if body.get("restore_faces") else []),
     }
     return json.dumps(info, ensure_ascii=False)
 
@@ -198,6 +245,7 @@ def build_router(services: Services) -> APIRouter:
     def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
         request = txt2img_request(body, services)
         result = generation.txt2img(request)
+        keep_overrides(body, services)
         images = [_b64(image.png_bytes) for image in result.images] if body.send_images else []
         parameters = body.model_dump()
         return {"images": images, "parameters": parameters, "info": result_info(result, parameters)}
@@ -240,13 +288,25 @@ def build_router(services: Services) -> APIRouter:
 
     @router.get("/sdapi/v1/options")
     def get_options() -> dict[str, Any]:
-        return services.options.as_dict()
+        values = services.options.as_dict()
+        values["sd_checkpoint_hash"] = _checkpoint_sha256(values.get("sd_model_checkpoint"))
+        return values
+
+    def _checkpoint_sha256(title: Any) -> str | None:
+        """A1111's read-only ``sd_checkpoint_hash``: the full sha256 when it is known."""
+        if not isinstance(title, str) or not title:
+            return None
+        try:
+            return models.find(title).sha256
+        except LookupError:
+            return None
 
     @router.post("/sdapi/v1/options")
     def set_options(values: dict[str, Any]) -> None:
         checkpoint = values.get("sd_model_checkpoint")
         current = services.options.get().sd_model_checkpoint
-        rest = {k: v for k, v in values.items() if k != "sd_model_checkpoint"}
+        read_only = ("sd_model_checkpoint", "sd_checkpoint_hash")
+        rest = {k: v for k, v in values.items() if k not in read_only}
         try:
             services.options.update(rest)
         except ValidationError as exc:
@@ -319,8 +379,10 @@ def build_router(services: Services) -> APIRouter:
             return "Stopping."
 
     from webui.api.img2img_routes import add_image_routes
+    from webui.api.system_routes import add_system_routes
 
     add_image_routes(router, services)
+    add_system_routes(router, services)
     return router
 
 

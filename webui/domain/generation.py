@@ -8,10 +8,12 @@ Field names follow A1111's API where one exists, so the API adapter is a thin ma
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
+from webui.domain.sd_upscale import SdUpscaleParams
 
 
 class RngSource(StrEnum):
@@ -51,6 +53,10 @@ class GenerationParams(BaseModel):
     vae: str | None = None
     save_images: bool = True
     samples_format: str = "png"
+    styles: list[str] = Field(default_factory=list)  # names from styles.csv, applied in order
+    tiling: bool = False  # seamless: the image's edges continue each other
+    # A1111 options (config.json names) that apply to this request only, e.g. {"jpeg_quality": 80}.
+    override_settings: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height")
     @classmethod
@@ -109,11 +115,25 @@ class Img2ImgRequest(GenerationParams):
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = Field(32, ge=0, le=256)
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    # A1111's "SD upscale" script: upscale, then img2img in width x height tiles (None: a plain img2img).
+    sd_upscale: SdUpscaleParams | None = None
 
     @field_validator("inpainting_mask_invert", mode="before")
     @classmethod
     def _invert_flag(cls, value: object) -> object:
         return int(value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _script_fits(self) -> Img2ImgRequest:
+        if self.sd_upscale is not None:
+            if self.mask:
+                raise ValueError("SD upscale works on the whole image; it cannot be used with a mask")
+            if self.sd_upscale.overlap >= min(self.width, self.height):
+                raise ValueError(
+                    f"SD upscale: the tile overlap ({self.sd_upscale.overlap}) must be smaller than the tile "
+                    f"size ({self.width}x{self.height})"
+                )
+        return self
 
 
 class GeneratedImage(BaseModel):

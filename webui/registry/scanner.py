@@ -33,7 +33,8 @@ def scan_checkpoints(root: Path) -> list[CheckpointRecord]:
     records: list[CheckpointRecord] = []
     for path, is_folder in _walk(root):
         if is_folder:
-            records.append(_diffusers_record(root, path))
+            if not _is_upscaler_folder(path):  # the SD x4 upscaler is listed with the upscalers
+                records.append(_diffusers_record(root, path))
             continue
         lower = path.name.lower()
         if lower.endswith(CHECKPOINT_EXTENSIONS) and not lower.endswith(VAE_BESIDE_CHECKPOINT_SUFFIXES):
@@ -87,6 +88,12 @@ def _walk(root: Path) -> Iterable[tuple[Path, bool]]:
         for name in sorted(files):
             if not name.startswith("."):
                 yield here / name, False
+
+
+def _is_upscaler_folder(folder: Path) -> bool:
+    from webui.registry.upscalers import is_sd_x4_folder
+
+    return is_sd_x4_folder(folder)
 
 
 def _relative_name(root: Path, path: Path) -> str:

@@ -86,6 +86,21 @@ class Engine:
 
         return hires_batch(model, job, spec, on_step=on_step)
 
+    def sd_upscale(
+        self, model: LoadedModel, job: DiffusionJob, spec: Any, on_step: Callable[..., bool] | None
+    ) -> tuple[list[Image.Image], bool]:
+        """One SD upscale image (``spec``: ``webui.runtime.sd_upscale.SdUpscaleSpec``)."""
+        from webui.runtime.sd_upscale import sd_upscale_batch
+
+        return sd_upscale_batch(model, job, spec, on_step=on_step)
+
+    @staticmethod
+    def tiling(model: LoadedModel, enabled: bool) -> Any:
+        """Context manager: seamless (circular) padding on the UNet and VAE while a job runs."""
+        from webui.runtime.tiling import seamless_tiling
+
+        return seamless_tiling([model.unet, model.vae], enabled)
+
     # -- LoRA and embeddings --------------------------------------------------------------------------------
     @staticmethod
     def lora_patcher(model: LoadedModel) -> LoraPatcher:

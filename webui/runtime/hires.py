@@ -88,6 +88,7 @@ def hires_batch(
     if stopped:
         return first_images, True
     first_latents = job.extra.pop("latents")
+    job.extra["first_pass_images"] = first_images  # kept when save_images_before_highres_fix is on
     scale = vae_scale_factor(model)
     if spec.upscaler in LATENT_UPSCALE_MODES:
         latents = upscale_latents(

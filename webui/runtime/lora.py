@@ -8,10 +8,14 @@ Three pieces:
   ``.lora_up`` / ``.lora_mid`` / ``.alpha``, LoCon convolutions included), diffusers and PEFT
   (``unet.….lora_A`` / ``lora_B``, ``….lora.down`` / ``lora.up``, attention-processor ``to_q_lora``),
   LyCORIS LoHa (``hada_w1_a`` …) and LoKr (``lokr_w1`` …). Anything else is refused with a message naming
-  its type and the file.
+  its type and the file. A layer's alpha is its ``.alpha`` tensor or, for PEFT / diffusers files, the
+  ``lora_alpha`` / ``r`` (and ``alpha_pattern`` / ``rank_pattern``) of the adapter config stored in the
+  file's metadata (:func:`apply_metadata_alphas`); with neither, the scale is 1.
 * :class:`LoraFileCache` keeps parsed files by content hash within a RAM budget (least recently used go).
 * :class:`LoraPatcher`, one per loaded model, merges ``ΔW = up @ down · alpha / rank · weight`` (in fp32,
-  cast back to the model's dtype) into the target weights, keeping a CPU copy of every touched original.
+  cast back to the model's dtype) into the target weights, keeping a CPU copy of every touched original
+  (all in one contiguous buffer, reused by the next set when it fits; refused up front with
+  :class:`LoraMemoryError` when the copies would not fit in the available RAM).
   The same patch set applied again does nothing; a different set first restores the originals exactly.
   A failure while patching restores every original before the error propagates, so a model is never left
   half patched. Because the deltas are merged, a denoising step costs the same with or without LoRAs.
@@ -23,11 +27,14 @@ replaced by ``_`` behind a component prefix. The UNet is also indexed under its 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,53 @@ MAX_RANK = 4096
 
 class LoraFormatError(ValueError):
     """A LoRA file that cannot be used; the message names the file and the reason."""
+
+
+class LoraMemoryError(RuntimeError):
+    """The CPU backups of the weights a LoRA set would change do not fit in the RAM that is available."""
+
+
+# -- the RAM budget for backups ------------------------------------------------------------------------------
+
+BACKUP_RESERVE_BYTES = 512 * 2**20  # left free for the rest of the process (a merge's fp32 working copy…)
+
+
+def available_ram_bytes() -> int | None:
+    """RAM the system can hand out without swapping; ``None`` if it cannot be read.
+
+    Linux's ``MemAvailable`` counts reclaimable page cache (a checkpoint just read from disk sits there),
+    so it is preferred; elsewhere the free pages from ``os.sysconf``, as ``/sdapi/v1/memory`` reports them.
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB"
+
+
+def check_backup_budget(
+    needed: int, available: int | None, *, weights: int = 0, reserve: int = BACKUP_RESERVE_BYTES
+) -> None:
+    """Raise :class:`LoraMemoryError` when ``needed`` bytes of backups plus ``reserve`` exceed
+    ``available`` (unknown availability: no check)."""
+    if available is None or needed + reserve <= available:
+        return
+    raise LoraMemoryError(
+        f"Applying these LoRAs needs {_gib(needed)} of RAM for exact backups of the {weights} model "
+        f"weights they change, but only {_gib(available)} is available (keeping {_gib(reserve)} free "
+        "for the rest of Easel). Nothing was changed. Use fewer LoRAs or a smaller model, or free RAM "
+        "by closing other programs or lowering --models-in-ram / --lora-cache-mb."
+    )
 
 
 # -- parsing ------------------------------------------------------------------------------------------------
@@ -277,7 +331,121 @@ def read_lora_file(path: str | Path, *, name: str, key: str) -> ParsedLora:
         ) from exc
     parsed = parse_lora_state(state, name=name, key=key, file=path.name)
     parsed.metadata = metadata
+    apply_metadata_alphas(parsed, metadata, file=path.name)
     return parsed
+
+
+# -- alpha from adapter metadata (PEFT / diffusers files) ----------------------------------------------------
+
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the JSON LoraConfig diffusers writes into __metadata__
+_COMPONENT_PREFIXES = (UNET, TE, TE2, "transformer")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The scaling part of a PEFT ``LoraConfig``: ``scale = lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA);
+    ``rank_pattern`` / ``alpha_pattern`` override ``r`` / ``lora_alpha`` for modules whose path ends
+    with a pattern (PEFT's rule)."""
+
+    lora_alpha: float | None = None
+    r: int | None = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_rslora: bool = False
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> AdapterConfig:
+        alpha = data.get("lora_alpha", data.get("alpha", data.get("network_alpha")))
+        rank = data.get("r", data.get("rank"))
+        return cls(
+            lora_alpha=float(alpha) if alpha is not None else None,
+            r=int(float(rank)) if rank is not None else None,
+            rank_pattern={str(k): int(v) for k, v in (data.get("rank_pattern") or {}).items()},
+            alpha_pattern={str(k): float(v) for k, v in (data.get("alpha_pattern") or {}).items()},
+            use_rslora=bool(data.get("use_rslora", False)),
+        )
+
+    def scale(self, module_path: str, rank: int) -> float | None:
+        """The factor PEFT applies to ``up @ down`` for ``module_path`` (``None``: no alpha known)."""
+        alpha = _pattern_value(self.alpha_pattern, module_path, self.lora_alpha)
+        if alpha is None:
+            return None
+        r = _pattern_value(self.rank_pattern, module_path, self.r) or rank
+        return alpha / (r**0.5 if self.use_rslora else r)
+
+
+def _pattern_value(patterns: dict[str, Any], module_path: str, default: Any) -> Any:
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module_path):
+            return value
+    return default
+
+
+def adapter_configs(metadata: dict[str, str], *, file: str = "") -> dict[str, AdapterConfig]:
+    """Adapter configs from a file's ``__metadata__``, by component (``""``: applies to every component).
+
+    Read from diffusers' JSON ``lora_adapter_metadata`` (keys ``r``, ``lora_alpha``, ... either bare, as
+    a model's ``save_lora_adapter`` writes them, or prefixed ``unet.`` / ``text_encoder.`` as a pipeline's
+    ``save_lora_weights`` does), else from plain ``lora_alpha`` / ``network_alpha`` (+ ``r``) entries.
+    """
+    raw = metadata.get(ADAPTER_METADATA_KEY)
+    data: dict[str, Any] = {}
+    if raw:
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise LoraFormatError(f"{file}: its {ADAPTER_METADATA_KEY} is not valid JSON ({exc})") from exc
+        if isinstance(loaded, dict):
+            data = loaded
+    else:  # loose string entries: a value that is not a number (kohya's "Dynamic") says nothing
+        data = {k: metadata[k] for k in ("lora_alpha", "network_alpha", "r") if _is_number(metadata.get(k))}
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        component, dot, name = key.partition(".")
+        if dot and component in _COMPONENT_PREFIXES:
+            grouped.setdefault(component, {})[name] = value
+        else:
+            grouped.setdefault("", {})[key] = value
+    try:
+        return {component: AdapterConfig.from_mapping(values) for component, values in grouped.items()}
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise LoraFormatError(f"{file}: unreadable adapter config in its metadata ({exc})") from exc
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return value is not None
+
+
+def apply_metadata_alphas(parsed: ParsedLora, metadata: dict[str, str], *, file: str = "") -> int:
+    """Give layers without an ``.alpha`` tensor the alpha their adapter config implies; returns how many.
+
+    A per-module ``.alpha`` tensor always wins. Without either, the scale stays 1 (alpha = rank), as
+    diffusers assumes for files that carry no config.
+    """
+    configs = adapter_configs(metadata, file=file)
+    if not configs:
+        return 0
+    changed = 0
+    for module_key, layer in parsed.layers.items():
+        rank = layer.rank
+        if layer.alpha is not None or rank is None or layer.kind == "full":
+            continue
+        component, dot, path = module_key.partition(".")
+        if not (dot and component in _COMPONENT_PREFIXES):
+            component, path = "", module_key
+        config = configs.get(component) or configs.get("")
+        try:
+            scale = config.scale(path, rank) if config is not None else None
+        except re.error as exc:
+            raise LoraFormatError(f"{file}: a pattern in its adapter config is not valid ({exc})") from exc
+        if scale is not None:
+            layer.alpha = scale * rank  # the merge uses alpha / rank
+            changed += 1
+    return changed
 
 
 # -- the cache of parsed files --------------------------------------------------------------------------
@@ -461,10 +629,13 @@ PatchSet = tuple[tuple[str, float, float], ...]  # (content key, te weight, unet
 class LoraPatcher:
     """Applies LoRA sets to one loaded model and restores it exactly. Callers hold the engine lock."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, available_ram: Callable[[], int | None] | None = None) -> None:
         self.model = model
+        self._available_ram = available_ram  # None: available_ram_bytes(); checked before backups
         self._index: ModuleIndex | None = None
-        self._backups: dict[tuple[str, str], torch.Tensor] = {}
+        self._backups: dict[tuple[str, str], torch.Tensor] = {}  # views into _backup_buffer
+        self._backup_buffer: torch.Tensor | None = None
+        self._slots: dict[tuple[str, str], torch.Tensor] = {}
         self.applied: PatchSet = ()
         self.last_report = LoraApplyReport()
         self.patch_count = 0  # sets actually merged
@@ -497,10 +668,12 @@ class LoraPatcher:
                 applied=dict(self.last_report.applied), warnings=list(self.last_report.warnings)
             )
         start = time.perf_counter()
-        self.restore()
+        self.restore(keep_buffer=True)  # a switch reuses the backup buffer when it fits (no memory churn)
         report = LoraApplyReport(patched=True)
         try:
             plan = self._plan(loras, report)
+            self.check_backup_ram(plan)
+            self._allocate_backups(plan)
             with torch.no_grad():
                 for target, contributions in plan.items():
                     self._merge(target, contributions)
@@ -515,13 +688,73 @@ class LoraPatcher:
         self.last_report = report
         return report
 
-    def restore(self) -> None:
-        """Copy every backed-up original back (bit for bit) and forget the applied set."""
+    def backup_need(self, targets: Iterable[tuple[str, str]]) -> int:
+        """Bytes the CPU backups of ``targets`` take (each weight in its own dtype, 64-byte aligned)."""
+        return sum(_aligned(self._nbytes(target)) for target in targets)
+
+    def _nbytes(self, target: tuple[str, str]) -> int:
+        weight = self.index.modules[target].weight
+        return int(weight.numel() * weight.element_size())
+
+    def _allocate_backups(self, targets: Iterable[tuple[str, str]]) -> None:
+        """One contiguous CPU buffer for every backup of this patch, carved into per-weight views.
+
+        A single large allocation lives outside the allocator's heap, so holding backups does not change
+        where a denoising step's activations come from (hundreds of per-weight copies did: a measurable
+        per-step cost while LoRAs were active). Switching to another set reuses the buffer when the new
+        backups fit (and fill at least half of it), so a switch does not give back and re-fault
+        gigabytes of memory; removing every LoRA gives it back.
+        """
+        targets = list(targets)
+        need = self.backup_need(targets)
+        buffer = self._reusable_buffer(need)
+        if buffer is None:
+            self._backup_buffer = None  # the old one is given back before the new one is taken
+            if need == 0:
+                return
+            buffer = torch.empty(need, dtype=torch.uint8)
+        slots: dict[tuple[str, str], torch.Tensor] = {}
+        offset = 0
+        for target in targets:
+            weight = self.index.modules[target].weight
+            size = self._nbytes(target)
+            slots[target] = buffer[offset : offset + size].view(weight.dtype).view(weight.shape)
+            offset += _aligned(size)
+        self._backup_buffer, self._slots = buffer, slots
+
+    def check_backup_ram(self, targets: Iterable[tuple[str, str]]) -> None:
+        """Refuse (:class:`LoraMemoryError`) a patch whose backups would not fit in the available RAM,
+        before anything is copied, rather than let the system swap."""
+        targets = list(targets)
+        need = self.backup_need(targets)
+        if need == 0 or self._reusable_buffer(need) is not None:
+            return  # nothing to back up, or the buffer kept from the previous set holds it all
+        available = self._available_ram() if self._available_ram is not None else available_ram_bytes()
+        if available is not None and self._backup_buffer is not None:
+            available += self._backup_buffer.numel()  # the kept buffer is given back first
+        check_backup_budget(need, available, weights=len(targets))
+
+    def _reusable_buffer(self, need: int) -> torch.Tensor | None:
+        """The kept backup buffer if ``need`` bytes fit and would use at least half of it."""
+        buffer = self._backup_buffer
+        if buffer is not None and need > 0 and need <= buffer.numel() <= 2 * need:
+            return buffer
+        return None
+
+    def restore(self, *, keep_buffer: bool = False) -> None:
+        """Copy every backed-up original back (bit for bit) and forget the applied set.
+
+        ``keep_buffer`` keeps the backup buffer's memory for the next set (a switch); otherwise it is
+        given back.
+        """
         with torch.no_grad():
             for (component, path), original in self._backups.items():
                 weight = self.index.modules[(component, path)].weight
                 weight.data.copy_(original.to(weight.device))
         self._backups.clear()
+        self._slots = {}
+        if not keep_buffer:
+            self._backup_buffer = None
         self.applied = ()
         self.last_report = LoraApplyReport()
 
@@ -576,7 +809,9 @@ class LoraPatcher:
             raise RuntimeError(
                 "LoRAs cannot be applied while the model is offloaded layer by layer (--lowvram)"
             )
-        self._backups[target] = weight.detach().to("cpu", copy=True)
+        backup = self._slots[target]
+        backup.copy_(weight.detach())
+        self._backups[target] = backup
         if weight.dtype == torch.float32:
             for layer, multiplier in contributions:  # merged straight into the fp32 weight
                 layer.merge_into(weight.data, multiplier)
@@ -585,6 +820,10 @@ class LoraPatcher:
         for layer, multiplier in contributions:
             layer.merge_into(merged, multiplier)
         weight.data.copy_(merged.to(weight.dtype))
+
+
+def _aligned(size: int, alignment: int = 64) -> int:
+    return (size + alignment - 1) // alignment * alignment
 
 
 def _fits(layer: LoraLayer, shape: torch.Size) -> bool:

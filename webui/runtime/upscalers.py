@@ -3,7 +3,8 @@
 Model files are read without running pickled code (safetensors, or ``torch.load(weights_only=True)``),
 identified by spandrel from their tensor names, and run in tiles with a margin of context on every side:
 each tile's margin is cut off after upscaling, so seams vanish once the margin covers the network's
-receptive field, and memory is bounded by the tile size instead of the image size.
+receptive field, and memory is bounded by the tile size instead of the image size. The Stable Diffusion
+x4 upscaler (a diffusers folder, ``kind="sd-x4"``) runs through :mod:`webui.runtime.sd_x4` the same way.
 """
 
 from __future__ import annotations
@@ -129,6 +130,19 @@ class UpscalerRunner:
         self._loaded: LoadedUpscaler | None = None
         self._lock = threading.Lock()
 
+    def sd_x4(self, folder: Path) -> Any:
+        """The SD x4 upscaler pipeline of ``folder`` (kept loaded in place of the last model)."""
+        from webui.runtime.sd_x4 import load_pipeline
+
+        with self._lock:
+            mtime = (folder / "model_index.json").stat().st_mtime
+            loaded = self._loaded
+            if loaded is None or loaded.path != str(folder) or loaded.mtime != mtime:
+                self._loaded = None
+                loaded = LoadedUpscaler(str(folder), mtime, load_pipeline(folder, self.device, self.dtype))
+                self._loaded = loaded
+            return loaded.descriptor
+
     def model(self, path: Path) -> LoadedUpscaler:
         with self._lock:
             mtime = path.stat().st_mtime
@@ -140,18 +154,38 @@ class UpscalerRunner:
             return loaded
 
     def upscale(
-        self, image: Image.Image, name: str, path: Path | None, width: int, height: int, **tiling: int
+        self,
+        image: Image.Image,
+        name: str,
+        path: Path | None,
+        width: int,
+        height: int,
+        *,
+        kind: str = "spandrel",
+        **tiling: int,
     ) -> Image.Image:
         """``image`` upscaled to exactly ``width`` x ``height`` with upscaler ``name`` (model at ``path``)."""
         image = image.convert("RGB")
         if path is None:
             return resize_builtin(image, name, width, height)
-        upscaler = self.model(path)
+        if kind == "sd-x4":
+            from webui.runtime.sd_x4 import upscale_x4
+
+            pipe = self.sd_x4(path)
+
+            def one_pass(current: Image.Image) -> Image.Image:
+                return upscale_x4(pipe, current, **tiling)
+        else:
+            upscaler = self.model(path)
+
+            def one_pass(current: Image.Image) -> Image.Image:
+                return run_model(upscaler, current, **tiling)
+
         current = image
         for _ in range(MAX_MODEL_PASSES):
             if current.width >= width and current.height >= height:
                 break
-            current = run_model(upscaler, current, **tiling)
+            current = one_pass(current)
         if current.size != (width, height):
             current = current.resize((width, height), Image.Resampling.LANCZOS)
         return current

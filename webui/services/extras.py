@@ -74,7 +74,10 @@ class UpscalerService:
             return resize_builtin(
                 image, "Lanczos" if record.name == UPSCALER_NONE else record.name, width, height
             )
-        return cast(Image.Image, self.runner().upscale(image, record.name, record.path, width, height))
+        return cast(
+            Image.Image,
+            self.runner().upscale(image, record.name, record.path, width, height, kind=record.kind),
+        )
 
 
 class ExtrasService:

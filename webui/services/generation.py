@@ -8,6 +8,7 @@ so nothing a user made exists only in memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -54,6 +55,7 @@ class GenerationService(ImageModesMixin):
     ) -> None:
         self.models = models
         self.networks = networks  # webui.services.lora.NetworkService (LoRAs, embeddings), optional
+        self.styles: Any = None  # webui.services.styles.StyleStore, set by the container
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -156,7 +158,8 @@ class GenerationService(ImageModesMixin):
         from webui.runtime.engine import DiffusionJob
         from webui.runtime.noise import batch_seeds
 
-        opts = self.options.get()
+        request = self._with_styles(request)
+        opts = self.job_options(request)
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         record = (
             self.models.find(request.checkpoint)
@@ -165,8 +168,9 @@ class GenerationService(ImageModesMixin):
         )
         if record is None:
             raise NoModelError(self.no_model_message())
+        per_batch = self._images_per_batch(request)
         all_seeds, all_subseeds = batch_seeds(
-            request.seed, request.subseed, request.n_iter, request.batch_size, request.subseed_strength
+            request.seed, request.subseed, request.n_iter, per_batch, request.subseed_strength
         )
         seed, subseed = all_seeds[0], all_subseeds[0]
         canonical = request.model_copy(
@@ -182,6 +186,7 @@ class GenerationService(ImageModesMixin):
         progress = self.progress
         progress.begin(request.mode, request.n_iter, self._steps_per_batch(request))
         images: list[GeneratedImage] = []
+        first_passes: list[GeneratedImage] = []  # hires first passes kept (save_images_before_highres_fix)
         interrupted = False
         try:
             progress.set_text("Loading model")
@@ -190,12 +195,14 @@ class GenerationService(ImageModesMixin):
             engine = self.engine()
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
-            with engine.lock:
+            with engine.lock, self._tiling(engine, model, request.tiling):
                 job_extra, infotext_extra, warnings = self._prepare_networks(engine, model, request)
+                if request.tiling:
+                    infotext_extra = {**infotext_extra, "Tiling": True}
                 for iteration in range(request.n_iter):
-                    base = iteration * request.batch_size
-                    seeds = all_seeds[base : base + request.batch_size]
-                    subseeds = all_subseeds[base : base + request.batch_size]
+                    base = iteration * per_batch
+                    seeds = all_seeds[base : base + per_batch]
+                    subseeds = all_subseeds[base : base + per_batch]
                     job = DiffusionJob(
                         prompt=request.prompt,
                         negative_prompt=request.negative_prompt,
@@ -238,6 +245,21 @@ class GenerationService(ImageModesMixin):
                                 extra=infotext_extra,
                             )
                         )
+                    kept = job.extra.pop("first_pass_images", None)
+                    if kept and opts.save_images_before_highres_fix:
+                        for index, image in enumerate(kept):
+                            first_passes.append(
+                                self._finish_image(
+                                    canonical,
+                                    image,
+                                    seeds[index],
+                                    subseeds[index],
+                                    record,
+                                    model,
+                                    model_hash,
+                                    extra=infotext_extra,
+                                )
+                            )
                     if progress.interrupted:
                         interrupted = True
                         break
@@ -254,6 +276,8 @@ class GenerationService(ImageModesMixin):
                 "UnknownUpscalerError",
             ):
                 raise
+            if type(exc).__name__ == "LoraMemoryError":  # LoRA backups would not fit in RAM: say so
+                raise GenerationFailed(str(exc)) from exc
             if "out of memory" in str(exc).lower():
                 raise GenerationFailed(
                     "Out of memory. Lower the size or batch size, or restart with --medvram / --lowvram."
@@ -264,7 +288,7 @@ class GenerationService(ImageModesMixin):
             progress.end()
         return GenerationResult(
             request=canonical,
-            images=images,
+            images=images + first_passes,
             model_name=record.model_name,
             model_hash=model_hash,
             vae_name=model.vae_name,
@@ -274,6 +298,27 @@ class GenerationService(ImageModesMixin):
             version=VERSION,
             warnings=warnings,
         )
+
+    def job_options(self, request: Txt2ImgRequest | Img2ImgRequest) -> Any:
+        """The options with the request's ``override_settings`` applied (config.json is untouched)."""
+        opts = self.options.get()
+        if not request.override_settings:
+            return opts
+        return type(opts).model_validate({**opts.model_dump(), **request.override_settings})
+
+    def _with_styles(self, request: Any) -> Any:
+        """The request with its ``styles`` applied to the prompts (``UnknownStyleError``: unknown name)."""
+        if not request.styles or self.styles is None:
+            return request
+        prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
+        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative})
+
+    @staticmethod
+    def _tiling(engine: Any, model: Any, enabled: bool) -> Any:
+        tiling = getattr(engine, "tiling", None)
+        if not enabled or tiling is None:
+            return contextlib.nullcontext()
+        return tiling(model, enabled)
 
     def _prepare_networks(
         self, engine: Any, model: Any, request: Txt2ImgRequest | Img2ImgRequest
@@ -318,7 +363,7 @@ class GenerationService(ImageModesMixin):
         model_hash: str | None,
         extra: dict[str, object] | None = None,
     ) -> GeneratedImage:
-        opts = self.options.get()
+        opts = self.job_options(request)
         params = generation_params(
             request,
             seed=seed,

@@ -29,6 +29,8 @@ from webui.domain.img2img import (
     img2img_infotext_extra,
 )
 from webui.domain.samplers import effective_schedule, resolve_sampler
+from webui.domain.sd_upscale import infotext_extra as sd_upscale_infotext_extra
+from webui.domain.sd_upscale import tile_count
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class ImageModesMixin:
     # -- entry points ----------------------------------------------------------------------------------------
     def submit_img2img(self, request: Img2ImgRequest) -> Future[GenerationResult]:
         inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
+        if request.sd_upscale is not None and self.upscalers is not None:
+            self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
 
         def run() -> GenerationResult:
             self._img2img_inputs = inputs
@@ -121,7 +125,15 @@ class ImageModesMixin:
     # -- used by the shared job loop -------------------------------------------------------------------------
     def _steps_per_batch(self, request: Txt2ImgRequest | Img2ImgRequest) -> int:
         if isinstance(request, Img2ImgRequest):
-            return max(1, effective_steps(request.steps, request.denoising_strength))
+            steps = max(1, effective_steps(request.steps, request.denoising_strength))
+            inputs = self._img2img_inputs
+            if request.sd_upscale is not None and inputs is not None:
+                first = inputs.images[0]
+                tiles = tile_count(
+                    first.width, first.height, request.width, request.height, request.sd_upscale
+                )
+                steps *= -(-tiles // request.batch_size)
+            return steps
         if request.enable_hr:
             second = request.hr_second_pass_steps or request.steps
             return request.steps + effective_steps(second, request.denoising_strength)
@@ -133,6 +145,8 @@ class ImageModesMixin:
         """Mode keys (hires / inpainting) before the other extras (``Lora hashes``...), in A1111's order."""
         if isinstance(request, Img2ImgRequest):
             mode = img2img_infotext_extra(request)
+            if request.sd_upscale is not None:
+                mode.update(sd_upscale_infotext_extra(request.sd_upscale))
         else:
             mode = hires_infotext_extra(request, request.sampler_name, request.scheduler)
         merged = {**mode, **(extra or {})}
@@ -150,6 +164,8 @@ class ImageModesMixin:
             inputs = self._img2img_inputs
             if inputs is None:
                 raise ImageInputError("img2img needs init images")
+            if request.sd_upscale is not None:
+                return engine.sd_upscale(model, job, self._sd_upscale_spec(request, inputs), on_step)
             return engine.img2img(model, job, self._img2img_spec(request, inputs, len(job.seeds)), on_step)
         if request.enable_hr:
             return engine.hires(model, job, self._hires_spec(request), on_step)
@@ -170,6 +186,28 @@ class ImageModesMixin:
             inpaint_full_res=request.inpaint_full_res,
             inpaint_full_res_padding=request.inpaint_full_res_padding,
             invert_mask=bool(request.inpainting_mask_invert),
+        )
+
+    def _images_per_batch(self, request: Txt2ImgRequest | Img2ImgRequest) -> int:
+        """Images one batch of the job loop returns: SD upscale makes one image per batch (its batch size
+        is the number of tiles denoised together)."""
+        if isinstance(request, Img2ImgRequest) and request.sd_upscale is not None:
+            return 1
+        return request.batch_size
+
+    def _sd_upscale_spec(self, request: Img2ImgRequest, inputs: Img2ImgInputs) -> Any:
+        from webui.domain.img2img import UPSCALER_NONE
+        from webui.runtime.sd_upscale import SdUpscaleSpec
+
+        params = request.sd_upscale
+        assert params is not None
+        upscale = None if params.upscaler == UPSCALER_NONE else self._pixel_upscaler(params.upscaler)
+        return SdUpscaleSpec(
+            image=inputs.images[0],  # A1111's script upscales the first init image
+            params=params,
+            strength=request.denoising_strength,
+            upscale=upscale,
+            tile_batch=request.batch_size,
         )
 
     def _hires_spec(self, request: Txt2ImgRequest) -> Any:

@@ -41,6 +41,7 @@ class Options(BaseModel):
     add_version_to_infotext: bool = True
     outdir_samples: str = ""
     outdir_txt2img_samples: str = "outputs/txt2img-images"
+    save_images_before_highres_fix: bool = False  # hires fix: also save (and return) the first pass
 
     @field_validator("samples_format")
     @classmethod

@@ -22,6 +22,9 @@ from pydantic import ValidationError
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from webui.ui import choices
+from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
+from webui.ui.lora import build_lora_picker
+from webui.ui.styles import build_styles_dropdown
 from webui.ui.txt2img import POLL_SECONDS, _result_summary, error_box, format_progress, gallery_image
 from webui.ui.user_errors import user_message
 
@@ -84,6 +87,8 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 elem_id="img2img_neg_prompt",
                 show_label=False,
             )
+            lora_picker = build_lora_picker(services, prompt, prefix="img2img")
+            styles = build_styles_dropdown(services, "img2img")
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
             with gr.Row():
@@ -234,6 +239,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 elem_id="img2img_denoising_strength",
             )
             seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="img2img_seed")
+            script = build_script_controls(services)
         with gr.Column(scale=1):
             progress = gr.Markdown("", elem_id="img2img_progress")
             preview = gr.Image(
@@ -259,6 +265,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "batch_size": batch_size,
         "seed": seed,
         "clip_skip": clip_skip,
+        "styles": styles,
         "denoising_strength": denoising_strength,
         "resize_mode": resize_mode,
         "mask_blur": mask_blur,
@@ -277,7 +284,13 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         sub_tabs=sub_tabs,
         gallery=gallery,
         infotext=infotext,
-        extra={"progress": progress, "preview": preview, "error": error},
+        extra={
+            "progress": progress,
+            "preview": preview,
+            "error": error,
+            "lora_picker": lora_picker,
+            "script": script,
+        },
     )
     for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
         sub.select(lambda n=name: n, outputs=mode, api_visibility="private", queue=False)
@@ -316,8 +329,10 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
         try:
             init_images, mask = request_images(mode, image, editor, upload_image, upload_mask)
             fields["inpaint_full_res"] = bool(fields["inpaint_full_res"])
+            sd_upscale = sd_upscale_params(**{name: fields.pop(name) for name in SCRIPT_FIELDS})
             request = Img2ImgRequest(
                 **fields,
+                sd_upscale=sd_upscale,
                 init_images=init_images,
                 mask=mask,
                 samples_format=opts.samples_format,
@@ -368,6 +383,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
         "upload_image": tab.upload_image,
         "upload_mask": tab.upload_mask,
         **tab.fields,
+        **tab.extra["script"],
     }
     generate.click(
         run,

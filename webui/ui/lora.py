@@ -1,4 +1,5 @@
-"""LoRA widgets: the library tab (cards) and the multi-select picker with weights beside a prompt.
+"""LoRA widgets: the library tab (cards) and the multi-select picker with weights beside a prompt
+(the same picker in txt2img and img2img).
 
 Both only edit the prompt text: ``<lora:name:weight>`` tags in the prompt are the one source of truth
 that the generation request carries, so the picker, the cards, a pasted infotext and typing all agree.
@@ -128,6 +129,11 @@ class LoraPicker:
 
 
 def build_lora_picker(services: Any, prompt: gr.Textbox, prefix: str = "txt2img") -> LoraPicker:
+    """The LoRA dropdown and weight sliders for one generation tab, wired both ways to ``prompt``.
+
+    Used by txt2img and img2img alike; ``prefix`` names the element ids (``<prefix>_loras``,
+    ``<prefix>_lora_weight_<i>``) so each tab's picker edits only its own prompt.
+    """
     networks = services.networks
     names = networks.lora_names() if networks is not None else []
     with gr.Row(elem_id=f"{prefix}_lora_row"):

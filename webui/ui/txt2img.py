@@ -23,6 +23,7 @@ from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgReq
 from webui.ui import choices
 from webui.ui.hires import build_hires_controls
 from webui.ui.lora import build_lora_picker
+from webui.ui.styles import build_styles_dropdown
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 show_label=False,
             )
             lora_picker = build_lora_picker(services, prompt)
+            styles = build_styles_dropdown(services, "txt2img")
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             with gr.Row():
@@ -236,6 +238,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         "batch_size": batch_size,
         "seed": seed,
         "clip_skip": clip_skip,
+        "styles": styles,
     }
     fields.update(hires)
     tab = Txt2ImgTab(

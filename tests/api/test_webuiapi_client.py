@@ -1,0 +1,149 @@
+"""The ``webuiapi`` package from PyPI (a real A1111 client) against a live ``python app.py --nowebui``.
+
+ControlNet units are not covered: Easel has no ControlNet yet.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import _link_or_copy
+
+webuiapi = pytest.importorskip("webuiapi")
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]) -> Iterator[int]:
+    data_dir = tmp_path_factory.mktemp("webuiapi-data")
+    checkpoints = data_dir / "models" / "Stable-diffusion"
+    _link_or_copy(tiny_model_files["sd15_single"], checkpoints / "tiny-sd15.safetensors")
+    _link_or_copy(tiny_model_files["sd15_folder"], checkpoints / "tiny-sd15-diffusers")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log_path = data_dir / "app.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--nowebui", "--port", str(port), "--data-dir", str(data_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/ping", timeout=2).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(log_path.read_text()) from None
+                    time.sleep(0.2)
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def api(server: int) -> object:
+    return webuiapi.WebUIApi(host="127.0.0.1", port=server, sampler="Euler a", steps=2)
+
+
+def test_txt2img_png_info_and_extras(api: object) -> None:
+    result = api.txt2img(prompt="a red fox", negative_prompt="blurry", seed=123, cfg_scale=5, **SMALL)
+    assert result.image.size == (64, 64)
+    assert result.info["all_seeds"] == [123] and result.info["sampler_name"] == "Euler a"
+    assert result.parameters["prompt"] == "a red fox"
+    png = api.png_info(result.image)
+    assert png.info.startswith("a red fox\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a")
+    assert str(png.parameters["Seed"]) == "123"
+    extras = api.extra_single_image(image=result.image, upscaler_1="Lanczos", upscaling_resize=2)
+    assert extras.image.size == (128, 128)
+
+
+def test_img2img_and_inpainting(api: object) -> None:
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    result = api.img2img(images=[init], prompt="a tile", denoising_strength=0.5, seed=5, **SMALL)
+    assert result.image.size == (64, 64) and result.info["all_seeds"] == [5]
+    assert "Denoising strength: 0.5" in result.info["infotexts"][0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpainted = api.img2img(
+        images=[init],
+        mask_image=mask,
+        inpainting_fill=1,
+        prompt="a hole",
+        denoising_strength=0.9,
+        seed=6,
+        **SMALL,
+    )
+    out = inpainted.image.convert("RGB")
+    assert out.size == (64, 64)
+    assert out.getpixel((1, 1)) == (200, 40, 40)  # outside the mask and its blur: the init pixel
+    assert "Mask blur: 4" in inpainted.info["infotexts"][0]
+
+
+def test_options_and_model_switching(api: object) -> None:
+    options = api.get_options()
+    assert "sd_model_checkpoint" in options
+    api.set_options({"CLIP_stop_at_last_layers": 2})
+    assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+    api.set_options({"CLIP_stop_at_last_layers": 1})
+    api.set_options(api.get_options())  # everything GET returns is accepted back
+    names = api.util_get_model_names()
+    assert len(names) == 2
+    for name in names:
+        api.util_set_model(name)
+        assert api.util_get_current_model() == name
+        result = api.txt2img(prompt="switch", seed=1, **SMALL)
+        assert name.startswith(result.info["sd_model_name"])
+    assert api.get_scripts() == {
+        "txt2img": api.get_scripts()["txt2img"],
+        "img2img": api.get_scripts()["img2img"],
+    }
+
+
+def test_interrupt(api: object) -> None:
+    outcome: dict[str, object] = {}
+
+    def long_job() -> None:
+        outcome["result"] = api.txt2img(prompt="long", seed=9, width=64, height=64, steps=150)
+
+    thread = threading.Thread(target=long_job)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        progress = api.get_progress()
+        if progress["state"]["sampling_step"] > 0:
+            break
+        time.sleep(0.05)
+    assert api.interrupt() == {}
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert api.get_progress()["state"]["job"] in ("", None)
+    assert api.txt2img(prompt="after", seed=1, **SMALL).image.size == (64, 64)  # still serving
