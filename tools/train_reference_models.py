@@ -445,6 +445,11 @@ def train_lora(plan: Plan, work: Path) -> tuple[dict[str, Any], Any, list[str]]:
 def save_half(module: Any, folder: Path) -> None:
     module.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     module.to(torch.float32)
+    # diffusers records where the weights were loaded from; a shipped config must not name this machine.
+    config = folder / "config.json"
+    data = json.loads(config.read_text())
+    if data.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def ship_base(work: Path, out: Path) -> Path:

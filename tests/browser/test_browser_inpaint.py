@@ -9,29 +9,18 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from tests.browser.test_browser_txt2img import CHROMIUM, running_app  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM, draw_init_png
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _init_png(path: Path) -> Path:
-    image = Image.new("RGBA", (64, 64), (30, 60, 200, 255))
-    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(220, 40, 40, 255))
-    image.save(path)
-    return path
-
-
-def test_paint_a_mask_and_inpaint(running_app: str, tmp_path: Path) -> None:  # noqa: F811
+def test_paint_a_mask_and_inpaint(running_app: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("EASEL_SCREENSHOTS", tmp_path))
-    init = _init_png(tmp_path / "init.png")
+    init = draw_init_png(tmp_path / "init.png")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:

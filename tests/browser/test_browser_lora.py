@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_browser_txt2img import CHROMIUM, running_app  # noqa: F401 - fixture reuse
+from tests.browser.conftest import CHROMIUM
 from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -24,7 +20,7 @@ def data_dir(data_dir: Path, tiny_model_files: dict[str, Path]) -> Path:
     return data_dir
 
 
-def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:  # noqa: F811
+def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -60,7 +56,7 @@ def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:  # noqa: 
             browser.close()
 
 
-def test_img2img_dropdown_and_prompt_stay_in_sync(running_app: str) -> None:  # noqa: F811
+def test_img2img_dropdown_and_prompt_stay_in_sync(running_app: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -63,8 +63,14 @@ def _pipeline(model: LoadedModel, scheduler: Any) -> Any:
             f"{model.record.name} is an SDXL refiner: it refines images in img2img and cannot start "
             "from noise. Choose an SDXL base model for txt2img."
         )
+    cls = StableDiffusionXLPipeline if model.family.is_sdxl else StableDiffusionPipeline
+    return assemble_pipeline(model, scheduler, cls)
+
+
+def assemble_pipeline(model: LoadedModel, scheduler: Any, cls: Any, **sdxl_kwargs: Any) -> Any:
+    """A diffusers pipeline of class ``cls`` over the loaded model's components (no copies, no hub)."""
     if model.family.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
+        pipe = cls(
             vae=model.vae,
             text_encoder=model.text_encoder,
             text_encoder_2=model.text_encoder_2,
@@ -73,9 +79,10 @@ def _pipeline(model: LoadedModel, scheduler: Any) -> Any:
             unet=model.unet,
             scheduler=scheduler,
             force_zeros_for_empty_prompt=False,
+            **sdxl_kwargs,
         )
     else:
-        pipe = StableDiffusionPipeline(
+        pipe = cls(
             vae=model.vae,
             text_encoder=model.text_encoder,
             tokenizer=model.tokenizer,

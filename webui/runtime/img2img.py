@@ -28,6 +28,7 @@ from webui.runtime.generate import (
     GenerationError,
     StepCallback,
     _expand,
+    assemble_pipeline,
     decode_latents,
     step_callback,
     vae_scale_factor,
@@ -141,30 +142,10 @@ def _pipeline_class(sdxl: bool, inpaint: bool) -> type:
 def _pipeline(model: LoadedModel, scheduler: Any, inpaint: bool) -> Any:
     cls = _pipeline_class(model.family.is_sdxl, inpaint)
     if model.family.is_sdxl:
-        pipe = cls(
-            vae=model.vae,
-            text_encoder=model.text_encoder,
-            text_encoder_2=model.text_encoder_2,
-            tokenizer=model.tokenizer,
-            tokenizer_2=model.tokenizer_2,
-            unet=model.unet,
-            scheduler=scheduler,
-            requires_aesthetics_score=model.family is ModelFamily.SDXL_REFINER,
-            force_zeros_for_empty_prompt=False,
+        return assemble_pipeline(
+            model, scheduler, cls, requires_aesthetics_score=model.family is ModelFamily.SDXL_REFINER
         )
-    else:
-        pipe = cls(
-            vae=model.vae,
-            text_encoder=model.text_encoder,
-            tokenizer=model.tokenizer,
-            unet=model.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(model, scheduler, cls)
 
 
 # ------------------------------------------------------------------------------------------- denoising

@@ -1,0 +1,80 @@
+"""Browser tests: every test here drives `python app.py` in Debian's headless chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def running_app(data_dir: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = (data_dir / "app.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--api"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError((data_dir / "app.log").read_text()) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def draw_init_png(path: Path) -> Path:
+    """A 64x64 RGBA init image: a red disc on blue."""
+    image = Image.new("RGBA", (64, 64), (30, 60, 200, 255))
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(220, 40, 40, 255))
+    image.save(path)
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test in this folder browser + slow, and skip them where chromium is missing."""
+    here = Path(__file__).parent
+    missing = not Path(CHROMIUM).exists()
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
+            if missing:
+                item.add_marker(
+                    pytest.mark.skip(reason="Debian chromium is not installed (apt-get install chromium)")
+                )
