@@ -1,60 +1,21 @@
-"""Choices the UI offers in its dropdowns: samplers, schedule types, checkpoints and VAEs.
-
-Sampler and schedule names come from the domain's sampler table; the import is done lazily so the UI still
-builds (with A1111's usual names) if that table cannot be imported.
-"""
+"""Choices the UI offers in its dropdowns: samplers, schedule types, checkpoints and VAEs."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-# A1111 v1.10 names, used only when the sampler table cannot be imported.
-FALLBACK_SAMPLERS = (
-    "DPM++ 2M",
-    "DPM++ SDE",
-    "DPM++ 2M SDE",
-    "DPM++ 2S a",
-    "DPM++ 3M SDE",
-    "Euler a",
-    "Euler",
-    "LMS",
-    "Heun",
-    "DPM2",
-    "DPM2 a",
-    "DDIM",
-    "PLMS",
-    "UniPC",
-    "LCM",
-)
-FALLBACK_SCHEDULES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform")
+from webui.domain import samplers as sampler_table
 
 VAE_AUTOMATIC = "Automatic"
 VAE_NONE = "None"
 
 
 def sampler_names() -> list[str]:
-    try:
-        from webui.domain.samplers import sampler_list
-
-        names = [str(item["name"]) for item in sampler_list()]
-    except Exception:  # the table is optional for building the page
-        log.warning("sampler table unavailable; offering the default sampler names", exc_info=True)
-        return list(FALLBACK_SAMPLERS)
-    return names or list(FALLBACK_SAMPLERS)
+    return sampler_table.sampler_names()
 
 
 def schedule_labels() -> list[str]:
-    try:
-        from webui.domain.samplers import scheduler_list
-
-        labels = [str(item.get("label") or item["name"]) for item in scheduler_list()]
-    except Exception:  # the table is optional for building the page
-        log.warning("schedule table unavailable; offering the default schedule types", exc_info=True)
-        return list(FALLBACK_SCHEDULES)
-    return labels or list(FALLBACK_SCHEDULES)
+    return sampler_table.schedule_labels()
 
 
 def checkpoint_titles(services: Any) -> list[str]:
