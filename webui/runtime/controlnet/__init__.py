@@ -1,0 +1,1 @@
+"""ControlNet: models, preprocessors, and applying units to a denoising pass."""
