@@ -79,3 +79,22 @@ def services(data_dir: Path) -> Iterator[object]:
     built = build_services(Settings(data_dir=data_dir, preload_model=False))
     yield built
     built.generation.shutdown()
+
+
+@pytest.fixture(scope="session")
+def controlnet_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random ControlNets that fit the tiny checkpoints: an SD 1.5 one as an original-layout single file
+    and (other weights) as a diffusers folder, and an SDXL one as a single file."""
+    from tests.fixtures.controlnet_files import (
+        tiny_sd15_controlnet,
+        tiny_sdxl_controlnet,
+        write_folder,
+        write_ldm_file,
+    )
+
+    root = tmp_path_factory.mktemp("controlnets")
+    return {
+        "ldm": write_ldm_file(tiny_sd15_controlnet(), root / "control_tiny_sd15_edges.safetensors"),
+        "folder": write_folder(tiny_sd15_controlnet(seed=99), root / "tiny-folder-cn"),
+        "sdxl": write_ldm_file(tiny_sdxl_controlnet(), root / "control_tiny_sdxl.safetensors"),
+    }

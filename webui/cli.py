@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--ckpt-dir", type=Path, help="checkpoint folder (default models/Stable-diffusion)")
     paths.add_argument("--lora-dir", type=Path, help="LoRA folder (default models/Lora)")
     paths.add_argument("--controlnet-dir", type=Path, help="ControlNet folder (default models/ControlNet)")
+    paths.add_argument(
+        "--controlnet-annotator-models-path",
+        dest="annotators_dir",
+        type=Path,
+        help="ControlNet preprocessor weights (default models/annotators)",
+    )
     paths.add_argument("--vae-dir", type=Path, help="VAE folder (default models/VAE)")
     paths.add_argument("--embeddings-dir", type=Path, help="embeddings folder (default models/embeddings)")
 
@@ -87,7 +93,16 @@ def default_cmd_flags() -> dict[str, object]:
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     values: dict[str, object] = {}
-    for name in ("ckpt", "ckpt_dir", "lora_dir", "controlnet_dir", "vae_dir", "embeddings_dir", "port"):
+    for name in (
+        "ckpt",
+        "ckpt_dir",
+        "lora_dir",
+        "controlnet_dir",
+        "annotators_dir",
+        "vae_dir",
+        "embeddings_dir",
+        "port",
+    ):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

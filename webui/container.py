@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from webui.services.controlnet import ControlNetService
 from webui.services.extras import ExtrasService, UpscalerService
 from webui.services.generation import GenerationService
 from webui.services.lora import NetworkService
@@ -28,6 +29,7 @@ class Services:
     upscalers: UpscalerService | None = None
     extras: ExtrasService | None = None
     styles: StyleStore | None = None
+    controlnet: ControlNetService | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -53,6 +55,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         settings.checkpoint_dir,
         settings.lora_path,
         settings.controlnet_path,
+        settings.annotators_path,
         settings.vae_path,
         settings.embeddings_path,
         settings.outputs_path,
@@ -87,6 +90,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     styles = StyleStore(settings.styles_file)
     generation.styles = styles
     extras = ExtrasService(upscalers, generation, options, settings.outputs_path)
+    controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options, models.hashes)
+    generation.controlnet = controlnet
     return Services(
         settings=settings,
         options=options,
@@ -96,4 +101,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         upscalers=upscalers,
         extras=extras,
         styles=styles,
+        controlnet=controlnet,
     )

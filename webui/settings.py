@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     ckpt_dir: Path | None = None
     lora_dir: Path | None = None
     controlnet_dir: Path | None = None
+    annotators_dir: Path | None = None  # ControlNet preprocessor weights
     vae_dir: Path | None = None
     embeddings_dir: Path | None = None
     outputs_dir: Path | None = None
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     @property
     def controlnet_path(self) -> Path:
         return self.controlnet_dir or self.models_root / "ControlNet"
+
+    @property
+    def annotators_path(self) -> Path:
+        return self.annotators_dir or self.models_root / "annotators"
 
     @property
     def vae_path(self) -> Path:

@@ -1,7 +1,5 @@
-"""The ``webuiapi`` package from PyPI (a real A1111 client) against a live ``python app.py --nowebui``.
-
-ControlNet units are not covered: Easel has no ControlNet yet.
-"""
+"""The ``webuiapi`` package from PyPI (a real A1111 client) against a live ``python app.py --nowebui``,
+including its ControlNet units and ``/controlnet/*`` helpers."""
 
 from __future__ import annotations
 
@@ -34,9 +32,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]) -> Iterator[int]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_files: dict[str, Path],
+    controlnet_files: dict[str, Path],
+) -> Iterator[int]:
     data_dir = tmp_path_factory.mktemp("webuiapi-data")
     checkpoints = data_dir / "models" / "Stable-diffusion"
+    _link_or_copy(controlnet_files["ldm"], data_dir / "models" / "ControlNet" / controlnet_files["ldm"].name)
     _link_or_copy(tiny_model_files["sd15_single"], checkpoints / "tiny-sd15.safetensors")
     _link_or_copy(tiny_model_files["sd15_folder"], checkpoints / "tiny-sd15-diffusers")
     port = _free_port()
@@ -147,3 +150,39 @@ def test_interrupt(api: object) -> None:
     assert not thread.is_alive()
     assert api.get_progress()["state"]["job"] in ("", None)
     assert api.txt2img(prompt="after", seed=1, **SMALL).image.size == (64, 64)  # still serving
+
+
+def test_controlnet_units_and_helpers(api: object) -> None:
+    assert api.controlnet_version() == 3
+    models = api.controlnet_model_list()
+    model = next(name for name in models if name.startswith("control_tiny_sd15_edges ["))
+    assert "canny" in api.controlnet_module_list()
+    reference = Image.new("RGB", (64, 64), (10, 10, 10))
+    reference.paste((240, 240, 240), (16, 16, 48, 48))
+    detected = api.controlnet_detect(images=[reference], module="canny", processor_res=64)
+    assert detected["info"] == "Success" and len(detected["images"]) == 1
+    unit = webuiapi.ControlNetUnit(
+        image=reference,
+        module="canny",
+        model=model,
+        processor_res=64,
+        threshold_a=50,
+        threshold_b=150,
+        control_mode=1,
+    )
+    result = api.txt2img(prompt="a box", seed=3, controlnet_units=[unit], **SMALL)
+    assert len(result.images) == 2  # the image and the detected map
+    infotext = result.info["infotexts"][0]
+    assert (
+        f'ControlNet 0: "Module: canny, Model: {model}, Weight: 1.0, Resize Mode: Resize and Fill' in infotext
+    )
+    assert "Control Mode: My prompt is more important" in infotext
+    img = api.img2img(
+        images=[reference],
+        prompt="a box",
+        seed=3,
+        denoising_strength=0.6,
+        controlnet_units=[webuiapi.ControlNetUnit(module="invert", model=model)],
+        **SMALL,
+    )
+    assert len(img.images) == 2 and "ControlNet 0" in img.info["infotexts"][0]

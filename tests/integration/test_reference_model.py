@@ -5,8 +5,8 @@ a plain background (``tools/train_reference_models.py``), so what an image shows
 simple measurements (``tests/reference_metrics.py``). Each threshold below was measured on the committed
 weights and set with a margin; the measured values are in the comments and in ``models/README.md``.
 
-txt2img runs through Easel's services. The ControlNet and the LoRA are not loaded by Easel yet, so they
-are checked with diffusers directly, on the components Easel's loader gives.
+txt2img, ControlNet units and the LoRA run through Easel's services; the ControlNet and the LoRA are also
+checked with diffusers directly, on the components Easel's loader gives, as an independent reference.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.reference_metrics import Reading, adherence, read_image
+from tests.reference_metrics import Reading, adherence, read_image, to_array
 from tools.reference.shapes import COLOURS, SHAPES, dataset, edge_map, render
 from webui.domain.generation import Txt2ImgRequest
 from webui.domain.samplers import SAMPLERS
@@ -70,6 +70,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     assert (CHECKPOINT / "model_index.json").is_file(), f"the reference model is missing: {CHECKPOINT}"
     data_dir = tmp_path_factory.mktemp("reference-data")
     shutil.copytree(CHECKPOINT, data_dir / "models" / "Stable-diffusion" / CHECKPOINT.name)
+    shutil.copytree(CONTROLNET, data_dir / "models" / "ControlNet" / CONTROLNET.name)
     built = build_services(Settings(data_dir=data_dir, preload_model=False))
     yield built
     built.generation.shutdown()
@@ -261,6 +262,36 @@ def test_controlnet_puts_the_shape_where_the_control_map_has_it(controlnet_pipel
     assert np.median(errors) <= MAX_MEDIAN_CENTROID_ERROR, errors
     assert (errors <= MAX_CENTROID_ERROR).mean() >= MIN_WITHIN_CENTROID_ERROR, errors
     # Without the control the shapes land elsewhere: the ControlNet is what places them.
+    assert np.median(free_errors) > 2 * np.median(errors), (errors, free_errors)
+
+
+def test_controlnet_unit_through_easel_places_the_shape(services: Any) -> None:
+    """The same check through Easel's ControlNet units (its own hook, noise and sampler)."""
+    import base64
+    import io
+
+    from webui.domain.controlnet import ControlNetUnit
+
+    prompts, controls, centroids = control_cases()
+    title = next(t for t in services.controlnet.model_list() if t.startswith(CONTROLNET.name))
+    outputs: dict[float, list[bytes]] = {1.0: [], 0.0: []}
+    for index, (prompt, control) in enumerate(zip(prompts, controls, strict=True)):
+        buffer = io.BytesIO()
+        control.convert("RGB").save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        for weight, images in outputs.items():
+            unit = ControlNetUnit(enabled=True, module="none", model=title, image=encoded, weight=weight)
+            images += generate(
+                services, prompt, 700 + index, 1, steps=20, cfg_scale=7.0, controlnet_units=[unit]
+            )
+    errors = centroid_errors(np.stack([to_array(png) for png in outputs[1.0]]), centroids)
+    free_errors = centroid_errors(np.stack([to_array(png) for png in outputs[0.0]]), centroids)
+    print(
+        f"Easel ControlNet centroid errors, weight 1: {np.round(errors, 1).tolist()}; "
+        f"weight 0: {np.round(free_errors, 1).tolist()}"
+    )
+    assert np.median(errors) <= MAX_MEDIAN_CENTROID_ERROR, errors
+    assert (errors <= MAX_CENTROID_ERROR).mean() >= MIN_WITHIN_CENTROID_ERROR, errors
     assert np.median(free_errors) > 2 * np.median(errors), (errors, free_errors)
 
 

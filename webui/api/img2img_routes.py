@@ -20,6 +20,7 @@ from webui.api.routes import (
     _b64,
     _validation_message,
     keep_overrides,
+    response_images,
     result_info,
     txt2img_request,
 )
@@ -90,7 +91,7 @@ def add_image_routes(router: APIRouter, services: Any) -> None:
         request = img2img_request(body, services)
         result = generation.img2img(request)
         keep_overrides(body, services)
-        images = [_b64(image.png_bytes) for image in result.images] if body.send_images else []
+        images = response_images(result, body, services)
         parameters = body.model_dump()
         if not body.include_init_images:
             parameters["init_images"] = None

@@ -114,6 +114,9 @@ def txt2img_request(
     fields["tiling"] = bool(body.tiling)
     fields["override_settings"] = request_overrides(body, services)
     check_scripts(body, "txt2img" if cls is Txt2ImgRequest else "img2img")
+    from webui.api.controlnet_routes import controlnet_units_from_body
+
+    fields["controlnet_units"] = controlnet_units_from_body(body.alwayson_scripts)
     if parsed.get("Lora hashes") and services.networks is not None and isinstance(fields.get("prompt"), str):
         # LoRAs renamed since the infotext was written are found by hash.
         fields["prompt"] = services.networks.restore_prompt(fields["prompt"], parsed["Lora hashes"])
@@ -130,7 +133,7 @@ def txt2img_request(
 
 # Script titles (lowercase) Easel runs from ``script_name`` / ``alwayson_scripts``.
 SELECTABLE_SCRIPTS: dict[str, list[str]] = {"txt2img": [], "img2img": ["sd upscale"]}
-ALWAYSON_SCRIPTS: dict[str, list[str]] = {"txt2img": [], "img2img": []}
+ALWAYSON_SCRIPTS: dict[str, list[str]] = {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
 
 def check_scripts(body: Txt2ImgBody, mode: str = "txt2img") -> None:
@@ -220,6 +223,15 @@ def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
     return json.dumps(info, ensure_ascii=False)
 
 
+def response_images(result: GenerationResult, body: Txt2ImgBody, services: Services) -> list[str]:
+    """The images as base64, then the ControlNet detected maps (as the extension appends them)."""
+    if not body.send_images:
+        return []
+    from webui.api.controlnet_routes import detected_map_images
+
+    return [_b64(image.png_bytes) for image in result.images] + detected_map_images(result, services)
+
+
 def build_router(services: Services) -> APIRouter:
     settings = services.settings
     security = HTTPBasic(auto_error=False)
@@ -246,7 +258,7 @@ def build_router(services: Services) -> APIRouter:
         request = txt2img_request(body, services)
         result = generation.txt2img(request)
         keep_overrides(body, services)
-        images = [_b64(image.png_bytes) for image in result.images] if body.send_images else []
+        images = response_images(result, body, services)
         parameters = body.model_dump()
         return {"images": images, "parameters": parameters, "info": result_info(result, parameters)}
 
@@ -383,6 +395,10 @@ def build_router(services: Services) -> APIRouter:
 
     add_image_routes(router, services)
     add_system_routes(router, services)
+    if services.controlnet is not None:
+        from webui.api.controlnet_routes import add_controlnet_routes
+
+        add_controlnet_routes(router, services)
     return router
 
 

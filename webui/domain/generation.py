@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from webui.domain.controlnet import ControlNetUnit
 from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
 from webui.domain.sd_upscale import SdUpscaleParams
 
@@ -57,6 +58,8 @@ class GenerationParams(BaseModel):
     tiling: bool = False  # seamless: the image's edges continue each other
     # A1111 options (config.json names) that apply to this request only, e.g. {"jpeg_quality": 80}.
     override_settings: dict[str, Any] = Field(default_factory=dict)
+    # ControlNet units (the extension's ``alwayson_scripts.controlnet.args``); inactive ones are ignored.
+    controlnet_units: list[ControlNetUnit] = Field(default_factory=list)
 
     @field_validator("width", "height")
     @classmethod
@@ -150,6 +153,16 @@ class GeneratedImage(BaseModel):
     png_bytes: bytes | None = None  # encoded image as returned to the API / UI
 
 
+class DetectedMap(BaseModel):
+    """A ControlNet unit's control map as used for the job (detected by its preprocessor, or as uploaded)."""
+
+    unit: int  # the unit's index
+    module: str
+    png_bytes: bytes
+    path: str | None = None  # where it was saved, when saving detected maps is on
+    returned: bool = True  # the unit's save_detected_map: the API appends it to the images
+
+
 class GenerationResult(BaseModel):
     """What a finished (or interrupted) job gives back to every adapter."""
 
@@ -163,6 +176,7 @@ class GenerationResult(BaseModel):
     job_timestamp: str = ""
     version: str = ""
     warnings: list[str] = Field(default_factory=list)  # e.g. a LoRA that does not fit the model
+    detected_maps: list[DetectedMap] = Field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:

@@ -46,6 +46,8 @@ class Engine:
         self.cache = ModelCache(self.choice, **kwargs)
         self.lora_files = LoraFileCache(lora_cache_mb * 2**20)
         self.embedding_store = EmbeddingStore()
+        self._controlnets: Any = None  # webui.runtime.controlnet.models.ControlNetCache, made on first use
+        self.controlnet_cache_size = 2
         log.info("generation device: %s", self.choice.describe())
 
     @property
@@ -93,6 +95,32 @@ class Engine:
         from webui.runtime.sd_upscale import sd_upscale_batch
 
         return sd_upscale_batch(model, job, spec, on_step=on_step)
+
+    # -- ControlNet -----------------------------------------------------------------------------------------
+    def controlnet(self, record: Any, model: LoadedModel, *, low_vram: bool = False) -> Any:
+        """``record`` (a ``ControlNetRecord``) loaded for ``model``: its dtype, on its device (on the CPU with
+        ``low_vram``; moved in for each pass). ``ControlError`` if it does not fit the model."""
+        from webui.runtime.controlnet.apply import ControlError
+        from webui.runtime.controlnet.models import ControlNetCache
+
+        if self._controlnets is None:
+            self._controlnets = ControlNetCache(capacity=self.controlnet_cache_size)
+        device = "cpu" if low_vram else model.device
+        loaded = self._controlnets.get(record, model.unet.dtype, device)
+        unet_dim = model.unet.config.cross_attention_dim
+        if loaded.context_dim is not None and loaded.context_dim != unet_dim:
+            raise ControlError(
+                f"{record.title} expects {loaded.context_dim}-wide text embeddings but "
+                f"{model.record.model_name} ({model.family.label}) gives {unet_dim}: choose a ControlNet "
+                "made for this checkpoint's family."
+            )
+        if loaded.is_sdxl != model.family.is_sdxl:
+            kind = "an SDXL" if loaded.is_sdxl else "an SD 1.x/2.x"
+            raise ControlError(
+                f"{record.title} is {kind} ControlNet and cannot control {model.record.model_name} "
+                f"({model.family.label})."
+            )
+        return loaded
 
     @staticmethod
     def tiling(model: LoadedModel, enabled: bool) -> Any:
@@ -187,6 +215,8 @@ class Engine:
     def unload(self) -> None:
         with self.lock:
             self.cache.unload_all()
+            if self._controlnets is not None:
+                self._controlnets.clear()
 
     def memory(self) -> dict[str, Any]:
         import torch

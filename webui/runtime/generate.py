@@ -8,6 +8,7 @@ to fp32 when a half-precision VAE produces NaNs (SDXL) and tile large images.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,14 +149,18 @@ def step_callback(
     batch: int,
     on_step: StepCallback | None,
     stopped: dict[str, bool],
+    control: Any | None = None,
 ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
     """The pipelines' ``callback_on_step_end``: swaps scheduled prompts (prompt editing, alternation) in
-    before the next step, reports progress and stops the loop when ``on_step`` says so."""
+    before the next step, tells the ControlNet session which step comes next, reports progress and stops
+    the loop when ``on_step`` says so."""
     device = model.device
     current = {"pair": schedule.at(0)}
 
     def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         done = step + 1
+        if control is not None:
+            control.advance(done)
         if not schedule.is_static and done < total:
             cond, uncond = schedule.at(done)  # prompt editing / alternation: conditioning of the next step
             if cond is not current["pair"][0] or uncond is not current["pair"][1]:
@@ -190,7 +195,7 @@ def generate_batch(
     """Generate ``len(job.seeds)`` images. Returns (images, stopped_early)."""
     from webui.runtime.conditioning import PromptEncoder
     from webui.runtime.noise import initial_latents, make_generators
-    from webui.runtime.samplers import build_scheduler, step_call_kwargs
+    from webui.runtime.samplers import build_scheduler
 
     scheduler = build_scheduler(
         job.sampler, job.schedule, dict(model.scheduler_config), eta=job.eta, noise_seeds=job.seeds
@@ -222,9 +227,40 @@ def generate_batch(
         generators=generators,
     )
 
-    first_cond, first_uncond = schedule.at(0)
     stopped = {"flag": False}
-    callback = step_callback(model, schedule, job.steps, batch, on_step, stopped)
+    with control_session(model, job, batch, job.steps) as control:
+        callback = step_callback(model, schedule, job.steps, batch, on_step, stopped, control)
+        output = _run_pipeline(model, job, pipe, schedule, batch, callback, latents, generators)
+    job.extra["latents"] = output.images  # the denoised latents, for a hires pass
+    images = decode_latents(model, output.images)
+    return images, stopped["flag"]
+
+
+def control_session(model: LoadedModel, job: DiffusionJob, batch: int, steps: int) -> Any:
+    """The job's ControlNet units (``job.extra["control"]``, a ``ControlPlan``) on ``model``'s UNet for one
+    pass of ``steps`` steps; a no-op context without units. ``job.extra["control_pass"]`` names the pass
+    (``single``, or ``low`` / ``high`` in hires fix)."""
+    plan = job.extra.get("control")
+    if not plan:
+        return contextlib.nullcontext()
+    pass_name = job.extra.get("control_pass", "single")
+    return plan.session(model.unet, batch=batch, total_steps=steps, pass_name=pass_name)
+
+
+def _run_pipeline(
+    model: LoadedModel,
+    job: DiffusionJob,
+    pipe: Any,
+    schedule: Any,
+    batch: int,
+    callback: Any,
+    latents: torch.Tensor,
+    generators: Any,
+) -> Any:
+    from webui.runtime.samplers import step_call_kwargs
+
+    device = model.device
+    first_cond, first_uncond = schedule.at(0)
 
     tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
     call: dict[str, Any] = {
@@ -247,7 +283,4 @@ def generate_batch(
             first_uncond.pooled.to(device, model.unet.dtype), batch
         )
     with torch.inference_mode():
-        output = pipe(**call)
-    job.extra["latents"] = output.images  # the denoised latents, for a hires pass
-    images = decode_latents(model, output.images)
-    return images, stopped["flag"]
+        return pipe(**call)

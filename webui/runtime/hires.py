@@ -84,7 +84,11 @@ def hires_batch(
     def first_step(step: int, total: int, latents: Any) -> bool:
         return on_step(step, grand_total, latents) if on_step is not None else True
 
-    first_images, stopped = generate_batch(model, job, on_step=first_step)
+    job.extra["control_pass"] = "low"  # ControlNet units with hr_option "High res only" skip this pass
+    try:
+        first_images, stopped = generate_batch(model, job, on_step=first_step)
+    finally:
+        job.extra.pop("control_pass", None)
     if stopped:
         return first_images, True
     first_latents = job.extra.pop("latents")
@@ -115,7 +119,7 @@ def hires_batch(
         height=spec.height,
         sampler=spec.sampler or job.sampler,
         schedule=spec.schedule or job.schedule,
-        extra=dict(job.extra),
+        extra={**job.extra, "control_pass": "high"},
     )
 
     def second_step(step: int, total: int, latents: Any) -> bool:

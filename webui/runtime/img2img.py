@@ -29,6 +29,7 @@ from webui.runtime.generate import (
     StepCallback,
     _expand,
     assemble_pipeline,
+    control_session,
     decode_latents,
     step_callback,
     vae_scale_factor,
@@ -208,7 +209,6 @@ def denoise(
 
     first_cond, first_uncond = schedule.at(0)
     stopped = {"flag": False}
-    callback = step_callback(model, schedule, steps, batch, on_step, stopped)
     tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
     call: dict[str, Any] = {
         "prompt_embeds": _expand(first_cond.embeds.to(device, dtype), batch),
@@ -218,7 +218,6 @@ def denoise(
         "guidance_scale": job.cfg_scale,
         "generator": generators,
         "output_type": "latent",
-        "callback_on_step_end": callback,
         "callback_on_step_end_tensor_inputs": tensor_inputs,
     }
     call.update(step_call_kwargs(job.sampler, job.eta))
@@ -249,7 +248,8 @@ def denoise(
         )
     else:
         call["image"] = image_latents.to(device, dtype)
-    with torch.inference_mode():
+    with control_session(model, job, batch, steps) as control, torch.inference_mode():
+        call["callback_on_step_end"] = step_callback(model, schedule, steps, batch, on_step, stopped, control)
         output = pipe(**call)
     return output.images, stopped["flag"]
 

@@ -56,6 +56,7 @@ class GenerationService(ImageModesMixin):
         self.models = models
         self.networks = networks  # webui.services.lora.NetworkService (LoRAs, embeddings), optional
         self.styles: Any = None  # webui.services.styles.StyleStore, set by the container
+        self.controlnet: Any = None  # webui.services.controlnet.ControlNetService, set by the container
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -99,7 +100,40 @@ class GenerationService(ImageModesMixin):
         self._queue.put(None)
 
     def submit_txt2img(self, request: Txt2ImgRequest) -> Future[GenerationResult]:
+        self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
         return self.submit_call(lambda: self._run_txt2img(request))
+
+    def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
+        if self.controlnet is None or not any(unit.is_active for unit in request.controlnet_units):
+            return
+        opts = self.options.get()
+        record = (
+            self.models.find(request.checkpoint)
+            if request.checkpoint
+            else self.models.default_checkpoint(opts.sd_model_checkpoint)
+        )
+        family = record.family.value if record is not None and record.family is not None else None
+        self.controlnet.check_units(request, family)
+
+    def _prepare_control(
+        self, engine: Any, model: Any, request: Txt2ImgRequest | Img2ImgRequest, seed: int
+    ) -> Any:
+        from webui.services.controlnet import PreparedControl
+
+        if self.controlnet is None or not any(unit.is_active for unit in request.controlnet_units):
+            if any(unit.is_active for unit in request.controlnet_units):
+                return PreparedControl(warnings=["ControlNet is not available; generated without it."])
+            return PreparedControl()
+        inputs = self._img2img_inputs
+        return self.controlnet.prepare_units(
+            engine,
+            model,
+            request,
+            init_image=inputs.images[0] if inputs is not None else None,
+            progress=self.progress,
+            outputs_root=self.outputs_root,
+            seed=seed,
+        )
 
     def txt2img(self, request: Txt2ImgRequest) -> GenerationResult:
         return self.submit_txt2img(request).result()
@@ -197,6 +231,11 @@ class GenerationService(ImageModesMixin):
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
             with engine.lock, self._tiling(engine, model, request.tiling):
                 job_extra, infotext_extra, warnings = self._prepare_networks(engine, model, request)
+                control = self._prepare_control(engine, model, request, seed)
+                if control.plan:
+                    job_extra["control"] = control.plan
+                infotext_extra = {**control.infotext, **infotext_extra}  # A1111: script keys first
+                warnings.extend(control.warnings)
                 if request.tiling:
                     infotext_extra = {**infotext_extra, "Tiling": True}
                 for iteration in range(request.n_iter):
@@ -274,6 +313,11 @@ class GenerationService(ImageModesMixin):
                 "ImageInputError",
                 "UpscalerError",
                 "UnknownUpscalerError",
+                "ControlNetInputError",
+                "ControlError",
+                "ControlNetLoadError",
+                "AnnotatorWeightsMissing",
+                "UnknownPreprocessorError",
             ):
                 raise
             if type(exc).__name__ == "LoraMemoryError":  # LoRA backups would not fit in RAM: say so
@@ -297,6 +341,7 @@ class GenerationService(ImageModesMixin):
             job_timestamp=progress.job_timestamp,
             version=VERSION,
             warnings=warnings,
+            detected_maps=control.maps,
         )
 
     def job_options(self, request: Txt2ImgRequest | Img2ImgRequest) -> Any:

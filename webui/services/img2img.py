@@ -102,11 +102,13 @@ class ImageModesMixin:
     upscalers: Any = None  # webui.services.extras.UpscalerService, set by the container
     _img2img_inputs: Img2ImgInputs | None = None
     submit_call: Callable[[Callable[[], Any]], Future[Any]]
+    check_controlnet_units: Callable[[Any], None]
     _run_txt2img: Callable[[Any], GenerationResult]
 
     # -- entry points ----------------------------------------------------------------------------------------
     def submit_img2img(self, request: Img2ImgRequest) -> Future[GenerationResult]:
         inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
+        self.check_controlnet_units(request)
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
 
@@ -149,7 +151,10 @@ class ImageModesMixin:
                 mode.update(sd_upscale_infotext_extra(request.sd_upscale))
         else:
             mode = hires_infotext_extra(request, request.sampler_name, request.scheduler)
-        merged = {**mode, **(extra or {})}
+        extra = extra or {}
+        # A1111 writes script keys (``ControlNet 0``...) before the hires / inpainting keys.
+        scripts = {key: value for key, value in extra.items() if key.startswith("ControlNet ")}
+        merged = {**scripts, **mode, **extra}
         return merged or None
 
     def _generate_batch(

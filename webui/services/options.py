@@ -42,6 +42,12 @@ class Options(BaseModel):
     outdir_samples: str = ""
     outdir_txt2img_samples: str = "outputs/txt2img-images"
     save_images_before_highres_fix: bool = False  # hires fix: also save (and return) the first pass
+    # ControlNet (the sd-webui-controlnet extension's option names)
+    control_net_unit_count: int = Field(3, ge=1, le=10)  # units shown in txt2img / img2img
+    control_net_model_cache_size: int = Field(2, ge=1, le=10)  # ControlNets kept loaded
+    control_net_no_detectmap: bool = False  # do not return the detected maps with the images
+    control_net_detectmap_autosaving: bool = False  # save the detected maps beside the images
+    control_net_allow_download: bool = True  # fetch missing annotator weights into models/annotators
 
     @field_validator("samples_format")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
@@ -23,6 +24,7 @@ PNGINFO_TAB = "pnginfo"
 IMG2IMG_TAB = "img2img"
 EXTRAS_TAB = "extras"
 LORA_TAB = "lora"
+CONTROLNET_TAB = "controlnet"
 
 CSS = """
 .easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
@@ -41,6 +43,13 @@ def build_ui(services: Any) -> gr.Blocks:
                 txt2img_send = add_send_buttons("txt2img")
             with gr.Tab("img2img", id=IMG2IMG_TAB, elem_id="tab_img2img"):
                 img2img = build_img2img(services, clip_skip=bar.clip_skip)
+            with gr.Tab("ControlNet", id=CONTROLNET_TAB, elem_id="tab_controlnet"):
+                build_controlnet_tab(
+                    services,
+                    targets={"txt2img": txt2img.extra["controlnet"], "img2img": img2img.extra["controlnet"]},
+                    tabs=tabs,
+                    tab_ids={"txt2img": TXT2IMG_TAB, "img2img": IMG2IMG_TAB},
+                )
             with gr.Tab("Extras", id=EXTRAS_TAB, elem_id="tab_extras"):
                 build_extras(services)
             with gr.Tab("PNG Info", id=PNGINFO_TAB, elem_id="tab_pnginfo"):

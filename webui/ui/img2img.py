@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from webui.ui import choices
+from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.lora import build_lora_picker
 from webui.ui.styles import build_styles_dropdown
@@ -239,6 +240,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 elem_id="img2img_denoising_strength",
             )
             seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="img2img_seed")
+            controlnet = build_controlnet_units(services, "img2img")
             script = build_script_controls(services)
         with gr.Column(scale=1):
             progress = gr.Markdown("", elem_id="img2img_progress")
@@ -273,6 +275,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "inpainting_fill": inpainting_fill,
         "inpaint_full_res": inpaint_area,
         "inpaint_full_res_padding": padding,
+        **controlnet.fields,
     }
     tab = Img2ImgTab(
         fields=fields,
@@ -290,6 +293,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             "error": error,
             "lora_picker": lora_picker,
             "script": script,
+            "controlnet": controlnet,
         },
     )
     for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
@@ -330,8 +334,10 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             init_images, mask = request_images(mode, image, editor, upload_image, upload_mask)
             fields["inpaint_full_res"] = bool(fields["inpaint_full_res"])
             sd_upscale = sd_upscale_params(**{name: fields.pop(name) for name in SCRIPT_FIELDS})
+            units = units_from_fields(fields)
             request = Img2ImgRequest(
                 **fields,
+                controlnet_units=units,
                 sd_upscale=sd_upscale,
                 init_images=init_images,
                 mask=mask,
@@ -368,6 +374,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             yield {error: error_box(message), progress_md: "", preview: hide_preview}
             return
         images = [(gallery_image(item), f"Seed {item.seed}") for item in result.images]
+        images += detected_map_gallery(services, result)
         yield {
             tab.gallery: images,
             tab.infotext: result.images[0].infotext if result.images else "",

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import choices
+from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.hires import build_hires_controls
 from webui.ui.lora import build_lora_picker
 from webui.ui.styles import build_styles_dropdown
@@ -209,6 +210,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=0, min_width=40)
                 reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=0, min_width=40)
             hires = build_hires_controls(services)
+            controlnet = build_controlnet_units(services, "txt2img")
         with gr.Column(scale=1):
             progress = gr.Markdown("", elem_id="txt2img_progress")
             preview = gr.Image(
@@ -241,6 +243,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         "styles": styles,
     }
     fields.update(hires)
+    fields.update(controlnet.fields)
     tab = Txt2ImgTab(
         fields=fields,
         generate=generate,
@@ -256,6 +259,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             "last_infotexts": last_infotexts,
             "selected": selected,
             "lora_picker": lora_picker,
+            "controlnet": controlnet,
         },
     )
     _wire(services, tab, random_seed=random_seed, reuse_seed=reuse_seed)
@@ -273,15 +277,19 @@ def _wire(services: Any, tab: Txt2ImgTab, *, random_seed: gr.Button, reuse_seed:
     def generate(**fields: Any) -> Iterator[dict[Any, Any]]:
         opts = services.options.get()
         try:
+            units = units_from_fields(fields)
             request = Txt2ImgRequest(
-                **fields, samples_format=opts.samples_format, randn_source=opts.randn_source
+                **fields,
+                controlnet_units=units,
+                samples_format=opts.samples_format,
+                randn_source=opts.randn_source,
             )
-        except ValidationError as exc:
+            future = generation.submit_txt2img(request)  # a bad ControlNet unit fails here
+        except (ValidationError, ValueError) as exc:
             message = user_message(exc)
             gr.Warning(message)
             yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}
             return
-        future = generation.submit_txt2img(request)
         yield {tab.error: no_error, tab.progress: "Queued", tab.preview: hide_preview}
         shown_step = None
         while not future.done():
@@ -306,6 +314,7 @@ def _wire(services: Any, tab: Txt2ImgTab, *, random_seed: gr.Button, reuse_seed:
             yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}
             return
         images = [(gallery_image(image), f"Seed {image.seed}") for image in result.images]
+        images += detected_map_gallery(services, result)
         infotexts = [image.infotext for image in result.images]
         yield {
             tab.gallery: images,

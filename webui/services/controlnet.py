@@ -1,0 +1,273 @@
+"""ControlNet on the service layer: the models in ``models/ControlNet``, the preprocessors, and the units of
+a generation job.
+
+``ControlNetService`` answers what the ControlNet tab and the extension's ``/controlnet/*`` API ask (model
+list, preprocessors, control types, detect). ``check_units`` validates a request's units before the job is
+queued (unknown preprocessor or model, a model of another family, no image) so a bad unit fails at once;
+``prepare_units`` runs inside the job: it preprocesses each unit's image, loads its model and returns the
+runtime plan, the infotext keys and the maps to show.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_extra
+from webui.domain.controlnet_models import ControlNetRecord, base_of_family, fits
+from webui.domain.controlnet_modules import UnknownPreprocessorError, control_types, resolve_module
+from webui.domain.generation import DetectedMap, Img2ImgRequest, Txt2ImgRequest
+from webui.metadata.image_io import dated_output_dir, encode_image, save_image_atomic
+from webui.registry.controlnet import scan_controlnets
+from webui.services.img2img import ImageInputError, decode_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ControlNetInputError", "ControlNetService", "PreparedControl", "UnknownPreprocessorError"]
+
+
+class ControlNetInputError(ValueError):
+    """A ControlNet unit cannot be used as given; the message says which unit and what to do."""
+
+
+def pixel_perfect_resolution(width: int, height: int, target_w: int, target_h: int, resize_mode: str) -> int:
+    """The preprocessor resolution that gives one map pixel per output pixel (the extension's formula)."""
+    k_h, k_w = target_h / height, target_w / width
+    k = min(k_h, k_w) if resize_mode == ControlResizeMode.RESIZE_AND_FILL else max(k_h, k_w)
+    return round(k * min(width, height))
+
+
+@dataclass
+class PreparedControl:
+    """What ``prepare_units`` gives the job: the runtime plan, infotext keys, maps and warnings."""
+
+    plan: Any = None  # webui.runtime.controlnet.apply.ControlPlan, None without active units
+    infotext: dict[str, object] = field(default_factory=dict)
+    maps: list[DetectedMap] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class ControlNetService:
+    def __init__(self, controlnet_dir: Path, annotators_dir: Path, options: Any, hashes: Any = None) -> None:
+        self.root = Path(controlnet_dir)
+        self.annotators_dir = Path(annotators_dir)
+        self.options = options
+        self.hashes = hashes
+        self._records: list[ControlNetRecord] | None = None
+        self._lock = threading.Lock()
+        self._preprocessors: Any = None
+        self.download_progress: tuple[str, float] | None = None  # shown while annotator weights download
+
+    # -- models ----------------------------------------------------------------------------------------------
+    def refresh(self) -> list[ControlNetRecord]:
+        records = scan_controlnets(self.root, self.hashes)
+        with self._lock:
+            self._records = records
+        return records
+
+    def records(self) -> list[ControlNetRecord]:
+        with self._lock:
+            records = self._records
+        return records if records is not None else self.refresh()
+
+    def model_list(self, family: str | None = None) -> list[str]:
+        """Titles (``name [hash8]``) of the usable models; with ``family``, only those that fit it."""
+        return [r.title for r in self.records() if r.error is None and (family is None or fits(r, family))]
+
+    def find(self, name: str) -> ControlNetRecord:
+        """The model titled ``name`` (``name [hash8]``), else the one whose name matches without the hash."""
+        records = [r for r in self.records() if r.error is None]
+        wanted = name.strip()
+        for record in records:
+            if record.title == wanted:
+                return record
+        bare = wanted.rsplit(" [", 1)[0].strip().lower() if wanted.endswith("]") else wanted.lower()
+        for record in records:
+            if record.model_name.lower() == bare or Path(record.model_name).name.lower() == bare:
+                return record
+        known = ", ".join(r.title for r in records) or f"none: put ControlNet models into {self.root}"
+        raise ControlNetInputError(f"ControlNet model {name!r} not found. Available: {known}")
+
+    # -- preprocessors ---------------------------------------------------------------------------------------
+    def control_types(self) -> dict[str, Any]:
+        return control_types(self.model_list())
+
+    def preprocessors(self) -> Any:
+        """The runtime preprocessor runner (imports torch on first use)."""
+        with self._lock:
+            if self._preprocessors is None:
+                from webui.runtime.controlnet.preprocessors import AnnotatorStore, Preprocessors
+
+                store = AnnotatorStore(
+                    self.annotators_dir,
+                    allow_download=bool(self.options.get().control_net_allow_download),
+                    progress=self._on_download,
+                )
+                self._preprocessors = Preprocessors(store)
+            preprocessors = self._preprocessors
+        preprocessors.store.allow_download = bool(self.options.get().control_net_allow_download)
+        return preprocessors
+
+    def _on_download(self, message: str, fraction: float) -> None:
+        self.download_progress = (message, fraction) if fraction < 1.0 else None
+
+    def detect(
+        self,
+        module: str,
+        image: Image.Image,
+        resolution: int = -1,
+        threshold_a: float = -1,
+        threshold_b: float = -1,
+    ) -> Any:
+        """Run preprocessor ``module`` on ``image``; returns a ``DetectedMap`` (``.image``, ``.poses``)."""
+        info = resolve_module(module)  # UnknownPreprocessorError lists the valid names
+        return self.preprocessors().run(
+            info.name,
+            image.convert("RGB"),
+            resolution=resolution,
+            threshold_a=threshold_a,
+            threshold_b=threshold_b,
+        )
+
+    # -- units of a job --------------------------------------------------------------------------------------
+    def check_units(self, request: Txt2ImgRequest | Img2ImgRequest, family: str | None) -> None:
+        """Fail before queueing when an active unit cannot run (see the module doc)."""
+        units = [u for u in request.controlnet_units if u.is_active]
+        if units and isinstance(request, Img2ImgRequest) and request.sd_upscale is not None:
+            raise ControlNetInputError(
+                "ControlNet units cannot be combined with the SD upscale script; "
+                "disable the units or the script."
+            )
+        for index, unit in enumerate(request.controlnet_units):
+            if not unit.is_active:
+                continue
+            label = f"ControlNet unit {index}"
+            try:
+                resolve_module(unit.module)
+            except UnknownPreprocessorError as exc:
+                raise ControlNetInputError(f"{label}: {exc}") from exc
+            record = self.find(unit.model)
+            if family is not None and not fits(record, family):
+                raise ControlNetInputError(
+                    f"{label}: {record.title} is a ControlNet for {_base_label(record.base)}, but the "
+                    f"checkpoint is {_base_label(base_of_family(family))}. Choose a ControlNet made for this "
+                    "checkpoint's family."
+                )
+            if unit.image is None and not isinstance(request, Img2ImgRequest):
+                raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
+            if unit.image is not None:
+                decode_image(unit.image, f"control image of {label}")
+
+    def prepare_units(
+        self,
+        engine: Any,
+        model: Any,
+        request: Txt2ImgRequest | Img2ImgRequest,
+        *,
+        init_image: Image.Image | None = None,
+        progress: Any = None,
+        outputs_root: Path | None = None,
+        seed: int = 0,
+    ) -> PreparedControl:
+        """Preprocess and load the request's active units for ``model`` (the caller holds the engine lock)."""
+        from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
+
+        prepared = PreparedControl()
+        opts = self.options.get()
+        inputs = []
+        indices = []
+        active_units = []
+        for index, unit in enumerate(request.controlnet_units):
+            if not unit.is_active:
+                continue
+            label = f"ControlNet unit {index}"
+            if progress is not None:
+                progress.set_text(f"Preparing {label} ({unit.module})")
+            source = decode_image(unit.image, f"control image of {label}") if unit.image else init_image
+            if source is None:
+                raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
+            source = source.convert("RGB")
+            info = resolve_module(unit.module)
+            resolution = unit.processor_res
+            if unit.pixel_perfect:
+                resolution = pixel_perfect_resolution(
+                    source.width, source.height, request.width, request.height, unit.resize_mode
+                )
+            detected = self.detect(info.name, source, resolution, unit.threshold_a, unit.threshold_b)
+            record = self.find(unit.model)
+            loaded = engine.controlnet(record, model, low_vram=unit.low_vram)
+            inputs.append(
+                ControlUnitInput(
+                    control=loaded,
+                    image=detected.image,
+                    weight=unit.weight,
+                    guidance_start=unit.guidance_start,
+                    guidance_end=unit.guidance_end,
+                    control_mode=unit.control_mode.value,
+                    resize_mode=unit.resize_mode.value,
+                    hr_option=unit.hr_option.value,
+                    low_vram=unit.low_vram,
+                )
+            )
+            indices.append(index)
+            # The infotext shows the values used (a -1 "default" written as the default's value).
+            shown = unit.model_copy(
+                update={
+                    "model": record.title,
+                    "processor_res": _effective(info.resolution_slider, resolution),
+                    "threshold_a": _effective(info.threshold_a_slider, unit.threshold_a),
+                    "threshold_b": _effective(info.threshold_b_slider, unit.threshold_b),
+                }
+            )
+            active_units.append(shown)
+            prepared.maps.append(
+                self._detected_map(
+                    index, info.name, detected.image, unit, opts, outputs_root, request.mode, seed
+                )
+            )
+            if unit.weight == 0:
+                prepared.warnings.append(f"{label} has weight 0: it has no effect.")
+        if inputs:
+            prepared.plan = ControlPlan(inputs)
+            prepared.infotext = infotext_extra(active_units, indices)
+        return prepared
+
+    @staticmethod
+    def _detected_map(
+        index: int,
+        module: str,
+        image: Image.Image,
+        unit: ControlNetUnit,
+        opts: Any,
+        outputs_root: Path | None,
+        mode: str,
+        seed: int,
+    ) -> DetectedMap:
+        data = encode_image(image.convert("RGB"), None, "png")
+        path = None
+        if opts.control_net_detectmap_autosaving and outputs_root is not None and unit.save_detected_map:
+            folder = dated_output_dir(outputs_root, mode, date.today()) / "detected_maps"
+            path = str(save_image_atomic(data, folder, seed, "png"))
+        return DetectedMap(
+            unit=index, module=module, png_bytes=data, path=path, returned=unit.save_detected_map
+        )
+
+
+def _effective(slider: Any, value: float) -> Any:
+    if slider is None:
+        return value
+    picked = slider.pick(value)
+    return type(value)(picked) if isinstance(value, int) else float(picked)
+
+
+def _base_label(base: str | None) -> str:
+    return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(base or "", "an unknown model family")
+
+
+__all__ += ["ImageInputError", "pixel_perfect_resolution"]

@@ -1,0 +1,503 @@
+"""ControlNet in the UI: the units inside txt2img / img2img, and the ControlNet tab.
+
+Each unit's widgets are named ``controlnet_<i>_<field>`` after ``ControlNetUnit`` fields, so a tab's
+generate handler turns them into ``request.controlnet_units`` with :func:`units_from_fields` (the same
+objects the API builds from ``alwayson_scripts.controlnet``). The ControlNet tab previews what a
+preprocessor detects in a reference and sends the map (used as is, preprocessor ``none``) or the reference
+with its preprocessor to a unit of txt2img or img2img.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from webui.domain.controlnet import (
+    MODEL_NONE,
+    ControlMode,
+    ControlNetUnit,
+    ControlResizeMode,
+    HiresOption,
+)
+from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
+from webui.ui.user_errors import user_message
+
+log = logging.getLogger(__name__)
+
+PREFIX = "controlnet_"
+UNIT_FIELDS = (
+    "enabled",
+    "image",
+    "module",
+    "model",
+    "weight",
+    "guidance_start",
+    "guidance_end",
+    "control_mode",
+    "resize_mode",
+    "pixel_perfect",
+    "processor_res",
+    "threshold_a",
+    "threshold_b",
+    "low_vram",
+    "hr_option",
+)
+
+
+def _png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def field_name(index: int, name: str) -> str:
+    return f"{PREFIX}{index}_{name}"
+
+
+def units_from_fields(fields: dict[str, Any]) -> list[ControlNetUnit]:
+    """Pop the ``controlnet_<i>_<field>`` values out of ``fields`` and build the units (ValueError if bad)."""
+    values: dict[int, dict[str, Any]] = {}
+    for key in [k for k in fields if k.startswith(PREFIX)]:
+        rest = key[len(PREFIX) :]
+        index, _, name = rest.partition("_")
+        values.setdefault(int(index), {})[name] = fields.pop(key)
+    units = []
+    for index in sorted(values):
+        data = values[index]
+        image = data.get("image")
+        data["image"] = _png_b64(image.convert("RGB")) if isinstance(image, Image.Image) else None
+        for name in ("processor_res",):
+            if data.get(name) is not None:
+                data[name] = int(data[name])
+        units.append(ControlNetUnit.model_validate(data))
+    return units
+
+
+def _family(services: Any) -> str | None:
+    try:
+        record = services.models.default_checkpoint(services.options.get().sd_model_checkpoint)
+    except LookupError:
+        return None
+    return record.family.value if record is not None and record.family is not None else None
+
+
+def model_choices(services: Any) -> list[str]:
+    """``None`` and the ControlNets that fit the selected checkpoint's family."""
+    if services.controlnet is None:
+        return [MODEL_NONE]
+    return [MODEL_NONE, *services.controlnet.model_list(_family(services))]
+
+
+def slider_updates(module: str) -> tuple[Any, Any, Any]:
+    """Resolution / threshold sliders for ``module``: labels, ranges and defaults from its detail."""
+    try:
+        sliders = resolve_module(module).module_detail()["sliders"]
+    except ValueError:
+        sliders = []
+    updates = []
+    for position in range(3):
+        slider = sliders[position] if position < len(sliders) else None
+        if slider is None:
+            updates.append(gr.update(visible=False))
+        else:
+            updates.append(
+                gr.update(
+                    visible=True,
+                    label=slider["name"],
+                    minimum=slider["min"],
+                    maximum=slider["max"],
+                    step=slider.get("step", 1),
+                    value=slider["value"],
+                )
+            )
+    return updates[0], updates[1], updates[2]
+
+
+def _sliders_to_fields(module: str, res: float, a: float, b: float) -> tuple[int, float, float]:
+    """The three sliders as the unit's ``processor_res`` / ``threshold_a`` / ``threshold_b`` (the slots of the
+    module's detail, in that order); a slot the module does not have gives ``-1`` (its default)."""
+    try:
+        info = resolve_module(module)
+    except ValueError:
+        return -1, -1.0, -1.0
+    return (
+        int(res) if info.resolution_slider is not None else -1,
+        float(a) if info.threshold_a_slider is not None else -1.0,
+        float(b) if info.threshold_b_slider is not None else -1.0,
+    )
+
+
+@dataclass
+class UnitWidgets:
+    index: int
+    enabled: gr.Checkbox
+    image: gr.Image
+    module: gr.Dropdown
+    model: gr.Dropdown
+    weight: gr.Slider
+    guidance_start: gr.Slider
+    guidance_end: gr.Slider
+    control_mode: gr.Radio
+    resize_mode: gr.Radio
+    pixel_perfect: gr.Checkbox
+    low_vram: gr.Checkbox
+    hr_option: gr.Radio
+    slider_1: gr.Slider
+    slider_2: gr.Slider
+    slider_3: gr.Slider
+    preview: gr.Button
+    detected: gr.Image
+    processor_res: gr.State
+    threshold_a: gr.State
+    threshold_b: gr.State
+    image_value: gr.State  # the uploaded image; a State keeps it out of the Gradio API's parameters
+
+
+def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
+    eid = f"{mode}_controlnet_{index}"
+    module_names = [info.name for info in PREPROCESSORS]
+    defaults = ControlNetUnit()
+    with gr.Tab(f"Unit {index}", id=f"{eid}_tab"):
+        with gr.Row():
+            image = gr.Image(
+                label="Control image" + (" (empty: the img2img image)" if mode == "img2img" else ""),
+                type="pil",
+                sources=["upload", "clipboard"],
+                elem_id=f"{eid}_image",
+                height=240,
+            )
+            detected = gr.Image(
+                label="Preprocessor preview",
+                type="pil",
+                interactive=False,
+                elem_id=f"{eid}_detected",
+                height=240,
+            )
+        with gr.Row():
+            enabled = gr.Checkbox(False, label="Enable", elem_id=f"{eid}_enabled")
+            pixel_perfect = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{eid}_pixel_perfect")
+            low_vram = gr.Checkbox(False, label="Low VRAM", elem_id=f"{eid}_low_vram")
+        with gr.Row():
+            module = gr.Dropdown(module_names, value="none", label="Preprocessor", elem_id=f"{eid}_module")
+            preview = gr.Button("💥 Preview", elem_id=f"{eid}_preview", size="sm", scale=0, min_width=90)
+            model = gr.Dropdown(
+                model_choices(services), value=MODEL_NONE, label="Model", elem_id=f"{eid}_model"
+            )
+        with gr.Row():
+            weight = gr.Slider(
+                0.0, 2.0, value=defaults.weight, step=0.05, label="Control Weight", elem_id=f"{eid}_weight"
+            )
+            guidance_start = gr.Slider(
+                0.0, 1.0, value=0.0, step=0.01, label="Starting Control Step", elem_id=f"{eid}_guidance_start"
+            )
+            guidance_end = gr.Slider(
+                0.0, 1.0, value=1.0, step=0.01, label="Ending Control Step", elem_id=f"{eid}_guidance_end"
+            )
+        with gr.Row():
+            slider_1 = gr.Slider(
+                64,
+                2048,
+                value=512,
+                step=8,
+                label="Preprocessor Resolution",
+                visible=False,
+                elem_id=f"{eid}_slider_1",
+            )
+            slider_2 = gr.Slider(
+                0, 255, value=100, step=1, label="Threshold A", visible=False, elem_id=f"{eid}_slider_2"
+            )
+            slider_3 = gr.Slider(
+                0, 255, value=200, step=1, label="Threshold B", visible=False, elem_id=f"{eid}_slider_3"
+            )
+        control_mode = gr.Radio(
+            [m.value for m in ControlMode],
+            value=defaults.control_mode.value,
+            label="Control Mode",
+            elem_id=f"{eid}_control_mode",
+        )
+        resize_mode = gr.Radio(
+            [m.value for m in ControlResizeMode],
+            value=defaults.resize_mode.value,
+            label="Resize Mode",
+            elem_id=f"{eid}_resize_mode",
+        )
+        hr_option = gr.Radio(
+            [m.value for m in HiresOption],
+            value=HiresOption.BOTH.value,
+            label="Hires-fix passes",
+            visible=mode == "txt2img",
+            elem_id=f"{eid}_hr_option",
+        )
+    return UnitWidgets(
+        index=index,
+        enabled=enabled,
+        image=image,
+        module=module,
+        model=model,
+        weight=weight,
+        guidance_start=guidance_start,
+        guidance_end=guidance_end,
+        control_mode=control_mode,
+        resize_mode=resize_mode,
+        pixel_perfect=pixel_perfect,
+        low_vram=low_vram,
+        hr_option=hr_option,
+        slider_1=slider_1,
+        slider_2=slider_2,
+        slider_3=slider_3,
+        preview=preview,
+        detected=detected,
+        processor_res=gr.State(-1),
+        threshold_a=gr.State(-1.0),
+        threshold_b=gr.State(-1.0),
+        image_value=gr.State(None),
+    )
+
+
+def _wire_unit(services: Any, unit: UnitWidgets) -> None:
+    sliders = [unit.slider_1, unit.slider_2, unit.slider_3]
+    unit.module.change(
+        slider_updates, inputs=unit.module, outputs=sliders, api_visibility="private", queue=False
+    )
+    unit.image.change(
+        lambda image: image,
+        inputs=unit.image,
+        outputs=unit.image_value,
+        api_visibility="private",
+        queue=False,
+    )
+
+    def to_fields(module: str, res: float, a: float, b: float) -> tuple[int, float, float]:
+        return _sliders_to_fields(module, res, a, b)
+
+    states = [unit.processor_res, unit.threshold_a, unit.threshold_b]
+    for trigger in (unit.module, *sliders):
+        trigger.change(
+            to_fields, inputs=[unit.module, *sliders], outputs=states, api_visibility="private", queue=False
+        )
+
+    def preview(image: Image.Image | None, module: str, res: int, a: float, b: float) -> Any:
+        if image is None:
+            gr.Warning("Upload a control image first.")
+            return None
+        try:
+            return run_detect(services, module, image, res, a, b)
+        except Exception as exc:  # shown to the user; the app keeps running
+            gr.Warning(user_message(exc))
+            return None
+
+    unit.preview.click(
+        preview, inputs=[unit.image, unit.module, *states], outputs=unit.detected, api_visibility="private"
+    )
+
+
+def run_detect(services: Any, module: str, image: Image.Image, res: int, a: float, b: float) -> Image.Image:
+    """The map ``module`` detects in ``image`` (on the generation queue: it shares the device)."""
+    controlnet = services.controlnet
+
+    def run() -> Any:
+        return controlnet.detect(module, image, int(res), float(a), float(b))
+
+    return services.generation.submit_call(run).result().image
+
+
+@dataclass
+class ControlNetUnits:
+    """The units of one tab and the request fields they set."""
+
+    units: list[UnitWidgets]
+    fields: dict[str, gr.components.Component]
+    refresh: gr.Button
+
+
+def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
+    """The ControlNet accordion of the txt2img / img2img tab (``control_net_unit_count`` units)."""
+    count = services.options.get().control_net_unit_count if services.controlnet is not None else 0
+    units: list[UnitWidgets] = []
+    with gr.Accordion("ControlNet", open=False, elem_id=f"{mode}_controlnet", visible=count > 0):
+        with gr.Tabs():
+            for index in range(count):
+                units.append(_unit(services, mode, index))
+        refresh = gr.Button("🔄 Refresh models", size="sm", elem_id=f"{mode}_controlnet_refresh")
+    for unit in units:
+        _wire_unit(services, unit)
+
+    def refresh_models(*current: str) -> list[Any]:
+        services.controlnet.refresh()
+        names = model_choices(services)
+        return [gr.update(choices=names, value=value if value in names else MODEL_NONE) for value in current]
+
+    if units:
+        refresh.click(
+            refresh_models,
+            inputs=[u.model for u in units],
+            outputs=[u.model for u in units],
+            api_visibility="private",
+        )
+    fields: dict[str, gr.components.Component] = {}
+    for unit in units:
+        for name in UNIT_FIELDS:
+            widget = unit.image_value if name == "image" else getattr(unit, name)
+            fields[field_name(unit.index, name)] = widget
+    return ControlNetUnits(units=units, fields=fields, refresh=refresh)
+
+
+def detected_map_gallery(services: Any, result: Any) -> list[tuple[Image.Image, str]]:
+    """The job's ControlNet maps as gallery items after the images (as the extension shows them)."""
+    if services.options.get().control_net_no_detectmap:
+        return []
+    items = []
+    for item in getattr(result, "detected_maps", []):
+        image = Image.open(io.BytesIO(item.png_bytes))
+        image.load()
+        items.append((image, f"ControlNet {item.unit}: {item.module}"))
+    return items
+
+
+# ------------------------------------------------------------------------------------------- the tab
+
+
+def build_controlnet_tab(
+    services: Any, *, targets: dict[str, ControlNetUnits], tabs: gr.Tabs, tab_ids: dict[str, str]
+) -> None:
+    """Upload a reference, preview a preprocessor's map, send it to a unit of txt2img or img2img."""
+    module_names = [info.name for info in PREPROCESSORS]
+    with gr.Row():
+        with gr.Column():
+            reference = gr.Image(
+                label="Reference",
+                type="pil",
+                sources=["upload", "clipboard"],
+                elem_id="controlnet_reference",
+                height=360,
+            )
+            module = gr.Dropdown(
+                module_names,
+                value="canny" if "canny" in module_names else "none",
+                label="Preprocessor",
+                elem_id="controlnet_module",
+            )
+            slider_1 = gr.Slider(
+                64, 2048, value=512, step=8, label="Preprocessor Resolution", elem_id="controlnet_slider_1"
+            )
+            slider_2 = gr.Slider(
+                0, 255, value=100, step=1, label="Threshold A", elem_id="controlnet_slider_2"
+            )
+            slider_3 = gr.Slider(
+                0, 255, value=200, step=1, label="Threshold B", elem_id="controlnet_slider_3"
+            )
+            detect = gr.Button("💥 Run preprocessor", variant="primary", elem_id="controlnet_detect")
+        with gr.Column():
+            detected = gr.Image(
+                label="Detected map",
+                type="pil",
+                interactive=False,
+                format="png",
+                elem_id="controlnet_detected",
+                height=360,
+            )
+            status = gr.Markdown("", elem_id="controlnet_status")
+            model = gr.Dropdown(
+                model_choices(services),
+                value=MODEL_NONE,
+                label="ControlNet model",
+                elem_id="controlnet_model",
+            )
+            refresh = gr.Button("🔄 Refresh models", size="sm", elem_id="controlnet_refresh")
+            count = max((len(t.units) for t in targets.values()), default=0)
+            unit_index = gr.Dropdown(
+                [str(i) for i in range(count)] or ["0"],
+                value="0",
+                label="Unit",
+                elem_id="controlnet_unit_index",
+            )
+            send_as = gr.Radio(
+                ["Detected map (preprocessor: none)", "Reference with this preprocessor"],
+                value="Detected map (preprocessor: none)",
+                label="Send",
+                elem_id="controlnet_send_as",
+            )
+            with gr.Row():
+                buttons = {
+                    mode: gr.Button(f"Send to {mode}", elem_id=f"controlnet_send_{mode}") for mode in targets
+                }
+    sliders = [slider_1, slider_2, slider_3]
+    module.change(slider_updates, inputs=module, outputs=sliders, api_visibility="private", queue=False)
+
+    def run(image: Image.Image | None, name: str, res: float, a: float, b: float) -> tuple[Any, str]:
+        if image is None:
+            return None, "⚠️ Upload a reference image first."
+        try:
+            fields = _sliders_to_fields(name, res, a, b)
+            result = run_detect(services, name, image, *fields)
+        except Exception as exc:  # shown on the page; the app keeps running
+            return None, f"⚠️ {user_message(exc)}"
+        return result, f"{name}: {result.width}x{result.height}. Download it, or send it to a unit."
+
+    detect.click(
+        run, inputs=[reference, module, *sliders], outputs=[detected, status], api_visibility="private"
+    )
+
+    def refresh_models(current: str) -> Any:
+        services.controlnet.refresh()
+        names = model_choices(services)
+        return gr.update(choices=names, value=current if current in names else MODEL_NONE)
+
+    refresh.click(refresh_models, inputs=model, outputs=model, api_visibility="private")
+
+    for mode, button in buttons.items():
+        units = targets[mode].units
+        outputs: list[Any] = []
+        for unit in units:
+            outputs += [
+                unit.enabled,
+                unit.image,
+                unit.module,
+                unit.model,
+                unit.slider_1,
+                unit.slider_2,
+                unit.slider_3,
+            ]
+        outputs.append(tabs)
+
+        def send(
+            index: str,
+            how: str,
+            ref: Any,
+            det: Any,
+            name: str,
+            chosen: str,
+            res: float,
+            a: float,
+            b: float,
+            _units: list[UnitWidgets] = units,
+            _mode: str = mode,
+        ) -> list[Any]:
+            target = int(index)
+            use_map = how.startswith("Detected")
+            image = det if use_map else ref
+            if image is None:
+                gr.Warning("Run the preprocessor first." if use_map else "Upload a reference image first.")
+                return [gr.update() for _ in range(len(_units) * 7)] + [gr.update()]
+            out: list[Any] = []
+            for unit in _units:
+                if unit.index != target:
+                    out += [gr.update()] * 7
+                    continue
+                out += [True, image, "none" if use_map else name, chosen]
+                out += [gr.update(value=res), gr.update(value=a), gr.update(value=b)]
+            out.append(gr.Tabs(selected=tab_ids[_mode]))
+            return out
+
+        button.click(
+            send,
+            inputs=[unit_index, send_as, reference, detected, module, model, *sliders],
+            outputs=outputs,
+            api_visibility="private",
+        )
