@@ -9,6 +9,7 @@ so slow drift (thermal, other processes) falls on both sides.
 
     python bench/txt2img_overhead.py --model tiny
     python bench/txt2img_overhead.py --model sd15
+    python bench/txt2img_overhead.py --model sd15 --device cuda --size 512 --steps 20
     python bench/txt2img_overhead.py --model tiny --profile easel   # cProfile of one Easel call
 """
 
@@ -48,8 +49,9 @@ PRESETS = {
 }
 
 
-def build_model(kind: str) -> LoadedModel:
-    """A LoadedModel around in-memory components (the loader is not what is measured here)."""
+def build_model(kind: str, device: str = "cpu") -> LoadedModel:
+    """A LoadedModel around in-memory components (the loader is not what is measured here); float16 on
+    CUDA, float32 on the CPU."""
     if kind == "tiny":
         from tests.fixtures.tiny_models import tiny_sd15_components
 
@@ -59,8 +61,10 @@ def build_model(kind: str) -> LoadedModel:
 
         parts = sd15_components()
         parts["tokenizer"] = clip_tokenizer(Path("/tmp/easel-bench-tokenizer"))
+    target = torch.device(device)
+    dtype = torch.float16 if target.type == "cuda" else torch.float32
     for name in ("unet", "vae", "text_encoder"):
-        parts[name].eval().requires_grad_(False)
+        parts[name].eval().requires_grad_(False).to(target, dtype)
     record = CheckpointRecord(
         name=f"bench-{kind}.safetensors",
         path=f"/nonexistent/bench-{kind}.safetensors",
@@ -79,7 +83,8 @@ def build_model(kind: str) -> LoadedModel:
         tokenizer=parts["tokenizer"],
         tokenizer_2=None,
         scheduler_config=sd1_config("scheduler"),
-        dtype=torch.float32,
+        dtype=dtype,
+        device=target,
     )
 
 
@@ -176,17 +181,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--profile", choices=["easel", "plain"], default=None)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (float16)")
     args = parser.parse_args()
 
     preset = PRESETS[args.model]
     size = args.size or preset["size"]
     steps = args.steps or preset["steps"]
     t0 = time.perf_counter()
-    model = build_model(args.model)
+    model = build_model(args.model, args.device)
     runner = Runner(model, args.sampler, size, steps)
     print(
-        f"model={args.model} size={size}x{size} steps={steps} sampler={args.sampler} cfg={CFG} "
-        f"seed={SEED} torch threads={torch.get_num_threads()} (built in {time.perf_counter() - t0:.1f}s)"
+        f"model={args.model} device={args.device} size={size}x{size} steps={steps} sampler={args.sampler} "
+        f"cfg={CFG} seed={SEED} torch threads={torch.get_num_threads()} "
+        f"(built in {time.perf_counter() - t0:.1f}s)"
     )
     if args.profile:
         profile(runner, args.profile, args.top)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,49 @@ def test_offload_modes_generate(mode: str, tiny_model_files: dict[str, Path], tm
     )  # fmt: skip
     images, _ = generate_batch(model, job)
     assert images
+
+
+@pytest.mark.parametrize("low_vram", [False, True])
+def test_controlnet_unit_on_cuda_fp16(
+    low_vram: bool, tiny_model_files: dict[str, Path], controlnet_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A ControlNet unit in fp16 on CUDA changes the image like on the CPU; with Low VRAM the ControlNet is
+    on the GPU only during the pass."""
+    from PIL import Image, ImageDraw
+
+    from webui.domain.samplers import resolve_sampler
+    from webui.registry.controlnet import scan_controlnets
+    from webui.runtime.cache import ModelCache, choose_device
+    from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
+    from webui.runtime.controlnet.models import ControlNetCache
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    cache = ModelCache(
+        choose_device("cuda", "half", "sdpa", "normal"), capacity=1, tokenizer_cache=tmp_path / "t"
+    )
+    model = cache.get(_record(tiny_model_files["sd15_single"]))
+    record = next(
+        r
+        for r in scan_controlnets(controlnet_files["ldm"].parent)
+        if r.name.endswith("sd15_edges.safetensors")
+    )
+    control = ControlNetCache().get(record, torch.float16, "cpu" if low_vram else "cuda")
+    edges = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(edges).rectangle((16, 16, 48, 48), outline=(255, 255, 255), width=3)
+    sampler, schedule = resolve_sampler("Euler")
+
+    def run(units: list[ControlUnitInput]) -> Any:
+        job = DiffusionJob(
+            prompt="x", negative_prompt="", steps=3, cfg_scale=7.0, width=64, height=64,
+            seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+            extra={"control": ControlPlan(units)} if units else {},
+        )  # fmt: skip
+        images, _ = generate_batch(model, job)
+        return images[0]
+
+    plain = run([])
+    controlled = run([ControlUnitInput(control=control, image=edges)])
+    assert plain.tobytes() != controlled.tobytes()
+    assert run([ControlUnitInput(control=control, image=edges, weight=0.0)]).tobytes() == plain.tobytes()
+    expected = "cpu" if low_vram else "cuda"
+    assert next(control.model.parameters()).device.type == expected

@@ -409,6 +409,6 @@ def _substituted_embeddings(
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:
-    for parameter in module.parameters():
-        return parameter.device
-    return torch.device("cpu")
+    from webui.runtime.devices import execution_device
+
+    return execution_device(module)

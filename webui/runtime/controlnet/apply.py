@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from webui.runtime.devices import execution_device
+
 log = logging.getLogger(__name__)
 
 SOFT_DECAY = 0.825  # per-block decay of "My prompt is more important" (the extension's constant)
@@ -134,7 +136,7 @@ class ControlPlan:
         """
         units = [unit for unit in self.units if unit.acts_in(pass_name)]
         session = ControlSession(units, batch=batch, total=total_steps, soft=pass_name == "high")
-        device = next(unet.parameters()).device
+        device = execution_device(unet)  # with --medvram/--lowvram the UNet's weights wait elsewhere
         moved = []
         for unit in units:
             module = unit.control.model

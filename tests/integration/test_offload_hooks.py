@@ -1,0 +1,62 @@
+"""--medvram / --lowvram offload hooks on the CPU: the code must make its inputs on the hooks' execution
+device, not where the (offloaded, possibly ``meta``) weights are. CUDA runs the same in tests/gpu."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from webui.domain.samplers import resolve_sampler
+from webui.registry.controlnet import scan_controlnets
+from webui.registry.scanner import scan_checkpoints
+from webui.runtime.cache import DeviceChoice, _enable_offload
+from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
+from webui.runtime.controlnet.models import load_controlnet
+from webui.runtime.devices import execution_device
+from webui.runtime.generate import DiffusionJob, generate_batch
+from webui.runtime.loader import load_checkpoint
+
+
+def _model(tiny_model_files: dict[str, Path], tmp_path: Path, mode: str | None) -> object:
+    path = tiny_model_files["sd15_single"]
+    record = next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
+    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tok")
+    if mode is not None:
+        _enable_offload(model, DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", mode))
+    return model
+
+
+def _generate(model: object, units: list[ControlUnitInput]) -> bytes:
+    sampler, schedule = resolve_sampler("Euler")
+    job = DiffusionJob(
+        prompt="a square", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
+        seeds=[3], subseeds=[3], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+        extra={"control": ControlPlan(units)} if units else {},
+    )  # fmt: skip
+    images, _ = generate_batch(model, job)  # type: ignore[arg-type]
+    return images[0].tobytes()
+
+
+@pytest.mark.parametrize("mode", ["medvram", "lowvram"])
+def test_offloaded_model_generates_the_same_image(
+    mode: str, tiny_model_files: dict[str, Path], controlnet_files: dict[str, Path], tmp_path: Path
+) -> None:
+    edges = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(edges).rectangle((16, 16, 48, 48), outline=(255, 255, 255), width=3)
+    record = next(
+        r
+        for r in scan_controlnets(controlnet_files["ldm"].parent)
+        if r.name.endswith("sd15_edges.safetensors")
+    )
+    control = load_controlnet(record, torch.float32)
+    plain = _model(tiny_model_files, tmp_path, None)
+    offloaded = _model(tiny_model_files, tmp_path, mode)
+    if mode == "lowvram":
+        assert next(offloaded.text_encoder.parameters()).device.type == "meta"  # type: ignore[attr-defined]
+    assert execution_device(offloaded.unet).type == "cpu"  # type: ignore[attr-defined]
+    assert _generate(offloaded, []) == _generate(plain, [])
+    unit = [ControlUnitInput(control=control, image=edges)]
+    assert _generate(offloaded, unit) == _generate(plain, unit)
