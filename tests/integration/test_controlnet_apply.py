@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -201,3 +202,36 @@ def test_fit_control_image_modes(mode: str, check: object) -> None:
     fitted = fit_control_image(wide, 64, 64, mode)
     assert fitted.size == (64, 64)
     assert check(fitted)  # type: ignore[operator]
+
+
+def test_t2i_adapter_features_are_added_inside_the_down_blocks(tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from tests.fixtures.controlnet_files import tiny_t2i_adapter, write_folder
+
+    torch.manual_seed(5)
+    # SD's block order (attention blocks first, a plain last block), which T2I-Adapters are made for
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,
+    ).eval()  # fmt: skip
+    from webui.registry.controlnet import scan_controlnets
+    from webui.runtime.controlnet.models import load_controlnet
+
+    write_folder(tiny_t2i_adapter(), tmp_path / "adapter")
+    record = next(iter(scan_controlnets(tmp_path)))
+    adapter = load_controlnet(record, torch.float32)
+    assert str(adapter.kind) == "t2i_adapter"
+    image = _image(3)
+    unit = ControlUnitInput(control=adapter, image=image, weight=0.8)
+    got = _controlled(unet, [unit])
+    sample, _, _ = _inputs()
+    size = sample.shape[-1] * adapter.downscale
+    hint = ControlUnitInput(control=adapter, image=image).hint(size, size, sample.device, sample.dtype)
+    with torch.inference_mode():
+        features = [f.expand(sample.shape[0], *f.shape[1:]) * 0.8 for f in adapter.model(hint)]
+    expected = _plain(unet, down_intrablock_additional_residuals=features)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, _plain(unet), atol=1e-3)

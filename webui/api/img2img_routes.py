@@ -89,7 +89,7 @@ def add_image_routes(router: APIRouter, services: Any) -> None:
     @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
     def img2img(body: Img2ImgBody) -> dict[str, Any]:
         request = img2img_request(body, services)
-        result = generation.img2img(request)
+        result = generation.submit_img2img(request, body.force_task_id).result()
         keep_overrides(body, services)
         images = response_images(result, body, services)
         parameters = body.model_dump()

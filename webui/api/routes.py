@@ -25,7 +25,15 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from webui.api.schemas import ImagesResponse, PngInfoBody, PngInfoResponse, ProgressResponse, Txt2ImgBody
+from webui.api.schemas import (
+    ImagesResponse,
+    InternalProgressBody,
+    InternalProgressResponse,
+    PngInfoBody,
+    PngInfoResponse,
+    ProgressResponse,
+    Txt2ImgBody,
+)
 from webui.container import Services
 from webui.domain.generation import GenerationResult, Txt2ImgRequest
 from webui.domain.samplers import UnknownSamplerError, sampler_list, scheduler_list
@@ -256,7 +264,7 @@ def build_router(services: Services) -> APIRouter:
     @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
     def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
         request = txt2img_request(body, services)
-        result = generation.txt2img(request)
+        result = generation.submit_txt2img(request, body.force_task_id).result()
         keep_overrides(body, services)
         images = response_images(result, body, services)
         parameters = body.model_dump()
@@ -378,6 +386,38 @@ def build_router(services: Services) -> APIRouter:
         engine = generation._engine
         cuda = engine.memory() if engine is not None else {"error": "model not loaded"}
         return {"ram": {"free": free, "used": usage, "total": pages}, "cuda": cuda}
+
+    @router.post("/internal/progress", response_model=InternalProgressResponse)
+    def internal_progress(body: InternalProgressBody | None = None) -> dict[str, Any]:
+        """A1111's task-aware progress (its web page polls this with the task id it generated with)."""
+        body = body or InternalProgressBody()
+        state = generation.tasks.state(body.id_task)
+        if not state["active"]:
+            waiting = "Waiting..."
+            if state["queued"]:
+                waiting = f"In queue: {state['position']}/{state['queue_size']}"
+            return {**state, "id_live_preview": -1, "textinfo": waiting}
+        progress = generation.progress
+        snap = progress.snapshot()
+        answer: dict[str, Any] = {
+            **state,
+            "progress": snap["progress"],
+            "eta": snap["eta_relative"] or None,
+            "id_live_preview": body.id_live_preview,
+            "textinfo": snap["textinfo"],
+        }
+        image, step = progress.preview, progress.preview_step
+        if body.live_preview and image is not None and step != body.id_live_preview:
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=85)
+            answer["live_preview"] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+            answer["id_live_preview"] = step
+        return answer
+
+    @router.get("/internal/pending-tasks")
+    def pending_tasks() -> dict[str, Any]:
+        ids = generation.tasks.pending_ids()
+        return {"size": len(ids), "tasks": ids}
 
     @router.get("/internal/ping")
     def ping() -> dict[str, Any]:

@@ -91,3 +91,23 @@ class ProgressResponse(BaseModel):
     state: dict[str, Any]
     current_image: str | None = None
     textinfo: str | None = None
+
+
+class InternalProgressBody(BaseModel):
+    """``POST /internal/progress`` (A1111's ``ProgressRequest``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id_task: str | None = None
+    id_live_preview: int = -1
+    live_preview: bool = True
+
+
+class InternalProgressResponse(BaseModel):
+    active: bool
+    queued: bool
+    completed: bool
+    progress: float | None = None
+    eta: float | None = None
+    live_preview: str | None = None  # a data: URI
+    id_live_preview: int | None = None
+    textinfo: str | None = None

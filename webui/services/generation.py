@@ -25,7 +25,7 @@ from webui.metadata.infotext import build_infotext, generation_params
 from webui.services.img2img import ImageModesMixin
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
-from webui.services.progress import ProgressState
+from webui.services.progress import ProgressState, TaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class GenerationService(ImageModesMixin):
         self._engine_lock = threading.Lock()
         self.outputs_root = outputs_root
         self.progress = ProgressState()
+        self.tasks = TaskRegistry()
         self._queue: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="easel-generation", daemon=True)
         self._worker.start()
@@ -88,8 +89,21 @@ class GenerationService(ImageModesMixin):
             except BaseException as exc:
                 future.set_exception(exc)
 
-    def submit_call(self, func: Callable[[], Any]) -> Future[Any]:
+    def submit_call(self, func: Callable[[], Any], task_id: str | None = None) -> Future[Any]:
+        """Queue ``func``; with ``task_id`` the job can be followed in ``tasks`` (``/internal/progress``)."""
         future: Future[Any] = Future()
+        if task_id:
+            tasks = self.tasks
+            tasks.queued(task_id)
+            inner = func
+
+            def func() -> Any:
+                tasks.started(task_id)
+                try:
+                    return inner()
+                finally:
+                    tasks.done(task_id)
+
         self._queue.put((func, future))
         return future
 
@@ -99,9 +113,9 @@ class GenerationService(ImageModesMixin):
     def shutdown(self) -> None:
         self._queue.put(None)
 
-    def submit_txt2img(self, request: Txt2ImgRequest) -> Future[GenerationResult]:
+    def submit_txt2img(self, request: Txt2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
-        return self.submit_call(lambda: self._run_txt2img(request))
+        return self.submit_call(lambda: self._run_txt2img(request), task_id)
 
     def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
         if self.controlnet is None or not any(unit.is_active for unit in request.controlnet_units):

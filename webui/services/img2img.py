@@ -101,12 +101,12 @@ class ImageModesMixin:
 
     upscalers: Any = None  # webui.services.extras.UpscalerService, set by the container
     _img2img_inputs: Img2ImgInputs | None = None
-    submit_call: Callable[[Callable[[], Any]], Future[Any]]
+    submit_call: Callable[..., Future[Any]]
     check_controlnet_units: Callable[[Any], None]
     _run_txt2img: Callable[[Any], GenerationResult]
 
     # -- entry points ----------------------------------------------------------------------------------------
-    def submit_img2img(self, request: Img2ImgRequest) -> Future[GenerationResult]:
+    def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
         inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
         self.check_controlnet_units(request)
         if request.sd_upscale is not None and self.upscalers is not None:
@@ -119,7 +119,7 @@ class ImageModesMixin:
             finally:
                 self._img2img_inputs = None
 
-        return self.submit_call(run)
+        return self.submit_call(run, task_id)
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:
         return self.submit_img2img(request).result()

@@ -106,3 +106,55 @@ class ProgressState:
                 "textinfo": self.textinfo or None,
                 "busy": self.busy,
             }
+
+
+FINISHED_TASKS_KEPT = 16  # as A1111: how many finished task ids /internal/progress still knows
+
+
+@dataclass
+class TaskRegistry:
+    """Task ids of queued, running and recently finished jobs (A1111's ``force_task_id`` / ``id_task``).
+
+    Clients that send ``force_task_id`` with a generation can follow it through ``/internal/progress`` and
+    see the queue in ``/internal/pending-tasks``. Jobs without an id are not tracked.
+    """
+
+    pending: list[str] = field(default_factory=list)
+    current: str | None = None
+    finished: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def queued(self, task_id: str) -> None:
+        with self._lock:
+            self.pending.append(task_id)
+
+    def started(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self.pending:
+                self.pending.remove(task_id)
+            self.current = task_id
+
+    def done(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self.pending:
+                self.pending.remove(task_id)
+            if self.current == task_id:
+                self.current = None
+            self.finished.append(task_id)
+            del self.finished[:-FINISHED_TASKS_KEPT]
+
+    def state(self, task_id: str | None) -> dict[str, Any]:
+        """``active`` / ``queued`` / ``completed`` and the queue position of ``task_id``."""
+        with self._lock:
+            queued = task_id in self.pending
+            return {
+                "active": task_id is not None and task_id == self.current,
+                "queued": queued,
+                "completed": task_id in self.finished,
+                "position": self.pending.index(task_id) + 1 if queued and task_id is not None else 0,
+                "queue_size": len(self.pending),
+            }
+
+    def pending_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.pending)
