@@ -92,6 +92,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     extras = ExtrasService(upscalers, generation, options, settings.outputs_path)
     controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options, models.hashes)
     generation.controlnet = controlnet
+    controlnet.progress_text = generation.progress.set_text
     return Services(
         settings=settings,
         options=options,

@@ -157,3 +157,38 @@ def test_controlnet_of_another_family_is_refused(cn_services: Any) -> None:
         cn_services.generation.txt2img(request)
     # the service keeps working
     assert cn_services.generation.txt2img(Txt2ImgRequest(**SMALL)).images
+
+
+def test_missing_annotator_weights_download_with_progress_or_fail_clearly(
+    cn_services: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from tests.fixtures.annotator_files import write_annotator_file
+
+    served = tmp_path / "served"
+    write_annotator_file(served, "table5_pidinet.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    controlnet = cn_services.controlnet
+    controlnet.annotator_base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    shown: list[str] = []
+    controlnet.progress_text = shown.append
+    try:
+        cn_services.options.update({"control_net_allow_download": False})
+        with pytest.raises(RuntimeError, match=r"table5_pidinet\.pth") as missing:
+            controlnet.detect("softedge_pidinet", picture())
+        assert "annotators" in str(missing.value)
+        cn_services.options.update({"control_net_allow_download": True})
+        unit = _unit(cn_services, module="softedge_pidinet", image=b64(picture()), processor_res=64)
+        result = cn_services.generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[unit]))
+        assert "Module: softedge_pidinet" in result.images[0].infotext
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (data_dir / "models" / "annotators" / "table5_pidinet.pth").is_file()
+    assert any(text.startswith("Downloading table5_pidinet.pth") for text in shown), shown
+    assert shown[-1].endswith("100%")

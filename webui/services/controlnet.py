@@ -63,6 +63,8 @@ class ControlNetService:
         self._lock = threading.Lock()
         self._preprocessors: Any = None
         self.download_progress: tuple[str, float] | None = None  # shown while annotator weights download
+        self.progress_text: Any = None  # callable(str): the generation progress text, set by the container
+        self.annotator_base_url: str | None = None  # source of missing annotator weights (None: default)
 
     # -- models ----------------------------------------------------------------------------------------------
     def refresh(self) -> list[ControlNetRecord]:
@@ -104,10 +106,12 @@ class ControlNetService:
             if self._preprocessors is None:
                 from webui.runtime.controlnet.preprocessors import AnnotatorStore, Preprocessors
 
+                extra = {"base_url": self.annotator_base_url} if self.annotator_base_url else {}
                 store = AnnotatorStore(
                     self.annotators_dir,
                     allow_download=bool(self.options.get().control_net_allow_download),
                     progress=self._on_download,
+                    **extra,
                 )
                 self._preprocessors = Preprocessors(store)
             preprocessors = self._preprocessors
@@ -116,6 +120,8 @@ class ControlNetService:
 
     def _on_download(self, message: str, fraction: float) -> None:
         self.download_progress = (message, fraction) if fraction < 1.0 else None
+        if self.progress_text is not None:  # shown as the running job's progress text
+            self.progress_text(f"{message}: {fraction:.0%}")
 
     def detect(
         self,

@@ -10,8 +10,10 @@ with its preprocessor to a unit of txt2img or img2img.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -430,15 +432,28 @@ def build_controlnet_tab(
     sliders = [slider_1, slider_2, slider_3]
     module.change(slider_updates, inputs=module, outputs=sliders, api_visibility="private", queue=False)
 
-    def run(image: Image.Image | None, name: str, res: float, a: float, b: float) -> tuple[Any, str]:
+    def run(
+        image: Image.Image | None, name: str, res: float, a: float, b: float
+    ) -> Iterator[tuple[Any, str]]:
         if image is None:
-            return None, "⚠️ Upload a reference image first."
+            yield None, "⚠️ Upload a reference image first."
+            return
+        controlnet = services.controlnet
+        fields = _sliders_to_fields(name, res, a, b)
+        future = services.generation.submit_call(lambda: controlnet.detect(name, image, *fields))
+        while not future.done():  # first use of a preprocessor may download its weights: show it
+            concurrent.futures.wait([future], timeout=0.3)
+            downloading = controlnet.download_progress
+            if downloading is not None:
+                yield gr.update(), f"{downloading[0]}: {downloading[1]:.0%}"
+            elif not future.running():
+                yield gr.update(), "Waiting for the running job…"
         try:
-            fields = _sliders_to_fields(name, res, a, b)
-            result = run_detect(services, name, image, *fields)
+            result = future.result().image
         except Exception as exc:  # shown on the page; the app keeps running
-            return None, f"⚠️ {user_message(exc)}"
-        return result, f"{name}: {result.width}x{result.height}. Download it, or send it to a unit."
+            yield None, f"⚠️ {user_message(exc)}"
+            return
+        yield result, f"{name}: {result.width}x{result.height}. Download it, or send it to a unit."
 
     detect.click(
         run, inputs=[reference, module, *sliders], outputs=[detected, status], api_visibility="private"
