@@ -1,5 +1,6 @@
-"""--medvram / --lowvram offload hooks on the CPU: the code must make its inputs on the hooks' execution
-device, not where the (offloaded, possibly ``meta``) weights are. CUDA runs the same in tests/gpu."""
+"""generate_batch on real loaded checkpoints with hooks on their modules: --medvram / --lowvram offload
+(inputs must be made on the hooks' execution device, not where the offloaded, possibly ``meta``, weights
+are; CUDA runs the same in tests/gpu) and ControlNet units, SD 1.5 and SDXL."""
 
 from __future__ import annotations
 
@@ -60,3 +61,24 @@ def test_offloaded_model_generates_the_same_image(
     assert _generate(offloaded, []) == _generate(plain, [])
     unit = [ControlUnitInput(control=control, image=edges)]
     assert _generate(offloaded, unit) == _generate(plain, unit)
+
+
+def test_sdxl_controlnet_unit_through_generate_batch(
+    tiny_model_files: dict[str, Path], controlnet_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """SDXL: the hook hands the UNet's size/crop conditioning to the ControlNet (``added_cond_kwargs``)."""
+    path = tiny_model_files["sdxl_single"]
+    record = next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
+    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tok")
+    control_record = next(
+        r
+        for r in scan_controlnets(controlnet_files["sdxl"].parent)
+        if r.name == controlnet_files["sdxl"].name
+    )
+    control = load_controlnet(control_record, torch.float32)
+    assert control.is_sdxl
+    edges = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(edges).ellipse((12, 12, 52, 52), outline=(255, 255, 255), width=3)
+    plain = _generate(model, [])
+    assert _generate(model, [ControlUnitInput(control=control, image=edges)]) != plain
+    assert _generate(model, [ControlUnitInput(control=control, image=edges, weight=0.0)]) == plain
