@@ -160,7 +160,8 @@ def test_controlnet_units_and_helpers(api: object) -> None:
     reference = Image.new("RGB", (64, 64), (10, 10, 10))
     reference.paste((240, 240, 240), (16, 16, 48, 48))
     detected = api.controlnet_detect(images=[reference], module="canny", processor_res=64)
-    assert detected["info"] == "Success" and len(detected["images"]) == 1
+    assert detected.info == "Success" and len(detected.images) == 1  # webuiapi wraps the JSON
+    assert detected.image.size == (64, 64)
     unit = webuiapi.ControlNetUnit(
         image=reference,
         module="canny",
