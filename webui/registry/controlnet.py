@@ -29,9 +29,10 @@ from webui.domain.controlnet_models import (
     ControlNetLayout,
     ControlNetRecord,
 )
-from webui.registry.architecture import config_root
+from webui.registry.architecture import _Level, config_root
 from webui.registry.hashes import legacy_hash
 from webui.registry.safetensors_header import SafetensorsError, read_header
+from webui.registry.scanner import SKIP_FOLDER, walk_models
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -98,28 +99,14 @@ def scan_controlnets(root: Path, hashes: KnownHashes | None = None) -> list[Cont
 
 def _walk(root: Path) -> Iterator[tuple[Path, str | None]]:
     """Yield ``(path, None)`` for visible files and ``(folder, class name)`` for diffusers model folders."""
-    if not root.is_dir():
-        return
-    seen: set[str] = set()
-    for current, dirs, files in os.walk(root, followlinks=True):
-        here = Path(current)
-        seen.add(os.path.realpath(here))
-        dirs.sort()
-        kept: list[str] = []
-        for name in dirs:
-            if name.startswith(".") or os.path.realpath(here / name) in seen:
-                continue  # hidden, or a symlink loop back to a folder already walked
-            if (here / name / "model_index.json").is_file():
-                continue  # a whole diffusers pipeline: a checkpoint, not a ControlNet
-            folder_class = _folder_class(here / name)
-            if folder_class is not None:
-                yield here / name, folder_class
-            else:
-                kept.append(name)
-        dirs[:] = kept  # do not descend into model folders
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield here / name, None
+
+    def classify(folder: Path) -> object:
+        if (folder / "model_index.json").is_file():
+            return SKIP_FOLDER  # a whole diffusers pipeline: a checkpoint, not a ControlNet
+        return _folder_class(folder)
+
+    for path, label in walk_models(root, classify):
+        yield path, label if isinstance(label, str) else None
 
 
 def _folder_class(folder: Path) -> str | None:
@@ -329,14 +316,6 @@ def identify_controlnet(shapes: Shapes, *, name: str = "ControlNet") -> ControlN
 
 
 # -- config inference -------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Level:
-    channels: int
-    res_blocks: int = 0
-    attention: bool = False
-    depth: int = 0
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat
@@ -67,8 +67,16 @@ def scan_vae_files(vae_root: Path, checkpoint_root: Path | None = None) -> list[
 # -- internals --------------------------------------------------------------------------------------------
 
 
-def _walk(root: Path) -> Iterable[tuple[Path, bool]]:
-    """Yield ``(path, is_diffusers_folder)`` for visible files and diffusers folders under ``root``."""
+SKIP_FOLDER = object()  # ``walk_models`` classifier result: leave this folder out entirely
+
+
+def walk_models(root: Path, classify: Callable[[Path], object]) -> Iterator[tuple[Path, object]]:
+    """Yield ``(file, None)`` for visible files under ``root`` and ``(folder, label)`` for model folders.
+
+    ``classify(folder)`` returns a label for a model folder (yielded, not descended into), ``SKIP_FOLDER`` to
+    leave a folder out, or ``None`` to descend. Hidden entries are skipped, symlinks followed once (no
+    loops), and everything comes in sorted order.
+    """
     if not root.is_dir():
         return
     seen: set[str] = set()
@@ -80,14 +88,25 @@ def _walk(root: Path) -> Iterable[tuple[Path, bool]]:
         for name in dirs:
             if name.startswith(".") or os.path.realpath(here / name) in seen:
                 continue  # hidden, or a symlink loop back to a folder already walked
-            if (here / name / DIFFUSERS_MARKER).is_file():
-                yield here / name, True
+            label = classify(here / name)
+            if label is SKIP_FOLDER:
+                continue
+            if label is not None:
+                yield here / name, label
             else:
                 kept.append(name)
-        dirs[:] = kept  # do not descend into hidden or diffusers folders
+        dirs[:] = kept  # do not descend into hidden, skipped or model folders
         for name in sorted(files):
             if not name.startswith("."):
-                yield here / name, False
+                yield here / name, None
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
+    """Yield ``(path, is_diffusers_folder)`` for visible files and diffusers folders under ``root``."""
+    for path, label in walk_models(
+        root, lambda folder: True if (folder / DIFFUSERS_MARKER).is_file() else None
+    ):
+        yield path, label is not None
 
 
 def _is_upscaler_folder(folder: Path) -> bool:
