@@ -11,6 +11,7 @@ checked with diffusers directly, on the components Easel's loader gives, as an i
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,8 @@ from webui.domain.samplers import SAMPLERS
 
 pytestmark = pytest.mark.slow
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+# EASEL_REFERENCE_MODELS checks a freshly trained set (tools/train_reference_models.py --out DIR) instead.
+MODELS = Path(os.environ.get("EASEL_REFERENCE_MODELS", Path(__file__).resolve().parents[2] / "models"))
 CHECKPOINT = MODELS / "Stable-diffusion" / "easel-reference"
 CONTROLNET = MODELS / "ControlNet" / "easel-reference-edges"
 LORA = MODELS / "Lora" / "easel-reference-grayscale.safetensors"
