@@ -93,6 +93,10 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options, models.hashes)
     generation.controlnet = controlnet
     controlnet.progress_text = generation.progress.set_text
+    # Preprocessors run where generation does (a GPU when there is one); asked on first use only.
+    controlnet.preprocess_device = lambda: str(
+        getattr(getattr(generation.engine(), "choice", None), "device", "cpu")
+    )
     return Services(
         settings=settings,
         options=options,

@@ -65,6 +65,7 @@ class ControlNetService:
         self.download_progress: tuple[str, float] | None = None  # shown while annotator weights download
         self.progress_text: Any = None  # callable(str): the generation progress text, set by the container
         self.annotator_base_url: str | None = None  # source of missing annotator weights (None: default)
+        self.preprocess_device: Any = None  # callable() -> "cuda" / "cpu": where preprocessors run
 
     # -- models ----------------------------------------------------------------------------------------------
     def refresh(self) -> list[ControlNetRecord]:
@@ -113,7 +114,8 @@ class ControlNetService:
                     progress=self._on_download,
                     **extra,
                 )
-                self._preprocessors = Preprocessors(store)
+                device = self.preprocess_device() if self.preprocess_device is not None else "cpu"
+                self._preprocessors = Preprocessors(store, device=device)
             preprocessors = self._preprocessors
         preprocessors.store.allow_download = bool(self.options.get().control_net_allow_download)
         return preprocessors
