@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -56,6 +57,21 @@ def running_app(data_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def set_size_steps_seed(
+    page: Any, tab: str, *, steps: int = 4, seed: int | None = None, size: int = 64
+) -> None:
+    """Fill a tab's width, height, steps (and seed) the way a user types them: value, then Tab."""
+    values = ((f"{tab}_width", size), (f"{tab}_height", size), (f"{tab}_steps", steps))
+    for elem_id, value in values:
+        field = page.locator(f"#{elem_id} input[type=number]")
+        field.fill(str(value))
+        field.press("Tab")
+    if seed is not None:
+        box = page.locator(f"#{tab}_seed input, #{tab}_seed textarea").first
+        box.fill(str(seed))
+        box.press("Tab")
 
 
 def draw_init_png(path: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, draw_init_png
+from tests.browser.conftest import CHROMIUM, draw_init_png, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -60,13 +60,7 @@ def test_preview_map_send_to_txt2img_and_generate(
             page.wait_for_selector("#txt2img_controlnet_0_image img", timeout=30_000)
             assert page.locator("#txt2img_controlnet_0_enabled input").is_checked()
             page.fill("#txt2img_prompt textarea", "a disc")
-            for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "4")):
-                field = page.locator(f"#{elem_id} input[type=number]")
-                field.fill(value)
-                field.press("Tab")
-            seed = page.locator("#txt2img_seed input").first
-            seed.fill("77")
-            seed.press("Tab")
+            set_size_steps_seed(page, "txt2img", steps=4, seed=77)
             page.click("#txt2img_generate")
             page.wait_for_function(
                 "document.querySelector('#txt2img_infotext textarea') && "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, draw_init_png
+from tests.browser.conftest import CHROMIUM, draw_init_png, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,13 +26,7 @@ def test_img2img_from_the_browser(running_app: str, tmp_path: Path) -> None:
             page.fill("#img2img_prompt textarea", "a red circle")
             page.locator("#img2img_image input[type=file]").set_input_files(str(init))
             page.wait_for_selector("#img2img_image img", timeout=30_000)
-            for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "4")):
-                field = page.locator(f"#{elem_id} input[type=number]")
-                field.fill(value)
-                field.press("Tab")
-            seed = page.locator("#img2img_seed input").first
-            seed.fill("99")
-            seed.press("Tab")
+            set_size_steps_seed(page, "img2img", steps=4, seed=99)
             page.click("#img2img_generate")
             page.wait_for_selector("#img2img_gallery img", timeout=120_000)
             page.wait_for_function(

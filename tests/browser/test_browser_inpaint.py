@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import CHROMIUM, draw_init_png
+from tests.browser.conftest import CHROMIUM, draw_init_png, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -55,13 +55,7 @@ def test_paint_a_mask_and_inpaint(running_app: str, tmp_path: Path) -> None:
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / "inpaint-painted.png"), full_page=True)
             page.fill("#img2img_prompt textarea", "a green square")
-            for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "4")):
-                field = page.locator(f"#{elem_id} input[type=number]")
-                field.fill(value)
-                field.press("Tab")
-            seed = page.locator("#img2img_seed input").first
-            seed.fill("77")
-            seed.press("Tab")
+            set_size_steps_seed(page, "img2img", steps=4, seed=77)
             page.click("#img2img_generate")
             page.wait_for_selector("#img2img_gallery img", timeout=120_000)
             page.wait_for_function(

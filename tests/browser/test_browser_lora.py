@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import CHROMIUM, set_size_steps_seed
 from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -30,10 +30,7 @@ def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:
             page.goto(running_app)
             page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
             page.fill("#txt2img_prompt textarea", "a red circle")
-            for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "3")):
-                field = page.locator(f"#{elem_id} input[type=number]")
-                field.fill(value)
-                field.press("Tab")
+            set_size_steps_seed(page, "txt2img", steps=3)
             dropdown = page.locator("#txt2img_loras input").first
             dropdown.click()
             page.locator("#txt2img_loras").get_by_text("inkwash").first.wait_for(timeout=10_000)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import CHROMIUM, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,13 +29,7 @@ def test_generate_from_the_browser(running_app: str, tmp_path: Path) -> None:
             page.goto(running_app)
             page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
             page.fill("#txt2img_prompt textarea", "a red circle on a blue background")
-            for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "4")):
-                field = page.locator(f"#{elem_id} input[type=number]")
-                field.fill(value)
-                field.press("Tab")
-            seed = page.locator("#txt2img_seed input, #txt2img_seed textarea").first
-            seed.fill("4321")
-            seed.press("Tab")
+            set_size_steps_seed(page, "txt2img", steps=4, seed=4321)
             page.click("#txt2img_generate")
             page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
             page.wait_for_function(

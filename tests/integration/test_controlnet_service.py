@@ -192,3 +192,15 @@ def test_missing_annotator_weights_download_with_progress_or_fail_clearly(
     assert (data_dir / "models" / "annotators" / "table5_pidinet.pth").is_file()
     assert any(text.startswith("Downloading table5_pidinet.pth") for text in shown), shown
     assert shown[-1].endswith("100%")
+
+
+def test_model_cache_size_option_bounds_loaded_controlnets(cn_services: Any) -> None:
+    folder_title = _title(cn_services, "tiny-folder-cn")
+    generation = cn_services.generation
+    cn_services.options.update({"control_net_model_cache_size": 1})
+    generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[_unit(cn_services)]))
+    generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[_unit(cn_services, model=folder_title)]))
+    assert len(generation.engine()._controlnets) == 1
+    cn_services.options.update({"control_net_model_cache_size": 2})
+    generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[_unit(cn_services)]))
+    assert len(generation.engine()._controlnets) == 2

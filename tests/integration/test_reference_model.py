@@ -238,6 +238,21 @@ def centroid_errors(images: np.ndarray, centroids: list[tuple[float, float]]) ->
     return np.array(errors)
 
 
+def assert_shapes_follow_the_control(
+    label: str, controlled: np.ndarray, free: np.ndarray, centroids: list[tuple[float, float]]
+) -> None:
+    """Shapes drawn at weight 1 sit where the control maps put them; at weight 0 they land elsewhere."""
+    errors = centroid_errors(controlled, centroids)
+    free_errors = centroid_errors(free, centroids)
+    print(
+        f"{label} ControlNet centroid errors, weight 1: {np.round(errors, 1).tolist()}; "
+        f"weight 0: {np.round(free_errors, 1).tolist()}"
+    )
+    assert np.median(errors) <= MAX_MEDIAN_CENTROID_ERROR, errors
+    assert (errors <= MAX_CENTROID_ERROR).mean() >= MIN_WITHIN_CENTROID_ERROR, errors
+    assert np.median(free_errors) > 2 * np.median(errors), (errors, free_errors)
+
+
 def test_controlnet_puts_the_shape_where_the_control_map_has_it(controlnet_pipeline: Any) -> None:
     prompts, controls, centroids = control_cases()
     common = {
@@ -255,16 +270,7 @@ def test_controlnet_puts_the_shape_where_the_control_map_has_it(controlnet_pipel
         free = controlnet_pipeline(
             prompt=prompts, image=controls, latents=latents, controlnet_conditioning_scale=0.0, **common
         ).images
-    errors = centroid_errors(images, centroids)
-    free_errors = centroid_errors(free, centroids)
-    print(
-        f"controlnet centroid errors, weight 1: {np.round(errors, 1).tolist()}; "
-        f"weight 0: {np.round(free_errors, 1).tolist()}"
-    )
-    assert np.median(errors) <= MAX_MEDIAN_CENTROID_ERROR, errors
-    assert (errors <= MAX_CENTROID_ERROR).mean() >= MIN_WITHIN_CENTROID_ERROR, errors
-    # Without the control the shapes land elsewhere: the ControlNet is what places them.
-    assert np.median(free_errors) > 2 * np.median(errors), (errors, free_errors)
+    assert_shapes_follow_the_control("diffusers", images, free, centroids)
 
 
 def test_controlnet_unit_through_easel_places_the_shape(services: Any) -> None:
@@ -286,15 +292,10 @@ def test_controlnet_unit_through_easel_places_the_shape(services: Any) -> None:
             images += generate(
                 services, prompt, 700 + index, 1, steps=20, cfg_scale=7.0, controlnet_units=[unit]
             )
-    errors = centroid_errors(np.stack([to_array(png) for png in outputs[1.0]]), centroids)
-    free_errors = centroid_errors(np.stack([to_array(png) for png in outputs[0.0]]), centroids)
-    print(
-        f"Easel ControlNet centroid errors, weight 1: {np.round(errors, 1).tolist()}; "
-        f"weight 0: {np.round(free_errors, 1).tolist()}"
+    controlled = np.stack([to_array(png) for png in outputs[1.0]])
+    assert_shapes_follow_the_control(
+        "Easel", controlled, np.stack([to_array(png) for png in outputs[0.0]]), centroids
     )
-    assert np.median(errors) <= MAX_MEDIAN_CENTROID_ERROR, errors
-    assert (errors <= MAX_CENTROID_ERROR).mean() >= MIN_WITHIN_CENTROID_ERROR, errors
-    assert np.median(free_errors) > 2 * np.median(errors), (errors, free_errors)
 
 
 @pytest.mark.parametrize(

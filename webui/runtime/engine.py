@@ -47,7 +47,6 @@ class Engine:
         self.lora_files = LoraFileCache(lora_cache_mb * 2**20)
         self.embedding_store = EmbeddingStore()
         self._controlnets: Any = None  # webui.runtime.controlnet.models.ControlNetCache, made on first use
-        self.controlnet_cache_size = 2
         log.info("generation device: %s", self.choice.describe())
 
     @property
@@ -97,14 +96,17 @@ class Engine:
         return sd_upscale_batch(model, job, spec, on_step=on_step)
 
     # -- ControlNet -----------------------------------------------------------------------------------------
-    def controlnet(self, record: Any, model: LoadedModel, *, low_vram: bool = False) -> Any:
+    def controlnet(
+        self, record: Any, model: LoadedModel, *, low_vram: bool = False, cache_size: int = 2
+    ) -> Any:
         """``record`` (a ``ControlNetRecord``) loaded for ``model``: its dtype, on its device (on the CPU with
         ``low_vram``; moved in for each pass). ``ControlError`` if it does not fit the model."""
         from webui.runtime.controlnet.apply import ControlError
         from webui.runtime.controlnet.models import ControlNetCache
 
         if self._controlnets is None:
-            self._controlnets = ControlNetCache(capacity=self.controlnet_cache_size)
+            self._controlnets = ControlNetCache(capacity=cache_size)
+        self._controlnets.capacity = cache_size  # option control_net_model_cache_size; applies from this load
         device = "cpu" if low_vram else model.device
         loaded = self._controlnets.get(record, model.unet.dtype, device)
         unet_dim = model.unet.config.cross_attention_dim

@@ -209,7 +209,9 @@ class ControlNetService:
                 )
             detected = self.detect(info.name, source, resolution, unit.threshold_a, unit.threshold_b)
             record = self.find(unit.model)
-            loaded = engine.controlnet(record, model, low_vram=unit.low_vram)
+            loaded = engine.controlnet(
+                record, model, low_vram=unit.low_vram, cache_size=opts.control_net_model_cache_size
+            )
             inputs.append(
                 ControlUnitInput(
                     control=loaded,
@@ -220,7 +222,6 @@ class ControlNetService:
                     control_mode=unit.control_mode.value,
                     resize_mode=unit.resize_mode.value,
                     hr_option=unit.hr_option.value,
-                    low_vram=unit.low_vram,
                 )
             )
             indices.append(index)

@@ -285,34 +285,20 @@ class GenerationService(ImageModesMixin):
                         return not (progress.interrupted or progress.skipped)
 
                     batch_images, _stopped = self._generate_batch(engine, model, job, canonical, on_step)
-                    for index, image in enumerate(batch_images):
-                        images.append(
-                            self._finish_image(
-                                canonical,
-                                image,
-                                seeds[index],
-                                subseeds[index],
-                                record,
-                                model,
-                                model_hash,
-                                extra=infotext_extra,
-                            )
-                        )
-                    kept = job.extra.pop("first_pass_images", None)
-                    if kept and opts.save_images_before_highres_fix:
-                        for index, image in enumerate(kept):
-                            first_passes.append(
-                                self._finish_image(
-                                    canonical,
-                                    image,
-                                    seeds[index],
-                                    subseeds[index],
-                                    record,
-                                    model,
-                                    model_hash,
-                                    extra=infotext_extra,
-                                )
-                            )
+                    kept = job.extra.pop("first_pass_images", None) or []
+
+                    def finish(
+                        made: list[Any], seeds: list[int] = seeds, subseeds: list[int] = subseeds
+                    ) -> list[GeneratedImage]:
+                        return [
+                            self._finish_image(canonical, image, seeds[i], subseeds[i], record, model,
+                                               model_hash, extra=infotext_extra)
+                            for i, image in enumerate(made)
+                        ]  # fmt: skip
+
+                    images += finish(batch_images)
+                    if opts.save_images_before_highres_fix:  # hires first passes, kept as well
+                        first_passes += finish(kept)
                     if progress.interrupted:
                         interrupted = True
                         break

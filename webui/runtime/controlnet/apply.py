@@ -73,7 +73,6 @@ class ControlUnitInput:
     control_mode: str = MODE_BALANCED
     resize_mode: str = "Crop and Resize"
     hr_option: str = "Both"
-    low_vram: bool = False
     _hints: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict, repr=False)
     _adapter_features: dict[tuple[int, int, str], list[torch.Tensor]] = field(
         default_factory=dict, repr=False
@@ -162,7 +161,6 @@ class ControlSession:
         self.total = max(1, total)
         self.soft = soft
         self.step = 0  # 0-based index of the step being computed; the step callback advances it
-        self.calls = 0
 
     def advance(self, done: int) -> None:
         """Called after each step with the number of steps done."""
@@ -175,7 +173,6 @@ class ControlSession:
         active = [unit for unit in self.units if unit.active_at(self.step, self.total)]
         if not active:
             return None
-        self.calls += 1
         rows = sample.shape[0]
         # Diffusers stacks [unconditional, conditional] when classifier-free guidance is on.
         cfg = rows == 2 * self.batch
