@@ -98,3 +98,15 @@ def controlnet_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         "folder": write_folder(tiny_sd15_controlnet(seed=99), root / "tiny-folder-cn"),
         "sdxl": write_ldm_file(tiny_sdxl_controlnet(), root / "control_tiny_sdxl.safetensors"),
     }
+
+
+@pytest.fixture(scope="session")
+def face_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The face detector (``detection_Resnet50_Final.pth``) and a RestoreFormer, random weights."""
+    from tests.fixtures.face_models import write_detector, write_restoreformer
+
+    root = tmp_path_factory.mktemp("face-models")
+    return {
+        "detector": write_detector(root / "detection_Resnet50_Final.pth"),
+        "restoreformer": write_restoreformer(root / "RestoreFormer.pth"),
+    }

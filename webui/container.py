@@ -9,6 +9,7 @@ from typing import Any
 
 from webui.services.controlnet import ControlNetService
 from webui.services.extras import ExtrasService, UpscalerService
+from webui.services.faces import FaceRestoreService
 from webui.services.generation import GenerationService
 from webui.services.lora import NetworkService
 from webui.services.models import ModelService
@@ -30,6 +31,7 @@ class Services:
     extras: ExtrasService | None = None
     styles: StyleStore | None = None
     controlnet: ControlNetService | None = None
+    faces: FaceRestoreService | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -89,14 +91,19 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     generation.upscalers = upscalers
     styles = StyleStore(settings.styles_file)
     generation.styles = styles
-    extras = ExtrasService(upscalers, generation, options, settings.outputs_path)
+    # Face restoration runs where generation does, asked on first use only.
+    faces = FaceRestoreService(
+        settings.models_root,
+        options,
+        lambda: str(getattr(getattr(generation.engine(), "choice", None), "device", "cpu")),
+    )
+    generation.faces = faces
+    extras = ExtrasService(upscalers, generation, options, settings.outputs_path, faces=faces)
     controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options, models.hashes)
     generation.controlnet = controlnet
     controlnet.progress_text = generation.progress.set_text
     # Preprocessors run where generation does (a GPU when there is one); asked on first use only.
-    controlnet.preprocess_device = lambda: str(
-        getattr(getattr(generation.engine(), "choice", None), "device", "cpu")
-    )
+    controlnet.preprocess_device = faces.device
     return Services(
         settings=settings,
         options=options,
@@ -107,4 +114,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         extras=extras,
         styles=styles,
         controlnet=controlnet,
+        faces=faces,
     )

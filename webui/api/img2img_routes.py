@@ -77,6 +77,9 @@ def _extras_request(body: ExtrasBaseBody, images: list[str], names: list[str]) -
             upscaler_2=body.upscaler_2,
             extras_upscaler_2_visibility=body.extras_upscaler_2_visibility,
             upscale_first=body.upscale_first,
+            gfpgan_visibility=body.gfpgan_visibility,
+            codeformer_visibility=body.codeformer_visibility,
+            codeformer_weight=body.codeformer_weight,
             save_images=False,  # as A1111's API: results are returned, not saved
         )
     except ValidationError as exc:

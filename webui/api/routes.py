@@ -120,6 +120,7 @@ def txt2img_request(
     fields["save_images"] = body.save_images
     fields["styles"] = list(body.styles or [])
     fields["tiling"] = bool(body.tiling)
+    fields["restore_faces"] = bool(body.restore_faces)
     fields["override_settings"] = request_overrides(body, services)
     check_scripts(body, "txt2img" if cls is Txt2ImgRequest else "img2img")
     from webui.api.controlnet_routes import controlnet_units_from_body
@@ -177,11 +178,6 @@ def keep_overrides(body: Txt2ImgBody, services: Services) -> None:
         services.options.update({k: v for k, v in body.override_settings.items() if v is not None})
 
 
-NO_FACE_RESTORER = (
-    "Face restoration was requested but no face restorer is installed; the images are not restored."
-)
-
-
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -209,8 +205,8 @@ def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
         "cfg_scale": request.cfg_scale,
         "steps": request.steps,
         "batch_size": request.batch_size,
-        "restore_faces": bool(body.get("restore_faces")),  # requested; no restorer ran (see warnings)
-        "face_restoration_model": None,
+        "restore_faces": request.restore_faces,
+        "face_restoration_model": result.face_restoration_model,  # None when none ran (see warnings)
         "sd_model_name": result.model_name,
         "sd_model_hash": result.model_hash,
         "sd_vae_name": result.vae_name,
@@ -226,7 +222,7 @@ def result_info(result: GenerationResult, body: dict[str, Any]) -> str:
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": result.version,
-        "warnings": list(result.warnings) + ([NO_FACE_RESTORER] if body.get("restore_faces") else []),
+        "warnings": list(result.warnings),
     }
     return json.dumps(info, ensure_ascii=False)
 

@@ -58,7 +58,7 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
 
     @router.get("/sdapi/v1/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:
-        return []  # no face restorer is built in yet
+        return [record.api_dict() for record in services.faces.available()] if services.faces else []
 
     @router.get("/sdapi/v1/realesrgan-models")
     def realesrgan_models() -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ class GenerationParams(BaseModel):
     samples_format: str = "png"
     styles: list[str] = Field(default_factory=list)  # names from styles.csv, applied in order
     tiling: bool = False  # seamless: the image's edges continue each other
+    restore_faces: bool = False  # run the face restorer (option face_restoration_model) on each image
     # A1111 options (config.json names) that apply to this request only, e.g. {"jpeg_quality": 80}.
     override_settings: dict[str, Any] = Field(default_factory=dict)
     # ControlNet units (the extension's ``alwayson_scripts.controlnet.args``); inactive ones are ignored.
@@ -177,6 +178,7 @@ class GenerationResult(BaseModel):
     version: str = ""
     warnings: list[str] = Field(default_factory=list)  # e.g. a LoRA that does not fit the model
     detected_maps: list[DetectedMap] = Field(default_factory=list)
+    face_restoration_model: str | None = None  # the restorer that ran (restore_faces), if any
 
     @property
     def seeds(self) -> list[int]:

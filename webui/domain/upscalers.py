@@ -8,12 +8,14 @@ from webui.domain.img2img import UPSCALER_NONE
 
 
 class ExtrasRequest(BaseModel):
-    """A1111's ``extra-single-image`` / ``extra-batch-images`` fields (face restoration aside).
+    """A1111's ``extra-single-image`` / ``extra-batch-images`` fields.
 
     ``resize_mode`` 0 scales by ``upscaling_resize``; 1 scales to cover ``upscaling_resize_w`` x
     ``upscaling_resize_h`` and, with ``upscaling_crop``, centre-crops to exactly that size. ``upscaler_2``
     is blended over ``upscaler_1``'s result at ``extras_upscaler_2_visibility``. With ``upscaler_1`` set to
-    ``None`` the image is returned unscaled, as in A1111.
+    ``None`` the image is returned unscaled, as in A1111. After upscaling (A1111's default operation order),
+    ``gfpgan_visibility`` and ``codeformer_visibility`` blend in the faces restored by GFPGAN and CodeFormer
+    (``codeformer_weight``: 0 restores most, 1 least).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +31,9 @@ class ExtrasRequest(BaseModel):
     upscaler_2: str = UPSCALER_NONE
     extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
     upscale_first: bool = False
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
     save_images: bool = True
     samples_format: str = "png"
 

@@ -131,6 +131,7 @@ def generation_params(
     vae_hash: str | None = None,
     version: str | None,
     extra: Mapping[str, object] | None = None,
+    face_restoration: str | None = None,
 ) -> dict[str, object]:
     """The ordered params of one image, with A1111's keys, spelling and fixed order.
 
@@ -153,6 +154,8 @@ def generation_params(
         params["Schedule type"] = schedule
     params["CFG scale"] = request.cfg_scale
     params["Seed"] = seed
+    if face_restoration:
+        params["Face restoration"] = face_restoration
     params["Size"] = f"{request.width}x{request.height}"
     if model_hash:
         params["Model hash"] = model_hash
@@ -273,6 +276,16 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
+def _as_flag(value: object) -> bool | None:
+    text = str(value).strip().lower()
+    return True if text == "true" else False if text == "false" else None
+
+
+def _named(value: object) -> bool:
+    """``Face restoration: GFPGAN``: the key's presence means the option was on."""
+    return True
+
+
 # Infotext key -> (request field, converter). A converter returning None means "unusable value, skip it".
 _FIELD_MAP: dict[str, tuple[str, Callable[[object], object | None]]] = {
     "Prompt": ("prompt", _as_text),
@@ -283,6 +296,8 @@ _FIELD_MAP: dict[str, tuple[str, Callable[[object], object | None]]] = {
     "Size-1": ("width", _as_int),
     "Size-2": ("height", _as_int),
     "Clip skip": ("clip_skip", _as_int),
+    "Face restoration": ("restore_faces", _named),
+    "Tiling": ("tiling", _as_flag),
     "Variation seed": ("subseed", _as_int),
     "Variation seed strength": ("subseed_strength", _as_float),
     "Model": ("checkpoint", _as_text),
@@ -313,8 +328,9 @@ def request_fields_from_infotext(
 
     Handles ``Prompt``/``Negative prompt``, ``Steps``, ``Sampler`` + ``Schedule type`` (a legacy combined
     sampler name such as ``DPM++ 2M Karras`` is split, and its suffix wins over ``Schedule type``, as in
-    A1111), ``CFG scale``, ``Seed``, ``Size``, ``Clip skip``, ``Variation seed``/``strength``, ``RNG``,
-    ``Model`` (-> ``checkpoint``), ``VAE``, ``Eta``, ``Denoising strength`` and the ``Hires ...`` keys
+    A1111), ``CFG scale``, ``Seed``, ``Size``, ``Clip skip``, ``Face restoration``, ``Tiling``,
+    ``Variation seed``/``strength``, ``RNG``, ``Model`` (-> ``checkpoint``), ``VAE``, ``Eta``,
+    ``Denoising strength`` and the ``Hires ...`` keys
     (``enable_hr`` is set when any hires upscale/resize/upscaler is present). Unknown keys, and values that
     do not convert (e.g. ``Steps: many``), are ignored, so a foreign image still pastes what it can.
 

@@ -81,8 +81,11 @@ class UpscalerService:
 
 
 class ExtrasService:
-    def __init__(self, upscalers: UpscalerService, generation: Any, options: Any, outputs_root: Path) -> None:
+    def __init__(
+        self, upscalers: UpscalerService, generation: Any, options: Any, outputs_root: Path, faces: Any = None
+    ) -> None:
         self.upscalers = upscalers
+        self.faces = faces  # webui.services.faces.FaceRestoreService
         self.generation = generation
         self.options = options
         self.outputs_root = outputs_root
@@ -94,6 +97,12 @@ class ExtrasService:
         second = self.upscalers.find(request.upscaler_2) if request.extras_upscaler_2_visibility > 0 else None
         if second is not None and second.name == UPSCALER_NONE:
             second = None
+        asked = {"GFPGAN": request.gfpgan_visibility, "CodeFormer": request.codeformer_visibility}
+        for kind, visibility in asked.items():
+            if visibility > 0:  # not installed: say so before any work is done
+                if self.faces is None:
+                    raise ValueError("Face restoration is not available in this setup.")
+                self.faces.choose(kind)
         processed = self.generation.submit_call(
             lambda: [self._process(request, image, first, second) for image in images]
         ).result()
@@ -134,8 +143,8 @@ class ExtrasService:
     ) -> tuple[Image.Image, dict[str, object]]:
         info: dict[str, object] = {}
         source = image.convert("RGB")
-        if first.name == UPSCALER_NONE:
-            return source, info  # A1111: upscaler 1 "None" leaves the image as it is
+        if first.name == UPSCALER_NONE:  # A1111: upscaler 1 "None" leaves the size as it is
+            return self._restore_faces(request, source, info)
         if request.resize_mode == 1:
             target_w, target_h = request.upscaling_resize_w, request.upscaling_resize_h
             scale = max(target_w / source.width, target_h / source.height)
@@ -154,4 +163,20 @@ class ExtrasService:
             left, top = (width - target_w) // 2, (height - target_h) // 2
             result = result.crop((left, top, left + target_w, top + target_h))
             info["Postprocess crop to"] = f"{target_w}x{target_h}"
-        return result, info
+        return self._restore_faces(request, result, info)
+
+    def _restore_faces(
+        self, request: ExtrasRequest, image: Image.Image, info: dict[str, object]
+    ) -> tuple[Image.Image, dict[str, object]]:
+        """GFPGAN, then CodeFormer, each blended in at its visibility (A1111's order and infotext keys)."""
+        if request.gfpgan_visibility > 0:
+            image, _name, _faces = self.faces.restore(image, "GFPGAN", visibility=request.gfpgan_visibility)
+            info["GFPGAN visibility"] = round(request.gfpgan_visibility, 3)
+        if request.codeformer_visibility > 0:
+            image, _name, _faces = self.faces.restore(
+                image, "CodeFormer", visibility=request.codeformer_visibility,
+                codeformer_weight=request.codeformer_weight,
+            )  # fmt: skip
+            info["CodeFormer visibility"] = round(request.codeformer_visibility, 3)
+            info["CodeFormer weight"] = round(request.codeformer_weight, 3)
+        return image, info

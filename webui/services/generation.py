@@ -57,6 +57,7 @@ class GenerationService(ImageModesMixin):
         self.networks = networks  # webui.services.lora.NetworkService (LoRAs, embeddings), optional
         self.styles: Any = None  # webui.services.styles.StyleStore, set by the container
         self.controlnet: Any = None  # webui.services.controlnet.ControlNetService, set by the container
+        self.faces: Any = None  # webui.services.faces.FaceRestoreService, set by the container
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -236,6 +237,7 @@ class GenerationService(ImageModesMixin):
         images: list[GeneratedImage] = []
         first_passes: list[GeneratedImage] = []  # hires first passes kept (save_images_before_highres_fix)
         interrupted = False
+        face_model: str | None = None  # the face restorer that ran, for the API's info
         try:
             progress.set_text("Loading model")
             vae_option = request.vae if request.vae is not None else opts.sd_vae
@@ -250,6 +252,7 @@ class GenerationService(ImageModesMixin):
                     job_extra["control"] = control.plan
                 infotext_extra = {**control.infotext, **infotext_extra}  # A1111: script keys first
                 warnings.extend(control.warnings)
+                restorer = self._face_restorer(request, warnings)
                 if request.tiling:
                     infotext_extra = {**infotext_extra, "Tiling": True}
                 for iteration in range(request.n_iter):
@@ -286,17 +289,26 @@ class GenerationService(ImageModesMixin):
 
                     batch_images, _stopped = self._generate_batch(engine, model, job, canonical, on_step)
                     kept = job.extra.pop("first_pass_images", None) or []
+                    restored_by = None
+                    if restorer is not None:
+                        progress.set_text("Restoring faces")
+                        batch_images, restored_by = self._restore_faces(batch_images, restorer, warnings)
+                        restorer = restored_by  # one that failed is not tried again
+                        face_model = face_model or restored_by
 
                     def finish(
-                        made: list[Any], seeds: list[int] = seeds, subseeds: list[int] = subseeds
+                        made: list[Any],
+                        face: str | None = None,
+                        seeds: list[int] = seeds,
+                        subseeds: list[int] = subseeds,
                     ) -> list[GeneratedImage]:
                         return [
                             self._finish_image(canonical, image, seeds[i], subseeds[i], record, model,
-                                               model_hash, extra=infotext_extra)
+                                               model_hash, extra=infotext_extra, face_restoration=face)
                             for i, image in enumerate(made)
                         ]  # fmt: skip
 
-                    images += finish(batch_images)
+                    images += finish(batch_images, restored_by)
                     if opts.save_images_before_highres_fix:  # hires first passes, kept as well
                         first_passes += finish(kept)
                     if progress.interrupted:
@@ -342,6 +354,7 @@ class GenerationService(ImageModesMixin):
             version=VERSION,
             warnings=warnings,
             detected_maps=control.maps,
+            face_restoration_model=face_model,
         )
 
     def job_options(self, request: Txt2ImgRequest | Img2ImgRequest) -> Any:
@@ -364,6 +377,32 @@ class GenerationService(ImageModesMixin):
         if not enabled or tiling is None:
             return contextlib.nullcontext()
         return tiling(model, enabled)
+
+    def _face_restorer(self, request: Txt2ImgRequest | Img2ImgRequest, warnings: list[str]) -> str | None:
+        """The face restorer to run on this job's images, or None (with a warning if one was asked for)."""
+        if not request.restore_faces:
+            return None
+        if self.faces is None:
+            warnings.append("Face restoration is not available in this setup; the images are not restored.")
+            return None
+        opts = self.job_options(request)
+        try:
+            return str(self.faces.choose(opts.face_restoration_model or None).name)
+        except ValueError as exc:  # nothing installed, or not the one the option names
+            warnings.append(f"{exc} The images are not restored.")
+            return None
+
+    def _restore_faces(
+        self, images: list[Any], name: str, warnings: list[str]
+    ) -> tuple[list[Any], str | None]:
+        """``images`` with their faces restored; on failure the images as they are and a warning, so a
+        generated picture is never lost to a broken restorer file."""
+        try:
+            return [self.faces.restore(image, name)[0] for image in images], name
+        except Exception as exc:
+            log.warning("face restoration failed: %s", exc)
+            warnings.append(f"Face restoration failed ({exc}); the images are not restored.")
+            return images, None
 
     def _prepare_networks(
         self, engine: Any, model: Any, request: Txt2ImgRequest | Img2ImgRequest
@@ -407,6 +446,7 @@ class GenerationService(ImageModesMixin):
         model: Any,
         model_hash: str | None,
         extra: dict[str, object] | None = None,
+        face_restoration: str | None = None,
     ) -> GeneratedImage:
         opts = self.job_options(request)
         params = generation_params(
@@ -419,6 +459,7 @@ class GenerationService(ImageModesMixin):
             vae_hash=model.vae_hash,
             version=VERSION if opts.add_version_to_infotext else None,
             extra=self._mode_extra(request, extra),
+            face_restoration=face_restoration,
         )
         infotext = build_infotext(request.prompt, request.negative_prompt, params)
         fmt = cast(ImageFormat, request.samples_format)

@@ -42,6 +42,8 @@ class Options(BaseModel):
     outdir_samples: str = ""
     outdir_txt2img_samples: str = "outputs/txt2img-images"
     save_images_before_highres_fix: bool = False  # hires fix: also save (and return) the first pass
+    face_restoration_model: str = ""  # GFPGAN, CodeFormer or RestoreFormer; empty: the first installed
+    code_former_weight: float = Field(0.5, ge=0.0, le=1.0)  # CodeFormer fidelity: 0 strongest, 1 weakest
     # ControlNet (the sd-webui-controlnet extension's option names)
     control_net_unit_count: int = Field(3, ge=1, le=10)  # units shown in txt2img / img2img
     control_net_model_cache_size: int = Field(2, ge=1, le=10)  # ControlNets kept loaded

@@ -1,4 +1,5 @@
-"""The Extras tab: upscale one image or a batch, by factor or to a size, with two upscalers blended."""
+"""The Extras tab: upscale one image or a batch, by factor or to a size, with two upscalers blended, then
+restore faces with GFPGAN and/or CodeFormer (each blended in at its visibility)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,20 @@ def build_extras(services: Any) -> dict[str, Any]:
                     label="Upscaler 2 visibility",
                     elem_id="extras_upscaler_2_visibility",
                 )
+            with gr.Row():
+                gfpgan = gr.Slider(
+                    0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
+                    elem_id="extras_gfpgan_visibility",
+                )  # fmt: skip
+                codeformer = gr.Slider(
+                    0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
+                    elem_id="extras_codeformer_visibility",
+                )  # fmt: skip
+                codeformer_weight = gr.Slider(
+                    0.0, 1.0, value=0.0, step=0.001,
+                    label="CodeFormer weight (0 = maximum effect, 1 = minimum)",
+                    elem_id="extras_codeformer_weight",
+                )  # fmt: skip
             run_button = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
             error = gr.Markdown("", visible=False, elem_id="extras_error", elem_classes=["easel-error"])
@@ -82,6 +97,9 @@ def build_extras(services: Any) -> dict[str, Any]:
         upscaler_1: str,
         upscaler_2: str,
         visibility: float,
+        gfpgan_visibility: float = 0.0,
+        codeformer_visibility: float = 0.0,
+        codeformer_weight: float = 0.0,
     ) -> dict[Any, Any]:
         try:
             if batch:
@@ -105,6 +123,9 @@ def build_extras(services: Any) -> dict[str, Any]:
                 upscaler_1=upscaler_1,
                 upscaler_2=upscaler_2,
                 extras_upscaler_2_visibility=visibility,
+                gfpgan_visibility=gfpgan_visibility,
+                codeformer_visibility=codeformer_visibility,
+                codeformer_weight=codeformer_weight,
                 samples_format=services.options.get().samples_format,
             )
             result = services.extras.run(request)
@@ -131,6 +152,9 @@ def build_extras(services: Any) -> dict[str, Any]:
             upscaler_1,
             upscaler_2,
             visibility,
+            gfpgan,
+            codeformer,
+            codeformer_weight,
         ],
         outputs=[gallery, info, error],
         api_name="extras",

@@ -26,7 +26,14 @@ from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, un
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.lora import build_lora_picker
 from webui.ui.styles import build_styles_dropdown
-from webui.ui.txt2img import POLL_SECONDS, _result_summary, error_box, format_progress, gallery_image
+from webui.ui.txt2img import (
+    POLL_SECONDS,
+    _result_summary,
+    build_flags,
+    error_box,
+    format_progress,
+    gallery_image,
+)
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -240,6 +247,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 elem_id="img2img_denoising_strength",
             )
             seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="img2img_seed")
+            restore_faces, tiling = build_flags("img2img")
             controlnet = build_controlnet_units(services, "img2img")
             script = build_script_controls(services)
         with gr.Column(scale=1):
@@ -275,6 +283,8 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "inpainting_fill": inpainting_fill,
         "inpaint_full_res": inpaint_area,
         "inpaint_full_res_padding": padding,
+        "restore_faces": restore_faces,
+        "tiling": tiling,
         **controlnet.fields,
     }
     tab = Img2ImgTab(

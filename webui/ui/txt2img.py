@@ -107,6 +107,21 @@ def _result_summary(result: GenerationResult) -> str:
     return text
 
 
+def build_flags(tab: str) -> tuple[gr.Checkbox, gr.Checkbox]:
+    """A1111's "Restore faces" and "Tiling" checkboxes."""
+    with gr.Row():
+        restore_faces = gr.Checkbox(
+            False,
+            label="Restore faces",
+            info="GFPGAN / CodeFormer / RestoreFormer from models/GFPGAN (option face_restoration_model)",
+            elem_id=f"{tab}_restore_faces",
+        )
+        tiling = gr.Checkbox(
+            False, label="Tiling", info="an image whose edges continue each other", elem_id=f"{tab}_tiling"
+        )
+    return restore_faces, tiling
+
+
 def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2ImgTab:
     """Lay out the tab (inside the caller's ``gr.Tab``) and wire its events."""
     sampler_choices = choices.sampler_names()
@@ -209,6 +224,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 )
                 random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=0, min_width=40)
                 reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=0, min_width=40)
+            restore_faces, tiling = build_flags("txt2img")
             hires = build_hires_controls(services)
             controlnet = build_controlnet_units(services, "txt2img")
         with gr.Column(scale=1):
@@ -241,6 +257,8 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         "seed": seed,
         "clip_skip": clip_skip,
         "styles": styles,
+        "restore_faces": restore_faces,
+        "tiling": tiling,
     }
     fields.update(hires)
     fields.update(controlnet.fields)
