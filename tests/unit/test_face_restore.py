@@ -143,3 +143,17 @@ def test_bad_restorer_files_give_clear_errors(tmp_path: Path) -> None:
     torch.save({"params_ema": {"position_emb": torch.zeros(256, 512)}}, codeformer)
     with pytest.raises(FaceRestoreError, match="spandrel_extra_arches"):
         load_restorer(codeformer, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_gfpgan_file_runs_on_its_own_value_range(tmp_path: Path) -> None:
+    """GFPGAN's bare network works on [-1, 1] (spandrel passes images through unchanged): a full-size
+    GFPGANv1 (clean) file, as released, loads and restores a crop to a valid picture."""
+    from tests.fixtures.face_models import write_gfpgan
+
+    restorer = load_restorer(write_gfpgan(tmp_path / "GFPGANv1.4.pth"), torch.device("cpu"))
+    assert restorer.architecture == "GFPGAN"
+    crop = np.random.default_rng(1).integers(0, 255, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    out = restorer.restore_crop(crop)
+    assert out.shape == crop.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, crop) and 0 < out.mean() < 255
