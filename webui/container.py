@@ -87,7 +87,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         outputs_root=settings.outputs_path,
         networks=networks,
     )
-    upscalers = UpscalerService(settings.models_root, generation)
+    upscalers = UpscalerService(settings.models_root, generation, settings.cache_dir / "clip-tokenizer")
     generation.upscalers = upscalers
     styles = StyleStore(settings.styles_file)
     generation.styles = styles

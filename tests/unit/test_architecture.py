@@ -95,3 +95,33 @@ def test_unknown_files_get_hints() -> None:
 )
 def test_yaml_overrides(text: str, family: ModelFamily) -> None:
     assert family_from_yaml(text) is family
+
+
+def test_real_sd_x4_layout_is_recognised_and_reproduces_the_release_configs() -> None:
+    """The full-size x4-upscaler-ema layout (built on the meta device from the bundled configs)."""
+    from webui.registry.architecture import SD_X4, infer_sd_x4_configs, is_sd_x4_layout
+
+    shapes = real_shapes(SD_X4)
+    assert shapes["model.diffusion_model.input_blocks.0.0.weight"] == (256, 7, 3, 3)
+    assert shapes["model.diffusion_model.label_emb.weight"] == (1000, 1024)
+    assert is_sd_x4_layout(shapes)
+    assert not any(is_sd_x4_layout(real_shapes(family)) for family in ModelFamily)
+    with pytest.raises(UnknownArchitectureError, match="x4 upscaler, not a checkpoint"):
+        detect_family(shapes, name="x4-upscaler-ema.safetensors")
+
+    configs = infer_sd_x4_configs(shapes)
+    released = bundled_config(SD_X4, "unet")
+    for field in (*UNET_FIELDS, "num_class_embeds", "only_cross_attention"):
+        if field in released:
+            assert configs.unet[field] == released[field], field
+    assert configs.unet["mid_block_only_cross_attention"] is False
+    for field in ("block_out_channels", "latent_channels", "layers_per_block", "scaling_factor"):
+        assert configs.vae[field] == bundled_config(SD_X4, "vae")[field], field
+    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        assert configs.text_encoder[field] == bundled_config(SD_X4, "text_encoder")[field], field
+    assert configs.scheduler["prediction_type"] == "v_prediction"
+    assert (configs.low_res_scheduler["beta_start"], configs.low_res_scheduler["beta_end"]) == (0.0001, 0.02)
+    assert configs.max_noise_level == 350
+
+    with pytest.raises(UnknownArchitectureError, match="not the Stable Diffusion x4 upscaler"):
+        infer_sd_x4_configs(real_shapes(ModelFamily.SD2))

@@ -87,3 +87,22 @@ def test_corrupt_file_is_a_load_error(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointLoadError, match="not found"):
         load_pickle_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_shapes_are_read_without_loading_or_running_anything(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    from webui.registry.pickle_check import read_pickle_shapes
+
+    marker = tmp_path / "marker.txt"
+    state = OrderedDict(w=torch.zeros(2, 3), p=torch.nn.Parameter(torch.ones(4)), h=torch.zeros(1).half())
+    state._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]  # what module.state_dict() adds
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": state, "global_step": 5, "payload": _Payload(marker)}, path)
+    assert read_pickle_shapes(path) == {"w": (2, 3), "p": (4,), "h": (1,)}
+    assert not marker.exists(), "the pickle payload ran"
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointLoadError, match=r"legacy\.pt: cannot list its tensors without loading"):
+        read_pickle_shapes(legacy)

@@ -28,6 +28,11 @@ SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 REFINER_TE2_PREFIX = "conditioner.embedders.0.model."
 
+# The Stable Diffusion x4 upscaler is no checkpoint family (it is listed with the upscalers), but its
+# single file is read the same way; its bundled configs live under this name.
+SD_X4 = "sd-x4"
+SD_X4_IN_CHANNELS = 7  # 4 latent channels + the 3 channels of the noised low-resolution image
+
 
 class UnknownArchitectureError(ValueError):
     """The tensors do not match any family Easel can load."""
@@ -37,10 +42,13 @@ def config_root() -> Path:
     return Path(str(resources.files("webui.runtime") / "configs"))
 
 
-def bundled_config(family: ModelFamily, component: str) -> dict[str, Any]:
-    """The bundled diffusers config of a published model of ``family`` (``unet``, ``vae``, ...)."""
-    folder = config_root() / family.value / component
-    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+def bundled_config(family: ModelFamily | str, component: str) -> dict[str, Any]:
+    """The bundled diffusers config of a published model of ``family`` (``unet``, ``vae``, ...).
+
+    ``family`` is a ``ModelFamily`` or the name of another bundled config folder (``SD_X4``).
+    """
+    folder = config_root() / str(family) / component
+    name = "scheduler_config.json" if component.endswith("scheduler") else "config.json"
     data: dict[str, Any] = json.loads((folder / name).read_text())
     return data
 
@@ -74,6 +82,11 @@ def detect_family(shapes: Shapes, *, name: str = "checkpoint") -> ModelFamily:
         raise UnknownArchitectureError(f"{name}: the UNet has no input convolution; the file is incomplete")
     in_channels = conv_in[1]
     inpaint = in_channels == 9
+    if is_sd_x4_layout(shapes):
+        raise UnknownArchitectureError(
+            f"{name}: this is the Stable Diffusion x4 upscaler, not a checkpoint; it is listed with the "
+            "upscalers (Extras tab) when it is in models/ESRGAN or models/Stable-diffusion"
+        )
     if in_channels not in (4, 9):
         raise UnknownArchitectureError(
             f"{name}: UNet with {in_channels} input channels is not a supported family "
@@ -172,7 +185,7 @@ def _count_indices(shapes: Shapes, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def infer_unet_config(unet: Shapes, family: ModelFamily) -> dict[str, Any]:
+def infer_unet_config(unet: Shapes, family: ModelFamily | str) -> dict[str, Any]:
     config = bundled_config(family, "unet")
     conv_in = unet["input_blocks.0.0.weight"]
     levels: list[_Level] = [_Level(channels=conv_in[0])]
@@ -232,7 +245,7 @@ def infer_unet_config(unet: Shapes, family: ModelFamily) -> dict[str, Any]:
     return config
 
 
-def infer_vae_config(vae: Shapes, family: ModelFamily) -> dict[str, Any]:
+def infer_vae_config(vae: Shapes, family: ModelFamily | str) -> dict[str, Any]:
     config = bundled_config(family, "vae")
     levels = _count_indices(vae, r"encoder\.down\.(\d+)\.")
     channels = []
@@ -345,4 +358,89 @@ def infer_configs(shapes: Shapes, family: ModelFamily) -> ArchitectureConfigs:
         text_encoder_2=te2,
         scheduler=scheduler,
         prefixes=prefixes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Stable Diffusion x4 upscaler as one file (``x4-upscaler-ema.safetensors``, the original release)
+
+
+@dataclass
+class SdX4Configs:
+    """diffusers configs of every part of a single-file Stable Diffusion x4 upscaler."""
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    scheduler: dict[str, Any]
+    low_res_scheduler: dict[str, Any]
+    max_noise_level: int
+    prefixes: dict[str, str] = field(
+        default_factory=lambda: {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": SD2_TE_PREFIX}
+    )
+
+
+def is_sd_x4_layout(shapes: Shapes) -> bool:
+    """Whether an LDM-layout key → shape map is the x4 upscaler: a UNet taking 7 input channels whose
+    class embedding is a table of noise levels (``label_emb.weight``; SDXL's is ``label_emb.0.0.weight``)."""
+    conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    label = shapes.get(UNET_PREFIX + "label_emb.weight")
+    return (
+        conv_in is not None
+        and len(conv_in) == 4
+        and conv_in[1] == SD_X4_IN_CHANNELS
+        and label is not None
+        and len(label) == 2
+    )
+
+
+def _attends_to_text_only(unet: Shapes, block: str) -> bool | None:
+    """Whether the first attention of ``block`` (LDM's ``disable_self_attn``) reads the text: its key
+    projection then takes the text width instead of the query width. ``None`` when ``block`` has no
+    attention. Where the two widths are equal the shapes cannot tell; that is self-attention, as at the
+    release's lowest-resolution level (1024 channels, 1024-wide text)."""
+    to_q = unet.get(f"{block}.transformer_blocks.0.attn1.to_q.weight")
+    to_k = unet.get(f"{block}.transformer_blocks.0.attn1.to_k.weight")
+    if to_q is None or to_k is None:
+        return None
+    return to_k[1] != to_q[1]
+
+
+def infer_sd_x4_configs(shapes: Shapes, *, name: str = "upscaler") -> SdX4Configs:
+    """Configs of a single-file x4 upscaler: the release's (bundled under ``SD_X4``), sized by the shapes."""
+    if not is_sd_x4_layout(shapes):
+        raise UnknownArchitectureError(
+            f"{name}: not the Stable Diffusion x4 upscaler (no UNet with {SD_X4_IN_CHANNELS} input channels "
+            f"and a noise-level embedding {UNET_PREFIX}label_emb.weight); refresh the upscaler list"
+        )
+    unet_shapes = _strip(shapes, UNET_PREFIX)
+    unet = infer_unet_config(unet_shapes, SD_X4)
+    unet["num_class_embeds"] = unet_shapes["label_emb.weight"][0]
+    released = bundled_config(SD_X4, "unet")["only_cross_attention"]
+    per_level = unet["layers_per_block"] + 1
+    only_cross: list[bool] = []
+    for level in range(len(unet["block_out_channels"])):
+        found = _attends_to_text_only(unet_shapes, f"input_blocks.{1 + level * per_level}.1")
+        # A level without attention ignores the flag; keep the release's value there.
+        only_cross.append(found if found is not None else level < len(released) and released[level])
+    unet["only_cross_attention"] = only_cross
+    unet["mid_block_only_cross_attention"] = bool(_attends_to_text_only(unet_shapes, "middle_block.1"))
+    vae_shapes = _strip(shapes, VAE_PREFIX)
+    text_shapes = _strip(shapes, SD2_TE_PREFIX)
+    missing = [part for part, found in (("VAE", vae_shapes), ("text encoder", text_shapes)) if not found]
+    if missing:
+        raise UnknownArchitectureError(
+            f"{name}: the x4 upscaler file has no {' and no '.join(missing)} weights; the file is incomplete"
+        )
+    index = json.loads((config_root() / SD_X4 / "model_index.json").read_text())
+    return SdX4Configs(
+        unet=unet,
+        vae=infer_vae_config(vae_shapes, SD_X4),
+        # The release reads OpenCLIP's penultimate layer, as SD 2.x does; the last one is not used.
+        text_encoder=infer_open_clip_config(
+            text_shapes, bundled_config(SD_X4, "text_encoder"), drop_last_layer=True
+        ),
+        scheduler=bundled_config(SD_X4, "scheduler"),
+        low_res_scheduler=bundled_config(SD_X4, "low_res_scheduler"),
+        max_noise_level=int(index["max_noise_level"]),
     )

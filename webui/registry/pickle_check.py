@@ -3,11 +3,18 @@
 A torch pickle may name any Python callable to run while it is unpickled. ``weights_only=True`` lets the
 unpickler build only tensors and plain containers, so a file that needs anything else is refused here
 with a message that says how to fix it, instead of running code from a downloaded file.
+
+``read_pickle_shapes`` lists the tensor names and shapes of such a file without torch and without reading
+tensor data, the way ``safetensors_header`` does for safetensors, so the registry can identify a file.
 """
 
 from __future__ import annotations
 
+import collections
+import io
 import pickle
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +64,97 @@ def load_pickle_checkpoint(path: str | Path) -> dict[str, Tensor]:
         found = type(loaded).__name__
         raise CheckpointLoadError(f"{path.name}: does not contain a state dict (found {found})")
     return {str(key): value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+
+
+# The pickle of a state dict is small (names and shapes); refuse one larger than this instead of reading it.
+MAX_STRUCTURE_BYTES = 64 * 1024 * 1024
+
+
+class _Shape:
+    """A tensor, as far as identification needs it."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+class _Inert:
+    """Stands for every global the pickle names other than the tensor rebuilders; building it runs nothing."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    def __call__(self, *_args: object, **_kwargs: object) -> _Inert:
+        return _Inert()
+
+    def __setstate__(self, _state: object) -> None:
+        pass
+
+
+def _rebuild_tensor(_storage: object, _offset: object, size: Iterable[int], *_rest: object) -> _Shape:
+    return _Shape(tuple(int(dim) for dim in size))
+
+
+def _rebuild_parameter(data: object, *_rest: object) -> object:
+    return data
+
+
+def _rebuild_from_type(func: Any, _new_type: object, args: tuple[Any, ...], _state: object) -> object:
+    return func(*args)
+
+
+class _StructureUnpickler(pickle.Unpickler):
+    """Interprets a torch pickle without executing it: globals resolve to the stand-ins above and the
+    tensor storages (``persistent_load``) are never opened."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name.startswith("_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name.startswith("_rebuild_parameter"):
+            return _rebuild_parameter
+        if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
+            return _rebuild_from_type
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def read_pickle_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of a torch checkpoint (zip format, what ``torch.save`` writes since 1.6).
+
+    Only the archive's ``data.pkl`` is read and interpreted (nothing in it is executed); a
+    ``{"state_dict": ...}`` wrapper is unwrapped. Raises ``CheckpointLoadError`` for files that are not
+    zip-format torch checkpoints (the legacy format can only be read by loading it).
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
+            if not names:
+                raise CheckpointLoadError(f"{path.name}: a zip file but not a torch checkpoint (no data.pkl)")
+            info = min(names, key=lambda item: item.filename.count("/"))
+            if info.file_size > MAX_STRUCTURE_BYTES:
+                raise CheckpointLoadError(f"{path.name}: the checkpoint's structure is implausibly large")
+            raw = archive.read(info)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointLoadError(
+            f"{path.name}: cannot list its tensors without loading it (not a zip-format torch file: "
+            f"{_first_line(exc)})"
+        ) from exc
+    try:
+        loaded: Any = _StructureUnpickler(io.BytesIO(raw)).load()
+    except Exception as exc:
+        message = f"{path.name}: the checkpoint's pickle is corrupt ({_first_line(exc)})"
+        raise CheckpointLoadError(message) from exc
+    while isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(key): value.shape for key, value in loaded.items() if isinstance(value, _Shape)}
 
 
 def _first_line(exc: BaseException) -> str:

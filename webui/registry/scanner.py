@@ -4,6 +4,7 @@
 sorted case-insensitively, a ``<name>.yaml`` beside a checkpoint is its config), and also lists diffusers
 folders. The family of a safetensors file is identified from its header; a file that cannot be read or
 identified is still listed, with ``family_error`` saying why, so one bad download never hides the rest.
+The Stable Diffusion x4 upscaler kept there (a folder or the single file) is left to the upscaler list.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def scan_checkpoints(root: Path) -> list[CheckpointRecord]:
                 records.append(_diffusers_record(root, path))
             continue
         lower = path.name.lower()
-        if lower.endswith(CHECKPOINT_EXTENSIONS) and not lower.endswith(VAE_BESIDE_CHECKPOINT_SUFFIXES):
+        if (
+            lower.endswith(CHECKPOINT_EXTENSIONS)
+            and not lower.endswith(VAE_BESIDE_CHECKPOINT_SUFFIXES)
+            and not _is_upscaler_file(path)  # the single-file SD x4 upscaler is listed as an upscaler
+        ):
             records.append(_file_record(root, path))
     records.sort(key=lambda record: record.name.lower())
     return records
@@ -113,6 +118,12 @@ def _is_upscaler_folder(folder: Path) -> bool:
     from webui.registry.upscalers import is_sd_x4_folder
 
     return is_sd_x4_folder(folder)
+
+
+def _is_upscaler_file(path: Path) -> bool:
+    from webui.registry.upscalers import is_sd_x4_file
+
+    return is_sd_x4_file(path)
 
 
 def _relative_name(root: Path, path: Path) -> str:

@@ -139,18 +139,25 @@ def _fill_module(
     module.requires_grad_(False)
 
 
-class _TensorSource:
+class TensorSource:
     """Reads tensors from a safetensors file (memory-mapped) or a weights-only torch pickle."""
 
-    def __init__(self, record: CheckpointRecord) -> None:
-        self.record = record
+    def __init__(self, path: str | Path, fmt: ModelFormat) -> None:
+        self.path = Path(path)
+        self.format = fmt
         self._pickle: dict[str, torch.Tensor] | None = None
         self._shapes: dict[str, tuple[int, ...]] | None = None
 
+    @classmethod
+    def for_file(cls, path: Path) -> TensorSource:
+        """The source for ``path``: safetensors by its extension, anything else a torch pickle."""
+        safetensors = path.suffix.lower() == ".safetensors"
+        return cls(path, ModelFormat.SAFETENSORS if safetensors else ModelFormat.CKPT)
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is None:
-            if self.record.format is ModelFormat.SAFETENSORS:
-                header = read_header(self.record.path)
+            if self.format is ModelFormat.SAFETENSORS:
+                header = read_header(self.path)
                 self._shapes = {key: info.shape for key, info in header.tensors.items()}
             else:
                 self._shapes = {key: tuple(t.shape) for key, t in self._load_pickle().items()}
@@ -160,7 +167,7 @@ class _TensorSource:
         if self._pickle is None:
             from webui.registry.pickle_check import load_pickle_checkpoint
 
-            self._pickle = load_pickle_checkpoint(Path(self.record.path))
+            self._pickle = load_pickle_checkpoint(self.path)
         return self._pickle
 
     def tensors(
@@ -173,20 +180,20 @@ class _TensorSource:
         done). With ``cast_to`` each floating tensor is converted right after it is read, so the file's
         half-precision copy never outlives its own tensor and the peak stays near the loaded size.
         """
-        if self.record.format is not ModelFormat.SAFETENSORS:
+        if self.format is not ModelFormat.SAFETENSORS:
             found = {k: v for k, v in self._load_pickle().items() if k.startswith(prefixes)}
             if cast_to is not None:
                 found = {k: v.to(cast_to) if v.is_floating_point() else v for k, v in found.items()}
             return found
-        name = Path(self.record.path).name
-        header = read_header(self.record.path)
+        name = self.path.name
+        header = read_header(self.path)
         wanted = sorted(
             ((key, info) for key, info in header.tensors.items() if key.startswith(prefixes)),
             key=lambda item: item[1].start,  # file order: sequential reads
         )
         out: dict[str, torch.Tensor] = {}
         try:
-            with Path(self.record.path).open("rb", buffering=0) as handle:
+            with self.path.open("rb", buffering=0) as handle:
                 for key, info in wanted:
                     dtype = _SAFETENSORS_DTYPES.get(info.dtype)
                     if dtype is None:
@@ -268,19 +275,60 @@ def _match_text_model_prefix(
     return out
 
 
+def load_ldm_unet(
+    source: TensorSource, prefix: str, config: dict[str, Any], dtype: torch.dtype, what: str
+) -> Any:
+    """The UNet stored under ``prefix`` in the LDM layout, as a diffusers ``UNet2DConditionModel``."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    raw = source.tensors((prefix,), cast_to=dtype)
+    state = convert_ldm_unet_checkpoint(raw, config)
+    del raw
+    unet_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    unet = _empty_module(lambda: UNet2DConditionModel.from_config(unet_config))
+    _fill_module(unet, state, dtype, what)
+    return unet
+
+
+def load_ldm_vae(
+    source: TensorSource, prefix: str, config: dict[str, Any], dtype: torch.dtype, what: str
+) -> Any:
+    """The VAE stored under ``prefix`` in the LDM layout, as a diffusers ``AutoencoderKL``."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    raw = source.tensors((prefix,), cast_to=dtype)
+    if not raw:
+        raise ModelLoadError(f"{what}: the checkpoint has no VAE weights; choose a VAE from models/VAE")
+    vae_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    vae = _empty_module(lambda: AutoencoderKL.from_config(vae_config))
+    state = convert_ldm_vae_checkpoint(raw, config)
+    del raw
+    _fill_module(vae, state, dtype, what)
+    return vae
+
+
+def load_ldm_open_clip(
+    source: TensorSource, prefix: str, config: dict[str, Any], dtype: torch.dtype, what: str
+) -> Any:
+    """An OpenCLIP text tower stored under ``prefix``, as a transformers CLIP text model (layers beyond
+    ``config["num_hidden_layers"]`` and OpenCLIP-only tensors are left out)."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    raw = source.tensors((prefix,), cast_to=dtype)
+    state = convert_open_clip_checkpoint(_ConfigHolder(config), raw, prefix=prefix)
+    del raw
+    return _load_text_encoder(config, state, dtype, what)
+
+
 def _load_single_file(
     record: CheckpointRecord, dtype: torch.dtype, tokenizer_cache: Path, progress: ProgressFn
 ) -> LoadedModel:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint,
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-        convert_open_clip_checkpoint,
-    )
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 
     name = Path(record.path).name
-    source = _TensorSource(record)
+    source = TensorSource(record.path, record.format)
     try:
         shapes = source.shapes()
     except SafetensorsError as exc:
@@ -289,44 +337,29 @@ def _load_single_file(
     configs: ArchitectureConfigs = infer_configs(shapes, family)
 
     progress(f"Loading UNet of {name}", 0.05)
-    raw = source.tensors((configs.prefixes["unet"],), cast_to=dtype)
-    state = convert_ldm_unet_checkpoint(raw, configs.unet)
-    del raw
-    unet_config = {k: v for k, v in configs.unet.items() if not k.startswith("_")}
-    unet = _empty_module(lambda: UNet2DConditionModel.from_config(unet_config))
-    _fill_module(unet, state, dtype, f"{name} (UNet)")
-    del state
+    unet = load_ldm_unet(source, configs.prefixes["unet"], configs.unet, dtype, f"{name} (UNet)")
     gc.collect()
 
     progress(f"Loading VAE of {name}", 0.6)
-    raw = source.tensors((configs.prefixes["vae"],), cast_to=dtype)
-    vae_config = {k: v for k, v in configs.vae.items() if not k.startswith("_")}
-    vae = _empty_module(lambda: AutoencoderKL.from_config(vae_config))
-    if not raw:
-        raise ModelLoadError(f"{name}: the checkpoint has no VAE weights; choose a VAE from models/VAE")
-    state = convert_ldm_vae_checkpoint(raw, configs.vae)
-    del raw
-    _fill_module(vae, state, dtype, f"{name} (VAE)")
-    del state
+    vae = load_ldm_vae(source, configs.prefixes["vae"], configs.vae, dtype, f"{name} (VAE)")
 
     progress(f"Loading text encoder of {name}", 0.75)
     text_encoder = text_encoder_2 = None
     if configs.text_encoder is not None:
         prefix = configs.prefixes["text_encoder"]
-        raw = source.tensors((prefix,), cast_to=dtype)
+        what = f"{name} (text encoder)"
         if configs.text_encoder.get("hidden_act") == "gelu" and not family.is_sdxl:
-            state = convert_open_clip_checkpoint(_ConfigHolder(configs.text_encoder), raw, prefix=prefix)
+            text_encoder = load_ldm_open_clip(source, prefix, configs.text_encoder, dtype, what)
         else:
+            raw = source.tensors((prefix,), cast_to=dtype)
             state = convert_ldm_clip_checkpoint(raw, remove_prefix=prefix)
+            del raw
             state = _normalise_hf_clip_keys(state)
-        del raw
-        text_encoder = _load_text_encoder(configs.text_encoder, state, dtype, f"{name} (text encoder)")
+            text_encoder = _load_text_encoder(configs.text_encoder, state, dtype, what)
     if configs.text_encoder_2 is not None:
         prefix = configs.prefixes["text_encoder_2"]
-        raw = source.tensors((prefix,), cast_to=dtype)
-        state = convert_open_clip_checkpoint(_ConfigHolder(configs.text_encoder_2), raw, prefix=prefix)
-        del raw
-        text_encoder_2 = _load_text_encoder(configs.text_encoder_2, state, dtype, f"{name} (text encoder 2)")
+        what = f"{name} (text encoder 2)"
+        text_encoder_2 = load_ldm_open_clip(source, prefix, configs.text_encoder_2, dtype, what)
     gc.collect()
     tokenizer, tokenizer_2 = tokenizers_for(family, tokenizer_cache)
     return LoadedModel(

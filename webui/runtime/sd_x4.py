@@ -1,16 +1,23 @@
 """The Stable Diffusion x4 upscaler (diffusers ``StableDiffusionUpscalePipeline``) as a pixel upscaler.
 
-Loaded offline from a diffusers folder (``local_files_only``). It runs with an empty prompt and no
-classifier-free guidance (an empty prompt against an empty negative prompt adds nothing), a fixed seed
-so the same image always upscales the same way, ``noise_level`` 20 (the pipeline's default) and
-``STEPS`` denoising steps. Like the model upscalers it works in tiles with a margin of context that is
-cut off afterwards, so memory is bounded by the tile, not the image. Each tile is padded to a multiple of
-8 pixels (the UNet's latent grid) by repeating its edge pixels.
+Loaded offline, from a diffusers folder (``local_files_only``) or from the original single file
+(``x4-upscaler-ema.safetensors`` / ``.ckpt``, LDM layout). A single file is read the way Easel reads
+checkpoints (``webui.runtime.loader``): the release's configs are bundled under ``configs/sd-x4`` and
+sized from the file's tensor shapes, each part is converted by diffusers' LDM converters straight into an
+empty model, and the tokenizer is Easel's offline CLIP tokenizer (padded with ``!``, as in the release).
+It runs with an empty prompt and no classifier-free guidance (an empty prompt against an empty negative
+prompt adds nothing), a fixed seed so the same image always upscales the same way, ``noise_level`` 20
+(the pipeline's default) and ``STEPS`` denoising steps. Like the model upscalers it works in tiles with a
+margin of context that is cut off afterwards, so memory is bounded by the tile, not the image. Each tile
+is padded to a multiple of 8 pixels (the UNet's latent grid) by repeating its edge pixels.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.runtime.tokenizer import SD2_PAD_TOKEN, clip_tokenizer, write_tokenizer_files
 from webui.runtime.upscalers import UpscalerError
 
 log = logging.getLogger(__name__)
@@ -30,21 +38,94 @@ MARGIN = 16
 SCALE = 4
 
 
-def load_pipeline(folder: Path, device: torch.device, dtype: torch.dtype) -> Any:
+def load_pipeline(
+    path: Path, device: torch.device, dtype: torch.dtype, tokenizer_cache: Path | None = None
+) -> Any:
+    """The pipeline of the diffusers folder or single file at ``path``, on ``device``.
+
+    ``tokenizer_cache``: where the CLIP tokenizer files live (Easel's cache); without one, a single file
+    gets a tokenizer built in a temporary folder once per process.
+    """
     from diffusers import StableDiffusionUpscalePipeline
 
     try:
-        pipe = StableDiffusionUpscalePipeline.from_pretrained(
-            str(folder), local_files_only=True, torch_dtype=dtype
-        )
+        if path.is_dir():
+            pipe = StableDiffusionUpscalePipeline.from_pretrained(
+                str(path), local_files_only=True, torch_dtype=dtype
+            )
+        else:
+            pipe = load_single_file(path, dtype, tokenizer_cache)
+    except UpscalerError:
+        raise
     except Exception as exc:
         raise UpscalerError(
-            f"Could not load the SD x4 upscaler {folder.name}: {type(exc).__name__}: "
+            f"Could not load the SD x4 upscaler {path.name}: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
         ) from exc
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_single_file(path: Path, dtype: torch.dtype, tokenizer_cache: Path | None = None) -> Any:
+    """The x4 upscaler of one LDM-layout file, on the CPU; every failure is an ``UpscalerError``."""
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
+
+    from webui.registry.architecture import UnknownArchitectureError, infer_sd_x4_configs
+    from webui.registry.pickle_check import CheckpointLoadError
+    from webui.registry.safetensors_header import SafetensorsError
+    from webui.runtime.loader import (
+        ModelLoadError,
+        TensorSource,
+        load_ldm_open_clip,
+        load_ldm_unet,
+        load_ldm_vae,
+    )
+
+    name = path.name
+    source = TensorSource.for_file(path)
+    try:
+        configs = infer_sd_x4_configs(source.shapes(), name=name)
+        unet = load_ldm_unet(source, configs.prefixes["unet"], configs.unet, dtype, f"{name} (UNet)")
+        gc.collect()
+        vae = load_ldm_vae(source, configs.prefixes["vae"], configs.vae, dtype, f"{name} (VAE)")
+        text_encoder = load_ldm_open_clip(
+            source, configs.prefixes["text_encoder"], configs.text_encoder, dtype, f"{name} (text encoder)"
+        )
+    except (SafetensorsError, CheckpointLoadError, UnknownArchitectureError, ModelLoadError) as exc:
+        message = str(exc)  # what is wrong and what to do, mostly after the file name
+        if not message.startswith(name):
+            message = f"{name}: {message}"
+        raise UpscalerError(f"Could not load the SD x4 upscaler {message}") from exc
+    except KeyError as exc:
+        raise UpscalerError(
+            f"Could not load the SD x4 upscaler {name}: tensor {exc} is missing; the file is incomplete, "
+            "download it again"
+        ) from exc
+    finally:
+        gc.collect()
+    tokenizer = (
+        clip_tokenizer(tokenizer_cache, pad_token=SD2_PAD_TOKEN) if tokenizer_cache else _own_tokenizer()
+    )
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler.from_config(configs.low_res_scheduler),
+        scheduler=DDIMScheduler.from_config(configs.scheduler),
+        max_noise_level=configs.max_noise_level,
+    )
+
+
+@functools.cache
+def _own_tokenizer() -> Any:
+    """The release's tokenizer (CLIP, padded with ``!``) when no tokenizer cache was given."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="easel-x4-tokenizer-") as folder:
+        write_tokenizer_files(Path(folder), pad_token=SD2_PAD_TOKEN)
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def _pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:

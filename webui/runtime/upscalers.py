@@ -4,7 +4,8 @@ Model files are read without running pickled code (safetensors, or ``torch.load(
 identified by spandrel from their tensor names, and run in tiles with a margin of context on every side:
 each tile's margin is cut off after upscaling, so seams vanish once the margin covers the network's
 receptive field, and memory is bounded by the tile size instead of the image size. The Stable Diffusion
-x4 upscaler (a diffusers folder, ``kind="sd-x4"``) runs through :mod:`webui.runtime.sd_x4` the same way.
+x4 upscaler (a diffusers folder or the original single file, ``kind="sd-x4"``) runs through
+:mod:`webui.runtime.sd_x4` the same way.
 """
 
 from __future__ import annotations
@@ -124,22 +125,30 @@ def resize_builtin(image: Image.Image, name: str, width: int, height: int) -> Im
 class UpscalerRunner:
     """Runs upscalers on one device, keeping the last model file loaded (reloaded when it changes)."""
 
-    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        tokenizer_cache: Path | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
+        self.tokenizer_cache = tokenizer_cache  # CLIP tokenizer files, for single-file SD x4 upscalers
         self._loaded: LoadedUpscaler | None = None
         self._lock = threading.Lock()
 
-    def sd_x4(self, folder: Path) -> Any:
-        """The SD x4 upscaler pipeline of ``folder`` (kept loaded in place of the last model)."""
+    def sd_x4(self, path: Path) -> Any:
+        """The SD x4 upscaler pipeline of the folder or single file ``path`` (kept loaded in place of the
+        last model)."""
         from webui.runtime.sd_x4 import load_pipeline
 
         with self._lock:
-            mtime = (folder / "model_index.json").stat().st_mtime
+            mtime = (path if path.is_file() else path / "model_index.json").stat().st_mtime
             loaded = self._loaded
-            if loaded is None or loaded.path != str(folder) or loaded.mtime != mtime:
+            if loaded is None or loaded.path != str(path) or loaded.mtime != mtime:
                 self._loaded = None
-                loaded = LoadedUpscaler(str(folder), mtime, load_pipeline(folder, self.device, self.dtype))
+                pipe = load_pipeline(path, self.device, self.dtype, self.tokenizer_cache)
+                loaded = LoadedUpscaler(str(path), mtime, pipe)
                 self._loaded = loaded
             return loaded.descriptor
 

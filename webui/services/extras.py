@@ -35,9 +35,10 @@ class UnknownUpscalerError(ValueError):
 
 
 class UpscalerService:
-    def __init__(self, models_root: Path, generation: Any) -> None:
+    def __init__(self, models_root: Path, generation: Any, tokenizer_cache: Path | None = None) -> None:
         self.models_root = models_root
         self.generation = generation
+        self.tokenizer_cache = tokenizer_cache  # CLIP tokenizer files (single-file SD x4 upscalers)
         self._runner: Any = None
 
     def available(self) -> list[UpscalerRecord]:
@@ -62,7 +63,7 @@ class UpscalerService:
             from webui.runtime.upscalers import UpscalerRunner
 
             choice = self.generation.engine().choice
-            self._runner = UpscalerRunner(choice.device, choice.dtype)
+            self._runner = UpscalerRunner(choice.device, choice.dtype, tokenizer_cache=self.tokenizer_cache)
         return self._runner
 
     def upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
