@@ -129,7 +129,7 @@ def test_restoreformer_file_loads_and_restores_a_crop(tmp_path: Path) -> None:
         assert out.shape == (FACE_SIZE, FACE_SIZE, 3) and out.dtype == np.uint8
 
 
-def test_bad_restorer_files_give_clear_errors(tmp_path: Path) -> None:
+def test_bad_restorer_files_give_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.fixtures.upscaler_models import write_esrgan  # an upscaler, not a face restorer
 
     broken = tmp_path / "GFPGANv1.4.pth"
@@ -141,7 +141,12 @@ def test_bad_restorer_files_give_clear_errors(tmp_path: Path) -> None:
         load_restorer(esrgan, torch.device("cpu"))
     codeformer = tmp_path / "codeformer-v0.1.0.pth"
     torch.save({"params_ema": {"position_emb": torch.zeros(256, 512)}}, codeformer)
-    with pytest.raises(FaceRestoreError, match="spandrel_extra_arches"):
+    with pytest.raises(FaceRestoreError, match="not a supported architecture") as installed:
+        load_restorer(codeformer, torch.device("cpu"))
+    assert "pip install" not in str(installed.value)
+    # Without the optional package, a CodeFormer file says what to install.
+    monkeypatch.setattr("webui.runtime.face_restore._install_extra_architectures", lambda: False)
+    with pytest.raises(FaceRestoreError, match="pip install spandrel_extra_arches"):
         load_restorer(codeformer, torch.device("cpu"))
 
 
@@ -157,3 +162,16 @@ def test_gfpgan_file_runs_on_its_own_value_range(tmp_path: Path) -> None:
     out = restorer.restore_crop(crop)
     assert out.shape == crop.shape and out.dtype == np.uint8
     assert not np.array_equal(out, crop) and 0 < out.mean() < 255
+
+
+@pytest.mark.slow
+def test_codeformer_file_loads_and_its_weight_takes_effect(tmp_path: Path) -> None:
+    """CodeFormer (spandrel_extra_arches) works on [-1, 1] and takes the fidelity weight as an argument."""
+    from tests.fixtures.face_models import write_codeformer
+
+    restorer = load_restorer(write_codeformer(tmp_path / "codeformer-v0.1.0.pth"), torch.device("cpu"))
+    assert restorer.architecture == "CodeFormer"
+    crop = np.random.default_rng(2).integers(0, 255, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    strongest, weakest = restorer.restore_crop(crop, 0.0), restorer.restore_crop(crop, 1.0)
+    assert strongest.shape == crop.shape and strongest.dtype == np.uint8
+    assert not np.array_equal(strongest, weakest)

@@ -82,14 +82,14 @@ def load_restorer(path: Path, device: torch.device) -> LoadedRestorer:
         state = read_state_dict(path)
     except UpscalerError as exc:
         raise FaceRestoreError(str(exc).replace("upscaler", "face restorer")) from exc
+    extras = _install_extra_architectures()
     try:
-        _install_extra_architectures()
         descriptor = ModelLoader().load_from_state_dict(state)
     except Exception as exc:
         hint = (
             " CodeFormer needs the optional package spandrel_extra_arches "
             "(pip install spandrel_extra_arches)."
-            if "codeformer" in path.name.lower()
+            if "codeformer" in path.name.lower() and not extras
             else ""
         )
         raise FaceRestoreError(
@@ -101,12 +101,14 @@ def load_restorer(path: Path, device: torch.device) -> LoadedRestorer:
     return LoadedRestorer(path.name, descriptor)
 
 
-def _install_extra_architectures() -> None:
+def _install_extra_architectures() -> bool:
+    """Register spandrel's extra architectures (CodeFormer) when that optional package is installed."""
     try:
-        import spandrel_extra_arches  # type: ignore[import-not-found]
+        import spandrel_extra_arches
     except ImportError:
-        return
-    spandrel_extra_arches.install()
+        return False
+    spandrel_extra_arches.install(ignore_duplicates=True)
+    return True
 
 
 def align_matrix(landmarks: np.ndarray) -> np.ndarray:
