@@ -64,7 +64,7 @@ class Plan:
     vae_steps: int = 800
     vae_batch: int = 8
     base_images: int = 6000
-    base_steps: int = 3000
+    base_steps: int = 5000
     base_batch: int = 32
     controlnet_steps: int = 800
     controlnet_batch: int = 32
@@ -122,7 +122,7 @@ def train_loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if (step + 1) % 50 == 0 or step + 1 == steps:
             mean = sum(window) / len(window)
             history.append(round(mean, 5))
@@ -244,7 +244,7 @@ def train_vae(plan: Plan, work: Path) -> dict[str, Any]:
         kl = posterior.kl().mean() / (4 * 16 * 16)
         return F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + 1e-4 * kl
 
-    stats = train_loop("vae", list(vae.parameters()), plan.vae_steps, 2e-3, loss_fn)
+    stats = train_loop("vae", list(vae.parameters()), plan.vae_steps, 1e-3, loss_fn)
     vae.eval()
     specs, _ = dataset(512, plan.seed + 11)
     with torch.no_grad():
