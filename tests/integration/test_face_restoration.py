@@ -68,6 +68,18 @@ def test_txt2img_restores_faces_and_writes_the_infotext(
     assert restored.images[0].path and Path(restored.images[0].path).is_file()
 
 
+def test_no_face_found_leaves_the_image_as_it_was(
+    services: Any, data_dir: Path, face_files: dict[str, Path]
+) -> None:
+    """The real detector path (the fixture's detector finds no faces): the restorer ran, nothing changed."""
+    install(data_dir, face_files)
+    plain = services.generation.txt2img(Txt2ImgRequest(**SMALL))
+    restored = services.generation.txt2img(Txt2ImgRequest(**SMALL, restore_faces=True))
+    assert restored.face_restoration_model == "RestoreFormer" and not restored.warnings
+    assert "Face restoration: RestoreFormer" in restored.images[0].infotext
+    assert np.array_equal(pixels(plain.images[0].png_bytes), pixels(restored.images[0].png_bytes))
+
+
 def test_img2img_restores_faces_too(
     services: Any, data_dir: Path, face_files: dict[str, Path], one_face: FakeDetector
 ) -> None:
@@ -115,7 +127,11 @@ def test_the_option_picks_the_restorer(services: Any, data_dir: Path, face_files
     install(data_dir, face_files)
     services.options.update({"face_restoration_model": "CodeFormer"})
     result = services.generation.txt2img(Txt2ImgRequest(**SMALL, restore_faces=True))
-    assert any("'CodeFormer' is not installed (installed: RestoreFormer)" in w for w in result.warnings)
+    assert any(
+        "'CodeFormer' is not installed (installed: RestoreFormer). Pick one of those in the "
+        "face_restoration_model option" in w
+        for w in result.warnings
+    )
 
 
 def png_b64(image: Image.Image) -> str:
@@ -139,7 +155,7 @@ def test_extras_blends_restored_faces_at_the_visibility(
     restored, blended = pixels(full.images[0].png_bytes), pixels(half.images[0].png_bytes)
     assert np.abs(restored[30, 32] - original[30, 32]).sum() > 0
     assert np.abs(blended - (original + restored) / 2).max() <= 1.0
-    with pytest.raises(ValueError, match="'CodeFormer' is not installed"):
+    with pytest.raises(ValueError, match=r"'CodeFormer' is not installed .* Put its model file into"):
         services.extras.run(ExtrasRequest(images=[png_b64(source)], codeformer_visibility=0.5))
 
 

@@ -68,6 +68,7 @@ def test_load_strips_the_data_parallel_prefix_and_rejects_other_files(tmp_path: 
     torch.manual_seed(0)
     key = "fpn.merge1.0.weight"
     assert torch.equal(loaded.state_dict()[key], RetinaFace().state_dict()[key])
+    assert detect_faces(loaded, np.full((64, 64, 3), 128, np.uint8)) == []  # the fixture finds no faces
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not a RetinaFace ResNet-50 detector"):

@@ -46,22 +46,27 @@ class FaceRestoreService:
     def names(self) -> list[str]:
         return [record.name for record in self.available()]
 
-    def choose(self, name: str | None = None) -> FaceRestorerRecord:
-        """The restorer called ``name`` (default: the option, else the first installed one)."""
+    def choose(self, name: str | None = None, *, option: str | None = None) -> FaceRestorerRecord:
+        """The restorer called ``name``; without one, the one the ``face_restoration_model`` option names
+        (``option``, else the saved option), or the first installed one when that is empty."""
         records = self.available()
-        wanted = name or getattr(self.options.get(), "face_restoration_model", "") or ""
         if not records:
             raise FaceRestorerMissing(f"No face restorer is installed. {install_hint(self.models_root)}")
-        if not wanted:
+        from_option = not name
+        if from_option:
+            name = option if option is not None else getattr(self.options.get(), "face_restoration_model", "")
+        if not name:
             return records[0]
         for record in records:
-            if record.name.lower() == wanted.lower():
+            if record.name.lower() == name.lower():
                 return record
         known = ", ".join(record.name for record in records)
-        raise FaceRestorerMissing(
-            f"Face restorer {wanted!r} is not installed (installed: {known}). Pick one of those in the "
-            "face_restoration_model option."
+        todo = (
+            "Pick one of those in the face_restoration_model option."
+            if from_option
+            else f"Put its model file into {self.models_root / 'GFPGAN'}."
         )
+        raise FaceRestorerMissing(f"Face restorer {name!r} is not installed (installed: {known}). {todo}")
 
     def restore(
         self,

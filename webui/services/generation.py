@@ -387,7 +387,7 @@ class GenerationService(ImageModesMixin):
             return None
         opts = self.job_options(request)
         try:
-            return str(self.faces.choose(opts.face_restoration_model or None).name)
+            return str(self.faces.choose(option=opts.face_restoration_model).name)
         except ValueError as exc:  # nothing installed, or not the one the option names
             warnings.append(f"{exc} The images are not restored.")
             return None
