@@ -38,10 +38,7 @@ def test_restore_faces_and_extras_sliders(running_app: str, tmp_path: Path) -> N
 
     shots = SHOTS or tmp_path
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(running_app)
