@@ -16,7 +16,6 @@ published, pruned and miniature ControlNets all load offline.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from webui.domain.controlnet_models import (
 from webui.registry.architecture import _Level, config_root
 from webui.registry.hashes import legacy_hash
 from webui.registry.safetensors_header import SafetensorsError, read_header
-from webui.registry.scanner import SKIP_FOLDER, walk_models
+from webui.registry.scanner import SKIP_FOLDER, folder_size, relative_name, walk_models
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -124,10 +123,6 @@ def _folder_class(folder: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _relative_name(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
 def _stat(path: Path) -> tuple[int, float]:
     try:
         stat = path.stat()
@@ -167,7 +162,7 @@ def _file_record(root: Path, path: Path) -> ControlNetRecord | None:
         return None
     size, mtime = _stat(path)
     return ControlNetRecord(
-        name=_relative_name(root, path),
+        name=relative_name(root, path),
         path=str(path),
         layout=layout,
         kind=ControlNetKind.CONTROLNET,
@@ -198,12 +193,9 @@ def _folder_record(root: Path, folder: Path, class_name: str) -> ControlNetRecor
     if known is None and class_name and "controlnet" not in lowered and "adapter" not in lowered:
         return None  # another kind of diffusers model (a VAE, a UNet...): not listed here
     layout, kind = known or (ControlNetLayout.DIFFUSERS, ControlNetKind.CONTROLNET)
-    name = _relative_name(root, folder)
+    name = relative_name(root, folder)
     weights = _folder_weights(folder)
-    size = 0
-    for current, _dirs, files in os.walk(folder):
-        for file in files:
-            size += _stat(Path(current) / file)[0]
+    size = folder_size(folder)
     mtime = max(_stat(folder / "config.json")[1], _stat(weights)[1] if weights else 0.0)
     base: str | None = None
     context_dim: int | None = None

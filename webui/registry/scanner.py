@@ -57,7 +57,7 @@ def scan_files(root: Path, extensions: Iterable[str]) -> list[Path]:
     root = Path(root)
     endings = tuple(ext.lower() for ext in extensions)
     found = [path for path, is_folder in _walk(root) if not is_folder and path.name.lower().endswith(endings)]
-    found.sort(key=lambda path: _relative_name(root, path).lower())
+    found.sort(key=lambda path: relative_name(root, path).lower())
     return found
 
 
@@ -126,12 +126,12 @@ def _is_upscaler_file(path: Path) -> bool:
     return is_sd_x4_file(path)
 
 
-def _relative_name(root: Path, path: Path) -> str:
+def relative_name(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
 def _file_record(root: Path, path: Path) -> CheckpointRecord:
-    name = _relative_name(root, path)
+    name = relative_name(root, path)
     try:
         stat = path.stat()
         size, mtime = stat.st_size, stat.st_mtime
@@ -157,7 +157,8 @@ def _file_record(root: Path, path: Path) -> CheckpointRecord:
     )
 
 
-def _diffusers_record(root: Path, folder: Path) -> CheckpointRecord:
+def folder_size(folder: Path) -> int:
+    """Bytes of every file below ``folder`` (files that vanish meanwhile count as 0)."""
     size = 0
     for current, _dirs, files in os.walk(folder):
         for name in files:
@@ -165,6 +166,11 @@ def _diffusers_record(root: Path, folder: Path) -> CheckpointRecord:
                 size += (Path(current) / name).stat().st_size
             except OSError:
                 continue
+    return size
+
+
+def _diffusers_record(root: Path, folder: Path) -> CheckpointRecord:
+    size = folder_size(folder)
     try:
         mtime = (folder / DIFFUSERS_MARKER).stat().st_mtime
     except OSError:
@@ -176,7 +182,7 @@ def _diffusers_record(root: Path, folder: Path) -> CheckpointRecord:
     except (OSError, ValueError) as exc:
         error = f"{folder.name}: {exc}" if folder.name not in str(exc) else str(exc)
     return CheckpointRecord(
-        name=_relative_name(root, folder),
+        name=relative_name(root, folder),
         path=str(folder),
         format=ModelFormat.DIFFUSERS,
         size=size,
