@@ -66,6 +66,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)
     networks = NetworkService(settings, models.hashes)
+    tokenizer_cache = settings.cache_dir / "clip-tokenizer"
 
     def make_engine() -> Any:
         from webui.runtime.engine import Engine
@@ -76,7 +77,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
             attention=settings.attention,
             memory_mode=settings.memory_mode,
             models_in_ram=settings.models_in_ram,
-            tokenizer_cache=settings.cache_dir / "clip-tokenizer",
+            tokenizer_cache=tokenizer_cache,
             lora_cache_mb=settings.lora_cache_mb,
         )
 
@@ -87,7 +88,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         outputs_root=settings.outputs_path,
         networks=networks,
     )
-    upscalers = UpscalerService(settings.models_root, generation, settings.cache_dir / "clip-tokenizer")
+    upscalers = UpscalerService(settings.models_root, settings.checkpoint_dir, generation, tokenizer_cache)
     generation.upscalers = upscalers
     styles = StyleStore(settings.styles_file)
     generation.styles = styles
@@ -99,7 +100,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     )
     generation.faces = faces
     extras = ExtrasService(upscalers, generation, options, settings.outputs_path, faces=faces)
-    controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options, models.hashes)
+    controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options)
     generation.controlnet = controlnet
     controlnet.progress_text = generation.progress.set_text
     # Preprocessors run where generation does (a GPU when there is one); asked on first use only.

@@ -36,7 +36,9 @@ def _controlnet(unet: torch.nn.Module, seed: int) -> SimpleNamespace:
         for block in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
             block.weight.normal_(0, 0.2)
             block.bias.normal_(0, 0.2)
-    return SimpleNamespace(model=model, kind="controlnet", downscale=2, is_sdxl=False, context_dim=64)
+    return SimpleNamespace(
+        model=model, kind="controlnet", downscale=2, is_sdxl=False, context_dim=64, dtype=model.dtype
+    )
 
 
 @pytest.fixture(scope="module")
@@ -177,13 +179,15 @@ def test_hires_option_picks_passes(controls: tuple) -> None:
 
 def test_hook_is_removed_after_an_error(unet: torch.nn.Module, controls: tuple) -> None:
     unit = ControlUnitInput(control=controls[0], image=_image(1))
+    before = _plain(unet)
     with (
         pytest.raises(RuntimeError, match="stop"),
         ControlPlan([unit]).session(unet, batch=BATCH, total_steps=4),
     ):
+        assert not torch.equal(_plain(unet), before)  # controlled while the session is open
         raise RuntimeError("stop")
     assert not unet._forward_pre_hooks
-    assert torch.equal(_plain(unet), _plain(unet))
+    assert torch.equal(_plain(unet), before)
 
 
 @pytest.mark.parametrize(

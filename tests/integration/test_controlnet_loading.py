@@ -28,7 +28,12 @@ from tests.fixtures.controlnet_files import (  # noqa: E402
     write_ldm_file,
 )
 from tests.fixtures.ldm_convert import convert_controlnet, save_single_file  # noqa: E402
-from webui.domain.controlnet_models import ControlNetKind, ControlNetLayout, ControlNetRecord  # noqa: E402
+from webui.domain.controlnet_models import (  # noqa: E402
+    ControlNetKind,
+    ControlNetLayout,
+    ControlNetRecord,
+    fits,
+)
 from webui.registry.controlnet import scan_controlnets  # noqa: E402
 from webui.registry.hashes import legacy_hash  # noqa: E402
 from webui.runtime.controlnet.models import (  # noqa: E402
@@ -269,7 +274,7 @@ def test_reference_controlnet_scans_loads_and_runs() -> None:
     assert record.title == f"easel-reference-edges [{record.legacy_hash}]"
     loaded: LoadedControlNet = load_controlnet(record, torch.float32)
     assert loaded.downscale == 4  # trained for the reference model's 4× VAE: 64 px hint → 16 latent
-    assert loaded.fits("sd1") and loaded.fits("sdxl")  # unknown base: checked by shapes at run time
+    assert loaded.base is None and fits(record, "sd1") and fits(record, "sdxl")  # shapes checked at run time
     generator = torch.Generator().manual_seed(0)
     hint = torch.zeros(1, 3, 64, 64)
     hint[:, :, 16:48, 16] = 1.0  # a vertical outline

@@ -143,11 +143,13 @@ def test_hires_fix_controls_both_passes(cn_services: Any) -> None:
         ({"image": "bm90IGFuIGltYWdl"}, "not a readable image"),
     ],
 )
-def test_bad_units_fail_before_queueing(cn_services: Any, data_dir: Path, change: dict, message: str) -> None:
+def test_bad_units_fail_before_queueing(cn_services: Any, change: dict, message: str) -> None:
     request = Txt2ImgRequest(**SMALL, controlnet_units=[_unit(cn_services, **change)])
+    generation = cn_services.generation
     with pytest.raises(ValueError, match=message):
-        cn_services.generation.submit_txt2img(request)
-    assert not list((data_dir / "outputs").rglob("*.png"))
+        generation.submit_txt2img(request, task_id="bad-unit")
+    state = generation.tasks.state("bad-unit")  # never queued, so never run either
+    assert not (state["queued"] or state["active"] or state["completed"]) and generation.pending() == 0
 
 
 def test_controlnet_of_another_family_is_refused(cn_services: Any) -> None:

@@ -233,25 +233,25 @@ def test_network_module_runs_from_only_its_own_weight_files(
         assert not np.array_equal(first, changed), "the map ignores the picture"
 
 
-def test_hed_variants_safe_steps_and_binary_scribbles(runner_for: Callable[[str], Preprocessors]) -> None:
-    runner = runner_for("softedge_hed")
-    soft = pixels(runner.run("softedge_hed", picture(), resolution=RES))
-    safe = pixels(runner.run("softedge_hedsafe", picture(), resolution=RES))
-    scribble = pixels(runner.run("scribble_hed", picture(), resolution=RES))
+@pytest.mark.parametrize(
+    ("network", "modules"),
+    [
+        ("hed", ("softedge_hed", "softedge_hedsafe", "scribble_hed")),
+        ("pidinet", ("pidinet", "softedge_pidisafe", "scribble_pidinet")),
+    ],
+)
+def test_soft_edge_variants_safe_steps_and_binary_scribbles(
+    runner_for: Callable[[str], Preprocessors], network: str, modules: tuple[str, str, str]
+) -> None:
+    soft_module, safe_module, scribble_module = modules
+    runner = runner_for(f"softedge_{network}")
+    soft = pixels(runner.run(soft_module, picture(), resolution=RES))
+    safe = pixels(runner.run(safe_module, picture(), resolution=RES))
+    scribble = pixels(runner.run(scribble_module, picture(), resolution=RES))
     assert len(np.unique(soft)) > 20
     assert set(np.unique(safe)) <= {0, 127, 255}
     assert set(np.unique(scribble)) <= {0, 255}
-    assert runner.loaded() == ["hed"]  # the three modules share one network
-
-
-def test_pidinet_variants_safe_steps_and_binary_scribbles(runner_for: Callable[[str], Preprocessors]) -> None:
-    runner = runner_for("softedge_pidinet")
-    soft = pixels(runner.run("pidinet", picture(), resolution=RES))
-    safe = pixels(runner.run("softedge_pidisafe", picture(), resolution=RES))
-    scribble = pixels(runner.run("scribble_pidinet", picture(), resolution=RES))
-    assert len(np.unique(soft)) > 20
-    assert set(np.unique(safe)) <= {0, 127, 255}
-    assert set(np.unique(scribble)) <= {0, 255}
+    assert runner.loaded() == [network]  # the three modules share one network
 
 
 def test_lineart_realistic_and_coarse_use_different_files(

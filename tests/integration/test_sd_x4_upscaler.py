@@ -95,7 +95,7 @@ def test_single_file_as_torch_pickle_is_listed_and_loads(tmp_path: Path) -> None
     assert records["x4-upscaler-ema"].kind == records["x4-copy"].kind == "sd-x4"
     assert scan_checkpoints(tmp_path / "Stable-diffusion") == []
 
-    pipe = UpscalerRunner().sd_x4(file)
+    pipe = UpscalerRunner(tokenizer_cache=tmp_path / "tokenizer").sd_x4(file)
     for part in ("unet", "vae", "text_encoder"):
         assert _state_dicts_equal(getattr(pipe, part), components[part]), part
 
@@ -107,7 +107,7 @@ def test_broken_single_files_give_clear_errors(tmp_path: Path, tiny_model_files:
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     # Still recognised from its header, so the error comes from the x4 loader and says what to do.
     assert {r.name: r for r in scan_upscalers(tmp_path)}["x4-truncated"].kind == "sd-x4"
-    runner = UpscalerRunner()
+    runner = UpscalerRunner(tokenizer_cache=tmp_path / "tokenizer")
     with pytest.raises(UpscalerError, match=r"x4-truncated\.safetensors: the file is truncated.*download it"):
         runner.sd_x4(truncated)
 
@@ -118,3 +118,25 @@ def test_broken_single_files_give_clear_errors(tmp_path: Path, tiny_model_files:
 
     with pytest.raises(UpscalerError, match=r"tiny-sd15\.safetensors: not the Stable Diffusion x4 upscaler"):
         runner.sd_x4(tiny_model_files["sd15_single"])
+
+
+def test_upscalers_in_a_custom_checkpoint_dir_at_any_depth(tmp_path: Path) -> None:
+    """``--ckpt-dir``: the SD x4 upscaler kept among the checkpoints there (the single file, and a diffusers
+    folder nested in a subfolder) is hidden from the checkpoints and listed as an upscaler."""
+    from webui.container import build_services
+    from webui.settings import Settings
+
+    checkpoints = tmp_path / "my-checkpoints"
+    components = tiny_sd_x4_components()
+    write_tiny_sd_x4_file(checkpoints / "x4-upscaler-ema.safetensors", components)
+    write_tiny_sd_x4(checkpoints / "upscalers" / "sd-x4-nested", components)
+    services = build_services(Settings(data_dir=tmp_path / "data", ckpt_dir=checkpoints, preload_model=False))
+    try:
+        assert services.models.checkpoints() == []
+        for name in ("x4-upscaler-ema", "sd-x4-nested"):
+            assert services.upscalers.find(name).kind == "sd-x4", name
+        # The default folder is no longer looked at.
+        write_tiny_sd_x4_file(tmp_path / "data" / "models" / "Stable-diffusion" / "x4-default.safetensors")
+        assert "x4-default" not in services.upscalers.names()
+    finally:
+        services.generation.shutdown()

@@ -6,6 +6,7 @@ import base64
 import io
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,8 +51,24 @@ def test_corrupt_and_unsafe_files_are_clear_errors(tmp_path: Path) -> None:
         runner.model(not_sr)
 
 
-def test_extras_service_saves_with_infotext(services) -> None:
+def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts how often the upscaler list is rebuilt (folder walks) from now on."""
+    from webui.services import extras
+
+    calls: list[int] = []
+    real = extras.scan_upscalers
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extras, "scan_upscalers", counting)
+    return calls
+
+
+def test_extras_service_saves_with_infotext(services, monkeypatch: pytest.MonkeyPatch) -> None:
     write_esrgan(services.settings.models_root / "ESRGAN", "4x-tiny.safetensors")
+    scans = _count_scans(monkeypatch)
     source = picture(24, 20)
     source_info = io.BytesIO()
     from PIL.PngImagePlugin import PngInfo
@@ -66,6 +83,7 @@ def test_extras_service_saves_with_infotext(services) -> None:
     )
     result = services.extras.run(request)
     assert [(i.width, i.height) for i in result.images] == [(48, 40), (20, 20)]
+    assert len(scans) == 1, "the upscaler is looked up once per request, not once per image"
     first = result.images[0]
     assert first.infotext.endswith("Seed: 1, Postprocess upscale by: 2.0, Postprocess upscaler: 4x-tiny")
     assert Path(first.path).parent.parent.name == "extras-images"
@@ -73,3 +91,17 @@ def test_extras_service_saves_with_infotext(services) -> None:
         assert saved.info["parameters"] == first.infotext
     with pytest.raises(ValueError, match="not a readable image"):
         services.extras.run(ExtrasRequest(images=["AAAA"], upscaler_1="Lanczos"))
+
+
+def test_hires_looks_the_pixel_upscaler_up_once_per_batch(services, monkeypatch: pytest.MonkeyPatch) -> None:
+    from webui.domain.generation import Txt2ImgRequest
+
+    scans = _count_scans(monkeypatch)
+    request = Txt2ImgRequest(
+        prompt="a red circle", width=64, height=64, steps=1, seed=5, sampler_name="Euler", batch_size=2,
+        enable_hr=True, hr_scale=1.5, hr_upscaler="Lanczos", hr_second_pass_steps=1,
+    )  # fmt: skip
+    result = services.generation.txt2img(request)
+    sizes = [Image.open(io.BytesIO(image.png_bytes or b"")).size for image in result.images]
+    assert sizes == [(96, 96), (96, 96)]
+    assert len(scans) == 1, "looked up once for the batch, not once per image"

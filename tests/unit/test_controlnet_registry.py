@@ -18,7 +18,7 @@ from webui.domain.controlnet_models import (
     fits,
 )
 from webui.domain.models import ModelFamily
-from webui.registry.hashes import HashCache, legacy_hash
+from webui.registry.hashes import legacy_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,16 +177,6 @@ def test_unusable_files_are_listed_with_an_error(controlnet_root: Path) -> None:
     assert xs and "ControlNetXSAdapter" in xs and "not supported" in xs
     usable = [name for name, record in records.items() if record.error is None]
     assert len(usable) == 9
-
-
-def test_known_full_hashes_are_added_without_hashing(controlnet_root: Path, tmp_path: Path) -> None:
-    from webui.registry.controlnet import scan_controlnets
-
-    cache = HashCache(tmp_path)
-    full = cache.compute("controlnet", "Tiny-sd15.safetensors", controlnet_root / "Tiny-sd15.safetensors")
-    records = {record.name: record for record in scan_controlnets(controlnet_root, hashes=cache)}
-    assert records["Tiny-sd15.safetensors"].sha256 == full
-    assert records["Tiny-sd15-dkeys.safetensors"].sha256 is None  # not hashed before: not hashed now
 
 
 def test_truncated_safetensors_is_listed_with_error(controlnet_root: Path, tmp_path: Path) -> None:

@@ -226,3 +226,69 @@ def test_scan_with_real_architecture_rules(tmp_path: Path) -> None:
     assert records["xl/sdxl.safetensors"].family is ModelFamily.SDXL, records[
         "xl/sdxl.safetensors"
     ].family_error
+
+
+X4_LAYOUT = {UNET_KEY: (32, 7, 3, 3), "model.diffusion_model.label_emb.weight": (1000, 32)}
+
+
+def _x4_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "model_index.json").write_text('{"_class_name": "StableDiffusionUpscalePipeline"}')
+    (path / "unet").mkdir()
+    (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    return path
+
+
+def test_sd_x4_upscaler_is_an_upscaler_not_a_checkpoint_with_one_read_per_file(
+    tmp_path: Path, fake_architecture: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both lists agree at any depth (folders and single files, a truncated single file too), and reading
+    the checkpoint folder for both lists reads each file's header once."""
+    from webui.registry.upscalers import scan_upscalers
+
+    root = tmp_path / "Stable-diffusion"
+    _write_safetensors(root / "sd.safetensors", {UNET_KEY: (320, 4, 3, 3)})
+    _write_safetensors(root / "sub" / "x4-upscaler-ema.safetensors", X4_LAYOUT)
+    truncated = _write_safetensors(root / "x4-truncated.safetensors", X4_LAYOUT)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    _x4_folder(root / "sub" / "deeper" / "x4-folder")
+    _diffusers_folder(root / "sub" / "my-diffusers")
+    # A diffusers folder in ESRGAN is no pile of model files.
+    _diffusers_folder(tmp_path / "ESRGAN" / "not-an-upscaler")
+
+    reads: list[str] = []
+    real_read_header = scanner.read_header
+
+    def counting_read_header(path: Path, *, check_size: bool = True):  # type: ignore[no-untyped-def]
+        reads.append(Path(path).name)
+        return real_read_header(path, check_size=check_size)
+
+    monkeypatch.setattr(scanner, "read_header", counting_read_header)
+    assert [record.name for record in scan_checkpoints(root)] == ["sd.safetensors", "sub/my-diffusers"]
+    upscalers = {record.name: record for record in scan_upscalers(tmp_path)}
+    scan_checkpoints(root)
+    scan_upscalers(tmp_path)
+    assert {name: upscalers[name].kind for name in upscalers if upscalers[name].path is not None} == {
+        "x4-folder": "sd-x4",
+        "x4-truncated": "sd-x4",
+        "x4-upscaler-ema": "sd-x4",
+    }
+    # Each file once; only the truncated one a second time, without the size check, to see what it is.
+    assert sorted(reads) == [
+        "sd.safetensors",
+        "x4-truncated.safetensors",
+        "x4-truncated.safetensors",
+        "x4-upscaler-ema.safetensors",
+    ]
+
+
+def test_upscalers_are_found_in_the_checkpoint_dir_given(tmp_path: Path) -> None:
+    from webui.registry.upscalers import scan_upscalers
+
+    custom = tmp_path / "elsewhere"
+    _write_safetensors(custom / "a" / "x4-file.safetensors", X4_LAYOUT)
+    _x4_folder(custom / "a" / "b" / "x4-folder")
+    _x4_folder(tmp_path / "models" / "Stable-diffusion" / "x4-default")
+    names = [record.name for record in scan_upscalers(tmp_path / "models", custom)]
+    assert names[3:] == ["x4-file", "x4-folder"]
+    assert "x4-default" in [record.name for record in scan_upscalers(tmp_path / "models")]

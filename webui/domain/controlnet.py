@@ -230,13 +230,12 @@ def parse_unit(text: str) -> ControlNetUnit:
     return ControlNetUnit.model_validate(data)
 
 
-def infotext_extra(units: list[ControlNetUnit], indices: list[int] | None = None) -> dict[str, object]:
+def infotext_extra(units: list[ControlNetUnit]) -> dict[str, object]:
     """``ControlNet N`` keys for the active units; ``N`` is the unit's index among all units."""
     out: dict[str, object] = {}
-    for position, unit in enumerate(units):
+    for index, unit in enumerate(units):
         if not unit.is_active:
             continue
-        index = indices[position] if indices is not None else position
         value = serialize_unit(unit)
         if value:
             out[f"ControlNet {index}"] = value

@@ -63,9 +63,8 @@ class ControlNetRecord(BaseModel):
     extension; a folder is its relative path). ``base`` is ``sd1`` / ``sd2`` / ``sdxl``, or ``None`` when the
     weights do not tell (a ``.pth`` before loading, a non-standard cross-attention width); ``context_dim`` is
     the width of the text embeddings its cross-attention expects. ``legacy_hash`` is A1111's 8-hex hash of
-    the weights file (for a folder, of its main weights file). ``sha256`` is the full hash when a hash cache
-    already knew it. ``error`` says why the entry cannot be used; it is still listed so that one bad
-    download never hides the rest.
+    the weights file (for a folder, of its main weights file). ``error`` says why the entry cannot be used;
+    it is still listed so that one bad download never hides the rest.
     """
 
     name: str
@@ -77,7 +76,6 @@ class ControlNetRecord(BaseModel):
     base: str | None = None
     context_dim: int | None = None
     legacy_hash: str | None = None
-    sha256: str | None = None
     error: str | None = None
 
     @property
@@ -92,10 +90,6 @@ class ControlNetRecord(BaseModel):
     def title(self) -> str:
         """``"<model_name> [<legacy hash>]"`` (the extension's model list entry), or the name alone."""
         return f"{self.model_name} [{self.legacy_hash}]" if self.legacy_hash else self.model_name
-
-    @property
-    def usable(self) -> bool:
-        return self.error is None
 
 
 def base_of_family(family_value: str) -> str:

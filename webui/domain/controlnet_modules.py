@@ -36,10 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from webui.domain.controlnet import MODEL_NONE
+
 ANNOTATORS_BASE_URL = "https://huggingface.co/lllyasviel/Annotators/resolve/main"
 RESOLUTION_LABEL = "Preprocessor Resolution"
 DEFAULT_RESOLUTION = 512
-MODEL_NONE = "None"
 
 
 class UnknownPreprocessorError(ValueError):
@@ -76,7 +77,6 @@ class PreprocessorInfo:
     label: str  # what the extension's dropdown shows (usually ``name``)
     model_free: bool  # the extension's meaning: usable without a ControlNet model
     sliders: tuple[Slider | None, ...]  # slots: processor_res, threshold_a, threshold_b
-    default_resolution: int | None  # None: the module works at the input's own size
     control_type: str  # the control-type tag the module mainly belongs to
     weight_files: tuple[str, ...]  # files under lllyasviel/Annotators the module loads
     aliases: tuple[str, ...] = ()  # older A1111 names that mean this module
@@ -140,7 +140,6 @@ def _module(
         label=label or name,
         model_free=False,
         sliders=sliders,
-        default_resolution=DEFAULT_RESOLUTION if resolution else None,
         control_type=control_type,
         weight_files=files,
         aliases=aliases,

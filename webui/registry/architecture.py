@@ -375,9 +375,6 @@ class SdX4Configs:
     scheduler: dict[str, Any]
     low_res_scheduler: dict[str, Any]
     max_noise_level: int
-    prefixes: dict[str, str] = field(
-        default_factory=lambda: {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": SD2_TE_PREFIX}
-    )
 
 
 def is_sd_x4_layout(shapes: Shapes) -> bool:
@@ -416,7 +413,7 @@ def infer_sd_x4_configs(shapes: Shapes, *, name: str = "upscaler") -> SdX4Config
     unet_shapes = _strip(shapes, UNET_PREFIX)
     unet = infer_unet_config(unet_shapes, SD_X4)
     unet["num_class_embeds"] = unet_shapes["label_emb.weight"][0]
-    released = bundled_config(SD_X4, "unet")["only_cross_attention"]
+    released = unet["only_cross_attention"]  # the bundled value: infer_unet_config leaves it as it is
     per_level = unet["layers_per_block"] + 1
     only_cross: list[bool] = []
     for level in range(len(unet["block_out_channels"])):

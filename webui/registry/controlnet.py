@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from webui.domain.controlnet_models import (
     BASES,
@@ -38,7 +38,6 @@ Shapes = Mapping[str, tuple[int, ...]]
 SAFETENSORS_EXTENSION = ".safetensors"
 PICKLE_EXTENSIONS = (".pth", ".pt", ".ckpt")
 LDM_PREFIX = "control_model."
-HASH_CATEGORY = "controlnet"
 
 # Cross-attention width (text embedding width) → base. SDXL is also told by its size/crop embedding.
 CONTEXT_DIM_BASES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -63,64 +62,50 @@ class UnsupportedControlNetError(ValueError):
     """The weights are not a ControlNet Easel can load. The message names the file and what to do."""
 
 
-class KnownHashes(Protocol):
-    """Looks up a hash computed earlier without computing one (``HashCache`` fits)."""
-
-    def get(self, category: str, name: str, path: str | Path) -> str | None: ...
-
-
 # -- scanning ---------------------------------------------------------------------------------------------
 
 
-def scan_controlnets(root: Path, hashes: KnownHashes | None = None) -> list[ControlNetRecord]:
+def scan_controlnets(root: Path) -> list[ControlNetRecord]:
     """All ControlNets under ``root`` (recursive), sorted by lower-cased relative name.
 
-    The legacy hash (64 KiB read per file) is always computed; ``hashes``, when given, adds the full
-    sha256 of files it already knows (category ``"controlnet"``) without hashing anything.
+    The legacy hash (64 KiB read per file) is always computed.
     """
     root = Path(root)
     records: list[ControlNetRecord] = []
-    for path, folder_class in _walk(root):
-        if folder_class is not None:
-            record = _folder_record(root, path, folder_class)
-        else:
-            record = _file_record(root, path)
-        if record is None:
-            continue
-        if hashes is not None and record.error is None:
-            weights = _folder_weights(path) if record.layout.is_folder else path
-            if weights is not None:
-                record.sha256 = hashes.get(HASH_CATEGORY, record.name, weights)
-        records.append(record)
+    for path, config in _walk(root):
+        record = _folder_record(root, path, config) if config is not None else _file_record(root, path)
+        if record is not None:
+            records.append(record)
     records.sort(key=lambda record: record.name.lower())
     return records
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """Yield ``(path, None)`` for visible files and ``(folder, class name)`` for diffusers model folders."""
+def _walk(root: Path) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """Yield ``(path, None)`` for visible files and ``(folder, parsed config.json)`` for diffusers model
+    folders (``{}`` when that file cannot be read)."""
 
     def classify(folder: Path) -> object:
         if (folder / "model_index.json").is_file():
             return SKIP_FOLDER  # a whole diffusers pipeline: a checkpoint, not a ControlNet
-        return _folder_class(folder)
+        return _folder_config(folder)
 
     for path, label in walk_models(root, classify):
-        yield path, label if isinstance(label, str) else None
+        yield path, label if isinstance(label, dict) else None
 
 
-def _folder_class(folder: Path) -> str | None:
-    """The ``_class_name`` of a diffusers folder's ``config.json``; ``""`` if that file is unreadable."""
+def _folder_config(folder: Path) -> dict[str, Any] | None:
+    """The parsed ``config.json`` of a diffusers model folder; ``{}`` if that file is unreadable, ``None``
+    without one or without a ``_class_name`` (not a model folder: walked into)."""
     config = folder / "config.json"
     if not config.is_file():
         return None
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return ""
+        return {}
     if not isinstance(data, dict):
-        return ""
-    name = data.get("_class_name")
-    return name if isinstance(name, str) else None
+        return {}
+    return data if isinstance(data.get("_class_name"), str) else None
 
 
 def _stat(path: Path) -> tuple[int, float]:
@@ -187,7 +172,8 @@ def _folder_weights(folder: Path) -> Path | None:
     return None
 
 
-def _folder_record(root: Path, folder: Path, class_name: str) -> ControlNetRecord | None:
+def _folder_record(root: Path, folder: Path, config: dict[str, Any]) -> ControlNetRecord | None:
+    class_name = str(config.get("_class_name", ""))
     known = _FOLDER_KINDS.get(class_name)
     lowered = class_name.lower()
     if known is None and class_name and "controlnet" not in lowered and "adapter" not in lowered:
@@ -210,7 +196,6 @@ def _folder_record(root: Path, folder: Path, class_name: str) -> ControlNetRecor
         error = f"{folder.name}: no weights file (diffusion_pytorch_model.safetensors) in the folder"
     else:
         try:
-            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             base, context_dim = folder_base(config)
             if weights.name.endswith(SAFETENSORS_EXTENSION):
                 read_header(weights)  # a truncated download is reported now, not halfway through loading

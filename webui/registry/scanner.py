@@ -4,17 +4,24 @@
 sorted case-insensitively, a ``<name>.yaml`` beside a checkpoint is its config), and also lists diffusers
 folders. The family of a safetensors file is identified from its header; a file that cannot be read or
 identified is still listed, with ``family_error`` saying why, so one bad download never hides the rest.
-The Stable Diffusion x4 upscaler kept there (a folder or the single file) is left to the upscaler list.
+The Stable Diffusion x4 upscaler kept there (a folder or the single file) is left to the upscaler list:
+``identify_file`` tells it apart, reading each file once (remembered per path, size and modification
+time), so the checkpoint and upscaler lists share one read per file.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat
+from webui.registry.architecture import is_sd_x4_layout
+from webui.registry.pickle_check import CheckpointLoadError, read_pickle_shapes
 from webui.registry.safetensors_header import SafetensorsError, read_header
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -23,29 +30,54 @@ VAE_BESIDE_CHECKPOINT_SUFFIXES = (".vae.safetensors", ".vae.ckpt", ".vae.pt")
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 EMBEDDING_EXTENSIONS = (".safetensors", ".pt", ".bin")
+# Pickles whose structure is read to recognise the single-file SD x4 upscaler (``.pth`` is left to spandrel).
+SD_X4_PICKLE_EXTENSIONS = (".ckpt", ".pt")
 
 DIFFUSERS_MARKER = "model_index.json"
+SD_X4_CLASS = "StableDiffusionUpscalePipeline"
 CKPT_FAMILY_PENDING = "identified when loaded"
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a checkpoint-like file is, as far as its tensor names and shapes tell."""
+
+    family: ModelFamily | None = None
+    error: str | None = None  # why ``family`` is unknown
+    sd_x4: bool = False  # the Stable Diffusion x4 upscaler: listed with the upscalers, not the checkpoints
 
 
 def scan_checkpoints(root: Path) -> list[CheckpointRecord]:
     """All checkpoints under ``root`` (recursive), sorted by lower-cased relative name."""
     root = Path(root)
     records: list[CheckpointRecord] = []
-    for path, is_folder in _walk(root):
-        if is_folder:
-            if not _is_upscaler_folder(path):  # the SD x4 upscaler is listed with the upscalers
-                records.append(_diffusers_record(root, path))
+    for path, label in walk_models(root, _checkpoint_folder):
+        if label is not None:
+            records.append(_diffusers_record(root, path))
             continue
         lower = path.name.lower()
-        if (
-            lower.endswith(CHECKPOINT_EXTENSIONS)
-            and not lower.endswith(VAE_BESIDE_CHECKPOINT_SUFFIXES)
-            and not _is_upscaler_file(path)  # the single-file SD x4 upscaler is listed as an upscaler
-        ):
-            records.append(_file_record(root, path))
+        if lower.endswith(CHECKPOINT_EXTENSIONS) and not lower.endswith(VAE_BESIDE_CHECKPOINT_SUFFIXES):
+            record = _file_record(root, path)
+            if record is not None:
+                records.append(record)
     records.sort(key=lambda record: record.name.lower())
     return records
+
+
+def identify_file(path: Path) -> FileIdentity:
+    """The family of a single-file checkpoint from its safetensors header, and whether a safetensors,
+    ``.ckpt`` or ``.pt`` file is the SD x4 upscaler (from its header or pickle structure); no tensor data
+    is read, and the answer is remembered per path, size and modification time."""
+    return _stat_and_identify(path)[1]
+
+
+def is_sd_x4_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a diffusers folder of the Stable Diffusion x4 upscaler."""
+    try:
+        index = json.loads((folder / DIFFUSERS_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and index.get("_class_name") == SD_X4_CLASS
 
 
 def scan_files(root: Path, extensions: Iterable[str]) -> list[Path]:
@@ -114,46 +146,34 @@ def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
         yield path, label is not None
 
 
-def _is_upscaler_folder(folder: Path) -> bool:
-    from webui.registry.upscalers import is_sd_x4_folder
-
-    return is_sd_x4_folder(folder)
-
-
-def _is_upscaler_file(path: Path) -> bool:
-    from webui.registry.upscalers import is_sd_x4_file
-
-    return is_sd_x4_file(path)
+def _checkpoint_folder(folder: Path) -> object:
+    """``walk_models`` classifier of the checkpoint list: diffusers folders, except the SD x4 upscaler."""
+    if not (folder / DIFFUSERS_MARKER).is_file():
+        return None
+    return SKIP_FOLDER if is_sd_x4_folder(folder) else True
 
 
 def relative_name(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _file_record(root: Path, path: Path) -> CheckpointRecord:
-    name = relative_name(root, path)
-    try:
-        stat = path.stat()
-        size, mtime = stat.st_size, stat.st_mtime
-    except OSError:
-        size, mtime = 0, 0.0
+def _file_record(root: Path, path: Path) -> CheckpointRecord | None:
+    """The record of a single-file checkpoint; ``None`` for the SD x4 upscaler (an upscaler)."""
+    stat, identity = _stat_and_identify(path)
+    if identity.sd_x4:
+        return None
+    size, mtime = (stat.st_size, stat.st_mtime) if stat is not None else (0, 0.0)
     config = path.with_suffix(".yaml")
-    config_path = str(config) if config.is_file() else None
-    if path.suffix.lower() == ".safetensors":
-        family, error = _identify_safetensors(path)
-        fmt = ModelFormat.SAFETENSORS
-    else:
-        family, error = None, CKPT_FAMILY_PENDING
-        fmt = ModelFormat.CKPT
+    safetensors = path.suffix.lower() == ".safetensors"
     return CheckpointRecord(
-        name=name,
+        name=relative_name(root, path),
         path=str(path),
-        format=fmt,
+        format=ModelFormat.SAFETENSORS if safetensors else ModelFormat.CKPT,
         size=size,
         mtime=mtime,
-        family=family,
-        family_error=error,
-        config_path=config_path,
+        family=identity.family,
+        family_error=identity.error,
+        config_path=str(config) if config.is_file() else None,
     )
 
 
@@ -192,17 +212,52 @@ def _diffusers_record(root: Path, folder: Path) -> CheckpointRecord:
     )
 
 
-def _identify_safetensors(path: Path) -> tuple[ModelFamily | None, str | None]:
+def _stat_and_identify(path: Path) -> tuple[os.stat_result | None, FileIdentity]:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return None, FileIdentity(error=f"{path.name}: cannot read file: {exc.strerror or exc}")
+    return stat, _identify(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _identify(path: str, _size: int, _mtime_ns: int) -> FileIdentity:
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix == ".safetensors":
+        return _identify_safetensors(file)
+    if suffix in SD_X4_PICKLE_EXTENSIONS:
+        try:
+            sd_x4 = is_sd_x4_layout(read_pickle_shapes(file))
+        except CheckpointLoadError:
+            sd_x4 = False  # loading it says what is wrong
+        return FileIdentity(error=CKPT_FAMILY_PENDING, sd_x4=sd_x4)
+    return FileIdentity(error=CKPT_FAMILY_PENDING)
+
+
+def _identify_safetensors(path: Path) -> FileIdentity:
     try:
         header = read_header(path)
     except SafetensorsError as exc:
-        return None, str(exc)
+        # A truncated x4 upscaler is still the upscaler (loading it then reports the truncation): only a
+        # header that fails the size check is read a second time, without it.
+        return FileIdentity(error=str(exc), sd_x4=_unchecked_sd_x4_layout(path))
     shapes = {key: info.shape for key, info in header.tensors.items()}
+    if is_sd_x4_layout(shapes):
+        return FileIdentity(sd_x4=True)
     try:
-        return _detect_family(shapes, path.name), None
+        return FileIdentity(family=_detect_family(shapes, path.name))
     except ValueError as exc:
         message = str(exc)
-        return None, message if path.name in message else f"{path.name}: {message}"
+        return FileIdentity(error=message if path.name in message else f"{path.name}: {message}")
+
+
+def _unchecked_sd_x4_layout(path: Path) -> bool:
+    try:
+        header = read_header(path, check_size=False)
+    except SafetensorsError:
+        return False
+    return is_sd_x4_layout({key: info.shape for key, info in header.tensors.items()})
 
 
 def _detect_family(shapes: Mapping[str, tuple[int, ...]], name: str) -> ModelFamily:

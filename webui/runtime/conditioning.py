@@ -36,6 +36,7 @@ from webui.domain.prompt import (
     parse_attention,
     prompt_schedule,
 )
+from webui.runtime.devices import execution_device
 
 CHUNK_TOKENS = 75
 CHUNK_LENGTH = CHUNK_TOKENS + 2
@@ -255,7 +256,7 @@ class PromptEncoder:
         hidden: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
         for index, (encoder, chunks) in enumerate(zip(self.text_encoders, chunk_sets, strict=True)):
-            device = _module_device(encoder)
+            device = execution_device(encoder)
             input_ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long, device=device)
             with _substituted_embeddings(encoder, chunks, self.embeddings[index]):
                 output = encoder(input_ids=input_ids, output_hidden_states=True)
@@ -406,9 +407,3 @@ def _substituted_embeddings(
         yield
     finally:
         handle.remove()
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    from webui.runtime.devices import execution_device
-
-    return execution_device(module)

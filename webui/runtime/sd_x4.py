@@ -14,10 +14,8 @@ is padded to a multiple of 8 pixels (the UNet's latent grid) by repeating its ed
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.runtime.tokenizer import SD2_PAD_TOKEN, clip_tokenizer, write_tokenizer_files
+from webui.runtime.tokenizer import SD2_PAD_TOKEN, clip_tokenizer
 from webui.runtime.upscalers import UpscalerError
 
 log = logging.getLogger(__name__)
@@ -38,13 +36,10 @@ MARGIN = 16
 SCALE = 4
 
 
-def load_pipeline(
-    path: Path, device: torch.device, dtype: torch.dtype, tokenizer_cache: Path | None = None
-) -> Any:
+def load_pipeline(path: Path, device: torch.device, dtype: torch.dtype, tokenizer_cache: Path) -> Any:
     """The pipeline of the diffusers folder or single file at ``path``, on ``device``.
 
-    ``tokenizer_cache``: where the CLIP tokenizer files live (Easel's cache); without one, a single file
-    gets a tokenizer built in a temporary folder once per process.
+    ``tokenizer_cache``: where the CLIP tokenizer files live (Easel's cache; a single file needs them).
     """
     from diffusers import StableDiffusionUpscalePipeline
 
@@ -67,11 +62,17 @@ def load_pipeline(
     return pipe
 
 
-def load_single_file(path: Path, dtype: torch.dtype, tokenizer_cache: Path | None = None) -> Any:
+def load_single_file(path: Path, dtype: torch.dtype, tokenizer_cache: Path) -> Any:
     """The x4 upscaler of one LDM-layout file, on the CPU; every failure is an ``UpscalerError``."""
     from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
 
-    from webui.registry.architecture import UnknownArchitectureError, infer_sd_x4_configs
+    from webui.registry.architecture import (
+        SD2_TE_PREFIX,
+        UNET_PREFIX,
+        VAE_PREFIX,
+        UnknownArchitectureError,
+        infer_sd_x4_configs,
+    )
     from webui.registry.pickle_check import CheckpointLoadError
     from webui.registry.safetensors_header import SafetensorsError
     from webui.runtime.loader import (
@@ -86,11 +87,11 @@ def load_single_file(path: Path, dtype: torch.dtype, tokenizer_cache: Path | Non
     source = TensorSource.for_file(path)
     try:
         configs = infer_sd_x4_configs(source.shapes(), name=name)
-        unet = load_ldm_unet(source, configs.prefixes["unet"], configs.unet, dtype, f"{name} (UNet)")
+        unet = load_ldm_unet(source, UNET_PREFIX, configs.unet, dtype, f"{name} (UNet)")
         gc.collect()
-        vae = load_ldm_vae(source, configs.prefixes["vae"], configs.vae, dtype, f"{name} (VAE)")
+        vae = load_ldm_vae(source, VAE_PREFIX, configs.vae, dtype, f"{name} (VAE)")
         text_encoder = load_ldm_open_clip(
-            source, configs.prefixes["text_encoder"], configs.text_encoder, dtype, f"{name} (text encoder)"
+            source, SD2_TE_PREFIX, configs.text_encoder, dtype, f"{name} (text encoder)"
         )
     except (SafetensorsError, CheckpointLoadError, UnknownArchitectureError, ModelLoadError) as exc:
         message = str(exc)  # what is wrong and what to do, mostly after the file name
@@ -104,28 +105,15 @@ def load_single_file(path: Path, dtype: torch.dtype, tokenizer_cache: Path | Non
         ) from exc
     finally:
         gc.collect()
-    tokenizer = (
-        clip_tokenizer(tokenizer_cache, pad_token=SD2_PAD_TOKEN) if tokenizer_cache else _own_tokenizer()
-    )
     return StableDiffusionUpscalePipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=clip_tokenizer(tokenizer_cache, pad_token=SD2_PAD_TOKEN),
         unet=unet,
         low_res_scheduler=DDPMScheduler.from_config(configs.low_res_scheduler),
         scheduler=DDIMScheduler.from_config(configs.scheduler),
         max_noise_level=configs.max_noise_level,
     )
-
-
-@functools.cache
-def _own_tokenizer() -> Any:
-    """The release's tokenizer (CLIP, padded with ``!``) when no tokenizer cache was given."""
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="easel-x4-tokenizer-") as folder:
-        write_tokenizer_files(Path(folder), pad_token=SD2_PAD_TOKEN)
-        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def _pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:

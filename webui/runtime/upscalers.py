@@ -133,7 +133,9 @@ class UpscalerRunner:
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
-        self.tokenizer_cache = tokenizer_cache  # CLIP tokenizer files, for single-file SD x4 upscalers
+        # CLIP tokenizer files, needed for SD x4 upscalers (the app always gives its cache folder; a runner
+        # for model upscalers alone needs none).
+        self.tokenizer_cache = tokenizer_cache
         self._loaded: LoadedUpscaler | None = None
         self._lock = threading.Lock()
 
@@ -142,6 +144,11 @@ class UpscalerRunner:
         last model)."""
         from webui.runtime.sd_x4 import load_pipeline
 
+        if self.tokenizer_cache is None:
+            raise UpscalerError(
+                f"Could not load the SD x4 upscaler {path.name}: this upscaler runner was made without a "
+                "tokenizer cache folder (UpscalerRunner(tokenizer_cache=...))"
+            )
         with self._lock:
             mtime = (path if path.is_file() else path / "model_index.json").stat().st_mtime
             loaded = self._loaded

@@ -54,11 +54,10 @@ class PreparedControl:
 
 
 class ControlNetService:
-    def __init__(self, controlnet_dir: Path, annotators_dir: Path, options: Any, hashes: Any = None) -> None:
+    def __init__(self, controlnet_dir: Path, annotators_dir: Path, options: Any) -> None:
         self.root = Path(controlnet_dir)
         self.annotators_dir = Path(annotators_dir)
         self.options = options
-        self.hashes = hashes
         self._records: list[ControlNetRecord] | None = None
         self._lock = threading.Lock()
         self._preprocessors: Any = None
@@ -69,7 +68,7 @@ class ControlNetService:
 
     # -- models ----------------------------------------------------------------------------------------------
     def refresh(self) -> list[ControlNetRecord]:
-        records = scan_controlnets(self.root, self.hashes)
+        records = scan_controlnets(self.root)
         with self._lock:
             self._records = records
         return records
@@ -134,13 +133,8 @@ class ControlNetService:
         threshold_b: float = -1,
     ) -> Any:
         """Run preprocessor ``module`` on ``image``; returns a ``DetectedMap`` (``.image``, ``.poses``)."""
-        info = resolve_module(module)  # UnknownPreprocessorError lists the valid names
-        return self.preprocessors().run(
-            info.name,
-            image.convert("RGB"),
-            resolution=resolution,
-            threshold_a=threshold_a,
-            threshold_b=threshold_b,
+        return self.preprocessors().run(  # UnknownPreprocessorError lists the valid names
+            module, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b
         )
 
     # -- units of a job --------------------------------------------------------------------------------------
@@ -189,8 +183,7 @@ class ControlNetService:
         prepared = PreparedControl()
         opts = self.options.get()
         inputs = []
-        indices = []
-        active_units = []
+        shown_units = list(request.controlnet_units)  # the infotext shows the values used
         for index, unit in enumerate(request.controlnet_units):
             if not unit.is_active:
                 continue
@@ -200,7 +193,6 @@ class ControlNetService:
             source = decode_image(unit.image, f"control image of {label}") if unit.image else init_image
             if source is None:
                 raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
-            source = source.convert("RGB")
             info = resolve_module(unit.module)
             resolution = unit.processor_res
             if unit.pixel_perfect:
@@ -224,9 +216,8 @@ class ControlNetService:
                     hr_option=unit.hr_option.value,
                 )
             )
-            indices.append(index)
-            # The infotext shows the values used (a -1 "default" written as the default's value).
-            shown = unit.model_copy(
+            # A -1 "default" is written as the default's value.
+            shown_units[index] = unit.model_copy(
                 update={
                     "model": record.title,
                     "processor_res": _effective(info.resolution_slider, resolution),
@@ -234,7 +225,6 @@ class ControlNetService:
                     "threshold_b": _effective(info.threshold_b_slider, unit.threshold_b),
                 }
             )
-            active_units.append(shown)
             prepared.maps.append(
                 self._detected_map(
                     index, info.name, detected.image, unit, opts, outputs_root, request.mode, seed
@@ -244,7 +234,7 @@ class ControlNetService:
                 prepared.warnings.append(f"{label} has weight 0: it has no effect.")
         if inputs:
             prepared.plan = ControlPlan(inputs)
-            prepared.infotext = infotext_extra(active_units, indices)
+            prepared.infotext = infotext_extra(shown_units)
         return prepared
 
     @staticmethod

@@ -35,14 +35,17 @@ class UnknownUpscalerError(ValueError):
 
 
 class UpscalerService:
-    def __init__(self, models_root: Path, generation: Any, tokenizer_cache: Path | None = None) -> None:
+    def __init__(
+        self, models_root: Path, checkpoint_dir: Path, generation: Any, tokenizer_cache: Path
+    ) -> None:
         self.models_root = models_root
+        self.checkpoint_dir = checkpoint_dir  # also holds SD x4 upscalers (A1111 users keep them there)
         self.generation = generation
         self.tokenizer_cache = tokenizer_cache  # CLIP tokenizer files (single-file SD x4 upscalers)
         self._runner: Any = None
 
     def available(self) -> list[UpscalerRecord]:
-        return scan_upscalers(self.models_root)
+        return scan_upscalers(self.models_root, self.checkpoint_dir)
 
     def names(self) -> list[str]:
         return [record.name for record in self.available()]
@@ -68,7 +71,12 @@ class UpscalerService:
 
     def upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
         """``image`` at exactly ``width`` x ``height`` through upscaler ``name`` (``None`` just resizes)."""
-        record = self.find(name)
+        return self.upscale_record(image, self.find(name), width, height)
+
+    def upscale_record(
+        self, image: Image.Image, record: UpscalerRecord, width: int, height: int
+    ) -> Image.Image:
+        """``upscale`` with an upscaler already found (``find``): no list is rebuilt per image."""
         if record.path is None:
             from webui.runtime.upscalers import resize_builtin
 
@@ -154,10 +162,10 @@ class ExtrasService:
             scale = request.upscaling_resize
             info["Postprocess upscale by"] = scale
         width, height = round(source.width * scale), round(source.height * scale)
-        result = self.upscalers.upscale(source, first.name, width, height)
+        result = self.upscalers.upscale_record(source, first, width, height)
         info["Postprocess upscaler"] = first.name
         if second is not None:
-            other = self.upscalers.upscale(source, second.name, width, height)
+            other = self.upscalers.upscale_record(source, second, width, height)
             result = Image.blend(result, other, request.extras_upscaler_2_visibility)
             info["Postprocess upscaler 2"] = second.name
         if request.resize_mode == 1 and request.upscaling_crop and (width, height) != (target_w, target_h):

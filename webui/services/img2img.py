@@ -253,9 +253,9 @@ class ImageModesMixin:
         service = self.upscalers
         if service is None:
             raise ImageInputError("no upscaler service is configured")
-        service.find(name)  # unknown name -> a clear error listing the known ones
+        record = service.find(name)  # unknown name -> a clear error listing the known ones
 
         def upscale(image: Image.Image, width: int, height: int) -> Image.Image:
-            return service.upscale(image, name, width, height)
+            return service.upscale_record(image, record, width, height)
 
         return upscale

@@ -9,7 +9,6 @@ with its preprocessor to a unit of txt2img or img2img.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import io
 import logging
@@ -28,6 +27,7 @@ from webui.domain.controlnet import (
     HiresOption,
 )
 from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
+from webui.services.img2img import encode_png_b64
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,6 @@ UNIT_FIELDS = (
 )
 
 
-def _png_b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def field_name(index: int, name: str) -> str:
     return f"{PREFIX}{index}_{name}"
 
@@ -73,10 +67,7 @@ def units_from_fields(fields: dict[str, Any]) -> list[ControlNetUnit]:
     for index in sorted(values):
         data = values[index]
         image = data.get("image")
-        data["image"] = _png_b64(image.convert("RGB")) if isinstance(image, Image.Image) else None
-        for name in ("processor_res",):
-            if data.get(name) is not None:
-                data[name] = int(data[name])
+        data["image"] = encode_png_b64(image.convert("RGB")) if isinstance(image, Image.Image) else None
         units.append(ControlNetUnit.model_validate(data))
     return units
 
@@ -275,13 +266,14 @@ def _wire_unit(services: Any, unit: UnitWidgets) -> None:
         queue=False,
     )
 
-    def to_fields(module: str, res: float, a: float, b: float) -> tuple[int, float, float]:
-        return _sliders_to_fields(module, res, a, b)
-
     states = [unit.processor_res, unit.threshold_a, unit.threshold_b]
     for trigger in (unit.module, *sliders):
         trigger.change(
-            to_fields, inputs=[unit.module, *sliders], outputs=states, api_visibility="private", queue=False
+            _sliders_to_fields,
+            inputs=[unit.module, *sliders],
+            outputs=states,
+            api_visibility="private",
+            queue=False,
         )
 
     def preview(image: Image.Image | None, module: str, res: int, a: float, b: float) -> Any:
@@ -381,7 +373,7 @@ def build_controlnet_tab(
             )
             module = gr.Dropdown(
                 module_names,
-                value="canny" if "canny" in module_names else "none",
+                value="canny",
                 label="Preprocessor",
                 elem_id="controlnet_module",
             )

@@ -161,6 +161,16 @@ class ControlSession:
         self.total = max(1, total)
         self.soft = soft
         self.step = 0  # 0-based index of the step being computed; the step callback advances it
+        self._cond_masks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _cond_mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``(2 * batch, 1, 1, 1)``: 0 for the unconditional half of a CFG batch, 1 for the conditional half;
+        made once per device and dtype."""
+        mask = self._cond_masks.get((device, dtype))
+        if mask is None:
+            mask = torch.cat([torch.zeros(self.batch), torch.ones(self.batch)]).view(-1, 1, 1, 1)
+            mask = self._cond_masks[(device, dtype)] = mask.to(device, dtype)
+        return mask
 
     def advance(self, done: int) -> None:
         """Called after each step with the number of steps done."""
@@ -175,13 +185,9 @@ class ControlSession:
             return None
         rows = sample.shape[0]
         # Diffusers stacks [unconditional, conditional] when classifier-free guidance is on.
-        cfg = rows == 2 * self.batch
         cond_mask = None
-        if cfg:
-            cond_mask = torch.cat([torch.zeros(self.batch), torch.ones(self.batch)]).to(
-                sample.device, sample.dtype
-            )
-            cond_mask = cond_mask.view(-1, 1, 1, 1)
+        if rows == 2 * self.batch and any(unit.control_mode == MODE_CONTROL for unit in active):
+            cond_mask = self._cond_mask(sample.device, sample.dtype)
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         intrablock: list[torch.Tensor] | None = None
@@ -192,7 +198,7 @@ class ControlSession:
             only_cond = cond_mask is not None and unit.control_mode == MODE_CONTROL
             scale = int(getattr(control, "downscale", 8))
             height, width = sample.shape[-2] * scale, sample.shape[-1] * scale
-            dtype = next(control.model.parameters()).dtype
+            dtype = control.dtype
             hint = unit.hint(height, width, sample.device, dtype)
             if unit.is_adapter:
                 features = self._adapter_features(unit, hint, rows)

@@ -16,7 +16,6 @@ Diffusers' default attention processors already use torch's scaled-dot-product a
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -30,7 +29,6 @@ from webui.domain.controlnet_models import (
     ControlNetKind,
     ControlNetLayout,
     ControlNetRecord,
-    base_of_family,
 )
 from webui.registry.controlnet import (
     LATENT_SCALE,
@@ -42,6 +40,7 @@ from webui.registry.controlnet import (
     identify_controlnet,
     infer_controlnet_config,
 )
+from webui.registry.pickle_check import _first_line
 from webui.registry.safetensors_header import SafetensorsError, read_header
 
 log = logging.getLogger(__name__)
@@ -66,22 +65,18 @@ class LoadedControlNet:
     kind: ControlNetKind
     context_dim: int | None
     base: str | None
-    is_sdxl: bool
     downscale: int
     dtype: torch.dtype
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def fits(self, family_value: str) -> bool:
-        """Whether this model can be used with a checkpoint of ``family_value`` (unknown base: yes)."""
-        return self.base is None or self.base == base_of_family(family_value)
+    @property
+    def is_sdxl(self) -> bool:
+        return self.base == "sdxl"
 
     def to(self, device: torch.device | str) -> None:
         target = torch.device(device)
         self.model.to(target)
         self.device = target
-
-    def size_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
 # -- loading ------------------------------------------------------------------------------------------------
@@ -91,6 +86,8 @@ def load_controlnet(
     record: ControlNetRecord, dtype: torch.dtype, device: torch.device | str = "cpu"
 ) -> LoadedControlNet:
     """Load ``record`` in ``dtype`` onto ``device``; raises ``ControlNetLoadError`` with a clear message."""
+    if record.error:
+        raise ControlNetLoadError(record.error)  # the scan already found it unusable, and said why
     path = Path(record.path)
     if not path.exists():
         raise ControlNetLoadError(f"{record.name}: the file no longer exists; refresh the ControlNet list")
@@ -124,18 +121,7 @@ def load_controlnet(
 def _load_folder(record: ControlNetRecord, folder: Path, dtype: torch.dtype) -> LoadedControlNet:
     from diffusers import ControlNetModel, T2IAdapter
 
-    try:
-        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ControlNetLoadError(
-            f"{record.name}: the folder's config.json cannot be read ({exc}); download the model again"
-        ) from exc
-    if class_name not in ("ControlNetModel", "T2IAdapter"):
-        raise ControlNetLoadError(
-            f"{record.name}: a diffusers {class_name or 'folder'} is not supported; Easel loads "
-            "ControlNetModel and T2IAdapter folders and ControlNet single files"
-        )
-    adapter = class_name == "T2IAdapter"
+    adapter = record.kind is ControlNetKind.T2I_ADAPTER
     model_class: Any = T2IAdapter if adapter else ControlNetModel
     options: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
     if not (folder / "diffusion_pytorch_model.safetensors").is_file() and any(
@@ -157,25 +143,17 @@ def _load_folder(record: ControlNetRecord, folder: Path, dtype: torch.dtype) -> 
     if adapter:
         factor = int(model.downscale_factor)
         # The XL adapter unshuffles by 16 and upsamples once inside: its input is the full-size image.
-        downscale = factor // 2 if config.get("adapter_type") == "full_adapter_xl" else factor
-        return LoadedControlNet(
-            record=record,
-            model=model,
-            kind=ControlNetKind.T2I_ADAPTER,
-            context_dim=None,
-            base=base,
-            is_sdxl=base == "sdxl",
-            downscale=downscale or LATENT_SCALE,
-            dtype=dtype,
-        )
+        xl = config.get("adapter_type") == "full_adapter_xl"
+        downscale = (factor // 2 if xl else factor) or LATENT_SCALE
+    else:
+        downscale = conditioning_downscale(config)
     return LoadedControlNet(
         record=record,
         model=model,
-        kind=ControlNetKind.CONTROLNET,
-        context_dim=context_dim,
+        kind=record.kind,
+        context_dim=None if adapter else context_dim,
         base=base,
-        is_sdxl=config.get("addition_embed_type") == "text_time",
-        downscale=conditioning_downscale(config),
+        downscale=downscale,
         dtype=dtype,
     )
 
@@ -222,7 +200,6 @@ def _load_single_file(record: ControlNetRecord, path: Path, dtype: torch.dtype) 
         kind=ControlNetKind.CONTROLNET,
         context_dim=identity.context_dim or config.get("cross_attention_dim"),
         base=identity.base,
-        is_sdxl=config.get("addition_embed_type") == "text_time",
         downscale=conditioning_downscale(config),
         dtype=dtype,
     )
@@ -315,11 +292,6 @@ def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.d
         raise ControlNetLoadError(f"{name}: {len(meta)} tensors were not initialised (e.g. {meta[0]})")
     model.eval()
     model.requires_grad_(False)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- cache --------------------------------------------------------------------------------------------------
