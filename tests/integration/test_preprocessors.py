@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -65,16 +66,17 @@ def pixels(result: DetectedMap) -> np.ndarray:
     return np.asarray(result.image)
 
 
-@pytest.fixture(scope="session")
-def annotator_source(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Builds each annotator file once per session, on first use."""
+@pytest.fixture(scope="module")
+def annotator_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
+    """Builds each annotator file once for this module, on first use; ~1.6 GB in all, deleted after."""
     folder = tmp_path_factory.mktemp("annotator-source")
 
     def get(filename: str) -> Path:
         path = folder / filename
         return path if path.is_file() else write_annotator_file(folder, filename)
 
-    return get
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -53,13 +53,13 @@ def test_gradio_only_in_ui_and_runtime_never_imports_adapters() -> None:
             assert not bad, f"{relative} imports {bad}"
 
 
-def test_services_start_without_torch() -> None:
+def test_services_start_without_torch(tmp_path: Path) -> None:
     """Building the services (what `python app.py` does before serving) must not import torch."""
     code = (
-        "import sys, tempfile\n"
+        "import sys\n"
         "from webui.container import build_services\n"
         "from webui.settings import Settings\n"
-        "s = build_services(Settings(data_dir=tempfile.mkdtemp(), preload_model=False))\n"
+        f"s = build_services(Settings(data_dir={str(tmp_path)!r}, preload_model=False))\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
