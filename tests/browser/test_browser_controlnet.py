@@ -1,5 +1,5 @@
 """A real browser: the ControlNet tab previews a canny map of a reference, sends it to a txt2img unit, and the
-generated image's infotext names the unit."""
+generated image's infotext names the unit; PNG Info restores a recorded unit's settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from tests.browser.conftest import CHROMIUM, draw_init_png, set_size_steps_seed
 
@@ -71,5 +73,62 @@ def test_preview_map_send_to_txt2img_and_generate(
             assert 'ControlNet 0: "Module: none, Model: control_tiny_sd15_edges [' in infotext
             assert page.locator("#txt2img_gallery img").count() >= 1
             page.screenshot(path=str(tmp_path / "txt2img-controlnet.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_png_info_restores_a_unit_and_a_picked_module_resets_its_sliders(
+    with_controlnet: Path, running_app: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    recorded = tmp_path / "recorded.png"
+    meta = PngInfo()
+    meta.add_text(
+        "parameters",
+        "a lighthouse\nSteps: 9, Sampler: Euler a, CFG scale: 6, Seed: 5, Size: 64x64, "
+        'ControlNet 0: "Module: canny, Model: control_tiny_sd15_edges [0badc0de], Weight: 0.6, '
+        "Resize Mode: Just Resize, Processor Res: 96, Threshold A: 50, Threshold B: 150, "
+        "Guidance Start: 0.1, Guidance End: 0.8, Pixel Perfect: False, "
+        'Control Mode: ControlNet is more important"',
+    )
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(recorded, pnginfo=meta)
+    unit = "#txt2img_controlnet_0"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(running_app)
+            page.get_by_role("tab", name="PNG Info", exact=True).click()
+            page.locator("#pnginfo_image input[type=file]").set_input_files(str(recorded))
+            page.wait_for_function(
+                "document.querySelector('#pnginfo_info textarea').value.includes('ControlNet 0')",
+                timeout=30_000,
+            )
+            page.click("#pnginfo_send_txt2img")
+            page.wait_for_selector("#txt2img_prompt textarea", state="visible", timeout=30_000)
+            page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+            resolution = page.locator(f"{unit}_slider_1 input[type=number]")
+            resolution.wait_for(state="visible", timeout=30_000)
+            page.wait_for_function(
+                f"document.querySelector('{unit}_slider_1 input[type=number]').value === '96'", timeout=30_000
+            )
+            page.wait_for_timeout(1500)  # any late change handler would have overwritten the values by now
+            assert resolution.input_value() == "96"
+            assert page.locator(f"{unit}_slider_2 input[type=number]").input_value() == "50"
+            assert page.locator(f"{unit}_slider_3 input[type=number]").input_value() == "150"
+            assert page.locator(f"{unit}_enabled input").is_checked()
+            assert page.locator(f"{unit}_module input").input_value() == "canny"
+            assert page.locator(f"{unit}_model input").input_value().startswith("control_tiny_sd15_edges [")
+            assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.6"
+            page.screenshot(path=str(tmp_path / "pasted-unit.png"), full_page=True)
+            # the user picks another preprocessor: its own defaults replace the pasted values
+            page.locator(f"{unit}_module input").click()
+            page.get_by_role("option", name="depth_midas", exact=True).click()
+            page.wait_for_function(
+                f"document.querySelector('{unit}_slider_1 input[type=number]').value === '512'",
+                timeout=30_000,
+            )
+            assert not page.locator(f"{unit}_slider_2").is_visible()  # MiDaS has no threshold sliders
         finally:
             browser.close()

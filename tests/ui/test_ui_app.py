@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from tests.ui.helpers import event_fn
 from webui.container import Services, build_services
 from webui.domain.generation import Txt2ImgRequest
 from webui.domain.models import ModelFamily
@@ -345,22 +346,10 @@ def test_checkpoint_switch_reports_errors_in_the_status_line(served: Any) -> Non
     assert _error_text(_txt2img(served.client)["error"]) == ""
 
 
-def _event_fn(blocks: Any, trigger_elem_id: str, event: str) -> Any:
-    ids = {
-        block_id
-        for block_id, block in blocks.blocks.items()
-        if getattr(block, "elem_id", None) == trigger_elem_id
-    }
-    for fn in blocks.fns.values():
-        if any(target == (block_id, event) for target in fn.targets for block_id in ids):
-            return fn
-    raise AssertionError(f"no {event} event on #{trigger_elem_id}")
-
-
 def test_send_to_txt2img_fills_the_fields_and_switches_tab(served: Any) -> None:
     blocks = served.blocks
     by_id = {getattr(block, "elem_id", None): block for block in blocks.blocks.values()}
-    send = _event_fn(blocks, "pnginfo_send_txt2img", "click")
+    send = event_fn(blocks, "pnginfo_send_txt2img", "click")
     infotext = (
         "a lighthouse\nNegative prompt: people\n"
         "Steps: 11, Sampler: Euler a, Schedule type: Uniform, CFG scale: 4.5, Seed: 77, "

@@ -83,15 +83,21 @@ class ControlNetService:
         return [r.title for r in self.records() if r.error is None and (family is None or fits(r, family))]
 
     def find(self, name: str) -> ControlNetRecord:
-        """The model titled ``name`` (``name [hash8]``), else the one whose name matches without the hash."""
+        """The model titled ``name`` (``name [hash8]``), else the one whose name matches without the hash,
+        else the one with that hash (a file renamed since)."""
         records = [r for r in self.records() if r.error is None]
         wanted = name.strip()
         for record in records:
             if record.title == wanted:
                 return record
-        bare = wanted.rsplit(" [", 1)[0].strip().lower() if wanted.endswith("]") else wanted.lower()
+        bare, _, tail = wanted.rpartition(" [") if wanted.endswith("]") else (wanted, "", "")
+        bare = bare.strip().lower()
         for record in records:
             if record.model_name.lower() == bare or Path(record.model_name).name.lower() == bare:
+                return record
+        short_hash = tail[:-1].strip().lower()
+        for record in records:  # renamed since the infotext was written: the hash still finds it
+            if short_hash and record.legacy_hash is not None and record.legacy_hash.lower() == short_hash:
                 return record
         known = ", ".join(r.title for r in records) or f"none: put ControlNet models into {self.root}"
         raise ControlNetInputError(f"ControlNet model {name!r} not found. Available: {known}")

@@ -54,7 +54,11 @@ def build_ui(services: Any) -> gr.Blocks:
                 build_extras(services)
             with gr.Tab("PNG Info", id=PNGINFO_TAB, elem_id="tab_pnginfo"):
                 pnginfo = build_pnginfo(
-                    services, txt2img_fields=txt2img.fields, tabs=tabs, txt2img_tab_id=TXT2IMG_TAB
+                    services,
+                    txt2img_fields=txt2img.fields,
+                    tabs=tabs,
+                    txt2img_tab_id=TXT2IMG_TAB,
+                    txt2img_units=txt2img.extra["controlnet"].units,
                 )
                 pnginfo_send = add_send_buttons("pnginfo")
             with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):

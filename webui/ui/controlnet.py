@@ -25,8 +25,10 @@ from webui.domain.controlnet import (
     ControlNetUnit,
     ControlResizeMode,
     HiresOption,
+    units_from_infotext,
 )
 from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
+from webui.metadata.infotext import parse_infotext
 from webui.services.img2img import encode_png_b64
 from webui.ui.user_errors import user_message
 
@@ -109,6 +111,16 @@ def slider_updates(module: str) -> tuple[Any, Any, Any]:
                     value=slider["value"],
                 )
             )
+    return updates[0], updates[1], updates[2]
+
+
+def slider_values(module: str, res: float, a: float, b: float) -> tuple[Any, Any, Any]:
+    """:func:`slider_updates` for ``module`` showing ``res`` / ``a`` / ``b`` where its slot has that slider
+    and the value is in range (``-1``, the unit's "default", keeps the module's default)."""
+    updates = slider_updates(module)
+    for update, value in zip(updates, (res, a, b), strict=True):
+        if update.get("visible") and value is not None and update["minimum"] <= value <= update["maximum"]:
+            update["value"] = value
     return updates[0], updates[1], updates[2]
 
 
@@ -255,7 +267,9 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
 
 def _wire_unit(services: Any, unit: UnitWidgets) -> None:
     sliders = [unit.slider_1, unit.slider_2, unit.slider_3]
-    unit.module.change(
+    # Only a module the user picks resets the sliders to its defaults; a module set by a send or a paste
+    # comes with its own slider values (``slider_values``), which a ``change`` listener would overwrite.
+    unit.module.input(
         slider_updates, inputs=unit.module, outputs=sliders, api_visibility="private", queue=False
     )
     unit.image.change(
@@ -340,6 +354,104 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
             widget = unit.image_value if name == "image" else getattr(unit, name)
             fields[field_name(unit.index, name)] = widget
     return ControlNetUnits(units=units, fields=fields, refresh=refresh)
+
+
+# The widgets a pasted infotext sets in each unit (the control image is not part of an infotext).
+PASTED_WIDGETS = (
+    "enabled",
+    "module",
+    "model",
+    "weight",
+    "guidance_start",
+    "guidance_end",
+    "control_mode",
+    "resize_mode",
+    "pixel_perfect",
+    "slider_1",
+    "slider_2",
+    "slider_3",
+)
+
+
+def paste_targets(units: list[UnitWidgets]) -> list[gr.components.Component]:
+    """The outputs a send / paste handler needs for :func:`pasted_unit_updates`."""
+    return [getattr(unit, name) for unit in units for name in PASTED_WIDGETS]
+
+
+def _installed_title(services: Any, name: str, choices: list[str]) -> tuple[str, str | None]:
+    """``(dropdown value, note)`` for the model an infotext names: its installed title, else ``None``."""
+    if name == MODEL_NONE:
+        return MODEL_NONE, None
+    try:
+        record = services.controlnet.find(name)
+    except ValueError:
+        return MODEL_NONE, (
+            f"its model {name!r} is not installed: put it into models/ControlNet and press 🔄 Refresh models"
+        )
+    if record.title not in choices:
+        return MODEL_NONE, f"its model {record.title!r} does not fit the selected checkpoint"
+    return record.title, None
+
+
+def pasted_unit_updates(
+    services: Any, units: list[UnitWidgets], infotext: str
+) -> tuple[dict[Any, Any], list[str]]:
+    """Widget updates that restore the ControlNet units an infotext records (``ControlNet 0: "Module: ...``),
+    and notes for the user. Units the infotext does not mention are left as they are.
+
+    A restored unit is enabled with the recorded preprocessor, model, weight, steps, modes and slider values;
+    its control image is not in the infotext, so the notes ask for it. A model that is not installed (found
+    by title, name, or hash when renamed) or does not fit the checkpoint is left at ``None``, with a note.
+    """
+    if not units or not infotext.strip() or services.controlnet is None:
+        return {}, []
+    recorded = units_from_infotext(parse_infotext(infotext))
+    choices = model_choices(services)
+    updates: dict[Any, Any] = {}
+    restored: list[str] = []
+    problems: list[str] = []
+    for unit in units:
+        if unit.index >= len(recorded) or not recorded[unit.index].enabled:
+            continue  # not in the infotext (``units_from_infotext`` fills gaps with disabled units)
+        cn = recorded[unit.index]
+        try:
+            module = resolve_module(cn.module).name
+        except ValueError:
+            problems.append(f"unit {unit.index}: preprocessor {cn.module!r} is unknown, set to none")
+            module = "none"
+        model, note = _installed_title(services, cn.model, choices)
+        if note:
+            problems.append(f"unit {unit.index}: {note}")
+        updates[unit.enabled] = True
+        updates[unit.module] = module
+        updates[unit.model] = gr.update(choices=choices, value=model)
+        updates[unit.weight] = cn.weight
+        updates[unit.guidance_start] = cn.guidance_start
+        updates[unit.guidance_end] = cn.guidance_end
+        updates[unit.control_mode] = cn.control_mode.value
+        updates[unit.resize_mode] = cn.resize_mode.value
+        updates[unit.pixel_perfect] = cn.pixel_perfect
+        sliders = slider_values(module, cn.processor_res, cn.threshold_a, cn.threshold_b)
+        updates.update(zip((unit.slider_1, unit.slider_2, unit.slider_3), sliders, strict=True))
+        restored.append(str(unit.index))
+    notes = []
+    if restored:
+        if len(restored) == 1:
+            what, upload = f"unit {restored[0]}", "upload it"
+        else:
+            what, upload = "units " + ", ".join(restored), "upload one for each"
+        notes.append(
+            f"ControlNet {what} restored from the parameters. An infotext holds no control image: "
+            f"{upload} before generating."
+        )
+    skipped = [i for i in range(len(units), len(recorded)) if recorded[i].enabled]
+    if skipped:
+        problems.append(
+            f"the image used ControlNet unit {skipped[0]}, but this tab has {len(units)} unit(s) "
+            "(Settings: control_net_unit_count)"
+        )
+    notes += [f"Not restored: {problem}." for problem in problems]
+    return updates, notes
 
 
 def detected_map_gallery(services: Any, result: Any) -> list[tuple[Image.Image, str]]:
@@ -497,8 +609,8 @@ def build_controlnet_tab(
                 if unit.index != target:
                     out += [gr.update()] * 7
                     continue
-                out += [True, image, "none" if use_map else name, chosen]
-                out += [gr.update(value=res), gr.update(value=a), gr.update(value=b)]
+                sent_module = "none" if use_map else name
+                out += [True, image, sent_module, chosen, *slider_values(sent_module, res, a, b)]
             out.append(gr.Tabs(selected=tab_ids[_mode]))
             return out
 

@@ -14,6 +14,8 @@ import gradio as gr
 
 from webui.metadata.image_io import read_infotext
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
+from webui.ui.controlnet import PREFIX as UNIT_PREFIX
+from webui.ui.controlnet import UnitWidgets, paste_targets, pasted_unit_updates
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,21 @@ def fields_to_send(
     return {name: value for name, value in fields.items() if name in available}
 
 
+def paste_controlnet_units(services: Any, units: list[UnitWidgets], infotext: str) -> dict[Any, Any]:
+    """The ControlNet unit updates for ``infotext``, telling the user what to do next (a toast each)."""
+    updates, notes = pasted_unit_updates(services, units, infotext)
+    for note in notes:
+        (gr.Warning if note.startswith("Not restored") else gr.Info)(note)
+    return updates
+
+
 def build_pnginfo(
     services: Any,
     *,
     txt2img_fields: dict[str, gr.components.Component],
     tabs: gr.Tabs,
     txt2img_tab_id: str,
+    txt2img_units: list[UnitWidgets] | None = None,
 ) -> PngInfoTab:
     with gr.Row():
         with gr.Column():
@@ -88,8 +99,9 @@ def build_pnginfo(
 
     image.change(read_image_info, inputs=image, outputs=[info, params, extra], api_name="pnginfo")
 
-    targets = list(txt2img_fields.values())
-    by_name = dict(txt2img_fields)
+    units = txt2img_units or []
+    by_name = {name: widget for name, widget in txt2img_fields.items() if not name.startswith(UNIT_PREFIX)}
+    targets = [*by_name.values(), *paste_targets(units)]
 
     def send(infotext: str | None) -> dict[Any, Any]:
         networks = getattr(services, "networks", None)
@@ -98,6 +110,7 @@ def build_pnginfo(
             gr.Info("No generation parameters to send.")
             return {}
         updates: dict[Any, Any] = {by_name[name]: value for name, value in fields.items()}
+        updates.update(paste_controlnet_units(services, units, infotext or ""))
         updates[tabs] = gr.Tabs(selected=txt2img_tab_id)
         return updates
 

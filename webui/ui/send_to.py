@@ -7,8 +7,10 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from webui.ui.controlnet import PREFIX as UNIT_PREFIX
+from webui.ui.controlnet import paste_targets
 from webui.ui.img2img import MODE_IMG2IMG, MODE_INPAINT, Img2ImgTab
-from webui.ui.pnginfo import fields_to_send
+from webui.ui.pnginfo import fields_to_send, paste_controlnet_units
 
 
 def add_send_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
@@ -39,8 +41,10 @@ def wire_send(
     img2img_tab_id: str,
 ) -> None:
     """``image_of(*inputs) -> (image or path or None, infotext)`` picks what to send."""
-    by_name = dict(img2img.fields)
+    units = img2img.extra["controlnet"].units
+    by_name = {name: widget for name, widget in img2img.fields.items() if not name.startswith(UNIT_PREFIX)}
     targets = [img2img.image, img2img.editor, img2img.mode, img2img.sub_tabs, tabs, *by_name.values()]
+    targets += paste_targets(units)
 
     def make(mode: str) -> Any:
         def send(*values: Any) -> dict[Any, Any]:
@@ -51,6 +55,7 @@ def wire_send(
                 return {}
             fields = fields_to_send(infotext or "", services.options.get(), set(by_name))
             updates: dict[Any, Any] = {by_name[name]: value for name, value in fields.items()}
+            updates.update(paste_controlnet_units(services, units, infotext or ""))
             if mode == MODE_INPAINT:
                 updates[img2img.editor] = {"background": image, "layers": [], "composite": image}
             else:
