@@ -356,17 +356,11 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
     return ControlNetUnits(units=units, fields=fields, refresh=refresh)
 
 
-# The widgets a pasted infotext sets in each unit (the control image is not part of an infotext).
+# The widgets a pasted infotext sets in each unit: the fields its ``ControlNet N`` value records (not the
+# image, low VRAM or hires passes), with the three sliders standing for the preprocessor's values.
+_NOT_RECORDED = ("image", "low_vram", "hr_option", "processor_res", "threshold_a", "threshold_b")
 PASTED_WIDGETS = (
-    "enabled",
-    "module",
-    "model",
-    "weight",
-    "guidance_start",
-    "guidance_end",
-    "control_mode",
-    "resize_mode",
-    "pixel_perfect",
+    *(name for name in UNIT_FIELDS if name not in _NOT_RECORDED),
     "slider_1",
     "slider_2",
     "slider_3",
