@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,14 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Headless on a machine without a network: no GPU, no sandbox (root in CI), no background connections.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+OpenPage = Callable[..., Any]  # open_page(height=1200) -> a playwright Page showing the running app
 
 
 def _free_port() -> int:
@@ -57,6 +65,25 @@ def running_app(data_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture
+def open_page(running_app: str) -> Iterator[OpenPage]:
+    """Opens the running app in headless chromium, 1400 pixels wide; the browser closes after the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+        def open_app(height: int = 1200) -> Any:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(running_app)
+            return page
+
+        try:
+            yield open_app
+        finally:
+            browser.close()
 
 
 def set_size_steps_seed(

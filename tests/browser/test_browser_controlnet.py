@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tests.browser.conftest import CHROMIUM, draw_init_png, set_size_steps_seed
+from tests.browser.conftest import OpenPage, draw_init_png, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,64 +24,54 @@ def with_controlnet(data_dir: Path, controlnet_files: dict[str, Path]) -> Path:
 
 
 def test_preview_map_send_to_txt2img_and_generate(
-    with_controlnet: Path, running_app: str, tmp_path: Path
+    with_controlnet: Path, open_page: OpenPage, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     reference = draw_init_png(tmp_path / "reference.png")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(running_app)
-            page.get_by_role("tab", name="ControlNet", exact=True).click()
-            page.wait_for_selector("#controlnet_detect", timeout=30_000)
-            # wrong input first: no reference uploaded
-            page.click("#controlnet_detect")
-            page.wait_for_function(
-                "document.querySelector('#controlnet_status').innerText.includes('Upload a reference')",
-                timeout=30_000,
-            )
-            page.locator("#controlnet_reference input[type=file]").set_input_files(str(reference))
-            page.wait_for_selector("#controlnet_reference img", timeout=30_000)
-            resolution = page.locator("#controlnet_slider_1 input[type=number]")
-            resolution.fill("64")
-            resolution.press("Tab")
-            page.click("#controlnet_detect")
-            page.wait_for_selector("#controlnet_detected img", timeout=60_000)
-            page.wait_for_function(
-                "document.querySelector('#controlnet_status').innerText.includes('canny: 64x64')",
-                timeout=30_000,
-            )
-            page.locator("#controlnet_model input").first.click()
-            page.get_by_role("option", name="control_tiny_sd15_edges").first.click()
-            page.screenshot(path=str(tmp_path / "controlnet-tab.png"), full_page=True)
-            page.click("#controlnet_send_txt2img")
-            page.wait_for_selector("#txt2img_prompt textarea", state="visible", timeout=30_000)
-            page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
-            page.wait_for_selector("#txt2img_controlnet_0_image img", timeout=30_000)
-            assert page.locator("#txt2img_controlnet_0_enabled input").is_checked()
-            page.fill("#txt2img_prompt textarea", "a disc")
-            set_size_steps_seed(page, "txt2img", steps=4, seed=77)
-            page.click("#txt2img_generate")
-            page.wait_for_function(
-                "document.querySelector('#txt2img_infotext textarea') && "
-                "document.querySelector('#txt2img_infotext textarea').value.includes('ControlNet 0')",
-                timeout=120_000,
-            )
-            infotext = page.locator("#txt2img_infotext textarea").input_value()
-            assert 'ControlNet 0: "Module: none, Model: control_tiny_sd15_edges [' in infotext
-            assert page.locator("#txt2img_gallery img").count() >= 1
-            page.screenshot(path=str(tmp_path / "txt2img-controlnet.png"), full_page=True)
-        finally:
-            browser.close()
+    page = open_page(height=1400)
+    page.get_by_role("tab", name="ControlNet", exact=True).click()
+    page.wait_for_selector("#controlnet_detect", timeout=30_000)
+    # wrong input first: no reference uploaded
+    page.click("#controlnet_detect")
+    page.wait_for_function(
+        "document.querySelector('#controlnet_status').innerText.includes('Upload a reference')",
+        timeout=30_000,
+    )
+    page.locator("#controlnet_reference input[type=file]").set_input_files(str(reference))
+    page.wait_for_selector("#controlnet_reference img", timeout=30_000)
+    resolution = page.locator("#controlnet_slider_1 input[type=number]")
+    resolution.fill("64")
+    resolution.press("Tab")
+    page.click("#controlnet_detect")
+    page.wait_for_selector("#controlnet_detected img", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#controlnet_status').innerText.includes('canny: 64x64')",
+        timeout=30_000,
+    )
+    page.locator("#controlnet_model input").first.click()
+    page.get_by_role("option", name="control_tiny_sd15_edges").first.click()
+    page.screenshot(path=str(tmp_path / "controlnet-tab.png"), full_page=True)
+    page.click("#controlnet_send_txt2img")
+    page.wait_for_selector("#txt2img_prompt textarea", state="visible", timeout=30_000)
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    page.wait_for_selector("#txt2img_controlnet_0_image img", timeout=30_000)
+    assert page.locator("#txt2img_controlnet_0_enabled input").is_checked()
+    page.fill("#txt2img_prompt textarea", "a disc")
+    set_size_steps_seed(page, "txt2img", steps=4, seed=77)
+    page.click("#txt2img_generate")
+    page.wait_for_function(
+        "document.querySelector('#txt2img_infotext textarea') && "
+        "document.querySelector('#txt2img_infotext textarea').value.includes('ControlNet 0')",
+        timeout=120_000,
+    )
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert 'ControlNet 0: "Module: none, Model: control_tiny_sd15_edges [' in infotext
+    assert page.locator("#txt2img_gallery img").count() >= 1
+    page.screenshot(path=str(tmp_path / "txt2img-controlnet.png"), full_page=True)
 
 
 def test_png_info_restores_a_unit_and_a_picked_module_resets_its_sliders(
-    with_controlnet: Path, running_app: str, tmp_path: Path
+    with_controlnet: Path, open_page: OpenPage, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     recorded = tmp_path / "recorded.png"
     meta = PngInfo()
     meta.add_text(
@@ -94,41 +84,35 @@ def test_png_info_restores_a_unit_and_a_picked_module_resets_its_sliders(
     )
     Image.new("RGB", (64, 64), (90, 90, 90)).save(recorded, pnginfo=meta)
     unit = "#txt2img_controlnet_0"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.goto(running_app)
-            page.get_by_role("tab", name="PNG Info", exact=True).click()
-            page.locator("#pnginfo_image input[type=file]").set_input_files(str(recorded))
-            page.wait_for_function(
-                "document.querySelector('#pnginfo_info textarea').value.includes('ControlNet 0')",
-                timeout=30_000,
-            )
-            page.click("#pnginfo_send_txt2img")
-            page.wait_for_selector("#txt2img_prompt textarea", state="visible", timeout=30_000)
-            page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
-            resolution = page.locator(f"{unit}_slider_1 input[type=number]")
-            resolution.wait_for(state="visible", timeout=30_000)
-            page.wait_for_function(
-                f"document.querySelector('{unit}_slider_1 input[type=number]').value === '96'", timeout=30_000
-            )
-            page.wait_for_timeout(1500)  # any late change handler would have overwritten the values by now
-            assert resolution.input_value() == "96"
-            assert page.locator(f"{unit}_slider_2 input[type=number]").input_value() == "50"
-            assert page.locator(f"{unit}_slider_3 input[type=number]").input_value() == "150"
-            assert page.locator(f"{unit}_enabled input").is_checked()
-            assert page.locator(f"{unit}_module input").input_value() == "canny"
-            assert page.locator(f"{unit}_model input").input_value().startswith("control_tiny_sd15_edges [")
-            assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.6"
-            page.screenshot(path=str(tmp_path / "pasted-unit.png"), full_page=True)
-            # the user picks another preprocessor: its own defaults replace the pasted values
-            page.locator(f"{unit}_module input").click()
-            page.get_by_role("option", name="depth_midas", exact=True).click()
-            page.wait_for_function(
-                f"document.querySelector('{unit}_slider_1 input[type=number]').value === '512'",
-                timeout=30_000,
-            )
-            assert not page.locator(f"{unit}_slider_2").is_visible()  # MiDaS has no threshold sliders
-        finally:
-            browser.close()
+    page = open_page(height=1600)
+    page.get_by_role("tab", name="PNG Info", exact=True).click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(recorded))
+    page.wait_for_function(
+        "document.querySelector('#pnginfo_info textarea').value.includes('ControlNet 0')",
+        timeout=30_000,
+    )
+    page.click("#pnginfo_send_txt2img")
+    page.wait_for_selector("#txt2img_prompt textarea", state="visible", timeout=30_000)
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    resolution = page.locator(f"{unit}_slider_1 input[type=number]")
+    resolution.wait_for(state="visible", timeout=30_000)
+    page.wait_for_function(
+        f"document.querySelector('{unit}_slider_1 input[type=number]').value === '96'", timeout=30_000
+    )
+    page.wait_for_timeout(1500)  # any late change handler would have overwritten the values by now
+    assert resolution.input_value() == "96"
+    assert page.locator(f"{unit}_slider_2 input[type=number]").input_value() == "50"
+    assert page.locator(f"{unit}_slider_3 input[type=number]").input_value() == "150"
+    assert page.locator(f"{unit}_enabled input").is_checked()
+    assert page.locator(f"{unit}_module input").input_value() == "canny"
+    assert page.locator(f"{unit}_model input").input_value().startswith("control_tiny_sd15_edges [")
+    assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.6"
+    page.screenshot(path=str(tmp_path / "pasted-unit.png"), full_page=True)
+    # the user picks another preprocessor: its own defaults replace the pasted values
+    page.locator(f"{unit}_module input").click()
+    page.get_by_role("option", name="depth_midas", exact=True).click()
+    page.wait_for_function(
+        f"document.querySelector('{unit}_slider_1 input[type=number]').value === '512'",
+        timeout=30_000,
+    )
+    assert not page.locator(f"{unit}_slider_2").is_visible()  # MiDaS has no threshold sliders

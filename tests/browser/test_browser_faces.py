@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, set_size_steps_seed
+from tests.browser.conftest import OpenPage, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,43 +33,35 @@ def _value(page: object, selector: str, text: str) -> None:
     )
 
 
-def test_restore_faces_and_extras_sliders(running_app: str, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_restore_faces_and_extras_sliders(open_page: OpenPage, tmp_path: Path) -> None:
     shots = SHOTS or tmp_path
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(running_app)
-            page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
-            page.fill("#txt2img_prompt textarea", "a portrait")
-            set_size_steps_seed(page, "txt2img", steps=2, seed=77)
-            page.locator("#txt2img_restore_faces input[type=checkbox]").check()
-            page.click("#txt2img_generate")
-            page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
-            _value(page, "#txt2img_infotext textarea", "Face restoration: RestoreFormer")
-            infotext = page.locator("#txt2img_infotext textarea").input_value()
-            assert "Seed: 77, Face restoration: RestoreFormer, Size: 64x64" in infotext
-            page.screenshot(path=str(shots / "faces-txt2img.png"), full_page=True)
+    page = open_page(height=1100)
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+    page.fill("#txt2img_prompt textarea", "a portrait")
+    set_size_steps_seed(page, "txt2img", steps=2, seed=77)
+    page.locator("#txt2img_restore_faces input[type=checkbox]").check()
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
+    _value(page, "#txt2img_infotext textarea", "Face restoration: RestoreFormer")
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert "Seed: 77, Face restoration: RestoreFormer, Size: 64x64" in infotext
+    page.screenshot(path=str(shots / "faces-txt2img.png"), full_page=True)
 
-            page.get_by_role("tab", name="Extras").click()
-            page.locator("#extras_image input[type=file]").set_input_files(str(_picture(tmp_path)))
-            codeformer = page.locator("#extras_codeformer_visibility input[type=number]")
-            codeformer.fill("1")
-            codeformer.press("Tab")
-            page.click("#extras_generate")
-            _value(page, "#extras_error", "'CodeFormer' is not installed")
-            codeformer.fill("0")
-            codeformer.press("Tab")
-            gfpgan = page.locator("#extras_gfpgan_visibility input[type=number]")
-            gfpgan.fill("0.5")
-            gfpgan.press("Tab")
-            page.click("#extras_generate")
-            _value(page, "#extras_error", "'GFPGAN' is not installed (installed: RestoreFormer)")
-            page.screenshot(path=str(shots / "faces-extras.png"), full_page=True)
-        finally:
-            browser.close()
+    page.get_by_role("tab", name="Extras").click()
+    page.locator("#extras_image input[type=file]").set_input_files(str(_picture(tmp_path)))
+    codeformer = page.locator("#extras_codeformer_visibility input[type=number]")
+    codeformer.fill("1")
+    codeformer.press("Tab")
+    page.click("#extras_generate")
+    _value(page, "#extras_error", "'CodeFormer' is not installed")
+    codeformer.fill("0")
+    codeformer.press("Tab")
+    gfpgan = page.locator("#extras_gfpgan_visibility input[type=number]")
+    gfpgan.fill("0.5")
+    gfpgan.press("Tab")
+    page.click("#extras_generate")
+    _value(page, "#extras_error", "'GFPGAN' is not installed (installed: RestoreFormer)")
+    page.screenshot(path=str(shots / "faces-extras.png"), full_page=True)
 
 
 def _picture(folder: Path) -> Path:

@@ -6,36 +6,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, draw_init_png, set_size_steps_seed
+from tests.browser.conftest import OpenPage, draw_init_png, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_img2img_from_the_browser(running_app: str, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_img2img_from_the_browser(open_page: OpenPage, tmp_path: Path) -> None:
     init = draw_init_png(tmp_path / "init.png")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.goto(running_app)
-            page.wait_for_selector("#tab_img2img-button, button:has-text('img2img')", timeout=30_000)
-            page.get_by_role("tab", name="img2img", exact=True).click()
-            page.wait_for_selector("#img2img_prompt textarea", timeout=30_000)
-            page.fill("#img2img_prompt textarea", "a red circle")
-            page.locator("#img2img_image input[type=file]").set_input_files(str(init))
-            page.wait_for_selector("#img2img_image img", timeout=30_000)
-            set_size_steps_seed(page, "img2img", steps=4, seed=99)
-            page.click("#img2img_generate")
-            page.wait_for_selector("#img2img_gallery img", timeout=120_000)
-            page.wait_for_function(
-                "document.querySelector('#img2img_infotext textarea') && "
-                "document.querySelector('#img2img_infotext textarea').value.includes('Seed: 99')",
-                timeout=30_000,
-            )
-            infotext = page.locator("#img2img_infotext textarea").input_value()
-            assert "Denoising strength: 0.75" in infotext and "Size: 64x64" in infotext
-            page.screenshot(path=str(tmp_path / "img2img.png"), full_page=True)
-        finally:
-            browser.close()
+    page = open_page(height=1200)
+    page.wait_for_selector("#tab_img2img-button, button:has-text('img2img')", timeout=30_000)
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    page.wait_for_selector("#img2img_prompt textarea", timeout=30_000)
+    page.fill("#img2img_prompt textarea", "a red circle")
+    page.locator("#img2img_image input[type=file]").set_input_files(str(init))
+    page.wait_for_selector("#img2img_image img", timeout=30_000)
+    set_size_steps_seed(page, "img2img", steps=4, seed=99)
+    page.click("#img2img_generate")
+    page.wait_for_selector("#img2img_gallery img", timeout=120_000)
+    page.wait_for_function(
+        "document.querySelector('#img2img_infotext textarea') && "
+        "document.querySelector('#img2img_infotext textarea').value.includes('Seed: 99')",
+        timeout=30_000,
+    )
+    infotext = page.locator("#img2img_infotext textarea").input_value()
+    assert "Denoising strength: 0.75" in infotext and "Size: 64x64" in infotext
+    page.screenshot(path=str(tmp_path / "img2img.png"), full_page=True)

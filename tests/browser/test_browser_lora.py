@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, set_size_steps_seed
+from tests.browser.conftest import OpenPage, set_size_steps_seed
 from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -20,65 +20,49 @@ def data_dir(data_dir: Path, tiny_model_files: dict[str, Path]) -> Path:
     return data_dir
 
 
-def test_pick_lora_in_dropdown_and_generate(running_app: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(running_app)
-            page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
-            page.fill("#txt2img_prompt textarea", "a red circle")
-            set_size_steps_seed(page, "txt2img", steps=3)
-            dropdown = page.locator("#txt2img_loras input").first
-            dropdown.click()
-            page.locator("#txt2img_loras").get_by_text("inkwash").first.wait_for(timeout=10_000)
-            page.get_by_role("option", name="inkwash").first.click()
-            page.wait_for_function(
-                "document.querySelector('#txt2img_prompt textarea').value.includes('<lora:inkwash:1>')",
-                timeout=15_000,
-            )
-            page.locator("#txt2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
-            page.click("#txt2img_generate")
-            page.wait_for_function(
-                "document.querySelector('#txt2img_infotext textarea') && "
-                "document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')",
-                timeout=120_000,
-            )
-            infotext = page.locator("#txt2img_infotext textarea").input_value()
-            assert "<lora:inkwash:1>" in infotext
-            assert 'Lora hashes: "inkwash: ' in infotext
-        finally:
-            browser.close()
+def test_pick_lora_in_dropdown_and_generate(open_page: OpenPage) -> None:
+    page = open_page(height=1000)
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+    page.fill("#txt2img_prompt textarea", "a red circle")
+    set_size_steps_seed(page, "txt2img", steps=3)
+    dropdown = page.locator("#txt2img_loras input").first
+    dropdown.click()
+    page.locator("#txt2img_loras").get_by_text("inkwash").first.wait_for(timeout=10_000)
+    page.get_by_role("option", name="inkwash").first.click()
+    page.wait_for_function(
+        "document.querySelector('#txt2img_prompt textarea').value.includes('<lora:inkwash:1>')",
+        timeout=15_000,
+    )
+    page.locator("#txt2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
+    page.click("#txt2img_generate")
+    page.wait_for_function(
+        "document.querySelector('#txt2img_infotext textarea') && "
+        "document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')",
+        timeout=120_000,
+    )
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert "<lora:inkwash:1>" in infotext
+    assert 'Lora hashes: "inkwash: ' in infotext
 
 
-def test_img2img_dropdown_and_prompt_stay_in_sync(running_app: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(running_app)
-            page.wait_for_selector("#tab_img2img-button, button:has-text('img2img')", timeout=30_000)
-            page.get_by_role("tab", name="img2img").first.click()
-            page.wait_for_selector("#img2img_prompt textarea", timeout=15_000)
-            page.fill("#img2img_prompt textarea", "a red circle")
-            page.locator("#img2img_loras input").first.click()
-            page.get_by_role("option", name="inkwash").first.click()
-            page.wait_for_function(
-                "document.querySelector('#img2img_prompt textarea').value == 'a red circle <lora:inkwash:1>'",
-                timeout=15_000,
-            )
-            page.locator("#img2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
-            # the txt2img prompt is untouched: each tab's picker edits its own prompt
-            assert page.locator("#txt2img_prompt textarea").input_value() == ""
-            # typing a weight into the prompt moves the slider
-            page.fill("#img2img_prompt textarea", "a red circle <lora:inkwash:0.4>")
-            page.wait_for_function(
-                "document.querySelector('#img2img_lora_weight_0 input[type=number]').value == '0.4'",
-                timeout=15_000,
-            )
-        finally:
-            browser.close()
+def test_img2img_dropdown_and_prompt_stay_in_sync(open_page: OpenPage) -> None:
+    page = open_page(height=1000)
+    page.wait_for_selector("#tab_img2img-button, button:has-text('img2img')", timeout=30_000)
+    page.get_by_role("tab", name="img2img").first.click()
+    page.wait_for_selector("#img2img_prompt textarea", timeout=15_000)
+    page.fill("#img2img_prompt textarea", "a red circle")
+    page.locator("#img2img_loras input").first.click()
+    page.get_by_role("option", name="inkwash").first.click()
+    page.wait_for_function(
+        "document.querySelector('#img2img_prompt textarea').value == 'a red circle <lora:inkwash:1>'",
+        timeout=15_000,
+    )
+    page.locator("#img2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
+    # the txt2img prompt is untouched: each tab's picker edits its own prompt
+    assert page.locator("#txt2img_prompt textarea").input_value() == ""
+    # typing a weight into the prompt moves the slider
+    page.fill("#img2img_prompt textarea", "a red circle <lora:inkwash:0.4>")
+    page.wait_for_function(
+        "document.querySelector('#img2img_lora_weight_0 input[type=number]').value == '0.4'",
+        timeout=15_000,
+    )

@@ -11,6 +11,7 @@ runtime plan, the infotext keys and the maps to show.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,6 +31,9 @@ from webui.services.img2img import ImageInputError, decode_image
 log = logging.getLogger(__name__)
 
 __all__ = ["ControlNetInputError", "ControlNetService", "PreparedControl", "UnknownPreprocessorError"]
+
+
+_TITLE = re.compile(r"(.*?)\s*\[([0-9a-fA-F]{8})\]")  # "name [hash8]", as the model list shows it
 
 
 class ControlNetInputError(ValueError):
@@ -90,14 +94,14 @@ class ControlNetService:
         for record in records:
             if record.title == wanted:
                 return record
-        bare, _, tail = wanted.rpartition(" [") if wanted.endswith("]") else (wanted, "", "")
-        bare = bare.strip().lower()
+        titled = _TITLE.fullmatch(wanted)
+        bare = (titled.group(1) if titled else wanted).strip().lower()
         for record in records:
             if record.model_name.lower() == bare or Path(record.model_name).name.lower() == bare:
                 return record
-        short_hash = tail[:-1].strip().lower()
+        short_hash = titled.group(2).lower() if titled else None
         for record in records:  # renamed since the infotext was written: the hash still finds it
-            if short_hash and record.legacy_hash is not None and record.legacy_hash.lower() == short_hash:
+            if short_hash is not None and (record.legacy_hash or "").lower() == short_hash:
                 return record
         known = ", ".join(r.title for r in records) or f"none: put ControlNet models into {self.root}"
         raise ControlNetInputError(f"ControlNet model {name!r} not found. Available: {known}")

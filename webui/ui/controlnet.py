@@ -380,7 +380,8 @@ def _installed_title(services: Any, name: str, choices: list[str]) -> tuple[str,
         record = services.controlnet.find(name)
     except ValueError:
         return MODEL_NONE, (
-            f"its model {name!r} is not installed: put it into models/ControlNet and press 🔄 Refresh models"
+            f"its model {name!r} is not installed: put it into {services.controlnet.root} and press "
+            "🔄 Refresh models"
         )
     if record.title not in choices:
         return MODEL_NONE, f"its model {record.title!r} does not fit the selected checkpoint"
