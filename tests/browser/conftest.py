@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -99,6 +100,21 @@ def set_size_steps_seed(
         box = page.locator(f"#{tab}_seed input, #{tab}_seed textarea").first
         box.fill(str(seed))
         box.press("Tab")
+
+
+def wait_for_text(page: Any, selector: str, text: str, timeout: int = 120_000) -> None:
+    """Wait until the element at ``selector`` (a field's value, else its text) contains ``text``."""
+    found = f"document.querySelector({json.dumps(selector)})"
+    page.wait_for_function(
+        f"{found} && ({found}.value || {found}.innerText).includes({json.dumps(text)})", timeout=timeout
+    )
+
+
+def generate(page: Any, tab: str, expect: str) -> str:
+    """Click the tab's Generate, wait until its infotext contains ``expect`` and return the infotext."""
+    page.click(f"#{tab}_generate")
+    wait_for_text(page, f"#{tab}_infotext textarea", expect)
+    return str(page.locator(f"#{tab}_infotext textarea").input_value())
 
 
 def draw_init_png(path: Path) -> Path:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tests.browser.conftest import OpenPage, draw_init_png, set_size_steps_seed
+from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -32,10 +32,7 @@ def test_preview_map_send_to_txt2img_and_generate(
     page.wait_for_selector("#controlnet_detect", timeout=30_000)
     # wrong input first: no reference uploaded
     page.click("#controlnet_detect")
-    page.wait_for_function(
-        "document.querySelector('#controlnet_status').innerText.includes('Upload a reference')",
-        timeout=30_000,
-    )
+    wait_for_text(page, "#controlnet_status", "Upload a reference", timeout=30_000)
     page.locator("#controlnet_reference input[type=file]").set_input_files(str(reference))
     page.wait_for_selector("#controlnet_reference img", timeout=30_000)
     resolution = page.locator("#controlnet_slider_1 input[type=number]")
@@ -43,10 +40,7 @@ def test_preview_map_send_to_txt2img_and_generate(
     resolution.press("Tab")
     page.click("#controlnet_detect")
     page.wait_for_selector("#controlnet_detected img", timeout=60_000)
-    page.wait_for_function(
-        "document.querySelector('#controlnet_status').innerText.includes('canny: 64x64')",
-        timeout=30_000,
-    )
+    wait_for_text(page, "#controlnet_status", "canny: 64x64", timeout=30_000)
     page.locator("#controlnet_model input").first.click()
     page.get_by_role("option", name="control_tiny_sd15_edges").first.click()
     page.screenshot(path=str(tmp_path / "controlnet-tab.png"), full_page=True)
@@ -57,13 +51,7 @@ def test_preview_map_send_to_txt2img_and_generate(
     assert page.locator("#txt2img_controlnet_0_enabled input").is_checked()
     page.fill("#txt2img_prompt textarea", "a disc")
     set_size_steps_seed(page, "txt2img", steps=4, seed=77)
-    page.click("#txt2img_generate")
-    page.wait_for_function(
-        "document.querySelector('#txt2img_infotext textarea') && "
-        "document.querySelector('#txt2img_infotext textarea').value.includes('ControlNet 0')",
-        timeout=120_000,
-    )
-    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    infotext = generate(page, "txt2img", "ControlNet 0")
     assert 'ControlNet 0: "Module: none, Model: control_tiny_sd15_edges [' in infotext
     assert page.locator("#txt2img_gallery img").count() >= 1
     page.screenshot(path=str(tmp_path / "txt2img-controlnet.png"), full_page=True)
@@ -87,10 +75,7 @@ def test_png_info_restores_a_unit_and_a_picked_module_resets_its_sliders(
     page = open_page(height=1600)
     page.get_by_role("tab", name="PNG Info", exact=True).click()
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(recorded))
-    page.wait_for_function(
-        "document.querySelector('#pnginfo_info textarea').value.includes('ControlNet 0')",
-        timeout=30_000,
-    )
+    wait_for_text(page, "#pnginfo_info textarea", "ControlNet 0", timeout=30_000)
     page.click("#pnginfo_send_txt2img")
     page.wait_for_selector("#txt2img_prompt textarea", state="visible", timeout=30_000)
     page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()

@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import OpenPage, draw_init_png, set_size_steps_seed
+from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -50,14 +50,7 @@ def test_paint_a_mask_and_inpaint(running_app: str, open_page: OpenPage, tmp_pat
     page.screenshot(path=str(shots / "inpaint-painted.png"), full_page=True)
     page.fill("#img2img_prompt textarea", "a green square")
     set_size_steps_seed(page, "img2img", steps=4, seed=77)
-    page.click("#img2img_generate")
-    page.wait_for_selector("#img2img_gallery img", timeout=120_000)
-    page.wait_for_function(
-        "document.querySelector('#img2img_infotext textarea') && "
-        "document.querySelector('#img2img_infotext textarea').value.includes('Seed: 77')",
-        timeout=30_000,
-    )
-    infotext = page.locator("#img2img_infotext textarea").input_value()
+    infotext = generate(page, "img2img", "Seed: 77")
     page.screenshot(path=str(shots / "inpaint-result.png"), full_page=True)
     assert "Mask blur: 4" in infotext and "Size: 64x64" in infotext
     source = page.locator("#img2img_gallery img").first.get_attribute("src")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import OpenPage, set_size_steps_seed
+from tests.browser.conftest import OpenPage, generate, set_size_steps_seed, wait_for_text
 from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -29,18 +29,9 @@ def test_pick_lora_in_dropdown_and_generate(open_page: OpenPage) -> None:
     dropdown.click()
     page.locator("#txt2img_loras").get_by_text("inkwash").first.wait_for(timeout=10_000)
     page.get_by_role("option", name="inkwash").first.click()
-    page.wait_for_function(
-        "document.querySelector('#txt2img_prompt textarea').value.includes('<lora:inkwash:1>')",
-        timeout=15_000,
-    )
+    wait_for_text(page, "#txt2img_prompt textarea", "<lora:inkwash:1>", timeout=15_000)
     page.locator("#txt2img_lora_weight_0").wait_for(state="visible", timeout=10_000)
-    page.click("#txt2img_generate")
-    page.wait_for_function(
-        "document.querySelector('#txt2img_infotext textarea') && "
-        "document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')",
-        timeout=120_000,
-    )
-    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    infotext = generate(page, "txt2img", "Lora hashes")
     assert "<lora:inkwash:1>" in infotext
     assert 'Lora hashes: "inkwash: ' in infotext
 
