@@ -12,6 +12,7 @@ import gradio as gr
 
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
+from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
 from webui.ui.pnginfo import build_pnginfo
@@ -82,4 +83,4 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    return {"theme": theme, "css": CSS, "footer_links": ["api", "settings"]}
+    return {"theme": theme, "css": CSS + icon_css(), "footer_links": ["api", "settings"]}

@@ -30,6 +30,7 @@ from webui.domain.controlnet import (
 from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
 from webui.metadata.infotext import parse_infotext
 from webui.services.img2img import encode_png_b64
+from webui.ui.icons import icon_text_button
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,9 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
             low_vram = gr.Checkbox(False, label="Low VRAM", elem_id=f"{eid}_low_vram")
         with gr.Row():
             module = gr.Dropdown(module_names, value="none", label="Preprocessor", elem_id=f"{eid}_module")
-            preview = gr.Button("💥 Preview", elem_id=f"{eid}_preview", size="sm", scale=0, min_width=90)
+            preview = icon_text_button(
+                "preview", "Preview", elem_id=f"{eid}_preview", size="sm", scale=0, min_width=90
+            )
             model = gr.Dropdown(
                 model_choices(services), value=MODEL_NONE, label="Model", elem_id=f"{eid}_model"
             )
@@ -332,7 +335,9 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
         with gr.Tabs():
             for index in range(count):
                 units.append(_unit(services, mode, index))
-        refresh = gr.Button("🔄 Refresh models", size="sm", elem_id=f"{mode}_controlnet_refresh")
+        refresh = icon_text_button(
+            "refresh", "Refresh models", size="sm", elem_id=f"{mode}_controlnet_refresh"
+        )
     for unit in units:
         _wire_unit(services, unit)
 
@@ -381,7 +386,7 @@ def _installed_title(services: Any, name: str, choices: list[str]) -> tuple[str,
     except ValueError:
         return MODEL_NONE, (
             f"its model {name!r} is not installed: put it into {services.controlnet.root} and press "
-            "🔄 Refresh models"
+            "Refresh models"
         )
     if record.title not in choices:
         return MODEL_NONE, f"its model {record.title!r} does not fit the selected checkpoint"
@@ -493,7 +498,9 @@ def build_controlnet_tab(
             slider_3 = gr.Slider(
                 0, 255, value=200, step=1, label="Threshold B", elem_id="controlnet_slider_3"
             )
-            detect = gr.Button("💥 Run preprocessor", variant="primary", elem_id="controlnet_detect")
+            detect = icon_text_button(
+                "preview", "Run preprocessor", variant="primary", elem_id="controlnet_detect"
+            )
         with gr.Column():
             detected = gr.Image(
                 label="Detected map",
@@ -510,7 +517,7 @@ def build_controlnet_tab(
                 label="ControlNet model",
                 elem_id="controlnet_model",
             )
-            refresh = gr.Button("🔄 Refresh models", size="sm", elem_id="controlnet_refresh")
+            refresh = icon_text_button("refresh", "Refresh models", size="sm", elem_id="controlnet_refresh")
             count = max((len(t.units) for t in targets.values()), default=0)
             unit_index = gr.Dropdown(
                 [str(i) for i in range(count)] or ["0"],

@@ -19,6 +19,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from webui.domain.lora import LoraFamily, LoraRecord, add_lora_tag, lora_tags, set_lora_tags
+from webui.ui.icons import icon_button, icon_text_button
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def build_lora_picker(services: Any, prompt: gr.Textbox, prefix: str = "txt2img"
             elem_id=f"{prefix}_loras",
             scale=3,
         )
-        refresh = gr.Button("🔄", elem_id=f"{prefix}_loras_refresh", size="sm", scale=0, min_width=40)
+        refresh = icon_button("refresh", "Refresh LoRAs", elem_id=f"{prefix}_loras_refresh")
     with gr.Row():
         sliders = [
             gr.Slider(
@@ -220,7 +221,7 @@ def build_lora_tab(services: Any, *, prompt: gr.Textbox, tabs: gr.Tabs, prompt_t
             "", label="Search", placeholder="name, trigger word, folder", elem_id="lora_search", scale=3
         )
         family = gr.Dropdown(families, value=ALL_FAMILIES, label="Family", elem_id="lora_family", scale=1)
-        refresh = gr.Button("🔄 Refresh", elem_id="lora_refresh", scale=0, min_width=100)
+        refresh = icon_text_button("refresh", "Refresh", elem_id="lora_refresh", scale=0, min_width=100)
     summary = gr.Markdown("", elem_id="lora_summary")
     gallery = gr.Gallery(
         label="LoRAs", columns=6, height="auto", allow_preview=False, elem_id="lora_cards", interactive=False

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from webui.ui import choices
+from webui.ui.icons import icon_button
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,9 @@ def build_quicksettings(services: Any) -> QuickSettings:
             elem_id="setting_sd_model_checkpoint",
             scale=4,
         )
-        refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", scale=0, min_width=48)
+        refresh = icon_button(
+            "refresh", "Refresh checkpoints", elem_id="refresh_sd_model_checkpoint", min_width=48
+        )
         vae = gr.Dropdown(
             choices=choices.vae_choices(services),
             value=opts.sd_vae,

@@ -23,6 +23,7 @@ from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgReq
 from webui.ui import choices
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.hires import build_hires_controls
+from webui.ui.icons import icon_button
 from webui.ui.lora import build_lora_picker
 from webui.ui.styles import build_styles_dropdown
 from webui.ui.user_errors import user_message
@@ -222,8 +223,8 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 seed = gr.Number(
                     value=RANDOM_SEED, precision=0, label="Seed", elem_id="txt2img_seed", scale=4
                 )
-                random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=0, min_width=40)
-                reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=0, min_width=40)
+                random_seed = icon_button("dice", "Random seed", elem_id="txt2img_random_seed")
+                reuse_seed = icon_button("reuse", "Reuse seed", elem_id="txt2img_reuse_seed")
             restore_faces, tiling = build_flags("txt2img")
             hires = build_hires_controls(services)
             controlnet = build_controlnet_units(services, "txt2img")
