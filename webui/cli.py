@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, help="port (default 7860; 7861 with --nowebui)")
     server.add_argument("--api", action="store_true", help="serve the /sdapi/v1 API next to the UI")
     server.add_argument("--nowebui", action="store_true", help="serve the API only")
+    server.add_argument(
+        "--mcp",
+        action="store_true",
+        help="serve an MCP server for agents at /mcp/gradio_api/mcp/ (txt2img, img2img, models, PNG info)",
+    )
     server.add_argument("--gradio-auth", metavar="USER:PASS[,U2:P2]", help="password-protect the UI")
     server.add_argument("--api-auth", metavar="USER:PASS[,U2:P2]", help="HTTP basic auth on every API route")
     server.add_argument(
@@ -123,7 +128,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["preload_model"] = not args.no_preload
     for flag in (
         "listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop", "cors_allow_origins",
-        "cors_allow_origins_regex",
+        "cors_allow_origins_regex", "mcp",
     ):  # fmt: skip
         values[flag] = getattr(args, flag)
     values["cmd_flags"] = namespace_dict(args)

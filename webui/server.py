@@ -22,6 +22,8 @@ def build_app(services: Services) -> Any:
     install_middleware(app, settings)
     if settings.api or settings.nowebui:
         app.include_router(build_router(services))
+    if settings.mcp:  # before the UI: its mount at "/" would answer every path
+        app = _mount_mcp(app, services)
     if not settings.nowebui:
         import gradio as gr
 
@@ -30,6 +32,26 @@ def build_app(services: Services) -> Any:
         blocks = build_ui(services)
         auth = settings.credentials("gradio") or None
         app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **_launch_kwargs())
+    return app
+
+
+def _mount_mcp(app: Any, services: Services) -> Any:
+    """Gradio's MCP server over Easel's tools (``webui.ui.mcp_tools``) at ``/mcp``, behind ``--api-auth``."""
+    import gradio as gr
+
+    from webui.api.middleware import BasicAuthGate
+    from webui.ui.mcp_tools import MCP_MOUNT, build_mcp_blocks
+
+    blocks = build_mcp_blocks(services)
+    try:
+        app = gr.mount_gradio_app(app, blocks, path=MCP_MOUNT, mcp_server=True, footer_links=[])
+    except ImportError as exc:
+        raise SystemExit("--mcp needs the mcp package (1.x): pip install -r requirements.txt") from exc
+    if blocks.mcp_server_obj is None:
+        raise SystemExit(f"--mcp: {blocks.mcp_error or 'the MCP server could not start'}")
+    credentials = services.settings.credentials("api")
+    if credentials:
+        app.add_middleware(BasicAuthGate, prefix=MCP_MOUNT, credentials=credentials)
     return app
 
 
@@ -60,6 +82,10 @@ def serve(services: Services, *, preload: bool = True) -> None:
             return
         log.info("Easel is serving %s at %s", "the API" if settings.nowebui else "the UI", where)
         print(f"Easel: open {where}" + ("/docs for the API" if settings.nowebui else ""), flush=True)
+        if settings.mcp:
+            from webui.ui.mcp_tools import mcp_urls
+
+            print("Easel: MCP server for agents at {} (SSE: {})".format(*mcp_urls(where)), flush=True)
         if preload:
             services.preload()
 

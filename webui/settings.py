@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     gradio_auth: str | None = None
     api_auth: str | None = None
     api_server_stop: bool = False
+    mcp: bool = False  # serve the MCP server for agents (Gradio's, at /mcp/gradio_api/mcp/)
     cors_allow_origins: str | None = None  # comma-separated origins (A1111 --cors-allow-origins)
     cors_allow_origins_regex: str | None = None
     preload_model: bool = True

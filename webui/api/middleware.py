@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import secrets
 from typing import Any
 
 API_PREFIXES = ("/sdapi/", "/internal/")
@@ -22,6 +25,38 @@ class StripTrailingSlash:
                 raw = scope.get("raw_path")
                 if isinstance(raw, bytes):
                     scope["raw_path"] = raw.rstrip(b"/")
+        await self.app(scope, receive, send)
+
+
+class BasicAuthGate:
+    """HTTP basic auth (``--api-auth`` credentials) in front of every path under ``prefix``."""
+
+    def __init__(self, app: Any, prefix: str, credentials: list[tuple[str, str]]) -> None:
+        self.app, self.prefix, self.credentials = app, prefix.rstrip("/"), credentials
+
+    def _allowed(self, header: bytes | None) -> bool:
+        if not header or not header.lower().startswith(b"basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return any(
+            secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.credentials
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope.get("path", "")
+        guarded = path == self.prefix or path.startswith(self.prefix + "/")
+        header = dict(scope.get("headers") or []).get(b"authorization")
+        if scope["type"] == "http" and guarded and not self._allowed(header):
+            await send({
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(b"www-authenticate", b'Basic realm="Easel"'), (b"content-type", b"text/plain")],
+            })  # fmt: skip
+            await send({"type": "http.response.body", "body": b"Incorrect username or password"})
+            return
         await self.app(scope, receive, send)
 
 
