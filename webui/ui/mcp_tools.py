@@ -250,7 +250,7 @@ class McpTools:
         if result.interrupted:
             parts.append(f"Interrupted: {len(files)} of {result.request.total_images} images were finished.")
         parts.extend(f"Warning: {warning}" for warning in result.warnings)
-        # No url: Gradio adds it and shows it as "Image URL" (given an http url, it would take it for the path).
+        # No url: Gradio adds one and shows it as "Image URL" (an http url here would replace the path).
         return gr.FileData(path=shown, orig_name=Path(shown).name).model_dump(), "\n\n".join(parts)
 
     def _checkpoint(self, name: str | None) -> Any:
