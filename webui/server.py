@@ -36,7 +36,10 @@ def build_app(services: Services) -> Any:
 
 
 def _mount_mcp(app: Any, services: Services) -> Any:
-    """Gradio's MCP server over Easel's tools (``webui.ui.mcp_tools``) at ``/mcp``, behind ``--api-auth``."""
+    """Gradio's MCP server over Easel's tools (``webui.ui.mcp_tools``) at ``/mcp``.
+
+    ``--api-auth`` guards it (``--gradio-auth`` when only that is given): agents send HTTP basic credentials.
+    """
     import gradio as gr
 
     from webui.api.middleware import BasicAuthGate
@@ -49,9 +52,12 @@ def _mount_mcp(app: Any, services: Services) -> Any:
         raise SystemExit("--mcp needs the mcp package (1.x): pip install -r requirements.txt") from exc
     if blocks.mcp_server_obj is None:
         raise SystemExit(f"--mcp: {blocks.mcp_error or 'the MCP server could not start'}")
-    credentials = services.settings.credentials("api")
+    settings = services.settings
+    credentials = settings.credentials("api") or settings.credentials("gradio")
     if credentials:
         app.add_middleware(BasicAuthGate, prefix=MCP_MOUNT, credentials=credentials)
+    elif settings.listen:
+        log.warning("--listen --mcp: anyone on the network can generate; add --api-auth user:pass")
     return app
 
 

@@ -11,6 +11,8 @@ Gradio re-encodes image content without its PNG text chunks, so the parameters t
 the file behind the URL (which ``png_info`` reads).
 """
 
+# No ``from __future__ import annotations`` here: Gradio reads the tools' return annotations unevaluated
+# (``inspect.signature``), and a string would make the (image, text) pair a single output.
 import io
 import json
 import logging
@@ -61,11 +63,13 @@ class ToolError(gr.Error):
 def build_mcp_blocks(services: Any) -> gr.Blocks:
     """The Gradio app whose ``gr.api`` functions Gradio's MCP server exposes as tools."""
     tools = McpTools(services)
+    listing = "\n".join(f"- `{fn.__name__}`: {_summary(fn)}" for fn in tools.functions())
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
         gr.Markdown(
             "# Easel for agents\n"
-            f"This is Easel's MCP server. Point an MCP client at `{MCP_PATH}` (streamable HTTP) or "
-            f"`{MCP_SSE_PATH}` (SSE); README.md, section *Agents (MCP)*, shows client configurations."
+            f"This is Easel's MCP server. Point an MCP client at `{MCP_PATH}` on this server (streamable "
+            f"HTTP) or `{MCP_SSE_PATH}` (SSE); README.md, section *Agents (MCP)*, shows client "
+            f"configurations. The tools:\n\n{listing}"
         )
         for fn in tools.functions():
             # queue=False: Gradio's MCP server calls the function in-process; the generation service
@@ -427,7 +431,9 @@ def checkpoint_defaults(record: Any) -> dict[str, Any]:
     """The generation defaults ``record`` declares (per-model defaults), by request field name."""
     try:
         from webui.services.model_defaults import checkpoint_defaults as declared
-    except ImportError:  # a build without per-model defaults: A1111's apply
+    except ModuleNotFoundError as exc:  # a build without per-model defaults: A1111's apply
+        if exc.name != "webui.services.model_defaults":
+            raise
         return {}
     values = declared(record).values
     return {name: value for name in DEFAULT_FIELDS if (value := getattr(values, name, None)) is not None}
@@ -443,6 +449,11 @@ def image_grid(images: list[Image.Image]) -> Image.Image:
     for index, image in enumerate(images):
         grid.paste(image.convert("RGB"), ((index % columns) * cell_w, (index // columns) * cell_h))
     return grid
+
+
+def _summary(fn: Any) -> str:
+    """The first line of a tool's docstring."""
+    return (fn.__doc__ or "").strip().splitlines()[0]
 
 
 def _multiple_of_8(size: int) -> int:
