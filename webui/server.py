@@ -60,6 +60,8 @@ def serve(services: Services, *, preload: bool = True) -> None:
             return
         log.info("Easel is serving %s at %s", "the API" if settings.nowebui else "the UI", where)
         print(f"Easel: open {where}" + ("/docs for the API" if settings.nowebui else ""), flush=True)
+        if services.history is not None:
+            services.history.sync_in_background()  # images added or removed while Easel was not running
         if preload:
             services.preload()
 
