@@ -29,8 +29,16 @@ def build_app(services: Services) -> Any:
 
         blocks = build_ui(services)
         auth = settings.credentials("gradio") or None
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **_launch_kwargs())
+        app = gr.mount_gradio_app(
+            app, blocks, path="/", auth=auth, allowed_paths=_served_paths(services), **_launch_kwargs()
+        )
     return app
+
+
+def _served_paths(services: Services) -> list[str]:
+    """Folders the UI shows files from (History: the outputs and their cached thumbnails)."""
+    settings = services.settings
+    return [str(settings.outputs_path.resolve()), str((settings.cache_dir / "history-thumbnails").resolve())]
 
 
 def _launch_kwargs() -> dict[str, Any]:
