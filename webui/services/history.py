@@ -303,6 +303,7 @@ CREATE TABLE IF NOT EXISTS images (
     infotext TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS images_created ON images(created DESC, path DESC);
+CREATE INDEX IF NOT EXISTS images_stat ON images(path, size, mtime_ns);
 CREATE INDEX IF NOT EXISTS images_model ON images(model);
 CREATE INDEX IF NOT EXISTS images_sampler ON images(sampler);
 CREATE INDEX IF NOT EXISTS images_size ON images(width, height);
