@@ -91,13 +91,20 @@ def make_tree(root: Path, count: int, seed: int = 7) -> None:
         os.utime(path, (stamp, stamp))
 
 
-def median_ms(func, runs: int = 7) -> float:  # type: ignore[no-untyped-def]
-    times = []
+def median_ms(func, runs: int = 7) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Median wall and CPU milliseconds of ``func()`` (CPU time shows the cost when other processes
+    share the cores)."""
+    walls, cpus = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         func()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        walls.append((time.perf_counter() - wall) * 1000)
+        cpus.append((time.process_time() - cpu) * 1000)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
 
 
 def main() -> None:
@@ -125,19 +132,22 @@ def main() -> None:
 
         service = HistoryService(work / "history.sqlite3", outputs, work / "thumbs")
         print(f"sqlite full-text search: {'FTS5' if service.use_fts else 'LIKE (no FTS5)'}")
+        cpu = time.process_time()
         report = service.sync()
+        cpu = time.process_time() - cpu
         assert report is not None and report.added == args.images, report
         print(
             f"full build: {report.seconds:.2f} s for {args.images:,} images = "
-            f"{report.seconds / args.images * 1000:.3f} s per 1,000 images"
+            f"{report.seconds / args.images * 1000:.3f} s per 1,000 images "
+            f"(CPU {cpu / args.images * 1000:.3f} s per 1,000; {load()})"
         )
-        syncs = []
-        for _ in range(5):
+
+        def unchanged_sync() -> None:
             again = service.sync()
             assert again is not None and again.added == again.updated == again.removed == 0
-            syncs.append(again.seconds * 1000)
-        middle = statistics.median(syncs)
-        print(f"incremental sync, unchanged tree: median {middle:.0f} ms (min {min(syncs):.0f})")
+
+        wall, cpu = median_ms(unchanged_sync, runs=5)
+        print(f"incremental sync, unchanged tree: median {wall:.0f} ms (CPU {cpu:.0f} ms; {load()})")
 
         queries = {
             "first page (48 newest)": HistoryQuery(),
@@ -154,15 +164,16 @@ def main() -> None:
         }
         for name, query in queries.items():
             total = service.search(query).total
-            print(f"{name}: median {median_ms(lambda q=query: service.search(q)):.1f} ms ({total:,} matches)")
+            wall, cpu = median_ms(lambda q=query: service.search(q))
+            print(f"{name}: median {wall:.1f} ms (CPU {cpu:.1f} ms), {total:,} matches")
 
         first = service.search(HistoryQuery())
         start = time.perf_counter()
         for item in first.items:
             service.thumbnail(item.path, item.size, item.mtime_ns)
         cold = (time.perf_counter() - start) * 1000
-        warm = median_ms(lambda: [service.thumbnail(i.path, i.size, i.mtime_ns) for i in first.items])
-        print(f"first page thumbnails (48): cold {cold:.0f} ms, cached {warm:.1f} ms")
+        warm, _cpu = median_ms(lambda: [service.thumbnail(i.path, i.size, i.mtime_ns) for i in first.items])
+        print(f"first page thumbnails (48): cold {cold:.0f} ms, cached {warm:.1f} ms ({load()})")
         service.close()
     finally:
         if args.keep is None:

@@ -365,6 +365,7 @@ def test_filters(library: HistoryService) -> None:
     assert seeds(date_from=date(2024, 5, 2), date_to=date(2024, 5, 3)) == [1, 2]
     assert seeds(date_from=date(2024, 5, 5)) == [4]
     assert seeds(text="fox", model="other", sampler="Euler a") == [2]
+    assert seeds(date_from=date(1, 1, 1), date_to=date(9999, 12, 31)) == [0, 1, 2, 3, 4]  # no overflow
     facets = library.facets()
     assert facets.models == ["other", "tiny"]
     assert facets.loras == ["fox_style"]

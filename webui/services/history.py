@@ -270,6 +270,15 @@ def _like_pattern(word: str) -> str:
     return f"%{escaped}%"
 
 
+def _day_start(day: date, plus_days: int) -> float:
+    """Seconds since the epoch at local midnight ``plus_days`` after ``day`` (±inf beyond what the
+    platform's clock can represent, e.g. year 9999)."""
+    try:
+        return datetime.combine(day + timedelta(days=plus_days), datetime.min.time()).timestamp()
+    except (OverflowError, ValueError, OSError):
+        return float("inf") if day.year > 1970 else float("-inf")
+
+
 def fts5_available() -> bool:
     try:
         conn = sqlite3.connect(":memory:")
@@ -481,24 +490,30 @@ class HistoryService:
     def _scan(self) -> dict[str, tuple[int, int]]:
         """``{relative path: (size, mtime_ns)}`` of every image file in the outputs tree (stat only)."""
         found: dict[str, tuple[int, int]] = {}
+        extensions = IMAGE_EXTENSIONS
         stack = [(str(self.outputs_root), "")]
         while stack:
             folder, prefix = stack.pop()
             try:
-                entries = list(os.scandir(folder))
+                iterator = os.scandir(folder)
             except OSError:
                 continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue  # the trash, temp files of saves in progress
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, f"{prefix}{entry.name}/"))
-                    elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            with iterator:
+                for entry in iterator:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue  # the trash, temp files of saves in progress
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, f"{prefix}{name}/"))
+                            continue
+                        dot = name.rfind(".")
+                        if dot < 0 or name[dot:].lower() not in extensions:
+                            continue
                         stat = entry.stat()
-                        found[prefix + entry.name] = (stat.st_size, stat.st_mtime_ns)
-                except OSError:
-                    continue  # removed while walking
+                    except OSError:
+                        continue  # removed while walking
+                    found[prefix + name] = (stat.st_size, stat.st_mtime_ns)
         return found
 
     def sync(self, *, wait: bool = True) -> SyncReport | None:
@@ -594,10 +609,10 @@ class HistoryService:
             args += [int(size.group(1)), int(size.group(2))]
         if query.date_from:
             where.append("created >= ?")
-            args.append(datetime.combine(query.date_from, datetime.min.time()).timestamp())
+            args.append(_day_start(query.date_from, 0))
         if query.date_to:
             where.append("created < ?")
-            args.append(datetime.combine(query.date_to + timedelta(days=1), datetime.min.time()).timestamp())
+            args.append(_day_start(query.date_to, 1))
         if query.favourite:
             where.append("path IN (SELECT path FROM favourites)")
         clause = f" WHERE {' AND '.join(where)}" if where else ""

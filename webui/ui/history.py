@@ -217,7 +217,8 @@ def build_history(
     with gr.Row():
         with gr.Column(scale=3):
             gallery = gr.Gallery(
-                show_label=False, columns=6, height=620, allow_preview=False, object_fit="contain",
+                show_label=False, columns=6, fit_columns=False, height=620, allow_preview=False,
+                object_fit="contain",
                 interactive=False, elem_id="history_gallery",
             )  # fmt: skip
             with gr.Row(equal_height=True):
