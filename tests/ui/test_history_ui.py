@@ -109,3 +109,17 @@ def test_favourite_button_toggles(built: Any) -> None:
     assert button["value"] == "Remove favourite"
     toggle.fn(rel)
     assert not built.services.history.is_favourite(rel)
+
+
+def test_refresh_shows_the_page_then_picks_up_files_written_behind_its_back(built: Any) -> None:
+    outputs = built.services.settings.outputs_path
+    refresh = event_fn(built.blocks, "history_refresh", "click")
+    values = ["zeppelin", None, None, "Any", "Any", "Any", "Any", False]
+    first = list(refresh.fn(VIEW_IMAGES, 1, *values))
+    assert len(first) == 1 and first[0][3] == "No images match."  # nothing changed: one answer
+    rel = _write(outputs, 500, "a zeppelin over the sea")
+    updates = list(refresh.fn(VIEW_IMAGES, 1, *values))
+    assert updates[0][3] == "No images match."  # at once, from the index ...
+    assert updates[-1][1] == [rel] and updates[-1][3] == "Page 1 of 1 · 1 image"  # ... then after the sync
+    (outputs / rel).unlink()
+    assert list(refresh.fn(VIEW_IMAGES, 1, *values))[-1][3] == "No images match."

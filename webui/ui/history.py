@@ -9,6 +9,7 @@ syncs it with the files (new images made outside Easel appear, deleted ones go).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -287,14 +288,17 @@ def build_history(
             out.append(gr.update(choices=options, value=value if value in options else ANY))
         return out
 
-    def sync_and_show(view_value: str, page_value: int, *values: Any) -> list[Any]:
+    def sync_and_show(view_value: str, page_value: int, *values: Any) -> Iterator[list[Any]]:
+        """The page from the index at once, then again if a sync with the files changed anything."""
+        yield [*show(view_value, page_value, *values), *facet_updates(*values[3:7])]
         try:
-            history.sync(wait=False)  # None while a sync runs already: the page shows its progress
+            report = history.sync(wait=False)  # None while a sync runs already: the page shows its progress
         except Exception as exc:  # the index stays usable; say why it may be stale
             log.exception("history sync failed")
             gr.Warning(f"Could not read the outputs folder: {user_message(exc)}")
-        facets = facet_updates(*values[3:7])
-        return [*show(view_value, page_value, *values), *facets]
+            return
+        if report is not None and (report.added or report.updated or report.removed):
+            yield [*show(view_value, page_value, *values), *facet_updates(*values[3:7])]
 
     facet_widgets = [model, lora, sampler, size]
     sync_inputs = [view, page, *filter_widgets]
