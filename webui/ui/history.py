@@ -389,7 +389,7 @@ def build_history(
         services, send_img2img, image_of=image_of, inputs=[selected], img2img=img2img, tabs=tabs,
         img2img_tab_id=tab_ids["img2img"],
     )  # fmt: skip
-    targets = {"extras": extras_image, "controlnet": controlnet_reference}
+    targets: dict[str, Any] = {"extras": extras_image, "controlnet": controlnet_reference}
     for key, button in others.items():
 
         def send(relative: str | None, _tab: str = tab_ids[key]) -> list[Any]:
