@@ -11,14 +11,8 @@ import pytest
 from PIL import Image
 
 from webui.metadata.image_io import encode_image
-from webui.services.history import (
-    SCHEMA_VERSION,
-    HistoryQuery,
-    HistoryService,
-    created_time,
-    fields_from_infotext,
-    image_kind,
-)
+from webui.services.history import SCHEMA_VERSION, HistoryQuery, HistoryService
+from webui.services.history_records import created_time, fields_from_infotext, image_kind
 
 
 def infotext(
