@@ -11,6 +11,7 @@ from webui.services.controlnet import ControlNetService
 from webui.services.extras import ExtrasService, UpscalerService
 from webui.services.faces import FaceRestoreService
 from webui.services.generation import GenerationService
+from webui.services.history import HistoryService
 from webui.services.lora import NetworkService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
@@ -32,6 +33,7 @@ class Services:
     styles: StyleStore | None = None
     controlnet: ControlNetService | None = None
     faces: FaceRestoreService | None = None
+    history: HistoryService | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -105,6 +107,9 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     controlnet.progress_text = generation.progress.set_text
     # Preprocessors run where generation does (a GPU when there is one); asked on first use only.
     controlnet.preprocess_device = faces.device
+    cache = settings.cache_dir
+    history = HistoryService(cache / "history.sqlite3", settings.outputs_path, cache / "history-thumbnails")
+    generation.history = history
     return Services(
         settings=settings,
         options=options,
@@ -116,4 +121,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         styles=styles,
         controlnet=controlnet,
         faces=faces,
+        history=history,
     )

@@ -31,7 +31,9 @@ def build_app(services: Services) -> Any:
 
         blocks = build_ui(services)
         auth = settings.credentials("gradio") or None
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **_launch_kwargs())
+        app = gr.mount_gradio_app(
+            app, blocks, path="/", auth=auth, allowed_paths=_served_paths(services), **_launch_kwargs()
+        )
     return app
 
 
@@ -59,6 +61,12 @@ def _mount_mcp(app: Any, services: Services) -> Any:
     elif settings.listen:
         log.warning("--listen --mcp: anyone on the network can generate; add --api-auth user:pass")
     return app
+
+
+def _served_paths(services: Services) -> list[str]:
+    """Folders the UI shows files from (History: the outputs and their cached thumbnails)."""
+    settings = services.settings
+    return [str(settings.outputs_path.resolve()), str((settings.cache_dir / "history-thumbnails").resolve())]
 
 
 def _launch_kwargs() -> dict[str, Any]:
@@ -92,6 +100,8 @@ def serve(services: Services, *, preload: bool = True) -> None:
             from webui.ui.mcp_tools import mcp_urls
 
             print("Easel: MCP server for agents at {} (SSE: {})".format(*mcp_urls(where)), flush=True)
+        if services.history is not None:
+            services.history.sync_in_background()  # images added or removed while Easel was not running
         if preload:
             services.preload()
 

@@ -426,11 +426,13 @@ def build_router(services: Services) -> APIRouter:
             threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
             return "Stopping."
 
+    from webui.api.history_routes import add_history_routes
     from webui.api.img2img_routes import add_image_routes
     from webui.api.system_routes import add_system_routes
 
     add_image_routes(router, services)
     add_system_routes(router, services)
+    add_history_routes(router, services)
     if services.controlnet is not None:
         from webui.api.controlnet_routes import add_controlnet_routes
 

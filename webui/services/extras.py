@@ -130,6 +130,7 @@ class ExtrasService:
             if request.save_images and opts.samples_save:
                 folder = dated_output_dir(self.outputs_root, "extras", date.today())
                 path = str(save_image_atomic(data, folder, index, fmt))
+                self.generation.notify_saved(path, infotext or None, image.size)
             name = request.names[index] if index < len(request.names) else f"image-{index + 1}"
             results.append(
                 ExtrasImage(

@@ -58,6 +58,7 @@ class GenerationService(ImageModesMixin):
         self.styles: Any = None  # webui.services.styles.StyleStore, set by the container
         self.controlnet: Any = None  # webui.services.controlnet.ControlNetService, set by the container
         self.faces: Any = None  # webui.services.faces.FaceRestoreService, set by the container
+        self.history: Any = None  # webui.services.history.HistoryService, set by the container
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -436,6 +437,15 @@ class GenerationService(ImageModesMixin):
             log.warning("%s", warning)
         return job_extra, self.networks.infotext_extra(resolved, applied, used), warnings
 
+    def notify_saved(self, path: str, infotext: str | None, size: tuple[int, int]) -> None:
+        """Add a just-saved image to the history index; a failure there is logged, never the job's."""
+        if self.history is None:
+            return
+        try:
+            self.history.add_saved(path, infotext, size)
+        except Exception as exc:
+            log.warning("could not add %s to the history: %s", path, exc)
+
     def _finish_image(
         self,
         request: Txt2ImgRequest | Img2ImgRequest,
@@ -468,6 +478,7 @@ class GenerationService(ImageModesMixin):
         if request.save_images and opts.samples_save:
             folder = dated_output_dir(self.outputs_root, request.mode, date.today())
             path = str(save_image_atomic(data, folder, seed, fmt))
+            self.notify_saved(path, infotext, image.size)
         return GeneratedImage(
             seed=seed,
             subseed=subseed,

@@ -12,6 +12,7 @@ import gradio as gr
 
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
+from webui.ui.history import build_history
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
@@ -26,6 +27,7 @@ IMG2IMG_TAB = "img2img"
 EXTRAS_TAB = "extras"
 LORA_TAB = "lora"
 CONTROLNET_TAB = "controlnet"
+HISTORY_TAB = "history"
 
 CSS = """
 .easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
@@ -45,14 +47,14 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("img2img", id=IMG2IMG_TAB, elem_id="tab_img2img"):
                 img2img = build_img2img(services, clip_skip=bar.clip_skip)
             with gr.Tab("ControlNet", id=CONTROLNET_TAB, elem_id="tab_controlnet"):
-                build_controlnet_tab(
+                controlnet_reference = build_controlnet_tab(
                     services,
                     targets={"txt2img": txt2img.extra["controlnet"], "img2img": img2img.extra["controlnet"]},
                     tabs=tabs,
                     tab_ids={"txt2img": TXT2IMG_TAB, "img2img": IMG2IMG_TAB},
                 )
             with gr.Tab("Extras", id=EXTRAS_TAB, elem_id="tab_extras"):
-                build_extras(services)
+                extras = build_extras(services)
             with gr.Tab("PNG Info", id=PNGINFO_TAB, elem_id="tab_pnginfo"):
                 pnginfo = build_pnginfo(
                     services,
@@ -62,6 +64,13 @@ def build_ui(services: Any) -> gr.Blocks:
                     txt2img_units=txt2img.extra["controlnet"].units,
                 )
                 pnginfo_send = add_send_buttons("pnginfo")
+            with gr.Tab("History", id=HISTORY_TAB, elem_id="tab_history") as history_tab:
+                build_history(
+                    services, tab=history_tab, tabs=tabs, txt2img=txt2img, img2img=img2img,
+                    extras_image=extras["image"], controlnet_reference=controlnet_reference,
+                    tab_ids={"txt2img": TXT2IMG_TAB, "img2img": IMG2IMG_TAB, "extras": EXTRAS_TAB,
+                             "controlnet": CONTROLNET_TAB},
+                )  # fmt: skip
             with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):
                 prompt = txt2img.fields["prompt"]
                 build_lora_tab(services, prompt=prompt, tabs=tabs, prompt_tab_id=TXT2IMG_TAB)

@@ -99,7 +99,20 @@ def build_pnginfo(
 
     image.change(read_image_info, inputs=image, outputs=[info, params, extra], api_name="pnginfo")
 
-    units = txt2img_units or []
+    wire_send_txt2img(services, send_txt2img, info, txt2img_fields, txt2img_units or [], tabs, txt2img_tab_id)
+    return tab
+
+
+def wire_send_txt2img(
+    services: Any,
+    button: gr.Button,
+    infotext: gr.components.Component,
+    txt2img_fields: dict[str, gr.components.Component],
+    units: list[UnitWidgets],
+    tabs: gr.Tabs,
+    txt2img_tab_id: str,
+) -> None:
+    """``button`` pastes the infotext held by ``infotext`` into the txt2img fields and opens that tab."""
     by_name = {name: widget for name, widget in txt2img_fields.items() if not name.startswith(UNIT_PREFIX)}
     targets = [*by_name.values(), *paste_targets(units)]
 
@@ -114,5 +127,4 @@ def build_pnginfo(
         updates[tabs] = gr.Tabs(selected=txt2img_tab_id)
         return updates
 
-    send_txt2img.click(send, inputs=info, outputs=[*targets, tabs], api_visibility="private")
-    return tab
+    button.click(send, inputs=infotext, outputs=[*targets, tabs], api_visibility="private")
