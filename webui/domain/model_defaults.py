@@ -122,11 +122,17 @@ def declared_defaults(sidecar: dict[str, Any], *, source: str = "the sidecar") -
         return ModelDefaults()
     if not isinstance(raw, dict):
         raise ModelDefaultsError(f"{source}: {SIDECAR_KEY!r} must be an object, not {type(raw).__name__}")
+    return validate_defaults(raw, source=source)
+
+
+def validate_defaults(raw: dict[str, Any], *, source: str) -> ModelDefaults:
+    """``raw`` as ModelDefaults; ModelDefaultsError naming each bad field (and ``source``) otherwise."""
     try:
         return ModelDefaults.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or SIDECAR_KEY}: {error['msg']}"
+            f"{'.'.join(str(p) for p in error['loc']) or 'defaults'}: "
+            f"{str(error['msg']).removeprefix('Value error, ')}"
             for error in exc.errors()
         )
         raise ModelDefaultsError(f"{source}: {problems}") from exc

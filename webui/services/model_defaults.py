@@ -24,6 +24,7 @@ from webui.domain.model_defaults import (
     merge_sidecar,
     resolve_defaults,
     sidecar_family,
+    validate_defaults,
 )
 from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat
 
@@ -90,10 +91,7 @@ def save_defaults(record: CheckpointRecord, values: dict[str, Any]) -> Checkpoin
     path = sidecar_path(record)
     sidecar = read_sidecar(path)
     current = declared_defaults(sidecar, source=str(path))
-    try:
-        updated = ModelDefaults.model_validate({**current.declared(), **values})
-    except ValueError as exc:
-        raise ModelDefaultsError(f"cannot save these defaults: {exc}") from exc
+    updated = validate_defaults({**current.declared(), **values}, source="Not saved")
     _write_json(path, merge_sidecar(sidecar, updated))
     return checkpoint_defaults(record)
 

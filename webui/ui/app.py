@@ -15,9 +15,11 @@ from webui.ui.extras import build_extras
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
+from webui.ui.model_defaults import wire_model_defaults
 from webui.ui.pnginfo import build_pnginfo
-from webui.ui.quicksettings import build_quicksettings, refresh_values
+from webui.ui.quicksettings import build_quicksettings, refresh_values, wire_load_status
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
+from webui.ui.settings import build_settings
 from webui.ui.txt2img import build_txt2img
 
 TXT2IMG_TAB = "txt2img"
@@ -26,6 +28,7 @@ IMG2IMG_TAB = "img2img"
 EXTRAS_TAB = "extras"
 LORA_TAB = "lora"
 CONTROLNET_TAB = "controlnet"
+SETTINGS_TAB = "settings"
 
 CSS = """
 .easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
@@ -45,7 +48,7 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("img2img", id=IMG2IMG_TAB, elem_id="tab_img2img"):
                 img2img = build_img2img(services, clip_skip=bar.clip_skip)
             with gr.Tab("ControlNet", id=CONTROLNET_TAB, elem_id="tab_controlnet"):
-                build_controlnet_tab(
+                controlnet_model = build_controlnet_tab(
                     services,
                     targets={"txt2img": txt2img.extra["controlnet"], "img2img": img2img.extra["controlnet"]},
                     tabs=tabs,
@@ -65,10 +68,15 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):
                 prompt = txt2img.fields["prompt"]
                 build_lora_tab(services, prompt=prompt, tabs=tabs, prompt_tab_id=TXT2IMG_TAB)
+            with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
+                build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
         wire_image_tabs(
             services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,
         )  # fmt: skip
+        controlnet_models = [u.model for t in (txt2img, img2img) for u in t.extra["controlnet"].units]
+        wire_load_status(services, bar, followers=[*controlnet_models, controlnet_model])
+        wire_model_defaults(services, blocks, bar, [txt2img.fields, img2img.fields])
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False

@@ -471,8 +471,9 @@ def detected_map_gallery(services: Any, result: Any) -> list[tuple[Image.Image, 
 
 def build_controlnet_tab(
     services: Any, *, targets: dict[str, ControlNetUnits], tabs: gr.Tabs, tab_ids: dict[str, str]
-) -> None:
-    """Upload a reference, preview a preprocessor's map, send it to a unit of txt2img or img2img."""
+) -> gr.Dropdown:
+    """Upload a reference, preview a preprocessor's map, send it to a unit of txt2img or img2img.
+    Returns the model list (it follows the loaded checkpoint's family)."""
     module_names = [info.name for info in PREPROCESSORS]
     with gr.Row():
         with gr.Column():
@@ -622,3 +623,4 @@ def build_controlnet_tab(
             outputs=outputs,
             api_visibility="private",
         )
+    return model
