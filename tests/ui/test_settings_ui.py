@@ -208,7 +208,7 @@ def test_reset_asks_first_then_restores_defaults_and_keeps_the_checkpoint(ui: An
 
 
 def test_search_shows_only_matching_settings_and_their_groups(ui: Any) -> None:
-    search = event_fn(ui.blocks, "settings_search", "input")
+    search = event_fn(ui.blocks, "settings_search", "change")
     updates = search.fn("jpeg")
     visible = {
         getattr(c, "elem_id", None) for c, u in updates.items() if isinstance(u, dict) and u.get("visible")

@@ -42,6 +42,12 @@ class CheckpointDefaults:
     sidecar: Path
     problem: str | None = None  # an unreadable sidecar: the family's values are used, this says why
 
+    @property
+    def known(self) -> bool:
+        """Whether there is anything to go by: a known family or declared values (a file that could not
+        be identified and has no sidecar has no defaults, so choosing it changes no field)."""
+        return self.family is not None or bool(self.declared.declared())
+
 
 def sidecar_path(record: CheckpointRecord) -> Path:
     path = Path(record.path)

@@ -36,9 +36,10 @@ def defaults_for(services: Any, title: str | None) -> CheckpointDefaults | None:
 def model_default_values(services: Any, title: str | None) -> dict[str, Any]:
     """The default values of the checkpoint titled ``title`` by request field name: the tab fields
     (``width``, ``height``, ``sampler_name``, ``scheduler``, ``steps``, ``cfg_scale``) and ``clip_skip``,
-    plus ``vae`` when its sidecar declares one. ``{}`` for an unknown title."""
+    plus ``vae`` when its sidecar declares one. ``{}`` for an unknown title, or a checkpoint whose family
+    could not be read and whose sidecar declares nothing."""
     found = defaults_for(services, title)
-    if found is None:
+    if found is None or not found.known:
         return {}
     return found.values.declared()
 

@@ -77,6 +77,8 @@ def current_values(services: Any) -> dict[str, Any]:
     if title:
         with contextlib.suppress(LookupError):
             values["sd_model_checkpoint"] = services.models.find(title).title
+    else:  # none chosen yet: the one that loads (what the bar shows)
+        values["sd_model_checkpoint"] = shown_checkpoint(services)
     return values
 
 
@@ -118,6 +120,11 @@ def validation_problems(exc: ValidationError) -> list[str]:
 def describe_defaults(found: CheckpointDefaults | None) -> str:
     if found is None:
         return "No checkpoint chosen."
+    if not found.known:
+        return (
+            f"**{found.title}**: its family could not be read and `{found.sidecar.name}` declares no "
+            "defaults, so choosing it leaves the fields as they are."
+        )
     values = found.values
     family = found.family.label if found.family is not None else "family not known"
     schedule = "" if values.scheduler in (None, "Automatic") else f" {values.scheduler}"
@@ -137,7 +144,7 @@ def describe_defaults(found: CheckpointDefaults | None) -> str:
     )
     text = f"**{found.title}** ({family}): {', '.join(parts)}.\n\nSource: {source}."
     if found.problem:
-        text += f"\n\n⚠️ {found.problem}; the family's values are used."
+        text += f"\n\n**Not used:** {found.problem}; the family's values apply."
     return text
 
 
@@ -272,7 +279,7 @@ def _wire(
     def fail(lines: list[str]) -> dict[Any, Any]:
         message = " ".join(lines)
         gr.Warning(message)
-        shown = "⚠️ Nothing was changed: " + "\n".join(f"- {line}" for line in lines)
+        shown = "**Nothing was changed:**\n" + "\n".join(f"- {line}" for line in lines)
         return {settings.error: gr.update(value=shown, visible=True), settings.result: ""}
 
     def apply(snapshot: dict[str, Any], *values: Any) -> dict[Any, Any]:
@@ -339,13 +346,14 @@ def _wire(
     settings.apply.click(
         apply, inputs=every_widget, outputs=apply_outputs, api_name="apply_settings", queue=False
     )
-    settings.search.input(
+    settings.search.change(
         search,
         inputs=settings.search,
         outputs=[*widgets, *settings.groups.values(), settings.defaults_group],
         api_visibility="private",
         queue=False,
         show_progress="hidden",
+        trigger_mode="always_last",
     )
     settings.reset.click(
         lambda: gr.update(visible=True), outputs=settings.confirm, api_visibility="private", queue=False
@@ -385,7 +393,7 @@ def _wire_checkpoint_defaults(
         except ModelDefaultsError as exc:
             message = str(exc)
             gr.Warning(message)
-            return {settings.error: gr.update(value=f"⚠️ {message}", visible=True), settings.result: ""}
+            return {settings.error: gr.update(value=message, visible=True), settings.result: ""}
         return {
             settings.defaults_info: describe_defaults(found),
             settings.result: f"Saved as the defaults of {found.title} in {found.sidecar}.",
@@ -398,7 +406,7 @@ def _wire_checkpoint_defaults(
         except ModelDefaultsError as exc:
             message = str(exc)
             gr.Warning(message)
-            return {settings.error: gr.update(value=f"⚠️ {message}", visible=True), settings.result: ""}
+            return {settings.error: gr.update(value=message, visible=True), settings.result: ""}
         return {
             settings.defaults_info: describe_defaults(found),
             settings.result: f"{found.title} uses its family's defaults again.",
