@@ -452,6 +452,24 @@ def save_half(module: Any, folder: Path) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+# A1111's user-metadata keys plus Easel's defaults: the size it was trained at, the sampler, steps and CFG the
+# tests measured it with (tests/integration/test_reference_model.py).
+REFERENCE_SIDECAR = {
+    "description": "Easel's reference model: one coloured circle, square or triangle on a plain background, "
+    "64x64 (see models/README.md).",
+    "sd version": "SD1",
+    "notes": 'Trained at 64x64 only; prompts like "a red circle on a blue background".',
+    "easel_defaults": {
+        "width": 64,
+        "height": 64,
+        "sampler_name": "DPM++ 2M",
+        "scheduler": "Karras",
+        "steps": 20,
+        "cfg_scale": 7.0,
+    },
+}
+
+
 def ship_base(work: Path, out: Path) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -482,6 +500,9 @@ def ship_base(work: Path, out: Path) -> Path:
     shutil.rmtree(target / "tokenizer")
     write_tokenizer_files(target / "tokenizer")
     (target / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
+    # The sidecar beside the folder: the settings the UI starts at when this model is chosen.
+    sidecar = target.parent / f"{MODEL_NAME}.json"
+    sidecar.write_text(json.dumps(REFERENCE_SIDECAR, indent=4, ensure_ascii=False) + "\n")
     return target
 
 

@@ -50,6 +50,8 @@ class Options(BaseModel):
     control_net_no_detectmap: bool = False  # do not return the detected maps with the images
     control_net_detectmap_autosaving: bool = False  # save the detected maps beside the images
     control_net_allow_download: bool = True  # fetch missing annotator weights into models/annotators
+    # UI: choosing a checkpoint sets the generation fields to its defaults (webui.domain.model_defaults)
+    easel_apply_model_defaults: bool = True
 
     @field_validator("samples_format")
     @classmethod
@@ -103,6 +105,17 @@ class OptionsStore:
         with self._lock:
             merged = {**self.options.model_dump(), **values}
             updated = Options.model_validate(merged)
+            self.options = updated
+            self._write(updated)
+            return updated.model_copy()
+
+    def reset(self, keep: tuple[str, ...] = ("sd_model_checkpoint",)) -> Options:
+        """Every option back to its default, except ``keep`` and keys Easel does not know; then persist."""
+        with self._lock:
+            current = self.options.model_dump()
+            defaults = Options().model_dump()
+            values = {**current, **{k: v for k, v in defaults.items() if k not in keep}}
+            updated = Options.model_validate(values)
             self.options = updated
             self._write(updated)
             return updated.model_copy()

@@ -16,9 +16,11 @@ from webui.ui.history import build_history
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
+from webui.ui.model_defaults import wire_model_defaults
 from webui.ui.pnginfo import build_pnginfo
-from webui.ui.quicksettings import build_quicksettings, refresh_values
+from webui.ui.quicksettings import build_quicksettings, refresh_values, wire_load_status
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
+from webui.ui.settings import build_settings
 from webui.ui.txt2img import build_txt2img
 
 TXT2IMG_TAB = "txt2img"
@@ -28,6 +30,7 @@ EXTRAS_TAB = "extras"
 LORA_TAB = "lora"
 CONTROLNET_TAB = "controlnet"
 HISTORY_TAB = "history"
+SETTINGS_TAB = "settings"
 
 CSS = """
 .easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
@@ -47,7 +50,7 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("img2img", id=IMG2IMG_TAB, elem_id="tab_img2img"):
                 img2img = build_img2img(services, clip_skip=bar.clip_skip)
             with gr.Tab("ControlNet", id=CONTROLNET_TAB, elem_id="tab_controlnet"):
-                controlnet_reference = build_controlnet_tab(
+                controlnet_tab = build_controlnet_tab(
                     services,
                     targets={"txt2img": txt2img.extra["controlnet"], "img2img": img2img.extra["controlnet"]},
                     tabs=tabs,
@@ -67,17 +70,22 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("History", id=HISTORY_TAB, elem_id="tab_history") as history_tab:
                 build_history(
                     services, tab=history_tab, tabs=tabs, txt2img=txt2img, img2img=img2img,
-                    extras_image=extras["image"], controlnet_reference=controlnet_reference,
+                    extras_image=extras["image"], controlnet_reference=controlnet_tab.reference,
                     tab_ids={"txt2img": TXT2IMG_TAB, "img2img": IMG2IMG_TAB, "extras": EXTRAS_TAB,
                              "controlnet": CONTROLNET_TAB},
                 )  # fmt: skip
             with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):
                 prompt = txt2img.fields["prompt"]
                 build_lora_tab(services, prompt=prompt, tabs=tabs, prompt_tab_id=TXT2IMG_TAB)
+            with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
+                build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
         wire_image_tabs(
             services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,
         )  # fmt: skip
+        controlnet_models = [u.model for t in (txt2img, img2img) for u in t.extra["controlnet"].units]
+        wire_load_status(services, bar, followers=[*controlnet_models, controlnet_tab.model])
+        wire_model_defaults(services, blocks, bar, [txt2img.fields, img2img.fields])
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False

@@ -469,11 +469,18 @@ def detected_map_gallery(services: Any, result: Any) -> list[tuple[Image.Image, 
 # ------------------------------------------------------------------------------------------- the tab
 
 
+@dataclass
+class ControlNetTab:
+    reference: gr.Image
+    model: gr.Dropdown
+
+
 def build_controlnet_tab(
     services: Any, *, targets: dict[str, ControlNetUnits], tabs: gr.Tabs, tab_ids: dict[str, str]
-) -> gr.Image:
+) -> ControlNetTab:
     """Upload a reference, preview a preprocessor's map, send it to a unit of txt2img or img2img.
-    Returns the reference image, which other tabs can send an image to."""
+    Returns the reference image (other tabs send images to it) and the model list (it follows the loaded
+    checkpoint's family)."""
     module_names = [info.name for info in PREPROCESSORS]
     with gr.Row():
         with gr.Column():
@@ -623,4 +630,4 @@ def build_controlnet_tab(
             outputs=outputs,
             api_visibility="private",
         )
-    return reference
+    return ControlNetTab(reference=reference, model=model)

@@ -2,7 +2,8 @@
 
 Changing a value writes the A1111 option (``sd_model_checkpoint``, ``sd_vae``, ``CLIP_stop_at_last_layers``).
 A checkpoint change is queued on the generation service from a background thread; the status line polls
-the model service's load state every second, so progress and errors show without blocking the page.
+the model service's load state every second, so progress and errors show without blocking the page; a
+checkpoint that fails to load does not stay shown as selected.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from webui.ui import choices
+from webui.ui.controlnet import MODEL_NONE, model_choices
 from webui.ui.icons import icon_button
 from webui.ui.user_errors import user_message
 
@@ -52,6 +54,18 @@ class CheckpointSwitcher:
                 if self._pending == title:
                     self._pending = None
 
+    @property
+    def pending(self) -> str | None:
+        with self._lock:
+            return self._pending
+
+    def settled_key(self) -> str | None:
+        """``None`` while a load runs or waits; else a key that changes whenever a load has ended."""
+        state = self.services.models.load_state
+        if state.loading or self.pending:
+            return None
+        return f"{state.loaded_name}\n{state.error}"
+
     def status(self) -> str:
         state = self.services.models.load_state
         with self._lock:
@@ -61,7 +75,8 @@ class CheckpointSwitcher:
         if pending:
             return f"⏳ {pending} will load when the current job finishes."
         if state.error:
-            return f"⚠️ {state.error}"
+            kept = f" Still using {state.loaded_name}." if state.loaded_name else ""
+            return f"⚠️ {state.error}{kept}"
         if state.loaded_name:
             return f"✅ {state.message or 'Loaded'} — {state.loaded_name}"
         if not self.services.models.checkpoints():
@@ -134,14 +149,13 @@ def _wire(services: Any, bar: QuickSettings) -> None:
     def on_checkpoint(title: str | None) -> str:
         if not title:
             return bar.switcher.status()
+        choose_declared_vae(services, title)  # before the load, which reads the VAE option
         return bar.switcher.request(title)
 
     def on_refresh() -> tuple[Any, Any, str, Any]:
         services.models.refresh()
         return (
-            gr.update(
-                choices=choices.checkpoint_titles(services), value=choices.selected_checkpoint(services)
-            ),
+            gr.update(choices=choices.checkpoint_titles(services), value=shown_checkpoint(services)),
             gr.update(choices=choices.vae_choices(services)),
             bar.switcher.status(),
             _notice_update(services),
@@ -161,9 +175,6 @@ def _wire(services: Any, bar: QuickSettings) -> None:
     def on_clip_skip(value: float | None) -> None:
         set_option("CLIP_stop_at_last_layers", int(value) if value is not None else None)
 
-    def poll() -> tuple[str, Any]:
-        return bar.switcher.status(), _notice_update(services)
-
     bar.checkpoint.input(on_checkpoint, inputs=bar.checkpoint, outputs=bar.status, api_visibility="private")
     bar.refresh.click(
         on_refresh,
@@ -172,10 +183,64 @@ def _wire(services: Any, bar: QuickSettings) -> None:
     )
     bar.vae.input(on_vae, inputs=bar.vae, api_visibility="private")
     bar.clip_skip.change(on_clip_skip, inputs=bar.clip_skip, api_visibility="private", show_progress="hidden")
+
+
+def wire_load_status(services: Any, bar: QuickSettings, followers: list[gr.Dropdown] | None = None) -> None:
+    """Poll the loader's state every second into the status line. When a load ends (here, from the API or
+    the Settings tab), the checkpoint list shows the model actually loaded — after a failure the one still
+    in use, or none — and the ``followers`` (model lists that depend on the loaded family, e.g. ControlNet)
+    get their choices again, keeping their value where it still fits."""
+    followers = list(followers or [])
+    seen = gr.State(None)
+
+    def poll(last: str | None, *current: str | None) -> dict[Any, Any]:
+        out: dict[Any, Any] = {bar.status: bar.switcher.status(), bar.notice: _notice_update(services)}
+        key = bar.switcher.settled_key()
+        if key is None or key == last:
+            return out
+        out[seen] = key
+        out[bar.checkpoint] = gr.update(
+            choices=choices.checkpoint_titles(services), value=shown_checkpoint(services)
+        )
+        if followers:
+            names = model_choices(services)
+            for widget, value in zip(followers, current, strict=True):
+                out[widget] = gr.update(choices=names, value=value if value in names else MODEL_NONE)
+        return out
+
     timer = gr.Timer(STATUS_POLL_SECONDS)
     timer.tick(
-        poll, outputs=[bar.status, bar.notice], api_visibility="private", queue=False, show_progress="hidden"
+        poll,
+        inputs=[seen, *followers],
+        outputs=[bar.status, bar.notice, bar.checkpoint, seen, *followers],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
     )
+
+
+def shown_checkpoint(services: Any) -> str | None:
+    """What the checkpoint list shows: the loaded model; none after a failed load with nothing loaded;
+    before any load, the one that will load."""
+    state = services.models.load_state
+    if state.loaded_name:
+        return str(state.loaded_name)
+    if state.error:
+        return None
+    return choices.selected_checkpoint(services)
+
+
+def choose_declared_vae(services: Any, title: str) -> None:
+    """Set the VAE option to the one ``title``'s sidecar declares (if defaults apply and it is installed)."""
+    from webui.ui.model_defaults import declared_vae
+
+    vae = declared_vae(services, title)
+    if vae is None or vae == services.options.get().sd_vae:
+        return
+    try:
+        services.options.update({"sd_vae": vae})
+    except Exception as exc:  # a bad value is reported, the old VAE stays
+        gr.Warning(user_message(exc))
 
 
 def refresh_values(services: Any, bar: QuickSettings) -> dict[Any, Any]:
@@ -183,7 +248,7 @@ def refresh_values(services: Any, bar: QuickSettings) -> dict[Any, Any]:
     opts = services.options.get()
     return {
         bar.checkpoint: gr.update(
-            choices=choices.checkpoint_titles(services), value=choices.selected_checkpoint(services)
+            choices=choices.checkpoint_titles(services), value=shown_checkpoint(services)
         ),
         bar.vae: gr.update(choices=choices.vae_choices(services), value=opts.sd_vae),
         bar.clip_skip: opts.CLIP_stop_at_last_layers,

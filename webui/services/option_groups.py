@@ -1,0 +1,214 @@
+"""How the Settings tab shows each option: its group (A1111's sections), label, help line and widget.
+
+Pure data, no gradio. One table, in the order the tab shows it; the widget follows from the option's type
+(``bool``: checkbox; a number with a range: slider; ``choices``: dropdown; other text: text box). Ranges
+come from the ``Options`` field's bounds where it has them, else from the table. ``dynamic`` choices are
+filled by the UI from what is installed (checkpoints, VAEs, face restorers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from annotated_types import Ge, Le
+
+from webui.services.options import Options
+
+Kind = Literal["checkbox", "slider", "dropdown", "text"]
+Dynamic = Literal["checkpoints", "vaes", "face_restorers"]
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    key: str
+    group: str
+    label: str
+    help: str = ""
+    choices: tuple[tuple[str, str], ...] = ()  # (label, value)
+    dynamic: Dynamic | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+
+    @property
+    def annotation(self) -> Any:
+        return Options.model_fields[self.key].annotation
+
+    @property
+    def kind(self) -> Kind:
+        if self.annotation is bool:
+            return "checkbox"
+        if self.choices or self.dynamic:
+            return "dropdown"
+        if self.annotation in (int, float):
+            return "slider"
+        return "text"
+
+    @property
+    def is_int(self) -> bool:
+        return self.annotation is int
+
+    def bounds(self) -> tuple[float, float]:
+        """The slider's range: the Options field's ``ge``/``le`` where set, else the table's."""
+        low, high = self.minimum, self.maximum
+        for item in Options.model_fields[self.key].metadata:
+            if isinstance(item, Ge):
+                low = float(item.ge)  # type: ignore[arg-type]
+            elif isinstance(item, Le):
+                high = float(item.le)  # type: ignore[arg-type]
+        if low is None or high is None:
+            raise ValueError(f"option {self.key!r} has no range for a slider")
+        return low, high
+
+    def matches(self, query: str) -> bool:
+        """Whether a search for ``query`` shows this option (words of its label, key, help or group)."""
+        text = f"{self.label} {self.key} {self.help} {self.group}".lower()
+        return all(word in text for word in query.lower().split())
+
+
+def _opt(key: str, group: str, label: str, help: str = "", **kwargs: Any) -> OptionInfo:
+    return OptionInfo(key, group, label, help, **kwargs)
+
+
+SAVING, SD, VAE, SAMPLER = "Saving images", "Stable Diffusion", "VAE", "Sampler parameters"
+INFOTEXT, UI, PREVIEWS, FACES, CONTROLNET = (
+    "Infotext",
+    "User interface",
+    "Live previews",
+    "Face restoration",
+    "ControlNet",
+)
+
+OPTION_TABLE: tuple[OptionInfo, ...] = (
+    _opt("samples_save", SAVING, "Always save all generated images", "into outputs/<mode>-images/<date>/"),
+    _opt(
+        "samples_format",
+        SAVING,
+        "File format for images",
+        "png keeps every pixel; jpg and webp are smaller",
+        choices=(("png", "png"), ("jpg", "jpg"), ("webp", "webp")),
+    ),
+    _opt("jpeg_quality", SAVING, "Quality for saved jpeg and webp images", "1-100", step=1),
+    _opt(
+        "enable_pnginfo",
+        SAVING,
+        "Save generation parameters in the image files",
+        "PNG text chunk / EXIF comment, read back by PNG Info",
+    ),
+    _opt(
+        "save_images_before_highres_fix",
+        SAVING,
+        "Save a copy of the image before applying hires fix",
+        "the first pass is saved and shown too",
+    ),
+    _opt(
+        "sd_model_checkpoint",
+        SD,
+        "Stable Diffusion checkpoint",
+        "loads in the background when applied; the bar above the tabs shows the same choice",
+        dynamic="checkpoints",
+    ),
+    _opt(
+        "CLIP_stop_at_last_layers",
+        SD,
+        "Clip skip",
+        "stop the text encoder this many layers from the end (1: use all)",
+        step=1,
+    ),
+    _opt(
+        "randn_source",
+        SD,
+        "Random number generator source",
+        "CPU gives the same image for a seed on every device; GPU is faster but differs between cards",
+        choices=(("CPU", "CPU"), ("GPU", "GPU")),
+    ),
+    _opt(
+        "sd_vae",
+        VAE,
+        "SD VAE",
+        "Automatic and None: the checkpoint's own VAE; or a file from models/VAE",
+        dynamic="vaes",
+    ),
+    _opt(
+        "eta_ddim",
+        SAMPLER,
+        "Eta for DDIM",
+        "noise added at each DDIM step (0: deterministic)",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+    ),
+    _opt("add_model_hash_to_info", INFOTEXT, "Add model hash to the generation information"),
+    _opt("add_model_name_to_info", INFOTEXT, "Add model name to the generation information"),
+    _opt("add_version_to_infotext", INFOTEXT, "Add Easel's version to the generation information"),
+    _opt(
+        "easel_apply_model_defaults",
+        UI,
+        "Apply a checkpoint's default settings when it is chosen",
+        "size, sampler, schedule type, steps and CFG of txt2img and img2img; Clip skip and VAE when declared",
+    ),
+    _opt("send_seed", UI, "Send seed when sending prompt or image to other interface"),
+    _opt("send_size", UI, "Send size when sending prompt or image to another interface"),
+    _opt("live_previews_enable", PREVIEWS, "Show live previews of the created image"),
+    _opt(
+        "show_progress_every_n_steps",
+        PREVIEWS,
+        "Live preview display period",
+        "a new preview every N sampling steps; -1: only when the batch is done",
+        step=1,
+    ),
+    _opt(
+        "face_restoration_model",
+        FACES,
+        "Face restoration",
+        "the restorer Restore faces runs (models/GFPGAN, models/Codeformer)",
+        dynamic="face_restorers",
+    ),
+    _opt(
+        "code_former_weight",
+        FACES,
+        "CodeFormer weight",
+        "0: strongest effect, 1: weakest",
+        step=0.01,
+    ),
+    _opt(
+        "control_net_unit_count",
+        CONTROLNET,
+        "Multi-ControlNet: ControlNet unit number",
+        "units shown in txt2img and img2img; applies after a restart",
+        step=1,
+    ),
+    _opt("control_net_model_cache_size", CONTROLNET, "Model cache size", "ControlNets kept loaded", step=1),
+    _opt("control_net_no_detectmap", CONTROLNET, "Do not append detectmap to output"),
+    _opt(
+        "control_net_detectmap_autosaving",
+        CONTROLNET,
+        "Allow detectmap auto saving",
+        "beside the images, for units that ask for it",
+    ),
+    _opt(
+        "control_net_allow_download",
+        CONTROLNET,
+        "Allow preprocessor model downloads",
+        "missing annotator weights are fetched into models/annotators",
+    ),
+)
+
+# Options the API keeps for A1111 clients that Easel does not use: not shown, so no control does nothing.
+NOT_SHOWN = {
+    "sd_checkpoints_limit": "Easel's model cache size is the --models-in-ram flag",
+    "eta_ancestral": "ancestral samplers use their fixed eta",
+    "outdir_samples": "outputs go to the data dir's outputs/ folder",
+    "outdir_txt2img_samples": "outputs go to the data dir's outputs/ folder",
+}
+
+OPTIONS_BY_KEY = {info.key: info for info in OPTION_TABLE}
+
+
+def groups() -> list[tuple[str, list[OptionInfo]]]:
+    """The table as ``(group, options)`` in order of first appearance."""
+    ordered: dict[str, list[OptionInfo]] = {}
+    for info in OPTION_TABLE:
+        ordered.setdefault(info.group, []).append(info)
+    return list(ordered.items())
