@@ -43,3 +43,23 @@ def test_a_failing_index_never_fails_the_generation(services) -> None:  # type: 
     services.generation.history = Broken()
     result = services.generation.txt2img(Txt2ImgRequest(prompt="still saved", width=64, height=64, steps=2))
     assert result.images and Path(result.images[0].path).is_file()
+
+
+def test_extras_results_are_indexed_with_the_source_parameters(services) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    from PIL import Image
+
+    from webui.domain.upscalers import ExtrasRequest
+    from webui.metadata.image_io import encode_image
+
+    source = encode_image(
+        Image.new("RGB", (32, 32), (10, 200, 30)), "a green square\nSteps: 4, Seed: 5, Size: 32x32"
+    )
+    request = ExtrasRequest(
+        images=[base64.b64encode(source).decode("ascii")], upscaler_1="Lanczos", upscaling_resize=2
+    )
+    result = services.extras.run(request)
+    [item] = services.history.search(HistoryQuery(kind="extras")).items
+    assert Path(result.images[0].path).name in item.path
+    assert item.prompt == "a green square" and (item.width, item.height) == (64, 64)
