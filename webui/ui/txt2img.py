@@ -79,7 +79,7 @@ def _duration(seconds: float) -> str:
 
 
 def error_box(message: str) -> dict[str, Any]:
-    return gr.update(value=f"⚠️ {message}", visible=True)
+    return gr.update(value=f"Error: {message}", visible=True)
 
 
 def gallery_image(image: GeneratedImage) -> Image.Image:
@@ -104,7 +104,7 @@ def _result_summary(result: GenerationResult) -> str:
     if saved:
         text += f" · saved to {Path(saved[0]).parent}"
     for warning in result.warnings:  # e.g. a LoRA that does not fit the model: shown, never silent
-        text += f"\n\n⚠️ {warning}"
+        text += f"\n\nWarning: {warning}"
     return text
 
 
