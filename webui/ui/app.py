@@ -12,6 +12,7 @@ import gradio as gr
 
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
+from webui.ui.frontend import build_frontend, frontend_css, frontend_js
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
@@ -28,8 +29,6 @@ LORA_TAB = "lora"
 CONTROLNET_TAB = "controlnet"
 
 CSS = """
-.easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
-  background: rgba(217, 83, 79, 0.08); }
 #txt2img_generate { min-height: 4.5em; }
 #txt2img_progress { min-height: 1.5em; }
 """
@@ -69,6 +68,7 @@ def build_ui(services: Any) -> gr.Blocks:
             services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,
         )  # fmt: skip
+        build_frontend(services, txt2img=txt2img, img2img=img2img)
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False
@@ -83,4 +83,5 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    return {"theme": theme, "css": CSS + icon_css(), "footer_links": ["api", "settings"]}
+    css = CSS + icon_css() + frontend_css()
+    return {"theme": theme, "css": css, "js": frontend_js(), "footer_links": ["api", "settings"]}

@@ -82,7 +82,8 @@ class QuickSettings:
 
 def _notice_update(services: Any) -> dict[str, Any]:
     missing = not services.models.checkpoints()
-    return gr.update(value=f"Error: {services.generation.no_model_message()}" if missing else "", visible=missing)
+    message = f"Error: {services.generation.no_model_message()}" if missing else ""
+    return gr.update(value=message, visible=missing)
 
 
 def build_quicksettings(services: Any) -> QuickSettings:
