@@ -39,6 +39,14 @@ def text(page: Any, elem_id: str) -> str:
     return str(page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value())
 
 
+def wait_number(page: Any, elem_id: str, value: str) -> None:
+    page.wait_for_function(
+        "([id, v]) => document.querySelector(`#${id} input[type=number]`).value === v",
+        arg=[elem_id, value],
+        timeout=60_000,
+    )
+
+
 def set_number(page: Any, elem_id: str, value: int) -> None:
     field = page.locator(f"#{elem_id} input[type=number]")
     field.fill(str(value))
@@ -47,9 +55,7 @@ def set_number(page: Any, elem_id: str, value: int) -> None:
 
 def select(page: Any, selector: str, start: int, end: int) -> None:
     page.locator(selector).focus()
-    page.evaluate(
-        "([s, a, b]) => document.querySelector(s).setSelectionRange(a, b)", [selector, start, end]
-    )
+    page.evaluate("([s, a, b]) => document.querySelector(s).setSelectionRange(a, b)", [selector, start, end])
 
 
 def post_options(url: str, values: dict[str, Any]) -> None:
@@ -79,7 +85,8 @@ def drop_file(page: Any, selector: str, data: bytes, name: str = "dropped.png") 
             files.items.add(new File([bytes], name, { type: "image/png" }));
             const target = document.querySelector(selector);
             for (const type of ["dragenter", "dragover", "drop"]) {
-                target.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: files }));
+                const init = { bubbles: true, cancelable: true, dataTransfer: files };
+                target.dispatchEvent(new DragEvent(type, init));
             }
         }""",
         [selector, base64.b64encode(data).decode(), name],
@@ -143,14 +150,14 @@ def test_paste_button_and_image_drop_fill_the_fields(open_page: OpenPage) -> Non
 
     # Empty prompt, nothing generated yet: a message, nothing changes.
     page.click("#txt2img_paste")
-    page.get_by_text("Nothing to read").first.wait_for(timeout=10_000)
+    page.get_by_text("Nothing to read").first.wait_for(timeout=60_000)
     assert number(page, "txt2img_steps") == "20"
 
     # An infotext pasted into the prompt, then the paste button: every field it names is filled.
     page.fill(prompt, INFOTEXT)
     page.click("#txt2img_paste")
     wait_for_text(page, prompt, "a blue square on grey")
-    page.wait_for_function("document.querySelector('#txt2img_steps input[type=number]').value === '7'")
+    wait_number(page, "txt2img_steps", "7")
     assert page.locator(prompt).input_value() == "a blue square on grey"
     assert text(page, "txt2img_neg_prompt") == "blurry"
     assert number(page, "txt2img_seed") == "1234" or text(page, "txt2img_seed") == "1234"
@@ -164,30 +171,30 @@ def test_paste_button_and_image_drop_fill_the_fields(open_page: OpenPage) -> Non
     page.fill(prompt, "")
     set_size_steps_seed(page, "txt2img", steps=30, seed=-1)
     page.click("#txt2img_paste")
-    page.wait_for_function("document.querySelector('#txt2img_steps input[type=number]').value === '3'")
+    wait_number(page, "txt2img_steps", "3")
     assert page.locator(prompt).input_value() == "a blue square on grey"
 
     # An image with parameters dropped on the prompt fills the fields, as PNG Info's send does.
     dropped = INFOTEXT.replace("Steps: 7", "Steps: 9").replace("a blue square", "a dropped square")
     drop_file(page, prompt, png_with_parameters(dropped))
-    page.wait_for_function("document.querySelector('#txt2img_steps input[type=number]').value === '9'")
+    wait_number(page, "txt2img_steps", "9")
     assert page.locator(prompt).input_value() == "a dropped square on grey"
 
     # The same on img2img, for its own fields.
     page.get_by_role("tab", name="img2img").first.click()
     page.wait_for_selector("#img2img_prompt textarea", state="visible")
     drop_file(page, "#img2img_prompt textarea", png_with_parameters(dropped.replace("Steps: 9", "Steps: 11")))
-    page.wait_for_function("document.querySelector('#img2img_steps input[type=number]').value === '11'")
+    wait_number(page, "img2img_steps", "11")
     assert number(page, "txt2img_steps") == "9"
     page.fill("#img2img_prompt textarea", INFOTEXT.replace("Steps: 7", "Steps: 13"))
     page.click("#img2img_paste")
-    page.wait_for_function("document.querySelector('#img2img_steps input[type=number]').value === '13'")
+    wait_number(page, "img2img_steps", "13")
 
     # An image without parameters: a message, the fields stay.
     plain = io.BytesIO()
     Image.new("RGB", (8, 8)).save(plain, format="PNG")
     drop_file(page, "#img2img_prompt textarea", plain.getvalue())
-    page.get_by_text("no generation parameters").first.wait_for(timeout=10_000)
+    page.get_by_text("no generation parameters").first.wait_for(timeout=60_000)
     assert number(page, "img2img_steps") == "13"
 
 
@@ -217,7 +224,8 @@ def test_layout_fits_phone_tablet_and_desktop(running_app: str, tmp_path: Path, 
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             for width, height in ((1280, 800), (1024, 768), (390, 844)):
-                context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
+                viewport = {"width": width, "height": height}
+                context = browser.new_context(viewport=viewport, color_scheme=scheme)
                 page = context.new_page()
                 page.goto(running_app)
                 page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
@@ -225,7 +233,8 @@ def test_layout_fits_phone_tablet_and_desktop(running_app: str, tmp_path: Path, 
                     page.get_by_role("tab", name=tab).first.click()
                     page.wait_for_selector(f"#{tab}_generate", state="visible")
                     scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-                    page.screenshot(path=str(tmp_path / f"{tab}-{width}x{height}-{scheme}.png"), full_page=True)
+                    shot = tmp_path / f"{tab}-{width}x{height}-{scheme}.png"
+                    page.screenshot(path=str(shot), full_page=True)
                     assert scroll[0] <= scroll[1], f"{tab} scrolls sideways at {width}x{height}: {scroll}"
                     assert page.locator(f"#{tab}_generate").bounding_box()["width"] > 0
                 dark = page.evaluate("document.body.classList.contains('dark')")

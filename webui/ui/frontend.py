@@ -120,7 +120,6 @@ def wire_prompt_tools(
         inputs=[fields["prompt"], last_infotext],
         outputs=filler.targets,
         api_visibility="private",
-        queue=False,
     )
     # Rendered but hidden: the script hands the file dropped on a prompt box to its file input.
     with gr.Column(elem_id=f"{prefix}_drop_image"):
