@@ -166,7 +166,9 @@
       }
       if (event.key === "Escape" && !event.defaultPrevented) {
         const tab = activeTab();
-        if (tab && running(tab)) byId(`${tab}_interrupt`).click();
+        // Esc first closes what is open (a dropdown's list, the gallery's full view); then it interrupts.
+        const open = document.querySelector(`[role=listbox], #${tab}_gallery .preview`);
+        if (tab && running(tab) && !open) byId(`${tab}_interrupt`).click();
       }
     },
     true,
