@@ -130,13 +130,14 @@ def test_shortcuts_emphasis_progress_and_notification(open_page: OpenPage, runni
 
     # A long job with the sound on (and "long" = 0 s): Esc interrupts it, and the end is notified.
     post_options(running_app, {"notification_audio": True, "easel_notification_min_seconds": 0})
+    before = page.evaluate("window.easel.notices.length")  # the first job may have been long already
     set_number(page, "txt2img_batch_count", 30)
     page.click("#tabs")  # focus outside the prompt: the shortcut works anywhere in the tab
     page.keyboard.press("Control+Enter")
     wait_for_text(page, "#txt2img_progress .easel-progress-text", "Step ", timeout=SLOW)
     page.keyboard.press("Escape")
     wait_for_text(page, "#txt2img_progress", "Interrupted", timeout=SLOW)
-    page.wait_for_function("window.easel.notices.length > 0", timeout=10_000)
+    page.wait_for_function(f"window.easel.notices.length > {before}", timeout=10_000)
     notices = page.evaluate("window.easel.notices")
     assert notices[-1]["tab"] == "txt2img" and notices[-1]["failed"] is False
     assert notices[-1]["sound"] is True
