@@ -71,7 +71,7 @@ def test_bad_filter_values_are_messages_not_crashes(built: Any) -> None:
     search = event_fn(built.blocks, "history_search_button", "click")
     view, *values = VIEW_IMAGES, "", "2024-13-45", None, "Any", "Any", "Any", "Any", False
     out = search.fn(view, *values)
-    assert out[3].startswith("⚠️ From: expected a date")
+    assert out[3].startswith("Error: From: expected a date")
 
 
 def test_open_an_image_then_send_it_to_extras_and_txt2img(built: Any) -> None:

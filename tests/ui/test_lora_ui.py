@@ -38,7 +38,7 @@ def test_cards_current_family_first_incompatible_marked_and_filters() -> None:
     assert order == ["a-style", "b-style", "a-mystery", "xl-thing"]
     assert [r.name for r in card_entries(records, ModelFamily.SD1, "inky")] == ["b-style"]
     assert [r.name for r in card_entries(records, None, "", "SDXL")] == ["xl-thing"]
-    assert card_caption(records[0], False).startswith("⚠️ xl-thing · SDXL · rank 8")
+    assert card_caption(records[0], False).startswith("[other family] xl-thing · SDXL · rank 8")
     assert card_caption(records[1], True) == "b-style · SD 1.x\ninky"
 
 

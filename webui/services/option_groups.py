@@ -150,6 +150,27 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
     ),
     _opt("send_seed", UI, "Send seed when sending prompt or image to other interface"),
     _opt("send_size", UI, "Send size when sending prompt or image to another interface"),
+    _opt(
+        "keyedit_precision_attention",
+        UI,
+        "Ctrl+Up/Down precision when editing (attention:1.1)",
+        "the step by which Ctrl+Up/Down changes the emphasis of the selected prompt text",
+    ),
+    _opt("notification_audio", UI, "Play a sound when a long generation finishes"),
+    _opt("notification_volume", UI, "Notification sound volume", "in percent"),
+    _opt(
+        "easel_notification_browser",
+        UI,
+        "Show a browser notification when a long generation finishes",
+        "the browser asks for permission the first time",
+    ),
+    _opt(
+        "easel_notification_min_seconds",
+        UI,
+        "A generation is long after (seconds)",
+        "sound and notification only for jobs that took at least this long",
+        maximum=600,
+    ),
     _opt("live_previews_enable", PREVIEWS, "Show live previews of the created image"),
     _opt(
         "show_progress_every_n_steps",

@@ -52,6 +52,12 @@ class Options(BaseModel):
     control_net_allow_download: bool = True  # fetch missing annotator weights into models/annotators
     # UI: choosing a checkpoint sets the generation fields to its defaults (webui.domain.model_defaults)
     easel_apply_model_defaults: bool = True
+    # Browser habits (webui/ui/static/easel.js)
+    keyedit_precision_attention: float = Field(0.1, ge=0.01, le=0.2)  # Ctrl+Up/Down emphasis step
+    notification_audio: bool = False  # a short tone when a long generation ends
+    notification_volume: int = Field(100, ge=0, le=100)  # of that tone, in percent
+    easel_notification_browser: bool = False  # a browser notification when a long generation ends
+    easel_notification_min_seconds: float = Field(10.0, ge=0.0)  # "long": at least this many seconds
 
     @field_validator("samples_format")
     @classmethod

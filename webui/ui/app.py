@@ -12,6 +12,7 @@ import gradio as gr
 
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
+from webui.ui.frontend import build_frontend, frontend_css, frontend_js
 from webui.ui.history import build_history
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
@@ -33,8 +34,6 @@ HISTORY_TAB = "history"
 SETTINGS_TAB = "settings"
 
 CSS = """
-.easel-error { border: 1px solid #d9534f; border-radius: 6px; padding: 0.5em 0.75em; color: #a94442;
-  background: rgba(217, 83, 79, 0.08); }
 #txt2img_generate { min-height: 4.5em; }
 #txt2img_progress { min-height: 1.5em; }
 """
@@ -86,6 +85,7 @@ def build_ui(services: Any) -> gr.Blocks:
         controlnet_models = [u.model for t in (txt2img, img2img) for u in t.extra["controlnet"].units]
         wire_load_status(services, bar, followers=[*controlnet_models, controlnet_tab.model])
         wire_model_defaults(services, blocks, bar, [txt2img.fields, img2img.fields])
+        build_frontend(services, txt2img=txt2img, img2img=img2img)
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False
@@ -100,4 +100,5 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    return {"theme": theme, "css": CSS + icon_css(), "footer_links": ["api", "settings"]}
+    css = CSS + icon_css() + frontend_css()
+    return {"theme": theme, "css": css, "js": frontend_js(), "footer_links": ["api", "settings"]}

@@ -550,7 +550,7 @@ def build_controlnet_tab(
         image: Image.Image | None, name: str, res: float, a: float, b: float
     ) -> Iterator[tuple[Any, str]]:
         if image is None:
-            yield None, "⚠️ Upload a reference image first."
+            yield None, "Error: upload a reference image first."
             return
         controlnet = services.controlnet
         fields = _sliders_to_fields(name, res, a, b)
@@ -565,7 +565,7 @@ def build_controlnet_tab(
         try:
             result = future.result().image
         except Exception as exc:  # shown on the page; the app keeps running
-            yield None, f"⚠️ {user_message(exc)}"
+            yield None, f"Error: {user_message(exc)}"
             return
         yield result, f"{name}: {result.width}x{result.height}. Download it, or send it to a unit."
 

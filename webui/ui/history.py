@@ -267,7 +267,7 @@ def build_history(
             return list(list_page(history, view_value, Filters(*values), page_value))
         except ValueError as exc:
             gr.Warning(str(exc))
-            return [gr.update(), gr.update(), page_value, f"⚠️ {exc}"]
+            return [gr.update(), gr.update(), page_value, f"Error: {exc}"]
 
     def first_page(view_value: str, *values: Any) -> list[Any]:
         return show(view_value, 1, *values)

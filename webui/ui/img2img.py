@@ -23,8 +23,11 @@ from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from webui.ui import choices
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
+from webui.ui.frontend import PASTE_LABEL
+from webui.ui.icons import icon_button
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.lora import build_lora_picker
+from webui.ui.progress_bar import progress_html
 from webui.ui.styles import build_styles_dropdown
 from webui.ui.txt2img import (
     POLL_SECONDS,
@@ -102,6 +105,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="img2img_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id="img2img_skip", size="sm")
+                paste = icon_button("paste", PASTE_LABEL, elem_id="img2img_paste")
     mode = gr.State(MODE_IMG2IMG)
     with gr.Row():
         with gr.Column(scale=1):
@@ -304,6 +308,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             "lora_picker": lora_picker,
             "script": script,
             "controlnet": controlnet,
+            "paste": paste,
         },
     )
     for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
@@ -360,17 +365,20 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             gr.Warning(message)
             yield {error: error_box(message), progress_md: "", preview: hide_preview}
             return
-        yield {error: no_error, progress_md: "Queued", preview: hide_preview}
+        yield {error: no_error, progress_md: progress_html("Queued"), preview: hide_preview}
         shown_step = None
         while not future.done():
             concurrent.futures.wait([future], timeout=POLL_SECONDS)
             if future.done():
                 break
             if not future.running():
-                yield {progress_md: f"Waiting for the running job ({generation.pending()} queued)"}
+                waiting = f"Waiting for the running job ({generation.pending()} queued)"
+                yield {progress_md: progress_html(waiting)}
                 continue
             state = generation.progress
-            update: dict[Any, Any] = {progress_md: format_progress(state.snapshot())}
+            snapshot = state.snapshot()
+            bar = progress_html(format_progress(snapshot), snapshot.get("progress"))
+            update: dict[Any, Any] = {progress_md: bar}
             if state.preview is not None and state.preview_step != shown_step:
                 shown_step = state.preview_step
                 update[preview] = gr.update(value=state.preview, visible=True)

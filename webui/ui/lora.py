@@ -61,7 +61,7 @@ def prompt_from_weights(prompt: str, weights: list[float]) -> str:
 
 
 def card_caption(record: LoraRecord, fits: bool | None) -> str:
-    mark = "⚠️ " if fits is False else ""
+    mark = "[other family] " if fits is False else ""
     parts = [f"{mark}{record.name}", record.family.label]
     if record.rank:
         parts.append(f"rank {record.rank}")
@@ -238,7 +238,7 @@ def build_lora_tab(services: Any, *, prompt: gr.Textbox, tabs: gr.Tabs, prompt_t
         folder = networks.lora_root()
         text = f"{len(entries)} of {len(records)} LoRAs in `{folder}`"
         if model_family is not None:
-            text += f" · current model: {model_family.label} (⚠️ = made for another family)"
+            text += f" · current model: {model_family.label} ([other family] = made for another family)"
         return items, [r.name for r in entries], text
 
     def on_select(names: list[str], text: str, evt: gr.SelectData) -> tuple[Any, Any]:

@@ -37,7 +37,7 @@ def read_image_info(path: str | None) -> tuple[str, dict[str, object], str]:
     try:
         infotext, items = read_infotext(path)
     except Exception as exc:  # an unreadable upload is reported, not raised
-        return "", {}, f"⚠️ Could not read the image: {user_message(exc)}"
+        return "", {}, f"Error: could not read the image: {user_message(exc)}"
     parsed = parse_infotext(infotext) if infotext else {}
     lines = [f"- **{key}**: {value}" for key, value in items.items() if isinstance(value, str | int | float)]
     extra = "\n".join(lines)

@@ -71,14 +71,14 @@ class CheckpointSwitcher:
         with self._lock:
             pending = self._pending
         if state.loading:
-            return f"⏳ {state.message or 'Loading'} ({state.fraction:.0%})"
+            return f"{state.message or 'Loading'} ({state.fraction:.0%})"
         if pending:
-            return f"⏳ {pending} will load when the current job finishes."
+            return f"Queued: {pending} will load when the current job finishes."
         if state.error:
             kept = f" Still using {state.loaded_name}." if state.loaded_name else ""
-            return f"⚠️ {state.error}{kept}"
+            return f"Error: {state.error}{kept}"
         if state.loaded_name:
-            return f"✅ {state.message or 'Loaded'} — {state.loaded_name}"
+            return f"{state.message or 'Loaded'} — {state.loaded_name}"
         if not self.services.models.checkpoints():
             return "No checkpoint available."
         return "No checkpoint loaded yet; the selected one loads with the first generation."
@@ -97,7 +97,8 @@ class QuickSettings:
 
 def _notice_update(services: Any) -> dict[str, Any]:
     missing = not services.models.checkpoints()
-    return gr.update(value=f"⚠️ {services.generation.no_model_message()}" if missing else "", visible=missing)
+    message = f"Error: {services.generation.no_model_message()}" if missing else ""
+    return gr.update(value=message, visible=missing)
 
 
 def build_quicksettings(services: Any) -> QuickSettings:

@@ -22,9 +22,11 @@ from pydantic import ValidationError
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import choices
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
+from webui.ui.frontend import PASTE_LABEL
 from webui.ui.hires import build_hires_controls
 from webui.ui.icons import icon_button
 from webui.ui.lora import build_lora_picker
+from webui.ui.progress_bar import progress_html
 from webui.ui.styles import build_styles_dropdown
 from webui.ui.user_errors import user_message
 
@@ -79,7 +81,7 @@ def _duration(seconds: float) -> str:
 
 
 def error_box(message: str) -> dict[str, Any]:
-    return gr.update(value=f"⚠️ {message}", visible=True)
+    return gr.update(value=f"Error: {message}", visible=True)
 
 
 def gallery_image(image: GeneratedImage) -> Image.Image:
@@ -104,7 +106,7 @@ def _result_summary(result: GenerationResult) -> str:
     if saved:
         text += f" · saved to {Path(saved[0]).parent}"
     for warning in result.warnings:  # e.g. a LoRA that does not fit the model: shown, never silent
-        text += f"\n\n⚠️ {warning}"
+        text += f"\n\nWarning: {warning}"
     return text
 
 
@@ -148,6 +150,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+                paste = icon_button("paste", PASTE_LABEL, elem_id="txt2img_paste")
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
@@ -279,6 +282,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             "selected": selected,
             "lora_picker": lora_picker,
             "controlnet": controlnet,
+            "paste": paste,
         },
     )
     _wire(services, tab, random_seed=random_seed, reuse_seed=reuse_seed)
@@ -309,17 +313,20 @@ def _wire(services: Any, tab: Txt2ImgTab, *, random_seed: gr.Button, reuse_seed:
             gr.Warning(message)
             yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}
             return
-        yield {tab.error: no_error, tab.progress: "Queued", tab.preview: hide_preview}
+        yield {tab.error: no_error, tab.progress: progress_html("Queued"), tab.preview: hide_preview}
         shown_step = None
         while not future.done():
             concurrent.futures.wait([future], timeout=POLL_SECONDS)
             if future.done():
                 break
             if not future.running():
-                yield {tab.progress: f"Waiting for the running job ({generation.pending()} queued)"}
+                waiting = f"Waiting for the running job ({generation.pending()} queued)"
+                yield {tab.progress: progress_html(waiting)}
                 continue
             progress = generation.progress
-            update: dict[Any, Any] = {tab.progress: format_progress(progress.snapshot())}
+            snapshot = progress.snapshot()
+            bar = progress_html(format_progress(snapshot), snapshot.get("progress"))
+            update: dict[Any, Any] = {tab.progress: bar}
             if progress.preview is not None and progress.preview_step != shown_step:
                 shown_step = progress.preview_step
                 update[tab.preview] = gr.update(value=progress.preview, visible=True)
