@@ -29,7 +29,10 @@ def build_app(services: Services) -> Any:
 
         blocks = build_ui(services)
         auth = settings.credentials("gradio") or None
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **_launch_kwargs())
+        thumbnails = [str(settings.cache_dir / "thumbnails")]  # card thumbnails, served to the page
+        app = gr.mount_gradio_app(
+            app, blocks, path="/", auth=auth, allowed_paths=thumbnails, **_launch_kwargs()
+        )
     return app
 
 

@@ -14,7 +14,7 @@ from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
-from webui.ui.lora import build_lora_tab
+from webui.ui.network_cards import build_networks_tab
 from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
@@ -62,9 +62,10 @@ def build_ui(services: Any) -> gr.Blocks:
                     txt2img_units=txt2img.extra["controlnet"].units,
                 )
                 pnginfo_send = add_send_buttons("pnginfo")
-            with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):
-                prompt = txt2img.fields["prompt"]
-                build_lora_tab(services, prompt=prompt, tabs=tabs, prompt_tab_id=TXT2IMG_TAB)
+            with gr.Tab("Networks", id=LORA_TAB, elem_id="tab_lora") as networks_tab:
+                build_networks_tab(services, txt2img.fields["prompt"], networks_tab, txt2img.gallery)
+        txt2img.extra["network_cards"].use_gallery(txt2img.gallery)
+        img2img.extra["network_cards"].use_gallery(img2img.gallery)
         wire_image_tabs(
             services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,

@@ -25,6 +25,7 @@ from webui.ui import choices
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.lora import build_lora_picker
+from webui.ui.network_cards import build_network_cards
 from webui.ui.styles import build_styles_dropdown
 from webui.ui.txt2img import (
     POLL_SECONDS,
@@ -96,6 +97,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 show_label=False,
             )
             lora_picker = build_lora_picker(services, prompt, prefix="img2img")
+            network_cards = build_network_cards(services, prompt, "img2img")
             styles = build_styles_dropdown(services, "img2img")
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
@@ -302,6 +304,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             "preview": preview,
             "error": error,
             "lora_picker": lora_picker,
+            "network_cards": network_cards,
             "script": script,
             "controlnet": controlnet,
         },
