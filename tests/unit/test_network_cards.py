@@ -200,6 +200,7 @@ def test_checkpoint_identity_cached_across_restart(tmp_path: Path, monkeypatch: 
     (root / "b.ckpt").write_bytes(b"x" * 100)
     cache_file = tmp_path / "cache" / "checkpoint-headers.json"
     reads = _count_header_reads(monkeypatch, scanner)
+    monkeypatch.setattr(scanner, "_from_cache", {})
     scanner._identify.cache_clear()
     first = scanner.scan_checkpoints(root, HeaderCache(cache_file, schema=1))
     assert reads
@@ -207,6 +208,8 @@ def test_checkpoint_identity_cached_across_restart(tmp_path: Path, monkeypatch: 
     scanner._identify.cache_clear()  # a new process: only the on-disk cache is left
     again = scanner.scan_checkpoints(root, HeaderCache(cache_file, schema=1))
     assert reads == []
+    assert scanner.identify_file(root / "a.safetensors") == scanner.identify_file(root / "a.safetensors")
+    assert reads == []  # the upscaler list's question is answered from the same cache
     assert [(r.name, r.family, r.family_error) for r in again] == [
         (r.name, r.family, r.family_error) for r in first
     ]

@@ -226,14 +226,21 @@ def _stat_and_identify(
         stat = path.stat()
     except OSError as exc:
         return None, FileIdentity(error=f"{path.name}: cannot read file: {exc.strerror or exc}")
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
     if cache is not None:
         facts = cache.get(path, stat.st_size, stat.st_mtime_ns)
         identity = _identity_from_facts(facts) if facts is not None else None
         if identity is None:
-            identity = _identify(str(path), stat.st_size, stat.st_mtime_ns)
+            identity = _identify(*key)
             cache.put(path, stat.st_size, stat.st_mtime_ns, _identity_facts(identity))
+        _from_cache[key] = identity  # the upscaler list asks again without the cache: no second read
         return stat, identity
-    return stat, _identify(str(path), stat.st_size, stat.st_mtime_ns)
+    known = _from_cache.get(key)
+    return stat, known if known is not None else _identify(*key)
+
+
+# Identities answered by a ``HeaderCache`` in this process, by (path, size, mtime_ns).
+_from_cache: dict[tuple[str, int, int], FileIdentity] = {}
 
 
 def _identity_facts(identity: FileIdentity) -> dict[str, object]:
