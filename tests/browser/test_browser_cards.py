@@ -48,7 +48,7 @@ def test_cards_fixed_size_click_adds_tag_and_edit_saves_sidecar(
     # the preview is a small thumbnail from the cache, drawn cover-cropped inside the card
     image = card.locator("img.easel-card-image")
     page.wait_for_function(
-        "el => el.complete && el.naturalWidth > 0", arg=image.element_handle(), timeout=15_000
+        "el => el.complete && el.naturalWidth > 0", arg=image.element_handle(), timeout=60_000
     )
     assert image.evaluate("el => el.naturalWidth") == 240
     # the SDXL LoRA is listed after the SD 1.x one, with the warning mark
@@ -60,14 +60,14 @@ def test_cards_fixed_size_click_adds_tag_and_edit_saves_sidecar(
     assert page.locator(f"{card_selector(REFERENCE_LORA)} .easel-card-warn").count() == 0
 
     card.click()
-    wait_for_text(page, "#txt2img_prompt textarea", f"<lora:{REFERENCE_LORA}:1>", timeout=15_000)
+    wait_for_text(page, "#txt2img_prompt textarea", f"<lora:{REFERENCE_LORA}:1>", timeout=60_000)
     page.locator("#txt2img_loras").get_by_text(REFERENCE_LORA).first.wait_for(timeout=10_000)
     page.locator(f'#txt2img_lora_cards .easel-card-active[data-name="{REFERENCE_LORA}"]').wait_for(
         timeout=10_000
     )
     page.locator(f'#txt2img_lora_cards .easel-card[data-name="{REFERENCE_LORA}"]').click()
     page.wait_for_function(
-        "!document.querySelector('#txt2img_prompt textarea').value.includes('<lora:')", timeout=15_000
+        "!document.querySelector('#txt2img_prompt textarea').value.includes('<lora:')", timeout=60_000
     )
 
     page.locator(f'#txt2img_lora_cards .easel-card[data-name="{REFERENCE_LORA}"] .easel-card-edit').click()
@@ -77,13 +77,15 @@ def test_cards_fixed_size_click_adds_tag_and_edit_saves_sidecar(
     weight.fill("0.7")
     weight.press("Tab")
     page.click("#txt2img_card_save")
-    wait_for_text(page, "#txt2img_networks_message", "Saved", timeout=15_000)
+    wait_for_text(page, "#txt2img_networks_message", "Saved", timeout=60_000)
     sidecar = json.loads(
         (data_dir / "models" / "Lora" / f"{REFERENCE_LORA}.json").read_text(encoding="utf-8")
     )
     assert sidecar["activation text"] == "grayscale" and sidecar["preferred weight"] == 0.7
-    page.locator(f'#txt2img_lora_cards .easel-card[data-name="{REFERENCE_LORA}"]').click()
-    wait_for_text(page, "#txt2img_prompt textarea", f"<lora:{REFERENCE_LORA}:0.7>, grayscale", timeout=15_000)
+    # the grid is drawn again with the new words; a click then uses the saved weight and text
+    wait_for_text(page, f"{card_selector(REFERENCE_LORA)} .easel-card-words", "grayscale", timeout=60_000)
+    page.locator(card_selector(REFERENCE_LORA)).click()
+    wait_for_text(page, "#txt2img_prompt textarea", f"<lora:{REFERENCE_LORA}:0.7>, grayscale", timeout=60_000)
 
     # thumbnails are served; nothing else from the data dir is
     src = image.get_attribute("src")

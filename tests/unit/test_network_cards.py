@@ -71,6 +71,12 @@ def test_click_adds_tag_with_preferred_weight_and_activation_text_and_again_remo
     assert added == "a cat <lora:ink:0.8>, ink wash, monochrome"
     assert toggle_in_prompt(added, card) == "a cat"
     assert toggle_in_prompt("", card) == "<lora:ink:0.8>, ink wash, monochrome"
+    # activation text that is also part of the LoRA's name is still added (and removed again)
+    named = NetworkCard(kind=LORA, name="easel-grayscale", path="/g", activation_text="grayscale")
+    assert toggle_in_prompt("a", named) == "a <lora:easel-grayscale:1>, grayscale"
+    assert toggle_in_prompt("a <lora:easel-grayscale:1>, grayscale", named) == "a"
+    # activation text the user already wrote is not doubled
+    assert toggle_in_prompt("ink wash, monochrome, cat", card) == "ink wash, monochrome, cat <lora:ink:0.8>"
     # a tag typed with another weight is still "the same LoRA": the click removes it
     assert (
         toggle_in_prompt("a cat <lora:ink:0.3>, b", NetworkCard(kind=LORA, name="ink", path="/i"))

@@ -191,13 +191,19 @@ def toggle_in_prompt(prompt: str, card: NetworkCard) -> str:
             updated = set_lora_tags(prompt, [(n, w) for n, w in current if n != card.name])
             return _remove_phrase(updated, card.activation_text)
         updated = add_lora_tag(prompt, card.name, card.preferred_weight)
-        if card.activation_text and card.activation_text not in updated:
+        if card.activation_text and not _has_phrase(updated, card.activation_text):
             updated = f"{updated}, {card.activation_text}" if updated.strip() else card.activation_text
         return updated
     match = embedding_pattern(card.name).search(prompt)
     if match:
         return _remove_phrase(prompt, card.name)
     return f"{prompt.rstrip()}, {card.name}" if prompt.strip() else card.name
+
+
+def _has_phrase(prompt: str, phrase: str) -> bool:
+    """Whether ``phrase`` is in ``prompt`` as words of its own (not inside a ``<lora:...>`` tag's name)."""
+    text = re.sub(r"<[^<>]*>", " ", prompt)
+    return re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", text) is not None
 
 
 def _remove_phrase(prompt: str, phrase: str) -> str:

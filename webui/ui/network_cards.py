@@ -100,6 +100,8 @@ CARDS_CSS = f"""
 # One delegated listener per grid: a click on an element with ``data-action`` becomes a JSON action that the
 # hidden button of this panel sends to Python (its ``js`` hands the action over as the input value).
 CARDS_JS = """
+if (!element.dataset.easelCards) {
+element.dataset.easelCards = 'listening';
 element.addEventListener('click', (event) => {
   const target = event.target.closest('[data-action]');
   if (!target || !element.contains(target) || target.disabled) return;
@@ -119,6 +121,7 @@ element.addEventListener('click', (event) => {
   const go = document.querySelector('#' + prefix + '_networks_go');
   if (go) go.click();
 });
+}
 """
 
 
