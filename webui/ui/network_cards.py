@@ -79,9 +79,11 @@ CARDS_CSS = f"""
 .easel-card-words {{ color: #e5e7eb !important; font-size: 0.75em; opacity: 0.85; line-height: 1.2;
   white-space: nowrap;
   overflow: hidden; text-overflow: ellipsis; }}
-.easel-card-badge {{ position: absolute; top: 6px; left: 6px; padding: 1px 6px; border-radius: 4px;
+.easel-card-marks {{ position: absolute; top: 6px; left: 6px; display: flex; align-items: center;
+  gap: 5px; }}
+.easel-card-badge {{ padding: 1px 6px; border-radius: 4px;
   font-size: 0.7em; font-weight: 700; background: rgba(0, 0, 0, 0.65); color: #fff; }}
-.easel-card-warn {{ position: absolute; top: 6px; left: 48px; width: 18px; height: 18px;
+.easel-card-warn {{ display: inline-block; width: 18px; height: 18px; border-radius: 3px;
   background-color: #fbbf24; -webkit-mask: url("{_WARN_SVG}") center / contain no-repeat;
   mask: url("{_WARN_SVG}") center / contain no-repeat; }}
 .easel-card-edit {{ position: absolute; top: 4px; right: 4px; width: 26px; height: 26px; border-radius: 5px;
@@ -167,15 +169,18 @@ def render_card(card: NetworkCard, thumbnail: Any, active: bool, model_label: st
         )
     else:
         parts.append(f'<div class="easel-card-placeholder">{html.escape(_initials(card.name))}</div>')
+    marks = []
     if card.badge:
-        parts.append(f'<span class="easel-card-badge">{html.escape(card.badge)}</span>')
+        marks.append(f'<span class="easel-card-badge">{html.escape(card.badge)}</span>')
     if card.mismatch:
         other = FAMILY_NAMES.get(card.badge, card.badge)
         warning = f"made for {other}; the loaded model is {model_label or 'another family'}"
-        parts.append(
+        marks.append(
             f'<span class="easel-card-warn" title="{html.escape(warning)}"'
             f' aria-label="{html.escape(warning)}"></span>'
         )
+    if marks:
+        parts.append(f'<div class="easel-card-marks">{"".join(marks)}</div>')
     parts.append(
         f'<button class="easel-card-edit" data-action="edit" data-name="{name}"'
         f' title="Edit {name}">Edit</button>'
