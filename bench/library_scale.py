@@ -115,6 +115,38 @@ def measure(data_dir: Path) -> dict[str, float]:
             process.kill()
 
 
+def measure_cards(data_dir: Path) -> dict[str, float]:
+    """In this process: list the LoRA cards, filter them (a search) and draw one page of the grid."""
+    from webui.container import build_services
+    from webui.services.network_cards import LORA, filter_cards
+    from webui.settings import Settings
+    from webui.ui.network_cards import render_cards
+
+    services = build_services(Settings(data_dir=data_dir, preload_model=False))
+    try:
+        cards_service = services.networks.cards
+        began = time.perf_counter()
+        cards = cards_service.cards(LORA, None)
+        listed = time.perf_counter() - began
+        began = time.perf_counter()
+        shown = filter_cards(cards, "lora-09")
+        searched = time.perf_counter() - began
+        began = time.perf_counter()
+        page = render_cards("txt2img", LORA, cards, len(cards), 3, thumbnails=cards_service.thumbnail)
+        drawn = time.perf_counter() - began
+        return {
+            "cards": len(cards),
+            "shown": len(shown),
+            "list": listed,
+            "search": searched,
+            "page": drawn,
+            "html_kb": len(page) / 1024,
+        }
+    finally:
+        services.generation.shutdown()
+        services.models.hashes.stop_background()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loras", type=int, default=1000)
@@ -135,6 +167,12 @@ def main() -> None:
         print(f"{'run':<22} {'GET / (s)':>10} {'/config (s)':>12} {'refresh-loras (s)':>18}")
         for key, value in results.items():
             print(f"{key:<22} {value['root']:>10.2f} {value['config']:>12.2f} {value['refresh']:>18.3f}")
+        cards = measure_cards(base / "large")
+        print(
+            f"cards: list {cards['cards']:.0f} LoRA cards {cards['list'] * 1000:.0f} ms, search "
+            f"({cards['shown']:.0f} hits) {cards['search'] * 1000:.1f} ms, draw one page "
+            f"{cards['page'] * 1000:.1f} ms ({cards['html_kb']:.0f} KiB of HTML)"
+        )
         for run in ("first start", "restart"):
             small, large = results[f"small, {run}"], results[f"large, {run}"]
             print(
