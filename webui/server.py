@@ -64,9 +64,13 @@ def _mount_mcp(app: Any, services: Services) -> Any:
 
 
 def _served_paths(services: Services) -> list[str]:
-    """Folders the UI shows files from (History: the outputs and their cached thumbnails)."""
+    """Folders the UI shows files from: outputs, History's and the network cards' thumbnails."""
     settings = services.settings
-    return [str(settings.outputs_path.resolve()), str((settings.cache_dir / "history-thumbnails").resolve())]
+    return [
+        str(settings.outputs_path.resolve()),
+        str((settings.cache_dir / "history-thumbnails").resolve()),
+        str((settings.cache_dir / "thumbnails").resolve()),  # LoRA / embedding card thumbnails
+    ]
 
 
 def _launch_kwargs() -> dict[str, Any]:

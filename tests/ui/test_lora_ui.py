@@ -1,16 +1,12 @@
-"""The LoRA picker's prompt sync and the library cards' order and filters (no browser)."""
+"""The LoRA picker's prompt sync (no browser); the cards are tested in test_network_cards_ui.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from webui.domain.lora import LoraFamily, LoraRecord
-from webui.domain.models import ModelFamily
 from webui.ui.lora import (
     SLIDERS,
-    card_caption,
-    card_entries,
     picker_from_prompt,
     prompt_from_selection,
     prompt_from_weights,
@@ -25,21 +21,6 @@ def test_picker_follows_prompt_and_prompt_follows_picker() -> None:
     assert prompt_from_selection(added, ["glow"]) == "a cat <lora:glow:0.6>"
     assert prompt_from_weights(added, [0.5, -1.0, 1.0, 1.0]) == "a cat <lora:ink:0.5> <lora:glow:-1>"
     assert picker_from_prompt(prompt_from_weights(added, [0.5, -1.0]))[1][:2] == [0.5, -1.0]
-
-
-def test_cards_current_family_first_incompatible_marked_and_filters() -> None:
-    records = [
-        LoraRecord(name="xl-thing", path="/x", family=LoraFamily.SDXL, rank=8),
-        LoraRecord(name="b-style", path="/b", family=LoraFamily.SD1, trigger_words=("inky",)),
-        LoraRecord(name="a-mystery", path="/a"),
-        LoraRecord(name="a-style", path="/a2", family=LoraFamily.SD1, group="styles"),
-    ]
-    order = [r.name for r in card_entries(records, ModelFamily.SD1)]
-    assert order == ["a-style", "b-style", "a-mystery", "xl-thing"]
-    assert [r.name for r in card_entries(records, ModelFamily.SD1, "inky")] == ["b-style"]
-    assert [r.name for r in card_entries(records, None, "", "SDXL")] == ["xl-thing"]
-    assert card_caption(records[0], False).startswith("[other family] xl-thing · SDXL · rank 8")
-    assert card_caption(records[1], True) == "b-style · SD 1.x\ninky"
 
 
 def _picker_handlers(blocks: Any, prefix: str) -> dict[str, Any]:

@@ -261,9 +261,11 @@ class LoraRecord:
     trigger_words: tuple[str, ...] = ()
     preview: str | None = None  # path of a preview image beside the file
     preview_data: str | None = None  # base64 image embedded in the metadata (ssmd_cover_images)
+    has_cover: bool = False  # the metadata embeds a cover image (read on demand into ``preview_data``)
     activation_text: str = ""
     preferred_weight: float = 1.0
     notes: str = ""
+    description: str = ""
     mtime: float = 0.0
     size: int = 0
     metadata: dict[str, str] | None = None

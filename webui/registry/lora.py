@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from webui.domain.lora import (
     family_from_base_model_version,
 )
 from webui.registry.hashes import HashCache
-from webui.registry.safetensors_header import SafetensorsError, SafetensorsHeader, read_header
+from webui.registry.header_cache import HeaderCache
+from webui.registry.pickle_check import CheckpointLoadError, read_pickle_shapes
+from webui.registry.safetensors_header import SafetensorsError, read_header
 from webui.registry.scanner import EMBEDDING_EXTENSIONS, LORA_EXTENSIONS, scan_files
 
 log = logging.getLogger(__name__)
@@ -126,56 +129,111 @@ def write_sidecar(path: Path, values: dict[str, Any]) -> None:
     path.with_suffix(".json").write_text(json.dumps(data, indent=4, ensure_ascii=False), encoding="utf-8")
 
 
-def find_preview(path: Path) -> str | None:
-    stem = path.with_suffix("")
+def find_preview(path: Path, siblings: set[str] | None = None) -> str | None:
+    """``<name>.png`` / ``<name>.preview.png`` / ... beside ``path``; ``siblings`` (the names in its folder)
+    saves a ``stat`` per candidate when a whole folder is listed."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     for suffix in PREVIEW_SUFFIXES:
-        candidate = Path(f"{stem}{suffix}")
-        if candidate.is_file():
-            return str(candidate)
+        name = stem + suffix
+        if name in siblings if siblings is not None else (path.parent / name).is_file():
+            return str(path.parent / name)
     return None
 
 
-def describe_lora(root: Path, path: Path) -> LoraRecord:
-    """A library record for ``path`` from its header, sidecar and preview; never raises for a bad file."""
+def lora_facts(path: Path) -> dict[str, Any]:
+    """What the lists need from the header of ``path`` (JSON-serialisable, kept by :class:`HeaderCache`).
+
+    Large metadata (the whole kohya metadata, embedded cover images) is not part of it: it is read on
+    demand (:meth:`LoraLibrary.metadata`, :meth:`LoraLibrary.cover_image`).
+    """
+    if path.suffix.lower() != ".safetensors":
+        return {"kind": "pickle"}
+    try:
+        header = read_header(path)
+    except SafetensorsError as exc:
+        return {"error": str(exc)}
+    shapes = {key: info.shape for key, info in header.tensors.items()}
+    metadata = header.metadata
+    family = family_from_base_model_version(
+        metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
+    )
+    if family is LoraFamily.UNKNOWN:
+        family = family_from_shapes(shapes)
+    return {
+        "alias": metadata.get("ss_output_name") or None,
+        "family": family.value,
+        "rank": lora_rank(shapes),
+        "kind": lora_kind(shapes),
+        "trigger_words": list(trigger_words(metadata)),
+        "sshs_hash": metadata.get("sshs_model_hash") or None,
+        "has_cover": bool(cover_image_of(metadata)),
+    }
+
+
+def cover_image_of(metadata: dict[str, str]) -> str | None:
+    """The first embedded cover image (``ssmd_cover_images``, base64), if any."""
+    covers = metadata.get("ssmd_cover_images")
+    if not covers:
+        return None
+    try:
+        images = json.loads(covers)
+    except ValueError:
+        return None
+    return images[0] if isinstance(images, list) and images and isinstance(images[0], str) else None
+
+
+def describe_lora(
+    root: Path,
+    path: Path,
+    *,
+    facts: dict[str, Any] | None = None,
+    stat: os.stat_result | None = None,
+    siblings: set[str] | None = None,
+) -> LoraRecord:
+    """A library record for ``path`` from its header facts (read now unless given), sidecar and preview;
+    never raises for a bad file."""
     relative = path.relative_to(root)
     group = relative.parent.as_posix() if relative.parent != Path(".") else ""
-    try:
-        stat = path.stat()
-        mtime, size = stat.st_mtime, stat.st_size
-    except OSError:
-        mtime, size = 0.0, 0
-    record = LoraRecord(name=path.stem, path=str(path), group=group, mtime=mtime, size=size)
-    if path.suffix.lower() == ".safetensors":
+    if stat is None:
         try:
-            header: SafetensorsHeader | None = read_header(path)
-        except SafetensorsError as exc:
-            header, record.error = None, str(exc)
-        if header is not None:
-            shapes = {key: info.shape for key, info in header.tensors.items()}
-            metadata = header.metadata
+            stat = path.stat()
+        except OSError:
+            stat = None
+    mtime, size = (stat.st_mtime, stat.st_size) if stat is not None else (0.0, 0)
+    record = LoraRecord(name=path.stem, path=str(path), group=group, mtime=mtime, size=size)
+    read_now = facts is None
+    if facts is None:
+        facts = lora_facts(path)
+    record.error = facts.get("error")
+    record.kind = str(facts.get("kind") or ("unknown" if record.error is None else "lora"))
+    record.alias = facts.get("alias")
+    try:
+        record.family = LoraFamily(facts.get("family") or LoraFamily.UNKNOWN.value)
+    except ValueError:
+        record.family = LoraFamily.UNKNOWN
+    record.rank = facts.get("rank")
+    record.trigger_words = tuple(facts.get("trigger_words") or ())
+    record.sshs_hash = facts.get("sshs_hash")
+    record.has_cover = bool(facts.get("has_cover"))
+    if read_now and record.error is None and path.suffix.lower() == ".safetensors":
+        try:
+            metadata = read_header(path).metadata
             record.metadata = dict(metadata)
-            record.alias = metadata.get("ss_output_name") or None
-            record.family = family_from_base_model_version(
-                metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
-            )
-            if record.family is LoraFamily.UNKNOWN:
-                record.family = family_from_shapes(shapes)
-            record.rank = lora_rank(shapes)
-            record.kind = lora_kind(shapes)
-            record.trigger_words = trigger_words(metadata)
-            record.sshs_hash = metadata.get("sshs_model_hash") or None
-            covers = metadata.get("ssmd_cover_images")
-            if covers:
-                try:
-                    images = json.loads(covers)
-                    record.preview_data = images[0] if images and isinstance(images[0], str) else None
-                except ValueError:
-                    pass
-    else:
-        record.kind = "pickle"
-    sidecar = read_sidecar(path)
+            record.preview_data = cover_image_of(metadata)
+        except SafetensorsError:
+            pass
+    sidecar_name = path.with_suffix(".json").name
+    sidecar = read_sidecar(path) if siblings is None or sidecar_name in siblings else {}
+    apply_sidecar(record, sidecar)
+    record.preview = find_preview(path, siblings)
+    return record
+
+
+def apply_sidecar(record: LoraRecord, sidecar: dict[str, Any]) -> None:
+    """Set the user's fields of ``record`` from A1111's sidecar keys."""
     record.activation_text = str(sidecar.get("activation text") or "")
     record.notes = str(sidecar.get("notes") or "")
+    record.description = str(sidecar.get("description") or "")
     try:
         record.preferred_weight = float(sidecar.get("preferred weight") or 1.0) or 1.0
     except (TypeError, ValueError):
@@ -183,30 +241,73 @@ def describe_lora(root: Path, path: Path) -> LoraRecord:
     family = _SIDECAR_FAMILIES.get(str(sidecar.get("sd version") or ""))
     if family is not None:
         record.family = family
-    record.preview = find_preview(path)
-    return record
 
 
 # -- the library ------------------------------------------------------------------------------------------
 
 
 class LoraLibrary:
-    """The LoRAs of one folder; ``refresh()`` rescans it. Thread-safe."""
+    """The LoRAs of one folder; ``refresh()`` rescans it. Thread-safe.
 
-    def __init__(self, root: Path, hashes: HashCache) -> None:
+    Header facts are kept in ``header_cache`` (when given), so a refresh of unchanged files, or a restart,
+    reads no header: it lists the folders, ``stat``s each file and reads the sidecars that exist.
+    """
+
+    def __init__(self, root: Path, hashes: HashCache, header_cache: HeaderCache | None = None) -> None:
         self.root = Path(root)
         self.hashes = hashes
+        self.header_cache = header_cache
         self._lock = threading.Lock()
         self._records: list[LoraRecord] = []
         self.refresh()
 
     def refresh(self) -> list[LoraRecord]:
-        records = [describe_lora(self.root, path) for path in scan_files(self.root, LORA_EXTENSIONS)]
+        paths = scan_files(self.root, LORA_EXTENSIONS)
+        listings: dict[Path, set[str]] = {}
+        records = []
+        for path in paths:
+            if path.parent not in listings:
+                try:
+                    listings[path.parent] = set(os.listdir(path.parent))
+                except OSError:
+                    listings[path.parent] = set()
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # removed while listing
+            facts = None
+            if self.header_cache is not None:
+                facts = self.header_cache.get(path, stat.st_size, stat.st_mtime_ns)
+                if facts is None:
+                    facts = lora_facts(path)
+                    self.header_cache.put(path, stat.st_size, stat.st_mtime_ns, facts)
+            siblings = listings[path.parent]
+            records.append(describe_lora(self.root, path, facts=facts, stat=stat, siblings=siblings))
+        if self.header_cache is not None:
+            self.header_cache.keep_only(paths)
+            self.header_cache.save()
         for record in records:
             record.sha256 = self.hashes.get("lora", self._hash_name(record), record.path)
         with self._lock:
             self._records = records
         return list(records)
+
+    def metadata(self, record: LoraRecord) -> dict[str, str]:
+        """The file's safetensors metadata (read on first use, then kept with the record)."""
+        if record.metadata is None:
+            record.metadata = {}
+            if record.error is None and record.path.lower().endswith(".safetensors"):
+                try:
+                    record.metadata = dict(read_header(record.path).metadata)
+                except SafetensorsError as exc:
+                    log.warning("cannot read the metadata of %s: %s", record.path, exc)
+        return record.metadata
+
+    def cover_image(self, record: LoraRecord) -> str | None:
+        """The embedded cover image (base64 or data URL) of ``record``, read on first use."""
+        if record.preview_data is None and record.has_cover:
+            record.preview_data = cover_image_of(self.metadata(record))
+        return record.preview_data
 
     def records(self) -> list[LoraRecord]:
         with self._lock:
@@ -256,6 +357,28 @@ class LoraLibrary:
         return None
 
 
+_EMBEDDING_WIDTHS = {768: LoraFamily.SD1, 1024: LoraFamily.SD2}
+
+
+def embedding_family(path: Path) -> LoraFamily:
+    """SDXL for a ``clip_l``/``clip_g`` pair, else SD 1.x (768-wide vectors) or SD 2.x (1024), read from the
+    safetensors header or the pickle's structure (nothing is loaded or executed); unknown otherwise."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            shapes = {key: info.shape for key, info in read_header(path).tensors.items()}
+        else:
+            shapes = read_pickle_shapes(path)
+    except (SafetensorsError, CheckpointLoadError, OSError, ValueError):
+        return LoraFamily.UNKNOWN
+    if any(key.split(".")[0] == "clip_g" for key in shapes):
+        return LoraFamily.SDXL
+    widths = {shape[-1] for shape in shapes.values() if shape}
+    for width in widths:
+        if width in _EMBEDDING_WIDTHS:
+            return _EMBEDDING_WIDTHS[width]
+    return LoraFamily.UNKNOWN
+
+
 @dataclass
 class EmbeddingRecord:
     name: str
@@ -276,6 +399,7 @@ class EmbeddingLibrary:
         self.hashes = hashes
         self._lock = threading.Lock()
         self._records: dict[str, EmbeddingRecord] = {}
+        self._families: dict[tuple[str, float], LoraFamily] = {}
         self.refresh()
 
     def refresh(self) -> list[EmbeddingRecord]:
@@ -303,6 +427,17 @@ class EmbeddingLibrary:
     def get(self, name: str) -> EmbeddingRecord | None:
         with self._lock:
             return self._records.get(name)
+
+    def family(self, record: EmbeddingRecord) -> LoraFamily:
+        """The family the embedding was made for, from its vector width (read once per file version)."""
+        key = (record.path, record.mtime)
+        with self._lock:
+            known = self._families.get(key)
+        if known is None:
+            known = embedding_family(Path(record.path))
+            with self._lock:
+                self._families[key] = known
+        return known
 
     def ensure_hash(self, record: EmbeddingRecord) -> str:
         if record.sha256 is None:

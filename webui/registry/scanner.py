@@ -21,6 +21,7 @@ from pathlib import Path
 
 from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat
 from webui.registry.architecture import is_sd_x4_layout
+from webui.registry.header_cache import HeaderCache
 from webui.registry.pickle_check import CheckpointLoadError, read_pickle_shapes
 from webui.registry.safetensors_header import SafetensorsError, read_header
 
@@ -47,8 +48,12 @@ class FileIdentity:
     sd_x4: bool = False  # the Stable Diffusion x4 upscaler: listed with the upscalers, not the checkpoints
 
 
-def scan_checkpoints(root: Path) -> list[CheckpointRecord]:
-    """All checkpoints under ``root`` (recursive), sorted by lower-cased relative name."""
+def scan_checkpoints(root: Path, cache: HeaderCache | None = None) -> list[CheckpointRecord]:
+    """All checkpoints under ``root`` (recursive), sorted by lower-cased relative name.
+
+    With ``cache``, what each file's header says is remembered by path, size and mtime, so listing
+    unchanged files again (a refresh, a restart) reads no header.
+    """
     root = Path(root)
     records: list[CheckpointRecord] = []
     for path, label in walk_models(root, _checkpoint_folder):
@@ -57,10 +62,12 @@ def scan_checkpoints(root: Path) -> list[CheckpointRecord]:
             continue
         lower = path.name.lower()
         if lower.endswith(CHECKPOINT_EXTENSIONS) and not lower.endswith(VAE_BESIDE_CHECKPOINT_SUFFIXES):
-            record = _file_record(root, path)
+            record = _file_record(root, path, cache)
             if record is not None:
                 records.append(record)
     records.sort(key=lambda record: record.name.lower())
+    if cache is not None:
+        cache.save()
     return records
 
 
@@ -157,9 +164,9 @@ def relative_name(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _file_record(root: Path, path: Path) -> CheckpointRecord | None:
+def _file_record(root: Path, path: Path, cache: HeaderCache | None = None) -> CheckpointRecord | None:
     """The record of a single-file checkpoint; ``None`` for the SD x4 upscaler (an upscaler)."""
-    stat, identity = _stat_and_identify(path)
+    stat, identity = _stat_and_identify(path, cache)
     if identity.sd_x4:
         return None
     size, mtime = (stat.st_size, stat.st_mtime) if stat is not None else (0, 0.0)
@@ -212,12 +219,42 @@ def _diffusers_record(root: Path, folder: Path) -> CheckpointRecord:
     )
 
 
-def _stat_and_identify(path: Path) -> tuple[os.stat_result | None, FileIdentity]:
+def _stat_and_identify(
+    path: Path, cache: HeaderCache | None = None
+) -> tuple[os.stat_result | None, FileIdentity]:
     try:
         stat = path.stat()
     except OSError as exc:
         return None, FileIdentity(error=f"{path.name}: cannot read file: {exc.strerror or exc}")
-    return stat, _identify(str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if cache is not None:
+        facts = cache.get(path, stat.st_size, stat.st_mtime_ns)
+        identity = _identity_from_facts(facts) if facts is not None else None
+        if identity is None:
+            identity = _identify(*key)
+            cache.put(path, stat.st_size, stat.st_mtime_ns, _identity_facts(identity))
+        _from_cache[key] = identity  # the upscaler list asks again without the cache: no second read
+        return stat, identity
+    known = _from_cache.get(key)
+    return stat, known if known is not None else _identify(*key)
+
+
+# Identities answered by a ``HeaderCache`` in this process, by (path, size, mtime_ns).
+_from_cache: dict[tuple[str, int, int], FileIdentity] = {}
+
+
+def _identity_facts(identity: FileIdentity) -> dict[str, object]:
+    family = identity.family.value if identity.family is not None else None
+    return {"family": family, "error": identity.error, "sd_x4": identity.sd_x4}
+
+
+def _identity_from_facts(facts: dict[str, object]) -> FileIdentity | None:
+    try:
+        family = ModelFamily(str(facts["family"])) if facts.get("family") else None
+    except (KeyError, ValueError):
+        return None  # written by another version: identify again
+    error = facts.get("error")
+    return FileIdentity(family=family, error=str(error) if error else None, sd_x4=bool(facts.get("sd_x4")))
 
 
 @functools.lru_cache(maxsize=4096)

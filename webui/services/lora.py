@@ -24,10 +24,14 @@ from webui.domain.lora import (
     rename_lora_tags,
 )
 from webui.registry.hashes import HashCache
+from webui.registry.header_cache import HeaderCache
 from webui.registry.lora import EmbeddingLibrary, EmbeddingRecord, LoraLibrary
+from webui.services.network_cards import NetworkCards, ThumbnailCache
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LORA_FACTS_SCHEMA = 1  # bump when ``lora_facts`` derives something new from a header
 
 
 @dataclass
@@ -47,8 +51,10 @@ class NetworkService:
     def __init__(self, settings: Settings, hashes: HashCache) -> None:
         self.settings = settings
         self.hashes = hashes
-        self.loras = LoraLibrary(settings.lora_path, hashes)
+        header_cache = HeaderCache(settings.cache_dir / "lora-headers.json", schema=LORA_FACTS_SCHEMA)
+        self.loras = LoraLibrary(settings.lora_path, hashes, header_cache)
         self.embeddings = EmbeddingLibrary(settings.embeddings_path, hashes)
+        self.cards = NetworkCards(self, ThumbnailCache(settings.cache_dir / "thumbnails"))
 
     # -- listings -------------------------------------------------------------------------------------------
     def refresh_loras(self) -> list[LoraRecord]:
@@ -67,7 +73,7 @@ class NetworkService:
                 "name": record.name,
                 "alias": record.alias or record.name,
                 "path": record.path,
-                "metadata": record.metadata or {},
+                "metadata": self.loras.metadata(record),
             }
             for record in self.loras.records()
         ]

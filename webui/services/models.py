@@ -10,6 +10,7 @@ from typing import Any
 
 from webui.domain.models import CheckpointRecord
 from webui.registry.hashes import HashCache, legacy_hash
+from webui.registry.header_cache import HeaderCache
 from webui.registry.scanner import scan_checkpoints, scan_files
 from webui.settings import Settings
 
@@ -43,6 +44,7 @@ class ModelService:
         self.settings = settings
         self.hashes = HashCache(settings.data_dir)
         self.load_state = LoadState()
+        self.header_cache = HeaderCache(settings.cache_dir / "checkpoint-headers.json", schema=1)
         self._records: list[CheckpointRecord] = []
         self._lock = threading.Lock()
         self.refresh()
@@ -51,10 +53,10 @@ class ModelService:
     def refresh(self) -> list[CheckpointRecord]:
         root = self.settings.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
-        records = scan_checkpoints(root)
+        records = scan_checkpoints(root, self.header_cache)
         extra = self.settings.ckpt
         if extra is not None and extra.exists() and not any(Path(r.path) == extra.resolve() for r in records):
-            records.extend(scan_checkpoints(extra.parent))
+            records.extend(scan_checkpoints(extra.parent, self.header_cache))
             records = [
                 r
                 for r in records

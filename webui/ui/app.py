@@ -16,8 +16,8 @@ from webui.ui.frontend import build_frontend, frontend_css, frontend_js
 from webui.ui.history import build_history
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
-from webui.ui.lora import build_lora_tab
 from webui.ui.model_defaults import wire_model_defaults
+from webui.ui.network_cards import build_networks_tab
 from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values, wire_load_status
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
@@ -73,11 +73,12 @@ def build_ui(services: Any) -> gr.Blocks:
                     tab_ids={"txt2img": TXT2IMG_TAB, "img2img": IMG2IMG_TAB, "extras": EXTRAS_TAB,
                              "controlnet": CONTROLNET_TAB},
                 )  # fmt: skip
-            with gr.Tab("Lora", id=LORA_TAB, elem_id="tab_lora"):
-                prompt = txt2img.fields["prompt"]
-                build_lora_tab(services, prompt=prompt, tabs=tabs, prompt_tab_id=TXT2IMG_TAB)
+            with gr.Tab("Networks", id=LORA_TAB, elem_id="tab_lora") as networks_tab:
+                build_networks_tab(services, txt2img.fields["prompt"], networks_tab, txt2img.gallery)
             with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
                 build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
+        txt2img.extra["network_cards"].use_gallery(txt2img.gallery)
+        img2img.extra["network_cards"].use_gallery(img2img.gallery)
         wire_image_tabs(
             services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,

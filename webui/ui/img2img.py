@@ -27,6 +27,7 @@ from webui.ui.frontend import PASTE_LABEL
 from webui.ui.icons import icon_button
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.lora import build_lora_picker
+from webui.ui.network_cards import build_network_cards
 from webui.ui.progress_bar import progress_html
 from webui.ui.styles import build_styles_dropdown
 from webui.ui.txt2img import (
@@ -99,6 +100,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 show_label=False,
             )
             lora_picker = build_lora_picker(services, prompt, prefix="img2img")
+            network_cards = build_network_cards(services, prompt, "img2img")
             styles = build_styles_dropdown(services, "img2img")
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
@@ -306,6 +308,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             "preview": preview,
             "error": error,
             "lora_picker": lora_picker,
+            "network_cards": network_cards,
             "script": script,
             "controlnet": controlnet,
             "paste": paste,

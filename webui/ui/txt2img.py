@@ -26,6 +26,7 @@ from webui.ui.frontend import PASTE_LABEL
 from webui.ui.hires import build_hires_controls
 from webui.ui.icons import icon_button
 from webui.ui.lora import build_lora_picker
+from webui.ui.network_cards import build_network_cards
 from webui.ui.progress_bar import progress_html
 from webui.ui.styles import build_styles_dropdown
 from webui.ui.user_errors import user_message
@@ -144,6 +145,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
                 show_label=False,
             )
             lora_picker = build_lora_picker(services, prompt)
+            network_cards = build_network_cards(services, prompt, "txt2img")
             styles = build_styles_dropdown(services, "txt2img")
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
@@ -281,6 +283,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             "last_infotexts": last_infotexts,
             "selected": selected,
             "lora_picker": lora_picker,
+            "network_cards": network_cards,
             "controlnet": controlnet,
             "paste": paste,
         },
