@@ -14,6 +14,7 @@ from webui.services.generation import GenerationService
 from webui.services.lora import NetworkService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
+from webui.services.prompts import PromptTokenCounter
 from webui.services.styles import StyleStore
 from webui.settings import Settings
 
@@ -32,6 +33,7 @@ class Services:
     styles: StyleStore | None = None
     controlnet: ControlNetService | None = None
     faces: FaceRestoreService | None = None
+    prompt_tokens: PromptTokenCounter | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -116,4 +118,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         styles=styles,
         controlnet=controlnet,
         faces=faces,
+        prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
     )

@@ -15,6 +15,7 @@ from webui.ui.extras import build_extras
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
 from webui.ui.lora import build_lora_tab
+from webui.ui.params import PARAMS_CSS
 from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
@@ -83,4 +84,4 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    return {"theme": theme, "css": CSS + icon_css(), "footer_links": ["api", "settings"]}
+    return {"theme": theme, "css": CSS + PARAMS_CSS + icon_css(), "footer_links": ["api", "settings"]}
