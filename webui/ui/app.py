@@ -10,6 +10,8 @@ from typing import Any
 
 import gradio as gr
 
+from webui.services.ui_config import FILE_NAME as UI_CONFIG_FILE
+from webui.services.ui_config import UiConfigStore
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
 from webui.ui.icons import icon_css
@@ -20,6 +22,7 @@ from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
 from webui.ui.txt2img import build_txt2img
+from webui.ui.ui_state import wire_ui_state
 
 TXT2IMG_TAB = "txt2img"
 PNGINFO_TAB = "pnginfo"
@@ -70,6 +73,8 @@ def build_ui(services: Any) -> gr.Blocks:
             services, txt2img=txt2img, txt2img_buttons=txt2img_send, pnginfo=pnginfo,
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,
         )  # fmt: skip
+        ui_config = UiConfigStore(services.settings.data_dir / UI_CONFIG_FILE)
+        wire_ui_state(blocks, ui_config, {"txt2img": txt2img.fields, "img2img": img2img.fields})
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False

@@ -62,7 +62,8 @@ def _prompt_box(label: str, elem_id: str, counter_id: str, lines: int) -> tuple[
 
 def token_counter_html(text: str, *, over: bool = False) -> str:
     title = "Tokens used / the prompt's length so far (the encoder reads 75 tokens a chunk)"
-    return f'<span class="{"easel-tokens-over" if over else ""}" title="{title}">{text}</span>'
+    css = ' class="easel-tokens-over"' if over else ""
+    return f'<span{css} title="{title}">{text}</span>'
 
 
 def build_prompt_area(services: Any, tab: str) -> PromptArea:
@@ -307,9 +308,8 @@ def wire_seed_buttons(rows: SeedRows, infotext: gr.Textbox) -> None:
         if which is None:
             button.click(lambda: RANDOM_SEED, outputs=target, queue=False, api_visibility="private")
         else:
-            button.click(
-                reuse(which), inputs=[infotext, target], outputs=target, queue=False, api_visibility="private"
-            )
+            # Queued: a toast (gr.Info) is shown only from a queued event.
+            button.click(reuse(which), inputs=[infotext, target], outputs=target, api_visibility="private")
 
 
 def wire_generation_rows(
