@@ -111,7 +111,7 @@ def test_service_counts_embeddings_from_the_library(tokenizer_cache: Path, tmp_p
     path = tmp_path / "easel-style.safetensors"
     save_file({"emb_params": torch.zeros(3, HIDDEN)}, str(path))
     record = SimpleNamespace(name="easel-style", path=str(path))
-    library = SimpleNamespace(names=lambda: ["easel-style"], get=lambda name: record if name == record.name else None)
+    library = SimpleNamespace(names=lambda: [record.name], get={record.name: record}.get)
     counter = PromptTokenCounter(tokenizer_cache, SimpleNamespace(embeddings=library))
     assert counter.count("a easel-style cat") == TokenCount(5, 1)
     assert counter.count("a easel-style cat").text == "5/75"

@@ -70,10 +70,11 @@ class PromptTokenCounter:
         files = [(record.name, record.path) for record in map(library.get, used) if record is not None]
         if not files:
             return {}
-        engine = self._engine() if self._engine is not None else None
+        engine: Any = self._engine() if self._engine is not None else None
         model = getattr(getattr(engine, "cache", None), "active", None)
-        if model is not None and hasattr(engine, "embedding_tables"):
-            tables, _used, _warnings = engine.embedding_tables(model, files)
+        tables_for = getattr(engine, "embedding_tables", None)
+        if model is not None and tables_for is not None:
+            tables, _used, _warnings = tables_for(model, files)
             return {name: len(vectors) for name, vectors in tables[0].items()}
         return self._file_counts(files)
 
