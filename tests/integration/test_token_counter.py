@@ -119,3 +119,22 @@ def test_service_counts_embeddings_from_the_library(tokenizer_cache: Path, tmp_p
     # A broken embedding file is read as words by the encoder, and counted so.
     path.write_bytes(b"not an embedding")
     assert counter.count("a easel-style cat").tokens > 5
+
+
+def test_the_first_count_imports_the_runtime_under_the_engine_lock(tokenizer_cache: Path) -> None:
+    """A model load imports transformers under the engine lock; the counter's first import waits for it."""
+
+    class RecordingLock:
+        entered = 0
+
+        def __enter__(self) -> None:
+            RecordingLock.entered += 1
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    engine = SimpleNamespace(lock=RecordingLock())
+    counter = PromptTokenCounter(tokenizer_cache, None, lambda: engine)
+    assert counter.count("a red circle").text == "3/75"
+    assert counter.count("a red circle on a blue background").text == "7/75"
+    assert RecordingLock.entered == 1  # only the first count takes it

@@ -8,6 +8,7 @@ services stays free of torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -49,16 +50,34 @@ class PromptTokenCounter:
         self.tokenizer_cache = tokenizer_cache
         self.networks = networks
         self._engine = engine
-        self._store: Any = None  # webui.runtime.embeddings.EmbeddingStore, made on first use
+        self._store: Any = None  # webui.runtime.embeddings.EmbeddingStore, made with _counter
+        self._counter: tuple[Any, Any] | None = None  # (count_prompt_tokens, tokenizer), made on first use
         self._lock = threading.Lock()
 
     def count(self, prompt: str, steps: int = 20) -> TokenCount:
-        from webui.runtime.conditioning import count_prompt_tokens
-        from webui.runtime.tokenizer import clip_tokenizer
-
-        tokenizer = clip_tokenizer(self.tokenizer_cache)
+        count_prompt_tokens, tokenizer = self._runtime()
         tokens, chunks = count_prompt_tokens(prompt or "", tokenizer, self.embedding_counts(prompt), steps)
         return TokenCount(tokens, chunks)
+
+    def _runtime(self) -> tuple[Any, Any]:
+        """The counting function and the CLIP tokenizer, imported once.
+
+        The first import holds the engine lock: a model load imports transformers on the generation
+        thread (under that lock), and two threads importing transformers at once can see it half made
+        ("cannot import name ..."), which would fail the load. Loading a model imports the tokenizer
+        too, so after the first load this waits for nothing.
+        """
+        if self._counter is None:
+            engine = self._engine() if self._engine is not None else None
+            guard = getattr(engine, "lock", None) or contextlib.nullcontext()
+            with guard, self._lock:
+                from webui.runtime.conditioning import count_prompt_tokens
+                from webui.runtime.embeddings import EmbeddingStore
+                from webui.runtime.tokenizer import clip_tokenizer
+
+                self._store = EmbeddingStore()
+                self._counter = (count_prompt_tokens, clip_tokenizer(self.tokenizer_cache))
+        return self._counter
 
     def embedding_counts(self, prompt: str) -> dict[str, int]:
         """Vector count of each embedding ``prompt`` names (only those the encoder would substitute)."""
@@ -79,11 +98,9 @@ class PromptTokenCounter:
         return self._file_counts(files)
 
     def _file_counts(self, files: list[tuple[str, str]]) -> dict[str, int]:
-        from webui.runtime.embeddings import EmbeddingError, EmbeddingStore
+        self._runtime()  # imports the runtime, makes the embedding store
+        from webui.runtime.embeddings import EmbeddingError
 
-        with self._lock:
-            if self._store is None:
-                self._store = EmbeddingStore()
         counts: dict[str, int] = {}
         for name, path in files:
             try:

@@ -147,12 +147,12 @@ class UiState:
         self.store.add_defaults(defaults)
 
     def load_updates(self) -> dict[Any, Any]:
-        """Page load: each kept widget's saved value."""
-        return {
-            self.tabs[tab][name]: value
-            for tab, fields in self.tabs.items()
-            for name, value in saved_values(self.store, tab, fields).items()
-        }
+        """Page load: each kept widget's saved value (the others are left as they are)."""
+        updates: dict[Any, Any] = {widget: gr.update() for widget in self.outputs()}
+        for tab, fields in self.tabs.items():
+            for name, value in saved_values(self.store, tab, fields).items():
+                updates[fields[name]] = value
+        return updates
 
     def outputs(self) -> list[gr.components.Component]:
         return [widget for fields in self.tabs.values() for widget in fields.values()]
