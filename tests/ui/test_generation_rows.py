@@ -278,7 +278,7 @@ def test_saved_values_and_ranges_are_the_widgets_defaults(tmp_path: Path) -> Non
         services.generation.shutdown()
 
 
-def test_changed_values_are_saved_and_come_back_on_the_next_page_load(tmp_path: Path) -> None:
+def test_edited_and_generated_values_are_saved_and_come_back(tmp_path: Path) -> None:
     from webui.ui.app import build_ui
 
     services = _make_services(tmp_path)
@@ -286,38 +286,49 @@ def test_changed_values_are_saved_and_come_back_on_the_next_page_load(tmp_path: 
     try:
         blocks = build_ui(services)
         ids = _by_id(blocks)
-        width = ids["txt2img_width"]
-        save = _handler(blocks, "save", width)
-        saver = next(fn for fn in blocks.fns.values() if fn.fn is save)
-        names = [getattr(c, "elem_id", None) for c in saver.inputs]
-        values = {elem_id: getattr(c, "value", None) for elem_id, c in zip(names, saver.inputs, strict=True)}
-        values.update({"txt2img_width": 640, "txt2img_prompt": "a lighthouse at dusk"})
-        save(*values.values())
-        img2img_save = _handler(blocks, "save", ids["img2img_width"])
-        img2img_inputs = next(fn for fn in blocks.fns.values() if fn.fn is img2img_save).inputs
-        img2img_values = [2 if c is ids["img2img_resize_mode"] else c.value for c in img2img_inputs]
-        img2img_save(*img2img_values)  # the handler receives the radio's index
+        # What the user edits is saved field by field (the handler gets the widget's value).
+        _handler(blocks, "save", ids["txt2img_width"])(640)
+        _handler(blocks, "save", ids["txt2img_prompt"])("a lighthouse at dusk")
+        _handler(blocks, "save", ids["img2img_resize_mode"])(2)  # an index-typed radio's index
+        # Generate saves every field of the request.
+        generate_save = _handler(blocks, "save", ids["img2img_generate"])
+        inputs = next(fn for fn in blocks.fns.values() if fn.fn is generate_save).inputs
+        generate_save(*[48 if c is ids["img2img_steps"] else c.value for c in inputs])
         load = next(fn.fn for fn in blocks.fns.values() if getattr(fn.fn, "__name__", "") == "load_updates")
         restored = {c.elem_id: v for c, v in load().items() if v != gr.update()}
         assert restored["txt2img_width"] == 640
         assert restored["txt2img_prompt"] == "a lighthouse at dusk"
-        assert restored["img2img_resize_mode"] == RESIZE_MODES[2]
+        assert restored["img2img_steps"] == 48
+        assert restored["img2img_resize_mode"] == RESIZE_MODES[0]  # generated with the widget's value
+        assert "txt2img_height" not in restored  # never edited nor generated with: the default applies
         assert "setting_CLIP_stop_at_last_layers" not in restored  # config.json keeps Clip skip
         # A restart reads the file: written under A1111's keys, other keys kept.
-        services.generation.shutdown()
-        for fn in blocks.fns.values():
-            if getattr(fn.fn, "__name__", "") == "load_updates":
-                fn.fn.__self__.store.flush()
+        load.__self__.store.flush()
         saved = json.loads(path.read_text())
         assert saved["txt2img/Width/value"] == 640
         assert saved["txt2img/Prompt/value"] == "a lighthouse at dusk"
-        assert saved["img2img/Resize mode/value"] == RESIZE_MODES[2]
+        assert saved["img2img/Sampling steps/value"] == 48
         assert saved["other/Key/value"] == 1
         restarted = _make_services(tmp_path)
         try:
             assert _by_id(build_ui(restarted))["txt2img_width"].value == 640
         finally:
             restarted.generation.shutdown()
+    finally:
+        services.generation.shutdown()
+
+
+def test_an_index_radio_is_saved_as_its_choice(tmp_path: Path) -> None:
+    from webui.services.ui_config import UiConfigStore
+    from webui.ui.ui_state import UiState
+
+    services = _make_services(tmp_path)
+    try:
+        _txt2img, img2img = _tabs(services)
+        state = UiState(UiConfigStore(tmp_path / "ui-config.json"), {"img2img": img2img.fields})
+        state.save("img2img", {"resize_mode": 2, "inpainting_fill": 0})
+        assert state.store.get("img2img/Resize mode/value") == RESIZE_MODES[2]
+        assert state.load_updates()[img2img.fields["resize_mode"]] == RESIZE_MODES[2]
     finally:
         services.generation.shutdown()
 

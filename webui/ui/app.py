@@ -74,7 +74,10 @@ def build_ui(services: Any) -> gr.Blocks:
             pnginfo_buttons=pnginfo_send, img2img=img2img, tabs=tabs, img2img_tab_id=IMG2IMG_TAB,
         )  # fmt: skip
         ui_config = UiConfigStore(services.settings.data_dir / UI_CONFIG_FILE)
-        wire_ui_state(blocks, ui_config, {"txt2img": txt2img.fields, "img2img": img2img.fields})
+        wire_ui_state(
+            blocks, ui_config, {"txt2img": txt2img.fields, "img2img": img2img.fields},
+            generate={"txt2img": txt2img.generate, "img2img": img2img.extra["prompt_area"].generate},
+        )  # fmt: skip
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False

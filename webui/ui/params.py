@@ -214,7 +214,7 @@ def build_seed_rows(tab: str, defaults: GenerationParams) -> SeedRows:
         seed = gr.Number(value=RANDOM_SEED, precision=0, label="Seed", elem_id=f"{tab}_seed", scale=4)
         random_seed = icon_button("dice", "Random seed", elem_id=f"{tab}_random_seed")
         reuse_seed = icon_button("reuse", "Reuse seed", elem_id=f"{tab}_reuse_seed")
-        extra = gr.Checkbox(False, label="Extra", elem_id=f"{tab}_subseed_show", scale=0, min_width=80)
+        extra = gr.Checkbox(False, label="Extra", elem_id=f"{tab}_subseed_show", scale=0, min_width=110)
     with gr.Column(visible=False, elem_id=f"{tab}_seed_extras") as extra_rows:
         with gr.Row(equal_height=True):
             subseed = gr.Number(

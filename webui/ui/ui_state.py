@@ -12,8 +12,8 @@ by editing the file.
   the checkpoint's default settings apply).
 - Page load (:meth:`UiState.load_updates`): the values saved since start are put back, so a reload
   shows the last values; :func:`saved_values` is the pure part (store + fields -> field values).
-- Saving (:meth:`UiState.wire_saving`): every change of a field saves the tab's values (the last event
-  wins; the store writes a moment later, once).
+- Saving (:meth:`UiState.wire_saving`): a field the user edits is saved, and Generate saves every field
+  of its request (the store writes a moment later, once, however fast the user types).
 
 Not kept: images, ControlNet units (their widgets repeat per unit), and Clip skip, which is a
 quick setting saved in ``config.json``.
@@ -168,32 +168,44 @@ class UiState:
             }
         )
 
-    def wire_saving(self) -> None:
-        """Any change of a kept field saves its tab's values (the last event wins, no queue)."""
+    def wire_saving(self, generate: Mapping[str, gr.Button]) -> None:
+        """A field the user edits is saved (only that field); Generate saves every field of the request.
+
+        Values set by the app (a paste, a checkpoint's default settings, a page load) are saved only when
+        they are used for a generation, so a value the user never chose is not kept as theirs.
+        """
         for tab, fields in self.tabs.items():
-            gr.on(
-                [widget.change for widget in fields.values()],
-                self._saver(tab),
-                inputs=list(fields.values()),
-                trigger_mode="always_last",
-                queue=False,
-                show_progress="hidden",
-                api_visibility="private",
-            )
+            for name, widget in fields.items():
+                widget.input(
+                    self._saver(tab, [name]),
+                    inputs=widget,
+                    trigger_mode="always_last",
+                    queue=False,
+                    show_progress="hidden",
+                    api_visibility="private",
+                )
+            if tab in generate:
+                generate[tab].click(
+                    self._saver(tab, list(fields)),
+                    inputs=list(fields.values()),
+                    queue=False,
+                    show_progress="hidden",
+                    api_visibility="private",
+                )
 
-    def _saver(self, tab: str) -> Any:
-        names = list(self.tabs[tab])
-
+    def _saver(self, tab: str, names: list[str]) -> Any:
         def save(*values: Any) -> None:
             self.save(tab, dict(zip(names, values, strict=True)))
 
         return save
 
 
-def wire_ui_state(blocks: gr.Blocks, store: UiConfigStore, tabs: Mapping[str, Fields]) -> UiState:
-    """Apply the saved values to the widgets, restore them on every page load and save every change."""
+def wire_ui_state(
+    blocks: gr.Blocks, store: UiConfigStore, tabs: Mapping[str, Fields], generate: Mapping[str, gr.Button]
+) -> UiState:
+    """Apply the saved values to the widgets, restore them on every page load, save what the user sets."""
     state = UiState(store, tabs)
     state.apply_to_widgets()
-    state.wire_saving()
+    state.wire_saving(generate)
     blocks.load(state.load_updates, outputs=state.outputs(), queue=False, api_visibility="private")
     return state
