@@ -31,6 +31,7 @@ def _saved(data_dir: Path, key: str, expected: Any, timeout: float = 30.0) -> No
 def test_changed_fields_survive_a_reload(open_page: OpenPage, data_dir: Path, tmp_path: Path) -> None:
     page = open_page(height=1000)
     page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+    wait_for_text(page, "#sd_model_status", "Loaded")  # the page is live: its load events have run
     page.fill("#txt2img_prompt textarea", "a lighthouse at dusk")
     width = page.locator("#txt2img_width input[type=number]")
     width.fill("320")

@@ -8,44 +8,31 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
+from tests.integration.test_conditioning import HIDDEN, _config, _words
 from webui.runtime.conditioning import PromptEncoder, count_prompt_tokens
-from webui.runtime.tokenizer import VOCAB_SIZE, clip_tokenizer
+from webui.runtime.tokenizer import clip_tokenizer
 from webui.services.prompts import PromptTokenCounter, TokenCount
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-HIDDEN = 32
-
 
 @pytest.fixture(scope="module")
-def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache") / "clip-tokenizer"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_cache: Path):
-    return clip_tokenizer(tokenizer_cache)
+def tokenizer(tokenizer_dir: Path):
+    return clip_tokenizer(tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
 def encoder_with_embedding(tokenizer) -> PromptEncoder:
     torch.manual_seed(0)
-    config = CLIPTextConfig(
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        vocab_size=VOCAB_SIZE,
-        max_position_embeddings=77,
-    )
     table = {"easel-style": torch.randn(4, HIDDEN)}  # a 4-vector textual-inversion embedding
-    return PromptEncoder([tokenizer], [CLIPTextModel(config).eval()], is_sdxl=False, embeddings=[table])
-
-
-def _words(count: int) -> str:
-    return " ".join(["cat"] * count)  # "cat" is one token
+    return PromptEncoder([tokenizer], [CLIPTextModel(_config()).eval()], is_sdxl=False, embeddings=[table])
 
 
 @pytest.mark.parametrize(
@@ -105,14 +92,14 @@ def test_the_counter_and_the_encoder_agree_on_chunks(
     assert encoder_with_embedding.encode(prompt).chunks == chunks
 
 
-def test_service_counts_embeddings_from_the_library(tokenizer_cache: Path, tmp_path: Path) -> None:
+def test_service_counts_embeddings_from_the_library(tokenizer_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     path = tmp_path / "easel-style.safetensors"
     save_file({"emb_params": torch.zeros(3, HIDDEN)}, str(path))
     record = SimpleNamespace(name="easel-style", path=str(path))
     library = SimpleNamespace(names=lambda: [record.name], get={record.name: record}.get)
-    counter = PromptTokenCounter(tokenizer_cache, SimpleNamespace(embeddings=library))
+    counter = PromptTokenCounter(tokenizer_dir, SimpleNamespace(embeddings=library))
     assert counter.count("a easel-style cat") == TokenCount(5, 1)
     assert counter.count("a easel-style cat").text == "5/75"
     assert counter.count(_words(80)).text == "80/150"
@@ -121,7 +108,7 @@ def test_service_counts_embeddings_from_the_library(tokenizer_cache: Path, tmp_p
     assert counter.count("a easel-style cat").tokens > 5
 
 
-def test_the_first_count_imports_the_runtime_under_the_engine_lock(tokenizer_cache: Path) -> None:
+def test_the_first_count_imports_the_runtime_under_the_engine_lock(tokenizer_dir: Path) -> None:
     """A model load imports transformers under the engine lock; the counter's first import waits for it."""
 
     class RecordingLock:
@@ -134,7 +121,7 @@ def test_the_first_count_imports_the_runtime_under_the_engine_lock(tokenizer_cac
             return None
 
     engine = SimpleNamespace(lock=RecordingLock())
-    counter = PromptTokenCounter(tokenizer_cache, None, lambda: engine)
+    counter = PromptTokenCounter(tokenizer_dir, None, lambda: engine)
     assert counter.count("a red circle").text == "3/75"
     assert counter.count("a red circle on a blue background").text == "7/75"
     assert RecordingLock.entered == 1  # only the first count takes it
