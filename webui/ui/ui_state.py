@@ -170,13 +170,17 @@ class UiState:
 
     def wire_saving(self, generate: Mapping[str, gr.Button]) -> None:
         """A field the user edits is saved (only that field); Generate saves every field of the request.
+        Prompts are saved on any change.
 
         Values set by the app (a paste, a checkpoint's default settings, a page load) are saved only when
         they are used for a generation, so a value the user never chose is not kept as theirs.
         """
         for tab, fields in self.tabs.items():
             for name, widget in fields.items():
-                widget.input(
+                # A text box saves on every change (a pasted prompt is the user's text too); Playwright
+                # and some input methods change its value without the "input" event.
+                listen = widget.change if isinstance(widget, gr.Textbox) else widget.input
+                listen(
                     self._saver(tab, [name]),
                     inputs=widget,
                     trigger_mode="always_last",
