@@ -15,6 +15,7 @@ from webui.services.history import HistoryService
 from webui.services.lora import NetworkService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
+from webui.services.prompts import PromptTokenCounter
 from webui.services.styles import StyleStore
 from webui.settings import Settings
 
@@ -34,6 +35,7 @@ class Services:
     controlnet: ControlNetService | None = None
     faces: FaceRestoreService | None = None
     history: HistoryService | None = None
+    prompt_tokens: PromptTokenCounter | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -122,4 +124,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         controlnet=controlnet,
         faces=faces,
         history=history,
+        prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
     )

@@ -172,3 +172,19 @@ def test_api_auth(data_dir: Path) -> None:
         assert client.get("/sdapi/v1/samplers").status_code == 401
         assert client.get("/sdapi/v1/samplers", auth=("alice", "wrong")).status_code == 401
         assert client.get("/sdapi/v1/samplers", auth=("alice", "secret")).status_code == 200
+
+
+def test_seed_resize_from_changes_the_noise_and_is_recorded(client: TestClient) -> None:
+    def run(**extra: object) -> tuple[bytes, str]:
+        response = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a red circle", **extra})
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        return _decode(payload["images"][0]).tobytes(), json.loads(payload["info"])["infotexts"][0]
+
+    plain, plain_info = run()
+    assert "Seed resize from" not in plain_info
+    assert run(seed_resize_from_w=-1, seed_resize_from_h=-1)[0] == plain  # A1111's default: off
+    assert run(seed_resize_from_w=64, seed_resize_from_h=64)[0] == plain  # the image's own size
+    resized, info = run(seed_resize_from_w=32, seed_resize_from_h=32)
+    assert resized != plain
+    assert "Seed resize from: 32x32" in info

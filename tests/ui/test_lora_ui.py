@@ -35,7 +35,7 @@ def _picker_handlers(blocks: Any, prefix: str) -> dict[str, Any]:
     for fn in blocks.fns.values():
         for target in fn.targets:
             name = wanted.get(tuple(target))
-            if name is not None:
+            if name is not None and getattr(fn.fn, "__name__", "") == name:  # a field has other listeners too
                 found[name] = fn
     return found
 

@@ -438,3 +438,25 @@ def test_build_parse_round_trip(prompt: str, negative: str, params: dict[str, ob
     for key, default in PARSE_DEFAULTS.items():
         if key not in params and key.rsplit("-", 1)[0] not in params:
             assert parsed[key] == default
+
+
+def test_seed_resize_from_is_written_in_a1111_order_and_parsed_back() -> None:
+    request = Txt2ImgRequest(subseed_strength=0.3, seed_resize_from_w=512, seed_resize_from_h=384)
+    params = generation_params(request, seed=1, subseed=9, model_name=None, model_hash=None, version=None)
+    keys = list(params)
+    assert params["Seed resize from"] == "512x384"
+    assert keys.index("Variation seed strength") + 1 == keys.index("Seed resize from")
+    text = build_infotext("a fox", "", params)
+    assert "Variation seed: 9, Variation seed strength: 0.3, Seed resize from: 512x384" in text
+    fields = request_fields_from_infotext(parse_infotext(text))
+    assert (fields["subseed"], fields["subseed_strength"]) == (9, 0.3)
+    assert (fields["seed_resize_from_w"], fields["seed_resize_from_h"]) == (512, 384)
+    assert Txt2ImgRequest(**fields).seed_resize_from == (512, 384)
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 0), (-1, -1), (512, 0), (-1, 384)])
+def test_seed_resize_off_writes_nothing(width: int, height: int) -> None:
+    request = Txt2ImgRequest(seed_resize_from_w=width, seed_resize_from_h=height)
+    assert request.seed_resize_from is None
+    params = generation_params(request, seed=1, subseed=2, model_name=None, model_hash=None, version=None)
+    assert "Seed resize from" not in params

@@ -150,3 +150,33 @@ def test_preview_rejects_bad_input() -> None:
         latents_to_rgb(torch.zeros(1, 3, 2, 2), "sd")
     with pytest.raises(ValueError):
         latents_to_rgb(torch.zeros(1, 4, 2, 2), "flux")
+
+
+# ------------------------------------------------------------------------------------ resize seed from
+
+
+def test_seed_resize_keeps_the_smaller_noise_in_the_centre() -> None:
+    small = (4, 4, 6)  # the seed's noise at the "resize from" size
+    out = _latents([7], resize_from=small[1:])[0]
+    own = torch.randn(small, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(out[:, 2:6, 3:9], own)  # (8 - 4) // 2 = 2 rows, (12 - 6) // 2 = 3 columns
+    around = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(out[:, :2], around[:, :2])  # outside the centre: the image-size noise of the seed
+
+
+def test_seed_resize_from_a_larger_size_crops_the_centre() -> None:
+    large = (4, 12, 16)
+    out = _latents([7], resize_from=large[1:])[0]
+    own = torch.randn(large, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(out, own[:, 2:10, 2:14])
+
+
+def test_seed_resize_to_the_same_size_changes_nothing() -> None:
+    assert torch.equal(_latents([5], resize_from=SHAPE[1:]), _latents([5]))
+
+
+def test_seed_resize_blends_the_variation_at_the_resize_size() -> None:
+    small = (4, 4, 6)
+    plain = _latents([7], [9], 1.0, resize_from=small[1:])[0]
+    subseed_noise = torch.randn(small, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(plain[:, 2:6, 3:9], subseed_noise, atol=1e-5)

@@ -97,7 +97,7 @@ def txt2img_request(
                 fields[key] = value
     for name in (
         "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "steps",
-        "cfg_scale", "width", "height", "eta",
+        "cfg_scale", "width", "height", "eta", "seed_resize_from_w", "seed_resize_from_h",
     ):  # fmt: skip
         if name in sent or name not in fields:
             value = getattr(body, name)

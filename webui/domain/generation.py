@@ -44,6 +44,10 @@ class GenerationParams(BaseModel):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    # A1111's "Resize seed from width/height": the noise of this seed at that size, centred in the image's
+    # noise, so a seed keeps its composition at another size. 0 or -1 (either side) means off.
+    seed_resize_from_w: int = Field(0, ge=-1, le=8192)
+    seed_resize_from_h: int = Field(0, ge=-1, le=8192)
     batch_size: int = Field(1, ge=1, le=16)
     n_iter: int = Field(1, ge=1, le=100)
     clip_skip: int = Field(1, ge=1, le=12)
@@ -78,6 +82,13 @@ class GenerationParams(BaseModel):
         if value not in ("png", "jpg", "webp"):
             raise ValueError(f"unknown image format {value!r}; use png, jpg or webp")
         return value
+
+    @property
+    def seed_resize_from(self) -> tuple[int, int] | None:
+        """``(width, height)`` the seed's noise is drawn at, or ``None`` when seed resizing is off."""
+        if self.seed_resize_from_w <= 0 or self.seed_resize_from_h <= 0:
+            return None
+        return self.seed_resize_from_w, self.seed_resize_from_h
 
     @property
     def total_images(self) -> int:

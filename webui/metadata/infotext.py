@@ -168,6 +168,9 @@ def generation_params(
     if request.subseed_strength != 0:
         params["Variation seed"] = subseed
         params["Variation seed strength"] = request.subseed_strength
+    resize_from = getattr(request, "seed_resize_from", None)
+    if resize_from is not None:
+        params["Seed resize from"] = f"{resize_from[0]}x{resize_from[1]}"
     denoising_strength = getattr(request, "denoising_strength", None)
     # txt2img has a denoising strength only for its hires pass (A1111 writes it only then).
     if denoising_strength is not None and getattr(request, "enable_hr", True):
@@ -300,6 +303,8 @@ _FIELD_MAP: dict[str, tuple[str, Callable[[object], object | None]]] = {
     "Tiling": ("tiling", _as_flag),
     "Variation seed": ("subseed", _as_int),
     "Variation seed strength": ("subseed_strength", _as_float),
+    "Seed resize from-1": ("seed_resize_from_w", _as_int),
+    "Seed resize from-2": ("seed_resize_from_h", _as_int),
     "Model": ("checkpoint", _as_text),
     "VAE": ("vae", _as_text),
     "Eta": ("eta", _as_float),
@@ -329,8 +334,8 @@ def request_fields_from_infotext(
     Handles ``Prompt``/``Negative prompt``, ``Steps``, ``Sampler`` + ``Schedule type`` (a legacy combined
     sampler name such as ``DPM++ 2M Karras`` is split, and its suffix wins over ``Schedule type``, as in
     A1111), ``CFG scale``, ``Seed``, ``Size``, ``Clip skip``, ``Face restoration``, ``Tiling``,
-    ``Variation seed``/``strength``, ``RNG``, ``Model`` (-> ``checkpoint``), ``VAE``, ``Eta``,
-    ``Denoising strength`` and the ``Hires ...`` keys
+    ``Variation seed``/``strength``, ``Seed resize from``, ``RNG``, ``Model`` (-> ``checkpoint``), ``VAE``,
+    ``Eta``, ``Denoising strength`` and the ``Hires ...`` keys
     (``enable_hr`` is set when any hires upscale/resize/upscaler is present). Unknown keys, and values that
     do not convert (e.g. ``Steps: many``), are ignored, so a foreign image still pastes what it can.
 

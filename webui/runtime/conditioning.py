@@ -55,6 +55,7 @@ class TokenChunk:
     ids: tuple[int, ...]
     weights: tuple[float, ...]
     slots: tuple[tuple[int, str, int], ...] = ()
+    length: int = 0  # prompt tokens in this chunk; the rest of the 75 is padding
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def build_chunks(
         body_weights = [1.0, *weights, *([1.0] * fill), 1.0]
         first_eos = body_ids.index(eos, 1 + len(ids))
         body_ids[first_eos + 1 :] = [pad] * (CHUNK_LENGTH - first_eos - 1)
-        chunks.append(TokenChunk(tuple(body_ids), tuple(body_weights), slots))
+        chunks.append(TokenChunk(tuple(body_ids), tuple(body_weights), slots, len(ids)))
         ids, weights, last_comma = [], [], -1
 
     for item in items:
@@ -169,6 +170,26 @@ def build_chunks(
     if ids or not chunks:
         finish_chunk()
     return chunks
+
+
+def chunked_token_count(chunks: Sequence[TokenChunk]) -> int:
+    """A1111's token count of a chunked prompt: 75 for every chunk but the last (a chunk ended early by
+    ``BREAK`` or a comma is padded to 75), plus the tokens of the last one."""
+    return CHUNK_TOKENS * (len(chunks) - 1) + chunks[-1].length
+
+
+def count_prompt_tokens(
+    prompt: str, tokenizer: Any, embeddings: Mapping[str, int] | None = None, steps: int = 20
+) -> tuple[int, int]:
+    """``(tokens, chunks)`` of ``prompt`` as the encoder sees it: ``<lora:...>`` tags removed, prompt
+    editing resolved (the longest of its per-step prompts counts), weights and ``BREAK`` parsed, each
+    embedding taking its vector count. The limit to show is ``chunks * 75``."""
+    text, _ = extract_extra_networks(prompt)
+    best = (0, 1)
+    for _end, plain in prompt_schedule(text, max(1, steps)):
+        chunks = build_chunks(plain, tokenizer, embeddings)
+        best = max(best, (chunked_token_count(chunks), len(chunks)))
+    return best
 
 
 # Id written at textual-inversion positions; its token embedding is replaced, so any non-special id works.

@@ -50,6 +50,14 @@ class DiffusionJob:
     randn_source: str = "CPU"
     eta: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    seed_resize_from: tuple[int, int] | None = None  # (width, height) in pixels; None: off
+
+    def noise_resize_from(self, scale: int) -> tuple[int, int] | None:
+        """The latent ``(h, w)`` the seed noise is drawn at (``initial_latents``' ``resize_from``)."""
+        if self.seed_resize_from is None:
+            return None
+        width, height = self.seed_resize_from
+        return max(1, height // scale), max(1, width // scale)
 
 
 # on_step(step_index_1_based, total_steps, latents) -> False to stop early (interrupt / skip)
@@ -225,6 +233,7 @@ def generate_batch(
         device=device,
         dtype=model.unet.dtype,
         generators=generators,
+        resize_from=job.noise_resize_from(scale),
     )
 
     stopped = {"flag": False}

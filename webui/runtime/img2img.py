@@ -201,6 +201,7 @@ def denoise(
         device=device,
         dtype=dtype,
         generators=generators,
+        resize_from=job.noise_resize_from(vae_scale_factor(model)),
     )
     pipe.easel_noise = noise
     pipe.easel_start = (start_latents if start_latents is not None else image_latents).to(device, dtype)
@@ -344,6 +345,7 @@ def img2img_batch(
             fresh = initial_latents(
                 job.seeds, job.subseeds, job.subseed_strength, tuple(image_latents.shape[1:]),  # type: ignore[arg-type]
                 source=job.randn_source, device=model.device, dtype=image_latents.dtype,
+                resize_from=job.noise_resize_from(vae_scale_factor(model)),
             )  # fmt: skip
             start = image_latents * (1 - latent_mask) + fresh * latent_mask
         else:

@@ -5,6 +5,8 @@
 * ``CPU`` source draws on the CPU and moves the result, so a seed gives the same noise on every device;
   ``GPU`` source draws on the generation device (faster, but differs between card kinds).
 * A variation seed (``subseed``) is blended in by spherical interpolation at ``subseed_strength``.
+* "Resize seed from" draws the seed's noise at another latent size and centres it in the image's noise
+  (cropped when larger), so a seed keeps its composition when the image size changes.
 * Ancestral/SDE samplers keep drawing from the same per-image generators after the initial noise, so the
   generators returned by :func:`make_generators` should be passed to :func:`initial_latents` and then to
   the pipeline call.
@@ -95,6 +97,19 @@ def _draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
 
 
+def paste_centred(noise: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+    """``canvas`` ``(C, H, W)`` with ``noise`` ``(C, h, w)`` centred on it, cropped where it is larger."""
+    out = canvas.clone()
+    spans = []
+    for small, large in ((noise.shape[1], canvas.shape[1]), (noise.shape[2], canvas.shape[2])):
+        offset = (large - small) // 2  # negative when the noise is larger than the canvas
+        size = small if offset >= 0 else small + 2 * offset
+        spans.append((max(offset, 0), max(-offset, 0), size))
+    (ty, sy, h), (tx, sx, w) = spans
+    out[:, ty : ty + h, tx : tx + w] = noise[:, sy : sy + h, sx : sx + w]
+    return out
+
+
 def initial_latents(
     seeds: Sequence[int],
     subseeds: Sequence[int],
@@ -105,6 +120,7 @@ def initial_latents(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     generators: Sequence[torch.Generator] | None = None,
+    resize_from: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """The starting noise for a batch: ``[len(seeds), C, h, w]`` on ``device`` in ``dtype``.
 
@@ -112,6 +128,9 @@ def initial_latents(
     generator seeded with its seed; pass ``generators`` (from :func:`make_generators`, same seeds) to draw
     from them and leave them advanced for the sampler's per-step noise, as A1111 does. Subseed noise
     always comes from its own fresh generator. Noise is drawn in float32 and cast at the end.
+
+    ``resize_from``: ``(h, w)`` latent size to draw the seed (and subseed) noise at instead; that noise is
+    centred in noise drawn at ``shape`` from a fresh generator with the same seed, as A1111 does.
     """
     if not seeds:
         raise ValueError("initial_latents needs at least one seed")
@@ -126,11 +145,16 @@ def initial_latents(
     one_shape = tuple(int(n) for n in shape)
     target = torch.device(device)
 
+    noise_shape = one_shape if resize_from is None else (one_shape[0], *(int(n) for n in resize_from))
+
     images = []
     for i, generator in enumerate(generators):
-        noise = _draw(one_shape, generator)
+        noise = _draw(noise_shape, generator)
         if subseed_strength:
             sub_generator = make_generators([subseeds[i]], source, device)[0]
-            noise = slerp(subseed_strength, noise, _draw(one_shape, sub_generator))
+            noise = slerp(subseed_strength, noise, _draw(noise_shape, sub_generator))
+        if noise_shape != one_shape:
+            canvas = _draw(one_shape, make_generators([seeds[i]], source, device)[0])
+            noise = paste_centred(noise, canvas)
         images.append(noise.to(target))
     return torch.stack(images).to(dtype)

@@ -276,6 +276,7 @@ class GenerationService(ImageModesMixin):
                         randn_source=request.randn_source.value,
                         eta=eta,
                         extra=dict(job_extra),
+                        seed_resize_from=request.seed_resize_from,
                     )
                     progress.set_text(f"Batch {iteration + 1} of {request.n_iter}")
 

@@ -10,19 +10,23 @@ from typing import Any
 
 import gradio as gr
 
+from webui.services.ui_config import FILE_NAME as UI_CONFIG_FILE
+from webui.services.ui_config import UiConfigStore
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
 from webui.ui.frontend import build_frontend, frontend_css, frontend_js
 from webui.ui.history import build_history
 from webui.ui.icons import icon_css
 from webui.ui.img2img import build_img2img
-from webui.ui.model_defaults import wire_model_defaults
+from webui.ui.model_defaults import page_load_updates, wire_model_defaults
 from webui.ui.network_cards import build_networks_tab
+from webui.ui.params import PARAMS_CSS
 from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values, wire_load_status
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
 from webui.ui.settings import build_settings
 from webui.ui.txt2img import build_txt2img
+from webui.ui.ui_state import wire_ui_state
 
 TXT2IMG_TAB = "txt2img"
 PNGINFO_TAB = "pnginfo"
@@ -85,8 +89,18 @@ def build_ui(services: Any) -> gr.Blocks:
         )  # fmt: skip
         controlnet_models = [u.model for t in (txt2img, img2img) for u in t.extra["controlnet"].units]
         wire_load_status(services, bar, followers=[*controlnet_models, controlnet_tab.model])
-        wire_model_defaults(services, blocks, bar, [txt2img.fields, img2img.fields])
         build_frontend(services, txt2img=txt2img, img2img=img2img)
+        # A page opens at the selected checkpoint's default settings, with the values the user last used on
+        # top (one load event); picking a checkpoint applies its defaults and keeps them as the user's.
+        generation_tabs = {"txt2img": txt2img.fields, "img2img": img2img.fields}
+        ui_state = wire_ui_state(
+            blocks, UiConfigStore(services.settings.data_dir / UI_CONFIG_FILE), generation_tabs,
+            generate={"txt2img": txt2img.generate, "img2img": img2img.extra["prompt_area"].generate},
+            base=lambda: page_load_updates(services, list(generation_tabs.values())),
+        )  # fmt: skip
+        wire_model_defaults(
+            services, blocks, bar, generation_tabs, on_page_load=False, applied=ui_state.save
+        )  # fmt: skip
         outputs = [bar.checkpoint, bar.vae, bar.clip_skip, bar.status, bar.notice]
         blocks.load(
             lambda: refresh_values(services, bar), outputs=outputs, api_visibility="private", queue=False
@@ -101,5 +115,5 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    css = CSS + icon_css() + frontend_css()
+    css = CSS + PARAMS_CSS + icon_css() + frontend_css()
     return {"theme": theme, "css": css, "js": frontend_js(), "footer_links": ["api", "settings"]}

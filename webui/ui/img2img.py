@@ -21,15 +21,10 @@ from pydantic import ValidationError
 
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
-from webui.ui import choices
+from webui.ui import params
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
-from webui.ui.frontend import PASTE_LABEL
-from webui.ui.icons import icon_button
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
-from webui.ui.lora import build_lora_picker
-from webui.ui.network_cards import build_network_cards
 from webui.ui.progress_bar import progress_html
-from webui.ui.styles import build_styles_dropdown
 from webui.ui.txt2img import (
     POLL_SECONDS,
     _result_summary,
@@ -83,31 +78,8 @@ def editor_mask(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
 
 
 def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2ImgTab:
-    sampler_choices = choices.sampler_names()
-    schedule_choices = choices.schedule_labels()
     defaults = Img2ImgRequest(init_images=["-"])
-    with gr.Row():
-        with gr.Column(scale=4):
-            prompt = gr.Textbox(
-                "", label="Prompt", lines=3, placeholder="Prompt", elem_id="img2img_prompt", show_label=False
-            )
-            negative_prompt = gr.Textbox(
-                "",
-                label="Negative prompt",
-                lines=2,
-                placeholder="Negative prompt",
-                elem_id="img2img_neg_prompt",
-                show_label=False,
-            )
-            lora_picker = build_lora_picker(services, prompt, prefix="img2img")
-            network_cards = build_network_cards(services, prompt, "img2img")
-            styles = build_styles_dropdown(services, "img2img")
-        with gr.Column(scale=1, min_width=200):
-            generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="img2img_interrupt", size="sm")
-                skip = gr.Button("Skip", elem_id="img2img_skip", size="sm")
-                paste = icon_button("paste", PASTE_LABEL, elem_id="img2img_paste")
+    area = params.build_prompt_area(services, "img2img")
     mode = gr.State(MODE_IMG2IMG)
     with gr.Row():
         with gr.Column(scale=1):
@@ -191,59 +163,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                     label="Only masked padding, pixels",
                     elem_id="img2img_inpaint_full_res_padding",
                 )
-            with gr.Row():
-                sampler_name = gr.Dropdown(
-                    sampler_choices,
-                    value=defaults.sampler_name,
-                    label="Sampling method",
-                    allow_custom_value=True,
-                    elem_id="img2img_sampler",
-                )
-                scheduler = gr.Dropdown(
-                    schedule_choices,
-                    value=defaults.scheduler,
-                    label="Schedule type",
-                    allow_custom_value=True,
-                    elem_id="img2img_scheduler",
-                )
-            steps = gr.Slider(
-                1,
-                150,
-                value=defaults.steps,
-                step=1,
-                precision=0,
-                label="Sampling steps",
-                elem_id="img2img_steps",
-            )
-            with gr.Row():
-                width = gr.Slider(
-                    64,
-                    2048,
-                    value=defaults.width,
-                    step=8,
-                    precision=0,
-                    label="Width",
-                    elem_id="img2img_width",
-                )
-                height = gr.Slider(
-                    64,
-                    2048,
-                    value=defaults.height,
-                    step=8,
-                    precision=0,
-                    label="Height",
-                    elem_id="img2img_height",
-                )
-            with gr.Row():
-                n_iter = gr.Slider(
-                    1, 100, value=1, step=1, precision=0, label="Batch count", elem_id="img2img_batch_count"
-                )
-                batch_size = gr.Slider(
-                    1, 8, value=1, step=1, precision=0, label="Batch size", elem_id="img2img_batch_size"
-                )
-            cfg_scale = gr.Slider(
-                1.0, 30.0, value=defaults.cfg_scale, step=0.5, label="CFG Scale", elem_id="img2img_cfg_scale"
-            )
+            sampling = params.build_sampling_rows("img2img", defaults)
             denoising_strength = gr.Slider(
                 0.0,
                 1.0,
@@ -252,36 +172,19 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
                 label="Denoising strength",
                 elem_id="img2img_denoising_strength",
             )
-            seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="img2img_seed")
+            seeds = params.build_seed_rows("img2img", defaults)
             restore_faces, tiling = build_flags("img2img")
             controlnet = build_controlnet_units(services, "img2img")
             script = build_script_controls(services)
         with gr.Column(scale=1):
-            progress = gr.Markdown("", elem_id="img2img_progress")
-            preview = gr.Image(
-                label="Preview", interactive=False, visible=False, elem_id="img2img_preview", format="jpeg"
-            )
-            error = gr.Markdown("", visible=False, elem_id="img2img_error", elem_classes=["easel-error"])
-            gallery = gr.Gallery(
-                label="Output", columns=2, format="png", elem_id="img2img_gallery", interactive=False
-            )
-            infotext = gr.Textbox(
-                label="Generation parameters", lines=4, interactive=False, elem_id="img2img_infotext"
-            )
+            out = params.build_output_column("img2img")
     fields: dict[str, gr.components.Component] = {
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "sampler_name": sampler_name,
-        "scheduler": scheduler,
-        "steps": steps,
-        "cfg_scale": cfg_scale,
-        "width": width,
-        "height": height,
-        "n_iter": n_iter,
-        "batch_size": batch_size,
-        "seed": seed,
+        "prompt": area.prompt,
+        "negative_prompt": area.negative_prompt,
+        **sampling.fields,
+        **seeds.fields,
         "clip_skip": clip_skip,
-        "styles": styles,
+        "styles": area.styles,
         "denoising_strength": denoising_strength,
         "resize_mode": resize_mode,
         "mask_blur": mask_blur,
@@ -301,22 +204,26 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         upload_mask=upload_mask,
         mode=mode,
         sub_tabs=sub_tabs,
-        gallery=gallery,
-        infotext=infotext,
+        gallery=out.gallery,
+        infotext=out.infotext,
         extra={
-            "progress": progress,
-            "preview": preview,
-            "error": error,
-            "lora_picker": lora_picker,
-            "network_cards": network_cards,
+            "progress": out.progress,
+            "preview": out.preview,
+            "error": out.error,
+            "lora_picker": area.lora_picker,
+            "network_cards": area.network_cards,
+            "paste": area.paste,
             "script": script,
             "controlnet": controlnet,
-            "paste": paste,
+            "prompt_area": area,
+            "sampling": sampling,
+            "seeds": seeds,
         },
     )
     for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
         sub.select(lambda n=name: n, outputs=mode, api_visibility="private", queue=False)
-    _wire(services, tab, generate, interrupt, skip)
+    _wire(services, tab, area.generate, area.interrupt, area.skip)
+    params.wire_generation_rows(services, area, sampling, seeds, out.infotext)
     return tab
 
 

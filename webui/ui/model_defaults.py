@@ -9,7 +9,7 @@ option ``easel_apply_model_defaults`` turns both off. The API keeps A1111's defa
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gradio as gr
@@ -80,19 +80,42 @@ def _tab_updates(values: Mapping[str, Any], tabs: list[Fields]) -> dict[Any, Any
     return updates
 
 
-def wire_model_defaults(services: Any, blocks: gr.Blocks, bar: Any, tabs: list[Fields]) -> None:
-    """Apply the checkpoint's defaults to ``tabs`` (``txt2img.fields``, ``img2img.fields``) on page load and
-    when the user picks a checkpoint; Clip skip and a declared VAE go to the bar then too."""
-    targets = [fields[name] for fields in tabs for name in TAB_FIELDS if name in fields]
+def page_load_updates(services: Any, tabs: list[Fields]) -> dict[Any, Any]:
+    """Widget updates for a freshly opened page: the shown checkpoint's defaults."""
+    return _tab_updates(page_load_values(services), tabs)
+
+
+def wire_model_defaults(
+    services: Any,
+    blocks: gr.Blocks,
+    bar: Any,
+    tabs: Mapping[str, Fields],
+    *,
+    on_page_load: bool = True,
+    applied: Callable[[str, dict[str, Any]], None] | None = None,
+) -> None:
+    """Apply the checkpoint's defaults to ``tabs`` (``{"txt2img": fields, "img2img": fields}``) on page load
+    and when the user picks a checkpoint; Clip skip and a declared VAE go to the bar then too.
+
+    ``on_page_load=False`` leaves the page load to the caller (the UI state combines these defaults with the
+    values the user last used); ``applied(tab, values)`` hears the values a pick set, so they can be kept as
+    the user's: picking the checkpoint was the user's choice.
+    """
+    fields_list = list(tabs.values())
+    targets = [fields[name] for fields in fields_list for name in TAB_FIELDS if name in fields]
 
     def on_load() -> dict[Any, Any]:
-        return _tab_updates(page_load_values(services), tabs)
+        return page_load_updates(services, fields_list)
 
     def on_pick(title: str | None) -> dict[Any, Any]:
         if not title or not applies(services):
             return {}
         values = model_default_values(services, title)
-        updates = _tab_updates(values, tabs)
+        updates = _tab_updates(values, fields_list)
+        if applied is not None:
+            picked = {name: value for name, value in values.items() if name in TAB_FIELDS}
+            for tab in tabs:
+                applied(tab, picked)
         if "clip_skip" in values:
             updates[bar.clip_skip] = values["clip_skip"]  # its change event writes the option
         vae = values.get("vae")
@@ -100,7 +123,8 @@ def wire_model_defaults(services: Any, blocks: gr.Blocks, bar: Any, tabs: list[F
             updates[bar.vae] = vae  # the option itself was set before the load (quicksettings)
         return updates
 
-    blocks.load(on_load, outputs=targets, api_visibility="private", queue=False)
+    if on_page_load:
+        blocks.load(on_load, outputs=targets, api_visibility="private", queue=False)
     bar.checkpoint.input(
         on_pick,
         inputs=bar.checkpoint,

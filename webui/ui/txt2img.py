@@ -20,21 +20,15 @@ from PIL import Image
 from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
-from webui.ui import choices
+from webui.ui import params
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
-from webui.ui.frontend import PASTE_LABEL
 from webui.ui.hires import build_hires_controls
-from webui.ui.icons import icon_button
-from webui.ui.lora import build_lora_picker
-from webui.ui.network_cards import build_network_cards
 from webui.ui.progress_bar import progress_html
-from webui.ui.styles import build_styles_dropdown
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.3
-RANDOM_SEED = -1
 
 
 @dataclass
@@ -128,141 +122,28 @@ def build_flags(tab: str) -> tuple[gr.Checkbox, gr.Checkbox]:
 
 def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2ImgTab:
     """Lay out the tab (inside the caller's ``gr.Tab``) and wire its events."""
-    sampler_choices = choices.sampler_names()
-    schedule_choices = choices.schedule_labels()
     defaults = Txt2ImgRequest()
-    with gr.Row():
-        with gr.Column(scale=4):
-            prompt = gr.Textbox(
-                "", label="Prompt", lines=3, placeholder="Prompt", elem_id="txt2img_prompt", show_label=False
-            )
-            negative_prompt = gr.Textbox(
-                "",
-                label="Negative prompt",
-                lines=2,
-                placeholder="Negative prompt",
-                elem_id="txt2img_neg_prompt",
-                show_label=False,
-            )
-            lora_picker = build_lora_picker(services, prompt)
-            network_cards = build_network_cards(services, prompt, "txt2img")
-            styles = build_styles_dropdown(services, "txt2img")
-        with gr.Column(scale=1, min_width=200):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
-                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
-                paste = icon_button("paste", PASTE_LABEL, elem_id="txt2img_paste")
+    area = params.build_prompt_area(services, "txt2img")
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Row():
-                sampler_name = gr.Dropdown(
-                    sampler_choices,
-                    value=defaults.sampler_name
-                    if defaults.sampler_name in sampler_choices
-                    else sampler_choices[0],
-                    label="Sampling method",
-                    allow_custom_value=True,
-                    elem_id="txt2img_sampler",
-                )
-                scheduler = gr.Dropdown(
-                    schedule_choices,
-                    value=defaults.scheduler
-                    if defaults.scheduler in schedule_choices
-                    else schedule_choices[0],
-                    label="Schedule type",
-                    allow_custom_value=True,
-                    elem_id="txt2img_scheduler",
-                )
-            steps = gr.Slider(
-                1,
-                150,
-                value=defaults.steps,
-                step=1,
-                precision=0,
-                label="Sampling steps",
-                elem_id="txt2img_steps",
-            )
-            with gr.Row():
-                width = gr.Slider(
-                    64,
-                    2048,
-                    value=defaults.width,
-                    step=8,
-                    precision=0,
-                    label="Width",
-                    elem_id="txt2img_width",
-                )
-                height = gr.Slider(
-                    64,
-                    2048,
-                    value=defaults.height,
-                    step=8,
-                    precision=0,
-                    label="Height",
-                    elem_id="txt2img_height",
-                )
-            with gr.Row():
-                n_iter = gr.Slider(
-                    1,
-                    100,
-                    value=defaults.n_iter,
-                    step=1,
-                    precision=0,
-                    label="Batch count",
-                    elem_id="txt2img_batch_count",
-                )
-                batch_size = gr.Slider(
-                    1,
-                    8,
-                    value=defaults.batch_size,
-                    step=1,
-                    precision=0,
-                    label="Batch size",
-                    elem_id="txt2img_batch_size",
-                )
-            cfg_scale = gr.Slider(
-                1.0, 30.0, value=defaults.cfg_scale, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale"
-            )
-            with gr.Row():
-                seed = gr.Number(
-                    value=RANDOM_SEED, precision=0, label="Seed", elem_id="txt2img_seed", scale=4
-                )
-                random_seed = icon_button("dice", "Random seed", elem_id="txt2img_random_seed")
-                reuse_seed = icon_button("reuse", "Reuse seed", elem_id="txt2img_reuse_seed")
+            sampling = params.build_sampling_rows("txt2img", defaults)
+            seeds = params.build_seed_rows("txt2img", defaults)
             restore_faces, tiling = build_flags("txt2img")
             hires = build_hires_controls(services)
             controlnet = build_controlnet_units(services, "txt2img")
         with gr.Column(scale=1):
-            progress = gr.Markdown("", elem_id="txt2img_progress")
-            preview = gr.Image(
-                label="Preview", interactive=False, visible=False, elem_id="txt2img_preview", format="jpeg"
-            )
-            error = gr.Markdown("", visible=False, elem_id="txt2img_error", elem_classes=["easel-error"])
-            gallery = gr.Gallery(
-                label="Output", columns=2, format="png", elem_id="txt2img_gallery", interactive=False
-            )
-            infotext = gr.Textbox(
-                label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext"
-            )
+            out = params.build_output_column("txt2img")
     last_seeds = gr.State([])
     last_infotexts = gr.State([])
     selected = gr.State(0)
 
     fields: dict[str, gr.components.Component] = {
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "sampler_name": sampler_name,
-        "scheduler": scheduler,
-        "steps": steps,
-        "cfg_scale": cfg_scale,
-        "width": width,
-        "height": height,
-        "n_iter": n_iter,
-        "batch_size": batch_size,
-        "seed": seed,
+        "prompt": area.prompt,
+        "negative_prompt": area.negative_prompt,
+        **sampling.fields,
+        **seeds.fields,
         "clip_skip": clip_skip,
-        "styles": styles,
+        "styles": area.styles,
         "restore_faces": restore_faces,
         "tiling": tiling,
     }
@@ -270,29 +151,33 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
     fields.update(controlnet.fields)
     tab = Txt2ImgTab(
         fields=fields,
-        generate=generate,
-        interrupt=interrupt,
-        skip=skip,
-        gallery=gallery,
-        infotext=infotext,
-        progress=progress,
-        preview=preview,
-        error=error,
+        generate=area.generate,
+        interrupt=area.interrupt,
+        skip=area.skip,
+        gallery=out.gallery,
+        infotext=out.infotext,
+        progress=out.progress,
+        preview=out.preview,
+        error=out.error,
         extra={
             "last_seeds": last_seeds,
             "last_infotexts": last_infotexts,
             "selected": selected,
-            "lora_picker": lora_picker,
-            "network_cards": network_cards,
+            "lora_picker": area.lora_picker,
+            "network_cards": area.network_cards,
+            "paste": area.paste,
             "controlnet": controlnet,
-            "paste": paste,
+            "prompt_area": area,
+            "sampling": sampling,
+            "seeds": seeds,
         },
     )
-    _wire(services, tab, random_seed=random_seed, reuse_seed=reuse_seed)
+    _wire(services, tab)
+    params.wire_generation_rows(services, area, sampling, seeds, out.infotext)
     return tab
 
 
-def _wire(services: Any, tab: Txt2ImgTab, *, random_seed: gr.Button, reuse_seed: gr.Button) -> None:
+def _wire(services: Any, tab: Txt2ImgTab) -> None:
     generation = services.generation
     last_seeds = tab.extra["last_seeds"]
     last_infotexts = tab.extra["last_infotexts"]
@@ -392,18 +277,4 @@ def _wire(services: Any, tab: Txt2ImgTab, *, random_seed: gr.Button, reuse_seed:
 
     tab.gallery.select(
         on_select, inputs=[last_infotexts], outputs=[tab.infotext, selected], api_visibility="private"
-    )
-
-    random_seed.click(lambda: RANDOM_SEED, outputs=tab.fields["seed"], api_visibility="private", queue=False)
-
-    def reuse(seeds: list[int], index: int, current: float | None) -> Any:
-        if not seeds:
-            return current
-        return seeds[index] if 0 <= index < len(seeds) else seeds[0]
-
-    reuse_seed.click(
-        reuse,
-        inputs=[last_seeds, selected, tab.fields["seed"]],
-        outputs=tab.fields["seed"],
-        api_visibility="private",
     )
