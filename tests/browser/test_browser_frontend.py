@@ -97,6 +97,7 @@ def test_shortcuts_emphasis_progress_and_notification(open_page: OpenPage, runni
     page = open_page(height=1000)
     prompt = "#txt2img_prompt textarea"
     page.wait_for_selector(prompt, timeout=30_000)
+    page.wait_for_function("window.easel !== undefined", timeout=30_000)  # the page's script is running
 
     # Ctrl+Up on a selected word: "(red:1.1)", again 1.2; Ctrl+Down twice brings the plain word back.
     page.fill(prompt, "a red circle")

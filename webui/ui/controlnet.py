@@ -550,7 +550,7 @@ def build_controlnet_tab(
         image: Image.Image | None, name: str, res: float, a: float, b: float
     ) -> Iterator[tuple[Any, str]]:
         if image is None:
-            yield None, "Error: upload a reference image first."
+            yield None, "Error: Upload a reference image first."
             return
         controlnet = services.controlnet
         fields = _sliders_to_fields(name, res, a, b)

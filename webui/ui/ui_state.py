@@ -115,6 +115,13 @@ def saved_values(store: UiConfigStore, tab: str, fields: Fields) -> dict[str, An
     return values
 
 
+def _shown(widget: gr.components.Component, value: Any) -> Any:
+    try:
+        return widget.postprocess(value)
+    except Exception:  # not comparable: send the update
+        return object()
+
+
 class UiState:
     """The kept fields of each tab (``{"txt2img": fields, "img2img": fields}``) and their store."""
 
@@ -123,6 +130,7 @@ class UiState:
         self.tabs = {tab: kept_fields(fields) for tab, fields in tabs.items()}
         # What a page load starts from before the saved values (the checkpoint's default settings).
         self.base: Callable[[], Mapping[Any, Any]] | None = None
+        self.built: dict[Any, Any] = {}  # widget -> the value the page was built with
 
     def apply_to_widgets(self) -> None:
         """Build time: the file's ranges and values become the widgets' own; missing range keys are written.
@@ -144,8 +152,14 @@ class UiState:
                         setattr(widget, prop, saved)
                     elif getattr(widget, prop, None) is not None:
                         defaults[key] = getattr(widget, prop)
+        # The page is built showing what a load would set (the checkpoint's defaults, then the saved values),
+        # so a page load changes only what changed since: it never overwrites what a user types at once.
+        for widget, value in (self.base() if self.base is not None else {}).items():
+            widget.value = widget.postprocess(value)
+        for tab, fields in self.tabs.items():
             for name, value in saved_values(self.store, tab, fields).items():
                 fields[name].value = fields[name].postprocess(value)
+        self.built = {widget: widget.value for widget in self.outputs()}
         self.store.add_defaults(defaults)
 
     def load_updates(self) -> dict[Any, Any]:
@@ -157,6 +171,13 @@ class UiState:
         for tab, fields in self.tabs.items():
             for name, value in saved_values(self.store, tab, fields).items():
                 updates[fields[name]] = value
+        for widget, value in list(updates.items()):
+            if (
+                widget in self.built
+                and not isinstance(value, dict)
+                and _shown(widget, value) == self.built[widget]
+            ):
+                updates[widget] = gr.update()  # the page already shows it
         return updates
 
     def outputs(self) -> list[gr.components.Component]:
