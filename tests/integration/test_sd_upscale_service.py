@@ -92,8 +92,12 @@ def test_tiles_get_consecutive_seeds(services) -> None:
     tile = cut_tile(upscale_image(spec), 32, 0, 64, 64)  # the second tile
     second_job = DiffusionJob("a cat", "", 4, 7.0, 64, 64, [6], [6], 0.0, sampler, schedule)
     [alone], _ = img2img_batch(model, second_job, Img2ImgSpec([tile], strength=0.5))
-    # Columns 64..95 come from the second tile only (the overlap 32..63 is blended).
-    assert np.array_equal(np.asarray(joined)[:, 64:], np.asarray(alone)[:, 32:])
+    # Columns 64..95 come from the second tile only (the overlap 32..63 is blended). The upscale denoises two
+    # tiles in one batch, the reference one alone: CPU kernels may round a batch of 2 differently from a batch
+    # of 1, so equal means equal to within rounding: measured max 1 level, mean 0.0003; with the wrong seed
+    # (7) the same columns differ by up to 219 levels, 42 on average.
+    diff = np.abs(np.asarray(joined, dtype=np.int16)[:, 64:] - np.asarray(alone, dtype=np.int16)[:, 32:])
+    assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
 
 
 def test_hires_first_pass_is_kept_when_asked(services) -> None:
