@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -388,28 +388,28 @@ def _wire_checkpoint_defaults(
         wanted = dict(zip(TAB_FIELDS, tab_values, strict=True))
         wanted.update(clip_skip=clip_skip, vae=vae)
         wanted = {key: value for key, value in wanted.items() if value is not None}
-        try:
-            found = save_defaults(record_for(title), wanted)
-        except ModelDefaultsError as exc:
-            message = str(exc)
-            gr.Warning(message)
-            return {settings.error: gr.update(value=message, visible=True), settings.result: ""}
-        return {
-            settings.defaults_info: describe_defaults(found),
-            settings.result: f"Saved as the defaults of {found.title} in {found.sidecar}.",
-            settings.error: gr.update(value="", visible=False),
-        }
+        return sidecar_change(
+            lambda: save_defaults(record_for(title), wanted),
+            lambda found: f"Saved as the defaults of {found.title} in {found.sidecar}.",
+        )
 
     def forget(title: str | None) -> dict[Any, Any]:
+        return sidecar_change(
+            lambda: forget_defaults(record_for(title)),
+            lambda found: f"{found.title} uses its family's defaults again.",
+        )
+
+    def sidecar_change(change: Callable[[], Any], done: Callable[[Any], str]) -> dict[Any, Any]:
+        """Run a sidecar write; show what the checkpoint's defaults are now, or why nothing was written."""
         try:
-            found = forget_defaults(record_for(title))
+            found = change()
         except ModelDefaultsError as exc:
             message = str(exc)
             gr.Warning(message)
             return {settings.error: gr.update(value=message, visible=True), settings.result: ""}
         return {
             settings.defaults_info: describe_defaults(found),
-            settings.result: f"{found.title} uses its family's defaults again.",
+            settings.result: done(found),
             settings.error: gr.update(value="", visible=False),
         }
 
