@@ -5,7 +5,9 @@ Makes two data dirs under a temporary folder: ``small`` (one LoRA, one single-fi
 of the same two tiny files). For each it starts ``app.py --data-dir <dir> --api`` twice (a first start, then
 a restart that finds the caches written by the first) and measures:
 
-* ``root``: seconds from process start until ``GET /`` answers 200;
+* ``page``: seconds from process start until the port answers (at first with the page that shows Easel's
+  progress while it starts, ``webui.starting``);
+* ``ready``: until ``/easel/v1/startup`` says the studio is ready (the starting page reloads into it then);
 * ``config``: until ``GET /config`` (the page's component tree, what the browser needs to draw) answers;
 * ``refresh``: ``POST /sdapi/v1/refresh-loras`` with the files unchanged (median of 3).
 
@@ -17,23 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests import app_process  # noqa: E402  (the same start-and-wait as the tests)
 
 
 def make_sources(folder: Path) -> tuple[Path, Path]:
@@ -71,48 +68,30 @@ def make_library(
         os.link(checkpoint, target)
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], start: float, log: Path) -> float:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    response.read()
-                    return time.perf_counter() - start
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text()) from None
-            time.sleep(0.05)
+def _timed(wait: Any, *args: Any) -> float:
+    wait(*args)
+    return time.perf_counter()
 
 
 def measure(data_dir: Path) -> dict[str, float]:
-    port = _free_port()
     log = data_dir / "app.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--api"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = app_process.start(data_dir, "--api")
     try:
-        root = _wait(url + "/", process, start, log)
-        config = _wait(url + "/config", process, start, log)
+        page = _timed(app_process.wait_answering, url, process, log, 300) - start
+        ready = _timed(app_process.wait_ready, url, process, log, 600) - start
+        with urllib.request.urlopen(url + "/config", timeout=60) as response:
+            response.read()
+        config = time.perf_counter() - start
         refreshes = []
         for _ in range(3):
             request = urllib.request.Request(url + "/sdapi/v1/refresh-loras", method="POST", data=b"")
             began = time.perf_counter()
             urllib.request.urlopen(request, timeout=120).read()
             refreshes.append(time.perf_counter() - began)
-        return {"root": root, "config": config, "refresh": statistics.median(refreshes)}
+        return {"page": page, "ready": ready, "config": config, "refresh": statistics.median(refreshes)}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        app_process.stop(process)
 
 
 def measure_cards(data_dir: Path) -> dict[str, float]:
@@ -164,9 +143,12 @@ def main() -> None:
             for run in ("first start", "restart"):
                 results[f"{label}, {run}"] = measure(data_dir)
         print(f"library: {args.loras} LoRAs in {args.folders} folders, {args.checkpoints} checkpoints")
-        print(f"{'run':<22} {'GET / (s)':>10} {'/config (s)':>12} {'refresh-loras (s)':>18}")
+        print(f"{'run':<22} {'page (s)':>9} {'ready (s)':>10} {'/config (s)':>12} {'refresh-loras (s)':>18}")
         for key, value in results.items():
-            print(f"{key:<22} {value['root']:>10.2f} {value['config']:>12.2f} {value['refresh']:>18.3f}")
+            print(
+                f"{key:<22} {value['page']:>9.2f} {value['ready']:>10.2f} {value['config']:>12.2f} "
+                f"{value['refresh']:>18.3f}"
+            )
         cards = measure_cards(base / "large")
         print(
             f"cards: list {cards['cards']:.0f} LoRA cards {cards['list'] * 1000:.0f} ms, search "
@@ -176,7 +158,7 @@ def main() -> None:
         for run in ("first start", "restart"):
             small, large = results[f"small, {run}"], results[f"large, {run}"]
             print(
-                f"{run}: large/small page {large['config'] / small['config']:.2f}x, "
+                f"{run}: large/small ready {large['ready'] / small['ready']:.2f}x, "
                 f"refresh {large['refresh'] / max(small['refresh'], 1e-6):.1f}x"
             )
 

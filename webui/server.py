@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from webui.container import Services
+from webui.gradio_import import import_gradio
 
 log = logging.getLogger(__name__)
 
 
-def build_app(services: Services) -> Any:
+def build_app(services: Services, stage: Callable[[str], None] = lambda _: None) -> Any:
+    """The FastAPI app: the API, the MCP server and the UI as the settings ask. ``stage`` hears each step."""
+    stage("preparing the API")
     from fastapi import FastAPI
 
     from webui.api.middleware import install_middleware
@@ -23,13 +28,17 @@ def build_app(services: Services) -> Any:
     if settings.api or settings.nowebui:
         app.include_router(build_router(services))
     if settings.mcp:  # before the UI: its mount at "/" would answer every path
+        stage("starting the MCP server")
         app = _mount_mcp(app, services)
     if not settings.nowebui:
-        import gradio as gr
+        stage("importing Gradio")
+        gr = import_gradio()
 
         from webui.ui.app import build_ui
 
+        stage("building the studio")
         blocks = build_ui(services)
+        stage("mounting the studio")
         auth = settings.credentials("gradio") or None
         app = gr.mount_gradio_app(
             app, blocks, path="/", auth=auth, allowed_paths=_served_paths(services), **_launch_kwargs()
@@ -42,7 +51,7 @@ def _mount_mcp(app: Any, services: Services) -> Any:
 
     ``--api-auth`` guards it (``--gradio-auth`` when only that is given): agents send HTTP basic credentials.
     """
-    import gradio as gr
+    gr = import_gradio()  # first: webui.ui imports gradio
 
     from webui.api.middleware import BasicAuthGate
     from webui.ui.mcp_tools import MCP_MOUNT, build_mcp_blocks
@@ -80,26 +89,38 @@ def _launch_kwargs() -> dict[str, Any]:
 
 
 def serve(services: Services, *, preload: bool = True) -> None:
-    """Serve until stopped. The checkpoint starts loading once the server answers, not before."""
+    """Serve until stopped.
+
+    The port answers within a second with a page that says what Easel is doing (``webui.starting``); the
+    app is built meanwhile and takes over when ready. The checkpoint starts loading after that, not before.
+    """
     import threading
-    import time
 
     import uvicorn
 
+    from webui.starting import StartingApp
+
     settings = services.settings
-    app = build_app(services)
+    front = StartingApp()
     where = f"http://{settings.host}:{settings.server_port}"
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.server_port, log_level="warning")
+        uvicorn.Config(front, host=settings.host, port=settings.server_port, log_level="warning")
     )
+    failure: list[BaseException] = []
 
-    def announce_then_preload() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.05)
-        if server.should_exit:
+    def build_then_hand_over() -> None:
+        try:
+            app = build_app(services, stage=front.stage)
+            front.stage("starting the queue")
+            front.hand_over(app)
+        except BaseException as exc:  # SystemExit from a bad flag too: the server must stop, not hang
+            failure.append(exc)
+            front.fail(str(exc) or type(exc).__name__)
+            log.error("Easel could not start: %s", exc, exc_info=not isinstance(exc, SystemExit))
+            server.should_exit = True
             return
         log.info("Easel is serving %s at %s", "the API" if settings.nowebui else "the UI", where)
-        print(f"Easel: open {where}" + ("/docs for the API" if settings.nowebui else ""), flush=True)
+        print(f"Easel: ready at {where}" + ("/docs for the API" if settings.nowebui else ""), flush=True)
         if settings.mcp:
             from webui.ui.mcp_tools import mcp_urls
 
@@ -109,5 +130,16 @@ def serve(services: Services, *, preload: bool = True) -> None:
         if preload:
             services.preload()
 
-    threading.Thread(target=announce_then_preload, name="easel-announce", daemon=True).start()
+    def announce_then_build() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.should_exit:
+            return
+        print(f"Easel: open {where} (the page shows progress until the studio is ready)", flush=True)
+        build_then_hand_over()
+
+    threading.Thread(target=announce_then_build, name="easel-start", daemon=True).start()
     server.run()
+    if failure:
+        error = failure[0]
+        raise error if isinstance(error, SystemExit) else SystemExit(f"Easel could not start: {error}")

@@ -11,11 +11,6 @@ import asyncio
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,18 +19,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.app_process import running_easel
+
 pytest.importorskip("mcp")
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 TOOLS = {"txt2img", "img2img", "list_checkpoints", "list_loras", "list_controlnets", "png_info"}
 PROMPT = "a red circle on a blue background"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _reference_data_dir(root: Path) -> Path:
@@ -59,32 +50,10 @@ def _reference_data_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def mcp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = _reference_data_dir(tmp_path_factory.mktemp("mcp-data"))
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log_path = data_dir / "app.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--mcp"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while "MCP server for agents at" not in log_path.read_text():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the app did not start:\n{log_path.read_text()}")
-                time.sleep(0.2)
-            url = f"http://127.0.0.1:{port}/mcp/gradio_api/mcp/"
-            assert url in log_path.read_text()  # the URL printed at start is the one that works
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_easel(data_dir, "--mcp") as base:
+        url = f"{base}/mcp/gradio_api/mcp/"
+        assert url in (data_dir / "app.log").read_text()  # the URL printed at start is the one that works
+        yield url
 
 
 def _session(url: str, work: Any) -> Any:

@@ -3,19 +3,15 @@ including its ControlNet units and ``/controlnet/*`` helpers."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.app_process import running_easel
 from tests.conftest import _link_or_copy
 
 webuiapi = pytest.importorskip("webuiapi")
@@ -23,12 +19,6 @@ webuiapi = pytest.importorskip("webuiapi")
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SMALL = {"width": 64, "height": 64, "steps": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -42,34 +32,8 @@ def server(
     _link_or_copy(controlnet_files["ldm"], data_dir / "models" / "ControlNet" / controlnet_files["ldm"].name)
     _link_or_copy(tiny_model_files["sd15_single"], checkpoints / "tiny-sd15.safetensors")
     _link_or_copy(tiny_model_files["sd15_folder"], checkpoints / "tiny-sd15-diffusers")
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log_path = data_dir / "app.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--nowebui", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/ping", timeout=2).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(log_path.read_text()) from None
-                    time.sleep(0.2)
-            yield port
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_easel(data_dir, "--nowebui") as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture
