@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from webui.gradio_import import skip_stub_writing
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+skip_stub_writing()  # the tests import Gradio as app.py does
 
 
 @pytest.fixture(scope="session")

@@ -55,10 +55,15 @@ class _StubWriterOff(importlib.abc.MetaPathFinder):
         return spec
 
 
-def import_gradio() -> ModuleType:
-    """``import gradio``, without the stub rewriting when Gradio is not imported yet in this process."""
+def skip_stub_writing() -> None:
+    """Make the coming ``import gradio`` skip the stub rewriting (no effect once Gradio is imported)."""
     if "gradio" not in sys.modules and not any(isinstance(f, _StubWriterOff) for f in sys.meta_path):
         sys.meta_path.insert(0, _StubWriterOff())
+
+
+def import_gradio() -> ModuleType:
+    """``import gradio``, without the stub rewriting when Gradio is not imported yet in this process."""
+    skip_stub_writing()
     import gradio
 
     return gradio
