@@ -388,3 +388,38 @@ def test_thumbnails_are_small_and_cached(history: HistoryService) -> None:
         assert max(image.size) == 256 and image.format == "WEBP"
     stamp = thumb.stat().st_mtime_ns
     assert history.thumbnail(rel) == thumb and thumb.stat().st_mtime_ns == stamp
+
+
+def test_sync_prunes_thumbnails_of_gone_and_changed_images_only(history: HistoryService) -> None:
+    kept, changed, gone, trashed = (f"txt2img-images/2024-05-01/0000{i}-{i}.png" for i in range(4))
+    for rel in (kept, changed, gone, trashed):
+        write_image(history.outputs_root / rel, infotext(rel), size=(96, 64))
+    history.sync()
+    thumbs = {rel: history.thumbnail(rel) for rel in (kept, changed, gone, trashed)}
+    in_trash = history.delete(trashed)
+    trash_thumb = history.thumbnail(in_trash)
+    (history.outputs_root / gone).unlink()
+    path = history.outputs_root / changed
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
+    old = [thumbs[rel] for rel in (kept, changed, gone, trashed)] + [trash_thumb]
+    for thumb in old:
+        assert thumb is not None
+        os.utime(thumb, (1, 1))  # made before this sync
+    leftover = history.thumbnails_dir / "ab" / "crashed-save.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"x")
+    os.utime(leftover, (1, 1))
+    fresh = history.thumbnails_dir / "cd" / "drawn-meanwhile.webp"  # newer than the sync's start
+    fresh.parent.mkdir(parents=True, exist_ok=True)
+    fresh.write_bytes(b"x")
+    os.utime(fresh, (4_000_000_000, 4_000_000_000))
+
+    report = history.sync()
+
+    assert report is not None and report.pruned == 4  # changed, gone, trashed-original, the temp file
+    assert thumbs[kept] is not None and thumbs[kept].exists()
+    assert trash_thumb is not None and trash_thumb.exists()  # the trash view still shows it
+    assert fresh.exists()
+    assert not any(thumbs[rel].exists() for rel in (changed, gone, trashed))  # type: ignore[union-attr]
+    assert not leftover.exists()
+    assert history.thumbnail(changed) is not None  # made again for the new version

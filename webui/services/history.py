@@ -344,6 +344,7 @@ class HistoryService:
 
     def _sync(self) -> SyncReport:
         start = time.perf_counter()
+        wall_start = time.time()
         on_disk = self._scan()
         with self._lock:
             known = {
@@ -379,6 +380,7 @@ class HistoryService:
         if rows:
             with self._transaction() as conn:
                 self._upsert(conn, rows)
+        report.pruned = self._prune_thumbnails(on_disk, before=wall_start)
         report.seconds = time.perf_counter() - start
         if report.added or report.updated or report.removed:
             log.info(
@@ -386,6 +388,37 @@ class HistoryService:
                 report.added, report.updated, report.removed, report.seconds,
             )  # fmt: skip
         return report
+
+    def _prune_thumbnails(self, on_disk: dict[str, tuple[int, int]], *, before: float) -> int:
+        """Delete cached thumbnails of images that are gone or changed (and leftover temp files).
+
+        Thumbnails of the images on disk and in the trash stay; so does anything written since the sync
+        began (a page may be drawing thumbnails of new images meanwhile).
+        """
+        if not self.thumbnails_dir.is_dir():
+            return 0
+        keep = {_thumbnail_key(path, size, mtime_ns) for path, (size, mtime_ns) in on_disk.items()}
+        trash_root = self.outputs_root / TRASH_DIR
+        if trash_root.is_dir():
+            for path in trash_root.rglob("*"):
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                if path.is_file():
+                    relative = path.relative_to(self.outputs_root).as_posix()
+                    keep.add(_thumbnail_key(relative, stat.st_size, stat.st_mtime_ns))
+        removed = 0
+        for path in self.thumbnails_dir.glob("*/*"):
+            if path.suffix == ".webp" and path.stem in keep:
+                continue
+            try:
+                if path.stat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue  # already gone, or not ours to delete: the next sync tries again
+        return removed
 
     def sync_in_background(self) -> threading.Thread:
         def run() -> None:
@@ -568,7 +601,7 @@ class HistoryService:
             except OSError:
                 return None
             size, mtime_ns = stat.st_size, stat.st_mtime_ns
-        key = hashlib.sha1(f"{relative}\0{size}\0{mtime_ns}".encode()).hexdigest()
+        key = _thumbnail_key(relative, size, mtime_ns)
         target = self.thumbnails_dir / key[:2] / f"{key}.webp"
         if target.exists():
             return target
@@ -585,6 +618,10 @@ class HistoryService:
             log.warning("history: no thumbnail for %s: %s", relative, exc)
             return None
         return target
+
+
+def _thumbnail_key(relative: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha1(f"{relative}\0{size}\0{mtime_ns}".encode()).hexdigest()
 
 
 def _move_without_overwrite(source: Path, target: Path) -> Path:

@@ -116,6 +116,7 @@ class SyncReport:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    pruned: int = 0  # cached thumbnails deleted: their image is gone or changed
     seconds: float = 0.0
 
 
