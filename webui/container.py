@@ -41,6 +41,11 @@ class Services:
         """Load the selected checkpoint in the background so the page is served at once."""
 
         def run() -> None:
+            if self.prompt_tokens is not None:  # counts work before the checkpoint has loaded
+                try:
+                    self.prompt_tokens.warm_up()
+                except Exception as exc:  # the counter tries again at its first count
+                    log.warning("prompt token counter not ready: %s", exc)
             try:
                 if self.models.default_checkpoint(self.options.get().sd_model_checkpoint) is None:
                     log.warning(self.generation.no_model_message())

@@ -125,3 +125,18 @@ def test_the_first_count_imports_the_runtime_under_the_engine_lock(tokenizer_dir
     assert counter.count("a red circle").text == "3/75"
     assert counter.count("a red circle on a blue background").text == "7/75"
     assert RecordingLock.entered == 1  # only the first count takes it
+
+
+def test_start_readies_the_counter_before_loading_a_checkpoint(tmp_path: Path) -> None:
+    """The first count on a fresh page does not wait for the checkpoint load that start begins."""
+    from webui.container import build_services
+    from webui.settings import Settings
+
+    services = build_services(Settings(data_dir=tmp_path, preload_model=False))  # no checkpoint at all
+    assert services.prompt_tokens is not None and services.prompt_tokens._counter is None
+    try:
+        services.preload().join(120)
+        assert services.prompt_tokens._counter is not None
+        assert services.prompt_tokens.count("a red circle").text == "3/75"
+    finally:
+        services.generation.shutdown()

@@ -59,6 +59,11 @@ class PromptTokenCounter:
         tokens, chunks = count_prompt_tokens(prompt or "", tokenizer, self.embedding_counts(prompt), steps)
         return TokenCount(tokens, chunks)
 
+    def warm_up(self) -> None:
+        """Import the counter and its tokenizer now (Easel's start does, before it loads a checkpoint, so
+        the first count does not wait for that load)."""
+        self._runtime()
+
     def _runtime(self) -> tuple[Any, Any]:
         """The counting function and the CLIP tokenizer, imported once.
 
