@@ -17,8 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from webui.container import build_services
     from webui.server import serve
 
-    services = build_services(settings)
-    serve(services, preload=settings.preload_model)
+    serve(settings, lambda: build_services(settings), preload=settings.preload_model)
     return 0
 
 

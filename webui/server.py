@@ -9,6 +9,7 @@ from typing import Any
 
 from webui.container import Services
 from webui.gradio_import import import_gradio
+from webui.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,12 @@ def _launch_kwargs() -> dict[str, Any]:
     return launch_kwargs()
 
 
-def serve(services: Services, *, preload: bool = True) -> None:
+def serve(settings: Settings, build_services: Callable[[], Services], *, preload: bool = True) -> None:
     """Serve until stopped.
 
-    The port answers within a second with a page that says what Easel is doing (``webui.starting``); the
-    app is built meanwhile and takes over when ready. The checkpoint starts loading after that, not before.
+    The port answers within a second with a page that says what Easel is doing (``webui.starting``);
+    meanwhile the services are built (the model folders read: the first time, a large LoRA library's
+    headers) and then the app, which takes over when ready. The checkpoint starts loading after that.
     """
     import threading
 
@@ -100,7 +102,6 @@ def serve(services: Services, *, preload: bool = True) -> None:
 
     from webui.starting import StartingApp
 
-    settings = services.settings
     front = StartingApp()
     where = f"http://{settings.host}:{settings.server_port}"
     server = uvicorn.Server(
@@ -110,6 +111,8 @@ def serve(services: Services, *, preload: bool = True) -> None:
 
     def build_then_hand_over() -> None:
         try:
+            front.stage("reading the model folders")
+            services = build_services()
             app = build_app(services, stage=front.stage)
             front.stage("starting the queue")
             front.hand_over(app)

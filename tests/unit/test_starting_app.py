@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.app_process import ROOT, free_port
 from webui.starting import STATUS_PATH, StartingApp
 
 
@@ -200,3 +204,19 @@ def test_an_app_whose_startup_fails_is_not_handed_requests(served: Served) -> No
         served.front.hand_over(broken)
     assert not served.front.ready
     assert served.request("/sdapi/v1/options")[0] == 503
+
+
+def test_app_py_stops_with_the_reason_when_it_cannot_start(tmp_path: Path) -> None:
+    """A start that fails after the port answered ends the process with the reason, not a hanging page."""
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data dir should be")
+    done = subprocess.run(
+        [sys.executable, "app.py", "--data-dir", str(not_a_folder), "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Easel could not start" in done.stderr and "Not a directory" in done.stderr
