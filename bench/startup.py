@@ -27,7 +27,7 @@ from tests import app_process  # noqa: E402
 
 IMPORTS = {
     "plain import gradio": "import gradio",
-    "import_gradio()": "from webui.gradio_import import import_gradio; import_gradio()",
+    "import_gradio()": "from webui.ui.gradio_import import import_gradio; import_gradio()",
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from webui.gradio_import import skip_stub_writing
+from webui.ui.gradio_import import skip_stub_writing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from webui.container import Services
-from webui.gradio_import import import_gradio
 from webui.settings import Settings
+from webui.ui.gradio_import import import_gradio
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ def _run(code: str) -> str:
 
 def test_import_gradio_skips_only_the_stub_writer_and_components_still_work() -> None:
     out = _run(
-        "from webui.gradio_import import import_gradio\n"
+        "from webui.ui.gradio_import import import_gradio\n"
         "gr = import_gradio()\n"
         "import gradio.component_meta as meta\n"
         "print(meta.create_or_modify_pyi.__name__)\n"
