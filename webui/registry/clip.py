@@ -51,6 +51,10 @@ class ClipModelError(ValueError):
     """A CLIP model that cannot be used; the message names the file and what Easel accepts."""
 
 
+class NoClipModelError(LookupError):
+    """There is no usable CLIP model; the message says which file to put where."""
+
+
 @dataclass(frozen=True)
 class ClipModelInfo:
     """One CLIP model on disk. ``error`` is set when it cannot be used (then it is never chosen)."""

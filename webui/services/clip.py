@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from webui.domain.clip import ClipScores, PhraseScores, clip_text, score_from_cosine, split_phrases
-from webui.registry.clip import INTERROGATE_FOLDER, ClipModelError, ClipModelInfo, scan_clip_models
+from webui.registry.clip import (
+    INTERROGATE_FOLDER,
+    ClipModelError,
+    ClipModelInfo,
+    NoClipModelError,
+    scan_clip_models,
+)
 from webui.services.options import OptionsStore
 
 if TYPE_CHECKING:
@@ -29,7 +35,7 @@ log = logging.getLogger(__name__)
 
 AUTOMATIC = "Automatic"
 
-__all__ = ["AUTOMATIC", "ClipModelError", "ClipModelInfo", "ClipService"]
+__all__ = ["AUTOMATIC", "ClipModelError", "ClipModelInfo", "ClipService", "NoClipModelError"]
 
 
 class ClipService:
@@ -83,7 +89,7 @@ class ClipService:
         if wanted in (None, "", AUTOMATIC):
             usable = [info for info in everything if info.usable]
             if not usable:
-                raise LookupError(self.missing_note())
+                raise NoClipModelError(self.missing_note())
             own = [info for info in usable if not info.reference]
             return (own or usable)[0]
         for info in everything:
