@@ -193,11 +193,12 @@ class ClipEmbedder:
             raise ValueError(f"expected NCHW RGB pixels, got shape {tuple(pixels.shape)}")
         x = pixels.to(self.device, self.dtype)
         height, width = x.shape[-2:]
-        scale = self.resize / min(height, width)
-        if (height, width) != (self.resize, self.resize) or scale != 1:
-            size = (max(self.resize, round(height * scale)), max(self.resize, round(width * scale)))
-            if size != (height, width):
-                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+        short, long = min(height, width), max(height, width)
+        target_long = int(self.resize * long / short)  # as CLIP's processor rounds (down)
+        size = (self.resize, target_long) if height <= width else (target_long, self.resize)
+        if size != (height, width):
+            antialias = short > self.resize
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
         x = _centre_crop(x, self.image_size)
         x = (x - self._mean) / self._std
         output = self.model.get_image_features(pixel_values=x)
