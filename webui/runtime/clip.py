@@ -12,6 +12,7 @@ OpenAI-layout files are converted to transformers' ``CLIPModel`` keys at load ti
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -165,6 +166,7 @@ class ClipEmbedder:
         mean: Sequence[float], std: Sequence[float],
     ) -> None:  # fmt: skip
         self.name = name
+        self.identity: tuple[object, ...] = (name,)  # the loader's key: a new one for every load
         self.model = model
         self.device = device
         self.dtype = torch.float32
@@ -251,6 +253,7 @@ class ClipLoader:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._embedder: ClipEmbedder | None = None
+        self._loads = itertools.count()
 
     def load(self, info: ClipModelInfo, device: str) -> ClipEmbedder:
         target = resolve_device(device)
@@ -277,6 +280,7 @@ class ClipLoader:
                 mean=mean,
                 std=std,
             )
+            embedder.identity = (*key, next(self._loads))
             self._key, self._embedder = key, embedder
             log.info("CLIP model %s loaded on %s", info.name, target)
             return embedder
