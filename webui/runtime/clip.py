@@ -110,7 +110,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _preprocessing(folder: Path | None, image_size: int) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """(resize target of the shorter side, mean, std) from ``preprocessor_config.json`` or OpenAI's."""
-    mean, std, size = OPENAI_MEAN, OPENAI_STD, image_size
+    mean: tuple[float, ...] = OPENAI_MEAN
+    std: tuple[float, ...] = OPENAI_STD
+    size = image_size
     path = folder / "preprocessor_config.json" if folder else None
     if path is not None and path.is_file():
         try:
@@ -154,7 +156,8 @@ def build_clip_model(info: ClipModelInfo) -> tuple[Any, int]:
             f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})"
         )
     model.eval().requires_grad_(False)
-    size, _, _ = _preprocessing(folder, config.vision_config.image_size)
+    vision: Any = config.vision_config
+    size, _, _ = _preprocessing(folder, int(vision.image_size))
     return model, size
 
 
