@@ -128,5 +128,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         faces=faces,
         history=history,
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
-        clip=ClipService(settings.clip_path, options, tokenizer_cache),
+        clip=ClipService(settings.clip_path, options, tokenizer_cache, cache / "clip-interrogate"),
     )

@@ -285,3 +285,27 @@ def test_alpha_is_composited_on_white() -> None:
     pixels = pil_to_pixels(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))
     assert pixels.shape == (1, 3, 4, 4) and torch.allclose(pixels, torch.ones_like(pixels))
     assert ClipLoader  # the loader is importable without loading anything
+
+
+def test_interrogation_list_embeddings_are_cached_on_disk(clip_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = ClipService(clip_root, OptionsStore(tmp_path / "a.json"), tmp_path / "tok", cache)
+    image = _images(1, seed=5)[0]
+    caption = first.interrogate(image, model="tiny-clip")
+    files = list(cache.glob("*.safetensors"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o644"
+
+    second = ClipService(clip_root, OptionsStore(tmp_path / "b.json"), tmp_path / "tok", cache)
+    embedder = second.embedder("tiny-clip")
+    calls: list[int] = []
+    original = embedder.text
+    embedder.text = lambda texts: calls.append(len(texts)) or original(texts)  # type: ignore[method-assign]
+    try:
+        assert second.interrogate(image, model="tiny-clip") == caption
+    finally:
+        del embedder.text
+    assert calls == []  # read from the cache, not embedded again
+    files[0].write_bytes(b"damaged")
+    third = ClipService(clip_root, OptionsStore(tmp_path / "c.json"), tmp_path / "tok", cache)
+    assert third.interrogate(image, model="tiny-clip") == caption  # rebuilt
+    assert len(list(cache.glob("*.safetensors"))) == 1 and files[0].stat().st_size > 1000
