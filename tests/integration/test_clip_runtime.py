@@ -309,3 +309,19 @@ def test_interrogation_list_embeddings_are_cached_on_disk(clip_root: Path, tmp_p
     third = ClipService(clip_root, OptionsStore(tmp_path / "c.json"), tmp_path / "tok", cache)
     assert third.interrogate(image, model="tiny-clip") == caption  # rebuilt
     assert len(list(cache.glob("*.safetensors"))) == 1 and files[0].stat().st_size > 1000
+
+
+def test_a_config_that_does_not_fit_its_weights_is_a_clear_error(clip_root: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    root = tmp_path / "clip"
+    shutil.copytree(clip_root / "tiny-clip", root / "mismatch")
+    config = json.loads((root / "mismatch" / "config.json").read_text())
+    config["projection_dim"] = 48
+    (root / "mismatch" / "config.json").write_text(json.dumps(config))
+    service = ClipService(root, OptionsStore(tmp_path / "c.json"), tmp_path / "tok")
+    with pytest.raises(ClipModelError, match="mismatch: its weights do not fit its configuration"):
+        service.score(_images(1), "a cat")
+    (root / "mismatch" / "config.json").write_text(json.dumps({**config, "projection_dim": 32}))
+    assert len(service.score(_images(1), "a cat").scores) == 1  # fixed file: loads (nothing stuck)

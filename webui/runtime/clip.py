@@ -145,10 +145,16 @@ def build_clip_model(info: ClipModelInfo) -> tuple[Any, int]:
             config_data["text_config"]["hidden_act"] = config_data["vision_config"]["hidden_act"] = "gelu"
         config_data.pop("variant", None)
         folder = None
-    config = CLIPConfig.from_dict(config_data)
-    model = CLIPModel(config)
-    state = {key: value.float() for key, value in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        config = CLIPConfig.from_dict(config_data)
+        model = CLIPModel(config)
+        state = {key: value.float() for key, value in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # sizes in config.json vs the weights
+        first = str(exc).strip().splitlines()
+        raise ClipModelError(
+            f"{info.path.name}: its weights do not fit its configuration ({first[-1] if first else exc})"
+        ) from exc
     missing = [key for key in missing if not key.endswith("position_ids")]
     if missing or unexpected:
         raise ClipModelError(
@@ -262,7 +268,11 @@ class ClipLoader:
         target = resolve_device(device)
         weights = info.weights
         try:
-            stamp = weights.stat().st_mtime_ns
+            stamp = tuple(
+                path.stat().st_mtime_ns
+                for path in (weights, info.path / "config.json")
+                if path == weights or info.kind == "transformers"
+            )
         except OSError as exc:
             raise ClipModelError(f"{weights.name}: cannot be read ({exc.strerror or exc})") from exc
         key = (str(info.path), stamp, str(target))
