@@ -325,3 +325,44 @@ def test_a_config_that_does_not_fit_its_weights_is_a_clear_error(clip_root: Path
         service.score(_images(1), "a cat")
     (root / "mismatch" / "config.json").write_text(json.dumps({**config, "projection_dim": 32}))
     assert len(service.score(_images(1), "a cat").scores) == 1  # fixed file: loads (nothing stuck)
+
+
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_openclip_state_dicts_give_openclips_own_embeddings(tmp_path: Path, quick_gelu: bool) -> None:
+    """An independent check of the OpenAI-layout conversion: OpenCLIP's own model is the reference."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from safetensors.torch import save_file
+
+    torch.manual_seed(11)
+    reference = CLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=64, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+        quick_gelu=quick_gelu,
+    ).eval()
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if "ln" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    state = {key: value.contiguous() for key, value in reference.state_dict().items()}
+    if quick_gelu:  # as OpenAI's own files: quick-GELU, marked by these scalars
+        state.update({key: torch.tensor(v) for key, v in (("input_resolution", 32), ("context_length", 77))})
+        state["vocab_size"] = torch.tensor(49408)
+    root = tmp_path / "clip"
+    root.mkdir()
+    save_file(state, str(root / "oc.safetensors"))
+    service = ClipService(root, OptionsStore(tmp_path / "c.json"), tmp_path / "tok")
+    assert service.models()[0].kind == ("openai" if quick_gelu else "open_clip")
+    embedder = service.embedder("oc")
+
+    texts = ["a red circle on a blue background", "a cat"]
+    with torch.no_grad():
+        theirs_text = reference.encode_text(open_clip.tokenize(texts), normalize=True)
+        pixels = torch.rand(2, 3, 32, 32)
+        mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+        std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+        theirs_image = reference.encode_image((pixels - mean) / std, normalize=True)
+        ours_image = embedder.images(pixels)
+    assert torch.allclose(embedder.text(texts), theirs_text, atol=1e-5)
+    assert torch.allclose(ours_image, theirs_image, atol=1e-5)
