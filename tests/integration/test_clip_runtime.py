@@ -366,3 +366,31 @@ def test_openclip_state_dicts_give_openclips_own_embeddings(tmp_path: Path, quic
         ours_image = embedder.images(pixels)
     assert torch.allclose(embedder.text(texts), theirs_text, atol=1e-5)
     assert torch.allclose(ours_image, theirs_image, atol=1e-5)
+
+
+def test_a_folder_with_pytorch_model_bin_loads_tensors_only(clip_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    root = tmp_path / "clip"
+    folder = root / "bin-clip"
+    folder.mkdir(parents=True)
+    shutil.copy(clip_root / "tiny-clip" / "config.json", folder / "config.json")
+    torch.save(load_file(str(clip_root / "tiny-clip" / "model.safetensors")), folder / "pytorch_model.bin")
+    service = ClipService(root, OptionsStore(tmp_path / "c.json"), tmp_path / "tok")
+    assert service.models()[0].weights == folder / "pytorch_model.bin"
+    reference = ClipService(clip_root, OptionsStore(tmp_path / "r.json"), tmp_path / "tok")
+    texts = ["a green square"]
+    assert torch.allclose(
+        service.embedder().text(texts), reference.embedder("tiny-clip").text(texts), atol=1e-6
+    )
+
+    class Payload:  # a pickle that would run code: refused
+        def __reduce__(self) -> tuple[object, ...]:
+            return (print, ("unsafe",))
+
+    torch.save({"model": Payload()}, folder / "pytorch_model.bin")
+    fresh = ClipService(root, OptionsStore(tmp_path / "d.json"), tmp_path / "tok")
+    with pytest.raises(ClipModelError, match="refuses to load it"):
+        fresh.embedder()
