@@ -65,6 +65,9 @@ class GenerationParams(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     # ControlNet units (the extension's ``alwayson_scripts.controlnet.args``); inactive ones are ignored.
     controlnet_units: list[ControlNetUnit] = Field(default_factory=list)
+    # Best of N by CLIP score: make clip_best_of images (0: off), keep the clip_keep that fit the prompt best.
+    clip_best_of: int = Field(0, ge=0, le=100)
+    clip_keep: int = Field(1, ge=1, le=100)
 
     @field_validator("width", "height")
     @classmethod
@@ -82,6 +85,15 @@ class GenerationParams(BaseModel):
         if value not in ("png", "jpg", "webp"):
             raise ValueError(f"unknown image format {value!r}; use png, jpg or webp")
         return value
+
+    @model_validator(mode="after")
+    def _keep_fits(self) -> GenerationParams:
+        if self.clip_best_of and self.clip_keep > self.clip_best_of:
+            raise ValueError(
+                f"best of N keeps at most the N images it makes "
+                f"(keep {self.clip_keep} of {self.clip_best_of})"
+            )
+        return self
 
     @property
     def seed_resize_from(self) -> tuple[int, int] | None:
