@@ -95,7 +95,7 @@ class SolidEngine:
         return Image.new("RGB", (32, 32), (200, 200, 200))
 
 
-def clip_services(data_dir: Path, clip: FakeClip | None) -> Any:
+def clip_services(data_dir: Path, clip: FakeClip | None, **settings: Any) -> Any:
     """Real services with :class:`SolidEngine` and ``clip`` as the CLIP service."""
     from webui.container import build_services
     from webui.settings import Settings
@@ -103,7 +103,9 @@ def clip_services(data_dir: Path, clip: FakeClip | None) -> Any:
     ckpt_dir = data_dir / "models" / "Stable-diffusion"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / "tiny.ckpt").write_bytes(b"not really a checkpoint" * 64)
-    services = build_services(Settings(data_dir=data_dir, preload_model=False), engine_factory=SolidEngine)
+    services = build_services(
+        Settings(data_dir=data_dir, preload_model=False, **settings), engine_factory=SolidEngine
+    )
     services.clip = clip  # type: ignore[attr-defined]
     services.generation.clip = clip
     return services
