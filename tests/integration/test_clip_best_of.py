@@ -118,3 +118,32 @@ def test_score_images_records_the_score_in_the_saved_file(services: Any) -> None
         assert on_disk == image.infotext
         assert on_disk.endswith("Version: easel-0.1.0") or "Version" not in on_disk
     assert len(_saved(services)) == 2  # rewritten in place, no new files
+
+
+@pytest.mark.slow
+def test_best_of_with_a_real_clip_model_keeps_the_highest_scores(tmp_path: Path) -> None:
+    """The real CLIP service (a random tiny CLIP in the transformers layout) ranks and records the scores."""
+    pytest.importorskip("transformers")
+    from tests.clip_fakes import SolidEngine
+    from tests.fixtures.clip_files import save_transformers_folder, tiny_clip_model
+    from webui.container import build_services
+    from webui.settings import Settings
+
+    save_transformers_folder(tiny_clip_model(seed=3), tmp_path / "models" / "clip" / "tiny-clip")
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "tiny.ckpt").write_bytes(b"not really a checkpoint" * 64)
+    services = build_services(Settings(data_dir=tmp_path, preload_model=False), engine_factory=SolidEngine)
+    try:
+        assert services.clip is not None and services.clip.available()
+        everything = services.generation.txt2img(_request(seed=60, batch_size=6))
+        direct = services.clip.score([Image.open(image.path) for image in everything.images], "a red square")
+        result = services.generation.txt2img(_request(seed=60, clip_best_of=6, clip_keep=2, batch_size=4))
+        best = sorted(range(6), key=lambda i: -direct.scores[i])[:2]
+        assert [image.seed for image in result.images] == [60 + i for i in best]
+        for image, index in zip(result.images, best, strict=True):
+            score, model = recorded_score(image.infotext) or (None, None)
+            assert model == "tiny-clip"
+            assert score == pytest.approx(direct.scores[index], abs=0.006)  # written with two decimals
+    finally:
+        services.generation.shutdown()
