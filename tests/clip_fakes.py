@@ -32,6 +32,9 @@ class FakeClip:
     def available(self) -> bool:
         return self.present
 
+    def choices(self) -> list[str]:
+        return ["Automatic", self.name] if self.present else ["Automatic"]
+
     def model_name(self, model: str | None = None) -> str:
         return self.name
 

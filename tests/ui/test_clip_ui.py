@@ -66,7 +66,8 @@ def _generate(services: Any, **fields: Any) -> list[Any]:
 def test_without_a_clip_model_the_controls_are_hidden_and_a_note_says_where(tmp_path: Path) -> None:
     from webui.ui.app import build_ui
 
-    services = clip_services(tmp_path, FakeClip(present=False))
+    clip = FakeClip(present=False)
+    services = clip_services(tmp_path, clip)
     try:
         blocks = build_ui(services)
         for tab in ("txt2img", "img2img"):
@@ -79,6 +80,10 @@ def test_without_a_clip_model_the_controls_are_hidden_and_a_note_says_where(tmp_
         after = _handler(blocks, "after_generation")
         result = after(images, [], False)
         assert result[2] == images and recorded_score(images[0].infotext) is None
+        # a model dropped into models/clip while Easel runs shows the controls at the next page load
+        clip.present = True
+        controls, panel, note = _handler(blocks, "visibility")()
+        assert controls["visible"] and panel["visible"] and not note["visible"]
     finally:
         services.generation.shutdown()
 

@@ -143,6 +143,7 @@ def build_score_panel(services: Any, tab: str) -> ScorePanel:
                     label="Compare with (optional)",
                     type="pil",
                     sources=["upload", "clipboard"],
+                    format="png",  # lossless: a pinned image scores as it did in the gallery
                     height=160,
                     elem_id=f"{tab}_clip_compare",
                 )
@@ -379,6 +380,30 @@ def wire_scoring(
 def interrogate_button() -> gr.Button:
     """img2img's "Interrogate CLIP" button (A1111 places it under Generate)."""
     return gr.Button("Interrogate CLIP", size="sm", elem_id="img2img_interrogate")
+
+
+def wire_visibility(services: Any, controls: ClipControls, panel: ScorePanel) -> None:
+    """On each page load, show the CLIP controls when a model is there (one dropped into models/clip while
+    Easel runs is picked up by reloading the page), else the note."""
+    from gradio.context import Context
+
+    root = Context.root_block
+    if root is None:
+        return
+
+    def visibility() -> tuple[Any, Any, Any]:
+        present = clip_available(services)
+        note = "" if present else f"CLIP scores are off: {missing_note(services)}"
+        shown = gr.update(visible=present)
+        return shown, shown, gr.update(value=note, visible=not present)
+
+    root.load(
+        visibility,
+        outputs=[controls.group, panel.group, controls.note],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 def wire_interrogate(

@@ -29,6 +29,7 @@ from webui.ui.clip_scores import (
     interrogate_button,
     wire_interrogate,
     wire_scoring,
+    wire_visibility,
 )
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
@@ -237,6 +238,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         sub.select(lambda n=name: n, outputs=mode, api_visibility="private", queue=False)
     _wire(services, tab, area.generate, area.interrupt, area.skip)
     wire_scoring(services, clip_scores, events=clip_scores.events, gallery=out.gallery, infotext=out.infotext)
+    wire_visibility(services, clip, clip_scores)
     wire_interrogate(
         services, area.tools, image_of_tab=interrogated_image, prompt=area.prompt,
         inputs=[mode, image, editor, upload_image, upload_mask],

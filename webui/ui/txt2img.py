@@ -21,7 +21,13 @@ from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import params
-from webui.ui.clip_scores import build_clip_controls, build_score_panel, caption, wire_scoring
+from webui.ui.clip_scores import (
+    build_clip_controls,
+    build_score_panel,
+    caption,
+    wire_scoring,
+    wire_visibility,
+)
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.hires import build_hires_controls
 from webui.ui.progress_bar import progress_html
@@ -183,6 +189,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         services, clip_scores, events=clip_scores.events, gallery=out.gallery, infotext=out.infotext,
         infotexts=last_infotexts,
     )  # fmt: skip
+    wire_visibility(services, clip, clip_scores)
     params.wire_generation_rows(services, area, sampling, seeds, out.infotext)
     return tab
 
