@@ -184,6 +184,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             "clip_scores": clip_scores,
         },
     )
+    clip_scores.selected = selected  # one selection for send-to, sorting and the alignment chart
     _wire(services, tab)
     wire_scoring(
         services, clip_scores, events=clip_scores.events, gallery=out.gallery, infotext=out.infotext,
