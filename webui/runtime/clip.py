@@ -12,6 +12,7 @@ OpenAI-layout files are converted to transformers' ``CLIPModel`` keys at load ti
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -165,6 +166,7 @@ class ClipEmbedder:
         mean: Sequence[float], std: Sequence[float],
     ) -> None:  # fmt: skip
         self.name = name
+        self.identity: tuple[object, ...] = (name,)  # the loader's key: a new one for every load
         self.model = model
         self.device = device
         self.dtype = torch.float32
@@ -193,11 +195,12 @@ class ClipEmbedder:
             raise ValueError(f"expected NCHW RGB pixels, got shape {tuple(pixels.shape)}")
         x = pixels.to(self.device, self.dtype)
         height, width = x.shape[-2:]
-        scale = self.resize / min(height, width)
-        if (height, width) != (self.resize, self.resize) or scale != 1:
-            size = (max(self.resize, round(height * scale)), max(self.resize, round(width * scale)))
-            if size != (height, width):
-                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+        short, long = min(height, width), max(height, width)
+        target_long = int(self.resize * long / short)  # as CLIP's processor rounds (down)
+        size = (self.resize, target_long) if height <= width else (target_long, self.resize)
+        if size != (height, width):
+            antialias = short > self.resize
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
         x = _centre_crop(x, self.image_size)
         x = (x - self._mean) / self._std
         output = self.model.get_image_features(pixel_values=x)
@@ -250,6 +253,7 @@ class ClipLoader:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._embedder: ClipEmbedder | None = None
+        self._loads = itertools.count()
 
     def load(self, info: ClipModelInfo, device: str) -> ClipEmbedder:
         target = resolve_device(device)
@@ -276,6 +280,7 @@ class ClipLoader:
                 mean=mean,
                 std=std,
             )
+            embedder.identity = (*key, next(self._loads))
             self._key, self._embedder = key, embedder
             log.info("CLIP model %s loaded on %s", info.name, target)
             return embedder

@@ -89,7 +89,8 @@ class ClipService:
         if wanted in (None, "", AUTOMATIC):
             usable = [info for info in everything if info.usable]
             if not usable:
-                raise NoClipModelError(self.missing_note())
+                reasons = " ".join(f"({info.error})" for info in everything)
+                raise NoClipModelError(f"{self.missing_note()} {reasons}".strip())
             own = [info for info in usable if not info.reference]
             return (own or usable)[0]
         for info in everything:
@@ -165,7 +166,7 @@ class ClipService:
             embedder = self.embedder(model)
             if self._interrogator is None:
                 self._interrogator = Interrogator()
-            key = (id(embedder), embedder.name, PhraseLists.stamp(user_dir))
+            key = (embedder.identity, PhraseLists.stamp(user_dir))
             image_embedding = embedder.pil_images([image])
             return self._interrogator.interrogate(
                 image_embedding, key=key, lists=lambda: PhraseLists.load(user_dir), embed=embedder.text
