@@ -64,7 +64,7 @@ def test_best_of_errors_are_clear(client: TestClient, clip: FakeClip) -> None:
     assert "keep 3 of 2" in too_many.json()["detail"]
     clip.present = False
     missing = client.post("/sdapi/v1/txt2img", json={**SMALL, "clip_best_of": 2})
-    assert missing.status_code == 422
+    assert missing.status_code == 409
     assert "models/clip" in missing.json()["detail"]
 
 

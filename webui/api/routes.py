@@ -465,6 +465,7 @@ def install_error_handlers(app: FastAPI) -> None:
         "ModelNotFoundError": 404,
         "NoModelError": 404,
         "GenerationError": 422,
+        "ClipUnavailableError": 409,  # best of N without a CLIP model, as /easel/v1/clip/score answers
     }
 
     async def _known(request: Request, exc: Exception) -> JSONResponse:
