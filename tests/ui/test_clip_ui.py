@@ -58,6 +58,11 @@ def _handler(blocks: Any, name: str, trigger_id: str | None = None) -> Any:
     return found[0]
 
 
+def _after(blocks: Any, images: list[Any], extras: list[Any], by_score: bool) -> tuple[Any, ...]:
+    """What the follow-up event of a generation shows at the end (it first says it is scoring)."""
+    return list(_handler(blocks, "after_generation")(images, extras, by_score))[-1]
+
+
 def _generate(services: Any, **fields: Any) -> list[Any]:
     values: dict[str, Any] = {"prompt": "red, green", "steps": 2, "width": 64, "height": 64, "seed": 254}
     return services.generation.txt2img(Txt2ImgRequest(**{**values, **fields})).images
@@ -77,8 +82,7 @@ def test_without_a_clip_model_the_controls_are_hidden_and_a_note_says_where(tmp_
             assert note.visible and "models/clip" in note.value
         # the follow-up event leaves an unscored gallery alone
         images = _generate(services)
-        after = _handler(blocks, "after_generation")
-        result = after(images, [], False)
+        result = _after(blocks, images, [], False)
         assert result[2] == images and recorded_score(images[0].infotext) is None
         # a model dropped into models/clip while Easel runs shows the controls at the next page load
         clip.present = True
@@ -103,8 +107,9 @@ def _txt2img_fields(blocks: Any) -> list[str]:
 
 def test_scores_after_generation_go_to_captions_infotext_and_files(app: SimpleNamespace) -> None:
     images = _generate(app.services, batch_size=3)  # seeds 254, 255, 256 -> reds 254, 255, 0
-    after = _handler(app.blocks, "after_generation", None)
-    gallery, infotext, scored, status, selected, infotexts = after(images, [], False)
+    first, last = list(_handler(app.blocks, "after_generation")(images, [], False))
+    assert first[3] == "Scoring 3 images with CLIP…"  # said while the model works; the gallery is not touched
+    gallery, infotext, scored, status, selected, infotexts = last
     captions = [caption for _, caption in gallery]
     assert captions == ["Seed 254 · CLIP 25.40", "Seed 255 · CLIP 25.50", "Seed 256 · CLIP 0.00"]
     assert "CLIP score: 25.40 (fake-clip)" in infotext
@@ -115,7 +120,7 @@ def test_scores_after_generation_go_to_captions_infotext_and_files(app: SimpleNa
         assert read_infotext(image.png_bytes)[0] == image.infotext
     # run again (e.g. after a failed generation): nothing is scored twice
     calls = len(app.clip.calls)
-    again = after(scored, [], False)
+    again = _after(app.blocks, scored, [], False)
     assert len(app.clip.calls) == calls and again[0] is not None
 
     resort = _handler(app.blocks, "resort", "txt2img_clip_sort")
@@ -127,13 +132,12 @@ def test_scores_after_generation_go_to_captions_infotext_and_files(app: SimpleNa
 
 
 def test_scoring_can_be_turned_off_and_failures_keep_the_images(app: SimpleNamespace) -> None:
-    after = _handler(app.blocks, "after_generation")
     app.services.options.update({"easel_clip_score": False})
     images = _generate(app.services)
-    assert after(images, [], False)[2] == images and not app.clip.calls
+    assert _after(app.blocks, images, [], False)[2] == images and not app.clip.calls
     app.services.options.update({"easel_clip_score": True})
     app.clip.fail = RuntimeError("the CLIP file is truncated")
-    _gallery, _infotext, kept, status, *_ = after(images, [], False)
+    _gallery, _infotext, kept, status, *_ = _after(app.blocks, images, [], False)
     assert kept == images and "CLIP scoring failed" in status
     assert read_infotext(images[0].path)[0] == images[0].infotext
 
@@ -141,7 +145,7 @@ def test_scoring_can_be_turned_off_and_failures_keep_the_images(app: SimpleNames
 def test_best_of_from_the_tab_is_not_scored_again(app: SimpleNamespace) -> None:
     images = _generate(app.services, seed=250, clip_best_of=4, clip_keep=2)
     calls = len(app.clip.calls)
-    gallery, *_ = _handler(app.blocks, "after_generation")(images, [], True)
+    gallery, *_ = _after(app.blocks, images, [], True)
     assert len(app.clip.calls) == calls
     assert [caption for _, caption in gallery] == ["Seed 253 · CLIP 25.30", "Seed 252 · CLIP 25.20"]
 
@@ -162,7 +166,7 @@ def test_alignment_chart_ranks_the_phrase_in_the_image_first(app: SimpleNamespac
 
 
 def test_pin_puts_the_selected_image_in_the_comparison(app: SimpleNamespace) -> None:
-    images = _handler(app.blocks, "after_generation")(_generate(app.services, batch_size=2), [], False)[2]
+    images = _after(app.blocks, _generate(app.services, batch_size=2), [], False)[2]
     pin = _handler(app.blocks, "pin", "txt2img_clip_pin")
     pinned = pin(images, True, 0)  # sorted: seed 255 first
     assert pinned.getpixel((0, 0))[0] == 255
@@ -203,7 +207,7 @@ def test_interrogate_fills_the_prompt(app: SimpleNamespace) -> None:
 
 def test_png_info_shows_the_score_and_send_to_ignores_it(app: SimpleNamespace) -> None:
     images = _generate(app.services)
-    scored = _handler(app.blocks, "after_generation")(images, [], False)[2]
+    scored = _after(app.blocks, images, [], False)[2]
     infotext, parsed, _extra = read_image_info(scored[0].path)
     assert parsed["CLIP score"] == "25.40 (fake-clip)"
     available = {"prompt", "negative_prompt", "steps", "seed", "width", "height", "clip_best_of"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,18 +293,27 @@ def wire_scoring(
     """Score after each of ``events`` (generate), sort, select, and the alignment chart's buttons."""
     shown_infotexts = [infotexts] if infotexts is not None else []
 
-    def after_generation(images: list[GeneratedImage], extras: list[Any], by_score: bool) -> tuple[Any, ...]:
+    skip_all = (gr.skip(),) * (5 + len(shown_infotexts))
+
+    def after_generation(
+        images: list[GeneratedImage], extras: list[Any], by_score: bool
+    ) -> Iterator[tuple[Any, ...]]:
         if not images:
-            return (gr.skip(),) * (5 + len(shown_infotexts))
+            yield skip_all
+            return
+        pending = sum(recorded_score(image.infotext) is None for image in images)
+        if pending and score_after_generation(services) and clip_available(services):
+            scoring = f"Scoring {pending} image{'s' if pending != 1 else ''} with CLIP…"
+            yield (*skip_all[:3], scoring, *skip_all[4:])
         updated, error = score_generated(services, images)
         if error is not None:
             gr.Warning(error)
-        if updated == images and not by_score:  # nothing new to show: leave the gallery as it is
-            status = error or score_status(updated)
-            return (gr.skip(), gr.skip(), updated, status, 0) + (gr.skip(),) * len(shown_infotexts)
-        value, texts = gallery_items(updated, extras, by_score)
         status = error or score_status(updated)
-        return (value, texts[0] if texts else "", updated, status, 0) + ((texts,) if shown_infotexts else ())
+        if updated == images and not by_score:  # nothing new to show: leave the gallery as it is
+            yield (gr.skip(), gr.skip(), updated, status) + (gr.skip(),) * (1 + len(shown_infotexts))
+            return
+        value, texts = gallery_items(updated, extras, by_score)
+        yield (value, texts[0] if texts else "", updated, status, 0) + ((texts,) if shown_infotexts else ())
 
     outputs = [gallery, infotext, panel.generated, panel.status, panel.selected, *shown_infotexts]
     for event in events:
