@@ -95,6 +95,20 @@ def test_clip_scores_alignment_and_interrogate(open_page: OpenPage, tmp_path: Pa
     page.locator("#txt2img_clip_alignment").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "txt2img-alignment.png"), full_page=True)
 
+    # best of N: 4 made, the 2 best kept and shown, every score in the parameters
+    page.locator("#txt2img_clip").get_by_text("CLIP").first.click()
+    for elem_id, value in (("txt2img_clip_best_of", 4), ("txt2img_clip_keep", 2)):
+        field = page.locator(f"#{elem_id} input[type=number]")
+        field.fill(str(value))
+        field.press("Tab")
+    set_size_steps_seed(page, "txt2img", steps=8, seed=21)
+    page.click("#txt2img_generate")
+    wait_for_text(page, "#txt2img_infotext textarea", "CLIP scores: ")
+    best = page.locator("#txt2img_infotext textarea").input_value()
+    assert re.search(r'CLIP scores: "best 2 of 4: [\d.]+, [\d.]+, [\d.]+, [\d.]+"', best), best
+    assert page.locator("#txt2img_gallery .thumbnail-item").count() == 2
+    page.screenshot(path=str(tmp_path / "txt2img-best-of.png"), full_page=True)
+
     page.get_by_role("tab", name="img2img", exact=True).click()
     page.wait_for_selector("#img2img_interrogate", timeout=30_000)
     page.click("#img2img_interrogate")  # no image yet: a message, the prompt stays empty
