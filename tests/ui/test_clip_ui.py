@@ -214,3 +214,14 @@ def test_png_info_shows_the_score_and_send_to_ignores_it(app: SimpleNamespace) -
     fields = fields_to_send(infotext, SimpleNamespace(send_seed=True, send_size=True), available)
     assert fields["prompt"] == "red, green" and fields["seed"] == 254
     assert "clip_best_of" not in fields
+
+
+def test_best_of_mistakes_read_as_sentences() -> None:
+    from pydantic import ValidationError
+
+    from webui.ui.user_errors import user_message
+
+    with pytest.raises(ValidationError) as info:
+        Txt2ImgRequest(clip_best_of=2, clip_keep=3)
+    message = user_message(info.value)
+    assert message == "Keep the best k must be at most N, the images best of N makes (keep 3 of 2)."

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
@@ -86,14 +86,13 @@ class GenerationParams(BaseModel):
             raise ValueError(f"unknown image format {value!r}; use png, jpg or webp")
         return value
 
-    @model_validator(mode="after")
-    def _keep_fits(self) -> GenerationParams:
-        if self.clip_best_of and self.clip_keep > self.clip_best_of:
-            raise ValueError(
-                f"best of N keeps at most the N images it makes "
-                f"(keep {self.clip_keep} of {self.clip_best_of})"
-            )
-        return self
+    @field_validator("clip_keep")
+    @classmethod
+    def _keep_fits(cls, value: int, info: ValidationInfo) -> int:
+        count = info.data.get("clip_best_of") or 0
+        if count and value > count:
+            raise ValueError(f"must be at most N, the images best of N makes (keep {value} of {count})")
+        return value
 
     @property
     def seed_resize_from(self) -> tuple[int, int] | None:
