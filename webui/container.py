@@ -120,6 +120,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     cache = settings.cache_dir
     history = HistoryService(cache / "history.sqlite3", settings.outputs_path, cache / "history-thumbnails")
     generation.history = history
+    clip = ClipService(settings.clip_path, options, tokenizer_cache, cache / "clip-interrogate")
+    generation.clip = clip  # best of N scores through the one CLIP service
     return Services(
         settings=settings,
         options=options,
@@ -133,5 +135,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         faces=faces,
         history=history,
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
-        clip=ClipService(settings.clip_path, options, tokenizer_cache, cache / "clip-interrogate"),
+        clip=clip,
     )

@@ -98,6 +98,7 @@ def txt2img_request(
     for name in (
         "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "steps",
         "cfg_scale", "width", "height", "eta", "seed_resize_from_w", "seed_resize_from_h",
+        "clip_best_of", "clip_keep",
     ):  # fmt: skip
         if name in sent or name not in fields:
             value = getattr(body, name)
@@ -464,6 +465,7 @@ def install_error_handlers(app: FastAPI) -> None:
         "ModelNotFoundError": 404,
         "NoModelError": 404,
         "GenerationError": 422,
+        "ClipUnavailableError": 409,  # best of N without a CLIP model, as /easel/v1/clip/score answers
     }
 
     async def _known(request: Request, exc: Exception) -> JSONResponse:

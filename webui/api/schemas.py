@@ -66,6 +66,11 @@ class Txt2ImgBody(BaseModel):
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
+    # Easel: best of N by CLIP score (needs a CLIP model in models/clip).
+    clip_best_of: int = Field(
+        0, ge=0, le=100, description="Easel: make this many images (N; 0 = off), keep the best by CLIP score"
+    )
+    clip_keep: int = Field(1, ge=1, le=100, description="Easel: with clip_best_of, the images kept (k)")
 
 
 class ImagesResponse(BaseModel):

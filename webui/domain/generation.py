@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
@@ -65,6 +65,9 @@ class GenerationParams(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     # ControlNet units (the extension's ``alwayson_scripts.controlnet.args``); inactive ones are ignored.
     controlnet_units: list[ControlNetUnit] = Field(default_factory=list)
+    # Best of N by CLIP score: make clip_best_of images (0: off), keep the clip_keep that fit the prompt best.
+    clip_best_of: int = Field(0, ge=0, le=100)
+    clip_keep: int = Field(1, ge=1, le=100)
 
     @field_validator("width", "height")
     @classmethod
@@ -81,6 +84,14 @@ class GenerationParams(BaseModel):
             value = "jpg"
         if value not in ("png", "jpg", "webp"):
             raise ValueError(f"unknown image format {value!r}; use png, jpg or webp")
+        return value
+
+    @field_validator("clip_keep")
+    @classmethod
+    def _keep_fits(cls, value: int, info: ValidationInfo) -> int:
+        count = info.data.get("clip_best_of") or 0
+        if count and value > count:
+            raise ValueError(f"must be at most N, the images best of N makes (keep {value} of {count})")
         return value
 
     @property

@@ -22,6 +22,7 @@ from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgReq
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.metadata.image_io import ImageFormat, dated_output_dir, encode_image, save_image_atomic
 from webui.metadata.infotext import build_infotext, generation_params
+from webui.services.clip_scoring import check_best_of, run_best_of
 from webui.services.img2img import ImageModesMixin
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
@@ -59,6 +60,7 @@ class GenerationService(ImageModesMixin):
         self.controlnet: Any = None  # webui.services.controlnet.ControlNetService, set by the container
         self.faces: Any = None  # webui.services.faces.FaceRestoreService, set by the container
         self.history: Any = None  # webui.services.history.HistoryService, set by the container
+        self.clip: Any = None  # webui.services.clip.ClipService (best of N), set by the container
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -117,6 +119,7 @@ class GenerationService(ImageModesMixin):
 
     def submit_txt2img(self, request: Txt2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
+        check_best_of(self.clip, request)  # best of N without a CLIP model fails here too
         return self.submit_call(lambda: self._run_txt2img(request), task_id)
 
     def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
@@ -209,6 +212,8 @@ class GenerationService(ImageModesMixin):
         from webui.runtime.noise import batch_seeds
 
         request = self._with_styles(request)
+        if request.clip_best_of:  # generate N unsaved, keep the k best by CLIP score (services.clip_scoring)
+            return run_best_of(self, request, self._run_txt2img)
         opts = self.job_options(request)
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         record = (

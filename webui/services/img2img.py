@@ -31,6 +31,7 @@ from webui.domain.img2img import (
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.domain.sd_upscale import infotext_extra as sd_upscale_infotext_extra
 from webui.domain.sd_upscale import tile_count
+from webui.services.clip_scoring import check_best_of
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class ImageModesMixin:
     def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
         inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
         self.check_controlnet_units(request)
+        check_best_of(getattr(self, "clip", None), request)  # best of N without a CLIP model fails here
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
 

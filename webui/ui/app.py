@@ -12,6 +12,7 @@ import gradio as gr
 
 from webui.services.ui_config import FILE_NAME as UI_CONFIG_FILE
 from webui.services.ui_config import UiConfigStore
+from webui.ui.clip_scores import CLIP_CSS
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extras import build_extras
 from webui.ui.frontend import build_frontend, frontend_css, frontend_js
@@ -115,5 +116,5 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    css = CSS + PARAMS_CSS + icon_css() + frontend_css()
+    css = CSS + PARAMS_CSS + icon_css() + frontend_css() + CLIP_CSS
     return {"theme": theme, "css": css, "js": frontend_js(), "footer_links": ["api", "settings"]}

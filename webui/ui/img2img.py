@@ -22,6 +22,15 @@ from pydantic import ValidationError
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from webui.ui import params
+from webui.ui.clip_scores import (
+    build_clip_controls,
+    build_score_panel,
+    caption,
+    interrogate_button,
+    wire_interrogate,
+    wire_scoring,
+    wire_visibility,
+)
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.progress_bar import progress_html
@@ -79,7 +88,7 @@ def editor_mask(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
 
 def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2ImgTab:
     defaults = Img2ImgRequest(init_images=["-"])
-    area = params.build_prompt_area(services, "img2img")
+    area = params.build_prompt_area(services, "img2img", tools=interrogate_button)
     mode = gr.State(MODE_IMG2IMG)
     with gr.Row():
         with gr.Column(scale=1):
@@ -176,8 +185,10 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             restore_faces, tiling = build_flags("img2img")
             controlnet = build_controlnet_units(services, "img2img")
             script = build_script_controls(services)
+            clip = build_clip_controls(services, "img2img")
         with gr.Column(scale=1):
             out = params.build_output_column("img2img")
+            clip_scores = build_score_panel(services, "img2img")
     fields: dict[str, gr.components.Component] = {
         "prompt": area.prompt,
         "negative_prompt": area.negative_prompt,
@@ -195,6 +206,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "restore_faces": restore_faces,
         "tiling": tiling,
         **controlnet.fields,
+        **clip.fields,
     }
     tab = Img2ImgTab(
         fields=fields,
@@ -218,13 +230,28 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             "prompt_area": area,
             "sampling": sampling,
             "seeds": seeds,
+            "clip": clip,
+            "clip_scores": clip_scores,
         },
     )
     for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
         sub.select(lambda n=name: n, outputs=mode, api_visibility="private", queue=False)
     _wire(services, tab, area.generate, area.interrupt, area.skip)
+    wire_scoring(services, clip_scores, events=clip_scores.events, gallery=out.gallery, infotext=out.infotext)
+    wire_visibility(services, clip, clip_scores)
+    wire_interrogate(
+        services, area.tools, image_of_tab=interrogated_image, prompt=area.prompt,
+        inputs=[mode, image, editor, upload_image, upload_mask],
+    )  # fmt: skip
     params.wire_generation_rows(services, area, sampling, seeds, out.infotext)
     return tab
+
+
+def interrogated_image(mode: str, image: Any, editor: Any, upload_image: Any, upload_mask: Any) -> Any:
+    """The image of the selected sub-tab that "Interrogate CLIP" describes (None when there is none)."""
+    if mode == MODE_INPAINT:
+        return editor_mask(editor)[0]
+    return upload_image if mode == MODE_UPLOAD else image
 
 
 def request_images(
@@ -248,6 +275,7 @@ def request_images(
 def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.Button, skip: gr.Button) -> None:
     generation = services.generation
     progress_md, preview, error = tab.extra["progress"], tab.extra["preview"], tab.extra["error"]
+    clip_scores = tab.extra["clip_scores"]
     hide_preview = gr.update(value=None, visible=False)
     no_error = gr.update(value="", visible=False)
 
@@ -301,14 +329,17 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             gr.Warning(message)
             yield {error: error_box(message), progress_md: "", preview: hide_preview}
             return
-        images = [(gallery_image(item), f"Seed {item.seed}") for item in result.images]
-        images += detected_map_gallery(services, result)
+        images = [(gallery_image(item), caption(item)) for item in result.images]
+        maps = detected_map_gallery(services, result)
+        images += maps
         yield {
             tab.gallery: images,
             tab.infotext: result.images[0].infotext if result.images else "",
             progress_md: _result_summary(result),
             preview: hide_preview,
             error: no_error,
+            clip_scores.generated: result.images,  # scored by the follow-up event (webui.ui.clip_scores)
+            clip_scores.extras: maps,
         }
 
     inputs = {
@@ -320,14 +351,15 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
         **tab.fields,
         **tab.extra["script"],
     }
-    generate.click(
+    generated = generate.click(
         run,
         inputs_kwargs=inputs,
-        outputs=[preview, progress_md, tab.gallery, tab.infotext, error],
+        outputs=[preview, progress_md, tab.gallery, tab.infotext, error, *clip_scores.outputs],
         api_name="img2img",
         concurrency_id="txt2img",
         show_progress="minimal",
         show_progress_on=[tab.gallery],
     )
+    clip_scores.events.append(generated)
     interrupt.click(generation.interrupt, queue=False, api_visibility="private")
     skip.click(generation.skip, queue=False, api_visibility="private")

@@ -15,6 +15,7 @@ Element ids are ``<tab>_<name>`` as in A1111 (``txt2img_width``, ``img2img_steps
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class PromptArea:
     interrupt: gr.Button
     skip: gr.Button
     paste: gr.Button
+    tools: Any = None  # what the ``tools`` builder returned (img2img: the Interrogate CLIP button)
 
 
 def _prompt_box(label: str, elem_id: str, counter_id: str, lines: int) -> tuple[gr.Textbox, gr.HTML]:
@@ -70,8 +72,9 @@ def token_counter_html(text: str, *, over: bool = False) -> str:
     return f'<span{css} title="{title}">{text}</span>'
 
 
-def build_prompt_area(services: Any, tab: str) -> PromptArea:
-    """The prompt row of a generation tab (inside the caller's layout)."""
+def build_prompt_area(services: Any, tab: str, *, tools: Callable[[], Any] | None = None) -> PromptArea:
+    """The prompt row of a generation tab (inside the caller's layout); ``tools`` builds more buttons
+    under Generate."""
     with gr.Row():
         with gr.Column(scale=4):
             prompt, counter = _prompt_box("Prompt", f"{tab}_prompt", f"{tab}_token_counter", 3)
@@ -87,9 +90,10 @@ def build_prompt_area(services: Any, tab: str) -> PromptArea:
                 interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
                 paste = icon_button("paste", PASTE_LABEL, elem_id=f"{tab}_paste")
+            built_tools = tools() if tools is not None else None
     return PromptArea(
         prompt, negative, counter, negative_counter, lora_picker, network_cards, styles, generate, interrupt,
-        skip, paste,
+        skip, paste, built_tools,
     )  # fmt: skip
 
 

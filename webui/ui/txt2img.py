@@ -21,6 +21,13 @@ from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import params
+from webui.ui.clip_scores import (
+    build_clip_controls,
+    build_score_panel,
+    caption,
+    wire_scoring,
+    wire_visibility,
+)
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.hires import build_hires_controls
 from webui.ui.progress_bar import progress_html
@@ -131,8 +138,10 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             restore_faces, tiling = build_flags("txt2img")
             hires = build_hires_controls(services)
             controlnet = build_controlnet_units(services, "txt2img")
+            clip = build_clip_controls(services, "txt2img")
         with gr.Column(scale=1):
             out = params.build_output_column("txt2img")
+            clip_scores = build_score_panel(services, "txt2img")
     last_seeds = gr.State([])
     last_infotexts = gr.State([])
     selected = gr.State(0)
@@ -149,6 +158,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
     }
     fields.update(hires)
     fields.update(controlnet.fields)
+    fields.update(clip.fields)
     tab = Txt2ImgTab(
         fields=fields,
         generate=area.generate,
@@ -170,9 +180,17 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             "prompt_area": area,
             "sampling": sampling,
             "seeds": seeds,
+            "clip": clip,
+            "clip_scores": clip_scores,
         },
     )
+    clip_scores.selected = selected  # one selection for send-to, sorting and the alignment chart
     _wire(services, tab)
+    wire_scoring(
+        services, clip_scores, events=clip_scores.events, gallery=out.gallery, infotext=out.infotext,
+        infotexts=last_infotexts,
+    )  # fmt: skip
+    wire_visibility(services, clip, clip_scores)
     params.wire_generation_rows(services, area, sampling, seeds, out.infotext)
     return tab
 
@@ -182,6 +200,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
     last_seeds = tab.extra["last_seeds"]
     last_infotexts = tab.extra["last_infotexts"]
     selected = tab.extra["selected"]
+    clip_scores = tab.extra["clip_scores"]
     hide_preview = gr.update(value=None, visible=False)
     no_error = gr.update(value="", visible=False)
 
@@ -227,8 +246,9 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
             gr.Warning(message)
             yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}
             return
-        images = [(gallery_image(image), f"Seed {image.seed}") for image in result.images]
-        images += detected_map_gallery(services, result)
+        images = [(gallery_image(image), caption(image)) for image in result.images]
+        maps = detected_map_gallery(services, result)
+        images += maps
         infotexts = [image.infotext for image in result.images]
         yield {
             tab.gallery: images,
@@ -239,6 +259,8 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
             last_seeds: result.seeds,
             last_infotexts: infotexts,
             selected: 0,
+            clip_scores.generated: result.images,  # scored by the follow-up event (webui.ui.clip_scores)
+            clip_scores.extras: maps,
         }
 
     outputs = [
@@ -250,8 +272,9 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
         last_seeds,
         last_infotexts,
         selected,
+        *clip_scores.outputs,
     ]
-    tab.generate.click(
+    generated = tab.generate.click(
         generate,
         inputs_kwargs=tab.fields,
         outputs=outputs,
@@ -260,7 +283,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
         show_progress="minimal",
         show_progress_on=[tab.gallery],
     )
-    tab.fields["prompt"].submit(
+    submitted = tab.fields["prompt"].submit(
         generate,
         inputs_kwargs=tab.fields,
         outputs=outputs,
@@ -268,6 +291,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
         concurrency_id="txt2img",
         show_progress="minimal",
     )
+    clip_scores.events += [generated, submitted]
     tab.interrupt.click(generation.interrupt, queue=False, api_name="interrupt")
     tab.skip.click(generation.skip, queue=False, api_name="skip")
 

@@ -22,6 +22,8 @@ FIELD_LABELS = {
     "clip_skip": "Clip skip",
     "samples_format": "Image format",
     "randn_source": "Random number source",
+    "clip_best_of": "Generate N",
+    "clip_keep": "Keep the best k",
 }
 
 
