@@ -273,6 +273,36 @@ def test_interrogate_builds_a_prompt_from_the_lists(service: ClipService, clip_r
         user.rmdir()
 
 
+def test_a_model_folder_with_its_own_lists_is_interrogated_with_those_only(
+    service: ClipService, clip_root: Path
+) -> None:
+    """A small model names what it knows; the shared lists (and a user's) are not read for it."""
+    own = clip_root / "tiny-clip" / "interrogate"
+    user = clip_root / "interrogate"
+    own.mkdir()
+    user.mkdir(exist_ok=True)
+    try:
+        (own / "subjects.txt").write_text("a {colour} circle\na {colour} square\n", encoding="utf-8")
+        (own / "colours.txt").write_text("red\nblue\n", encoding="utf-8")
+        (user / "subjects.txt").write_text("a {colour} teapot\n", encoding="utf-8")
+        (user / "styles.txt").write_text("my style\n", encoding="utf-8")
+        caption = service.interrogate(_images(1)[0], model="tiny-clip")
+        assert caption in {"a red circle", "a blue circle", "a red square", "a blue square"}  # no extras
+        other = service.interrogate(_images(1)[0], model="tiny-openai")  # a file: the user's lists
+        assert other.startswith("a ") and " teapot" in other.split(", ")[0]
+        assert "tiny-clip" in service.choices()  # its lists folder does not hide the model
+        (own / "subjects.txt").write_text("a {colour} heart\n", encoding="utf-8")  # edited: read again
+        assert service.interrogate(_images(1)[0], model="tiny-clip").endswith(" heart")
+        (own / "subjects.txt").unlink()
+        with pytest.raises(ValueError, match="missing or empty"):
+            service.interrogate(_images(1)[0], model="tiny-clip")
+    finally:
+        for folder in (own, user):
+            for path in folder.iterdir():
+                path.unlink()
+            folder.rmdir()
+
+
 def test_expand_fills_two_slots_with_different_colours() -> None:
     from webui.runtime.clip_interrogate import expand
 

@@ -2,7 +2,9 @@
 
 The lists are plain text files, one phrase per line (``#`` starts a comment), shipped in
 ``webui/runtime/configs/clip/interrogate/``; a file with the same name in ``models/clip/interrogate/``
-replaces the shipped one. ``{colour}`` in a line stands for each line of ``colours.txt`` (two different
+replaces the shipped one. A CLIP model folder may carry its own ``interrogate/`` folder: it names what
+that model knows (a small model trained on a few words, such as Easel's reference CLIP), so for that model
+only those files are read (a list it does not have is empty). ``{colour}`` in a line stands for each line of ``colours.txt`` (two different
 colours when a line has two slots: a shape on a background of its own colour would not be seen).
 
 The prompt is the best line of ``subjects.txt`` (the caption), then, per list of :data:`EXTRA_LISTS` in
@@ -72,18 +74,28 @@ class PhraseLists:
     extras: list[tuple[list[str], int]]  # (lines, how many at most)
 
     @classmethod
-    def load(cls, user_dir: Path | None) -> PhraseLists:
-        def path(name: str) -> Path:
+    def load(cls, user_dir: Path | None, model_dir: Path | None = None) -> PhraseLists:
+        """The lists for one model: its own ``interrogate/`` folder when it has one, else the user's
+        files over the shipped ones."""
+        own = model_dir if model_dir is not None and model_dir.is_dir() else None
+
+        def path(name: str) -> Path | None:
+            if own is not None:
+                return own / name if (own / name).is_file() else None
             if user_dir is not None and (user_dir / name).is_file():
                 return user_dir / name
             return bundled_lists_dir() / name
 
-        colours = read_list(path(COLOURS))
-        subjects = expand(read_list(path(SUBJECTS)), colours)
+        def lines(name: str) -> list[str]:
+            found = path(name)
+            return read_list(found) if found is not None else []
+
+        subjects = expand(lines(SUBJECTS), lines(COLOURS))
         if not subjects:
-            raise ValueError(f"the interrogation list {path(SUBJECTS)} is empty")
-        extras = [(read_list(path(name)), count) for name, count in EXTRA_LISTS]
-        return cls(subjects, [(lines, count) for lines, count in extras if lines])
+            where = path(SUBJECTS) or (own / SUBJECTS if own is not None else SUBJECTS)
+            raise ValueError(f"the interrogation list {where} is missing or empty")
+        extras = [(lines(name), count) for name, count in EXTRA_LISTS]
+        return cls(subjects, [(found, count) for found, count in extras if found])
 
     def digest(self) -> str:
         """A hash of every line in order: names the cached embeddings of exactly these lists."""
@@ -91,16 +103,17 @@ class PhraseLists:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @staticmethod
-    def stamp(user_dir: Path | None) -> tuple[object, ...]:
-        """Changes when a user list is added, removed or edited (cache key)."""
-        if user_dir is None:
-            return ()
+    def stamp(*folders: Path | None) -> tuple[object, ...]:
+        """Changes when a list in one of ``folders`` is added, removed or edited (cache key)."""
         stamps: list[object] = []
-        for name in LIST_FILES:
-            try:
-                stamps.append((name, (user_dir / name).stat().st_mtime_ns))
-            except OSError:
-                stamps.append((name, None))
+        for folder in folders:
+            if folder is None:
+                continue
+            for name in LIST_FILES:
+                try:
+                    stamps.append((str(folder), name, (folder / name).stat().st_mtime_ns))
+                except OSError:
+                    stamps.append((str(folder), name, None))
         return tuple(stamps)
 
 

@@ -169,14 +169,16 @@ class ClipService:
             embedder = self.embedder(model)
             if self._interrogator is None:
                 self._interrogator = Interrogator()
-            key = (embedder.identity, PhraseLists.stamp(user_dir))
+            info = self.model_info(model)
+            model_dir = info.path / INTERROGATE_FOLDER if info.path.is_dir() else None
+            key = (embedder.identity, PhraseLists.stamp(user_dir, model_dir))
             image_embedding = embedder.pil_images([image])
-            weights = self.model_info(model).weights
+            weights = info.weights
             stat = weights.stat()
             return self._interrogator.interrogate(
                 image_embedding,
                 key=key,
-                lists=lambda: PhraseLists.load(user_dir),
+                lists=lambda: PhraseLists.load(user_dir, model_dir),
                 embed=embedder.text,
                 cache_dir=self.cache_dir,
                 model_id=f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}",
