@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from webui.domain.clip_guidance import ClipGuidance
+
 
 class Txt2ImgBody(BaseModel):
     """A1111's ``StableDiffusionProcessingTxt2Img`` API body. Unknown fields are ignored, as A1111 does."""
@@ -66,6 +68,8 @@ class Txt2ImgBody(BaseModel):
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
+    # Easel: steer sampling towards the prompt with a CLIP model (absent or scale 0: off).
+    clip_guidance: ClipGuidance | None = None
 
 
 class ImagesResponse(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from webui.domain.clip_guidance import ClipGuidance
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
 from webui.domain.sd_upscale import SdUpscaleParams
@@ -65,6 +66,8 @@ class GenerationParams(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     # ControlNet units (the extension's ``alwayson_scripts.controlnet.args``); inactive ones are ignored.
     controlnet_units: list[ControlNetUnit] = Field(default_factory=list)
+    # CLIP guidance (``webui.domain.clip_guidance``); None or scale 0: off.
+    clip_guidance: ClipGuidance | None = None
 
     @field_validator("width", "height")
     @classmethod
