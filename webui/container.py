@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from webui.services.clip import ClipService
 from webui.services.controlnet import ControlNetService
 from webui.services.extras import ExtrasService, UpscalerService
 from webui.services.faces import FaceRestoreService
@@ -36,6 +37,7 @@ class Services:
     faces: FaceRestoreService | None = None
     history: HistoryService | None = None
     prompt_tokens: PromptTokenCounter | None = None
+    clip: ClipService | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -65,6 +67,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         settings.vae_path,
         settings.embeddings_path,
         settings.outputs_path,
+        settings.clip_path,
     ):
         folder.mkdir(parents=True, exist_ok=True)
     options = OptionsStore(settings.config_file)
@@ -125,4 +128,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         faces=faces,
         history=history,
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
+        clip=ClipService(settings.clip_path, options, tokenizer_cache),
     )

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
         return self.embeddings_dir or self.models_root / "embeddings"
 
     @property
+    def clip_path(self) -> Path:
+        return self.models_root / "clip"
+
+    @property
     def outputs_path(self) -> Path:
         return self.outputs_dir or self.data_dir / "outputs"
 

@@ -439,6 +439,10 @@ def build_router(services: Services) -> APIRouter:
         from webui.api.controlnet_routes import add_controlnet_routes
 
         add_controlnet_routes(router, services)
+    if services.clip is not None:
+        from webui.api.clip_routes import add_clip_routes
+
+        add_clip_routes(router, services)
     return router
 
 

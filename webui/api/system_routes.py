@@ -1,7 +1,7 @@
 """The rest of ``/sdapi/v1``: flags, styles, lists of things Easel has (or has none of), model
 unload/reload, scripts, server control, ``/internal/*``, and A1111 endpoints Easel cannot back.
 
-The endpoints Easel cannot back (training, interrogation) answer 501 in A1111's error shape with a
+The endpoints Easel cannot back (training) answer 501 in A1111's error shape with a
 message saying so, so a client shows a clear error instead of guessing.
 """
 
@@ -118,9 +118,11 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
     def extensions() -> list[dict[str, Any]]:
         return []  # no extensions are installed
 
-    @router.post("/sdapi/v1/interrogate")
-    def interrogate(body: dict[str, Any] | None = None) -> dict[str, Any]:
-        raise _not_available("Interrogation (CLIP / DeepDanbooru captions)")
+    if getattr(services, "clip", None) is None:  # else webui.api.clip_routes serves it
+
+        @router.post("/sdapi/v1/interrogate")
+        def interrogate(body: dict[str, Any] | None = None) -> dict[str, Any]:
+            raise _not_available("Interrogation (CLIP / DeepDanbooru captions)")
 
     for path, what in (
         ("/sdapi/v1/create/embedding", "Creating embeddings"),

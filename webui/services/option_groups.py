@@ -16,7 +16,7 @@ from annotated_types import Ge, Le
 from webui.services.options import Options
 
 Kind = Literal["checkbox", "slider", "dropdown", "text"]
-Dynamic = Literal["checkpoints", "vaes", "face_restorers"]
+Dynamic = Literal["checkpoints", "vaes", "face_restorers", "clip_models"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ INFOTEXT, UI, PREVIEWS, FACES, CONTROLNET = (
     "Face restoration",
     "ControlNet",
 )
+CLIP = "CLIP"
 
 OPTION_TABLE: tuple[OptionInfo, ...] = (
     _opt("samples_save", SAVING, "Always save all generated images", "into outputs/<mode>-images/<date>/"),
@@ -213,6 +214,26 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         CONTROLNET,
         "Allow preprocessor model downloads",
         "missing annotator weights are fetched into models/annotators",
+    ),
+    _opt(
+        "easel_clip_model",
+        CLIP,
+        "CLIP model",
+        "for scores and interrogation (models/clip); Automatic: the first that is not Easel's reference CLIP",
+        dynamic="clip_models",
+    ),
+    _opt(
+        "easel_clip_device",
+        CLIP,
+        "CLIP device",
+        "cpu keeps the GPU's memory for generation; cuda is faster (falls back to cpu without CUDA)",
+        choices=(("cpu", "cpu"), ("cuda", "cuda")),
+    ),
+    _opt(
+        "easel_clip_score",
+        CLIP,
+        "Score images with CLIP after generation",
+        "shown on each image and saved in the infotext",
     ),
 )
 

@@ -58,6 +58,11 @@ class Options(BaseModel):
     notification_volume: int = Field(100, ge=0, le=100)  # of that tone, in percent
     easel_notification_browser: bool = False  # a browser notification when a long generation ends
     easel_notification_min_seconds: float = Field(10.0, ge=0.0)  # "long": at least this many seconds
+    # CLIP (webui.services.clip): the model ("Automatic": the first that is not the reference), its device
+    # (the CPU keeps the generation device's memory free) and scoring images after generation
+    easel_clip_model: str = "Automatic"
+    easel_clip_device: str = "cpu"
+    easel_clip_score: bool = True
 
     @field_validator("samples_format")
     @classmethod
@@ -66,6 +71,13 @@ class Options(BaseModel):
         if value not in ("png", "jpg", "webp"):
             raise ValueError("samples_format must be png, jpg or webp")
         return value
+
+    @field_validator("easel_clip_device")
+    @classmethod
+    def _clip_device(cls, value: str) -> str:
+        if value.lower() not in ("cpu", "cuda"):
+            raise ValueError("easel_clip_device must be cpu or cuda")
+        return value.lower()
 
     @field_validator("randn_source")
     @classmethod

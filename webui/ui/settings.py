@@ -66,6 +66,9 @@ def option_choices(services: Any, info: OptionInfo) -> list[tuple[str, str]]:
     if info.dynamic == "face_restorers":
         names = services.faces.names() if services.faces is not None else []
         return [(FIRST_INSTALLED, ""), *((name, name) for name in names)]
+    if info.dynamic == "clip_models":
+        clip = getattr(services, "clip", None)
+        return [(name, name) for name in (clip.choices() if clip is not None else ["Automatic"])]
     return list(info.choices)
 
 

@@ -1,0 +1,143 @@
+"""Interrogate CLIP: a prompt for an image, built by ranking phrase lists with a CLIP model.
+
+The lists are plain text files, one phrase per line (``#`` starts a comment), shipped in
+``webui/runtime/configs/clip/interrogate/``; a file with the same name in ``models/clip/interrogate/``
+replaces the shipped one. ``{colour}`` in a line stands for each line of ``colours.txt`` (two different
+colours when a line has two slots: a shape on a background of its own colour would not be seen).
+
+The prompt is the best line of ``subjects.txt`` (the caption), then, per list of :data:`EXTRA_LISTS` in
+order, its best lines — at most the list's count, and only those that stand out nearly as much as the
+best one (within :data:`KEEP_FRACTION` of the gap between the best and the list's mean score).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from webui.registry.architecture import config_root
+
+SLOT = "{colour}"
+SUBJECTS, COLOURS = "subjects.txt", "colours.txt"
+EXTRA_LISTS: tuple[tuple[str, int], ...] = (("mediums.txt", 1), ("styles.txt", 2), ("flavours.txt", 3))
+LIST_FILES = (SUBJECTS, COLOURS, *(name for name, _ in EXTRA_LISTS))
+KEEP_FRACTION = 0.25
+BATCH = 256
+
+
+def bundled_lists_dir() -> Path:
+    return config_root() / "clip" / "interrogate"
+
+
+def read_list(path: Path) -> list[str]:
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and line not in lines:
+            lines.append(line)
+    return lines
+
+
+def expand(templates: list[str], colours: list[str]) -> list[str]:
+    """Each template with its ``{colour}`` slots filled by every combination of distinct colours."""
+    out: list[str] = []
+    for template in templates:
+        slots = template.count(SLOT)
+        if slots == 0:
+            out.append(template)
+            continue
+        for combo in itertools.permutations(colours, slots):
+            text = template
+            for colour in combo:
+                text = text.replace(SLOT, colour, 1)
+            out.append(text)
+    return out
+
+
+@dataclass(frozen=True)
+class PhraseLists:
+    subjects: list[str]  # expanded
+    extras: list[tuple[list[str], int]]  # (lines, how many at most)
+
+    @classmethod
+    def load(cls, user_dir: Path | None) -> PhraseLists:
+        def path(name: str) -> Path:
+            if user_dir is not None and (user_dir / name).is_file():
+                return user_dir / name
+            return bundled_lists_dir() / name
+
+        colours = read_list(path(COLOURS))
+        subjects = expand(read_list(path(SUBJECTS)), colours)
+        if not subjects:
+            raise ValueError(f"the interrogation list {path(SUBJECTS)} is empty")
+        extras = [(read_list(path(name)), count) for name, count in EXTRA_LISTS]
+        return cls(subjects, [(lines, count) for lines, count in extras if lines])
+
+    @staticmethod
+    def stamp(user_dir: Path | None) -> tuple[object, ...]:
+        """Changes when a user list is added, removed or edited (cache key)."""
+        if user_dir is None:
+            return ()
+        stamps: list[object] = []
+        for name in LIST_FILES:
+            try:
+                stamps.append((name, (user_dir / name).stat().st_mtime_ns))
+            except OSError:
+                stamps.append((name, None))
+        return tuple(stamps)
+
+
+class Interrogator:
+    """Ranks the lists with one embedder; the lists' text embeddings are computed once per model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[object, ...] | None = None
+        self._lists: PhraseLists | None = None
+        self._embeddings: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    def _prepare(
+        self,
+        key: tuple[object, ...],
+        lists: Callable[[], PhraseLists],
+        embed: Callable[[list[str]], torch.Tensor],
+    ) -> tuple[PhraseLists, tuple[torch.Tensor, list[torch.Tensor]]]:
+        with self._lock:
+            if self._key != key or self._lists is None or self._embeddings is None:
+                loaded = lists()
+
+                def encode(texts: list[str]) -> torch.Tensor:
+                    return torch.cat([embed(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
+
+                embeddings = (encode(loaded.subjects), [encode(lines) for lines, _ in loaded.extras])
+                self._key, self._lists, self._embeddings = key, loaded, embeddings
+            return self._lists, self._embeddings
+
+    def interrogate(
+        self,
+        image_embedding: torch.Tensor,
+        *,
+        key: tuple[object, ...],
+        lists: Callable[[], PhraseLists],
+        embed: Callable[[list[str]], torch.Tensor],
+    ) -> str:
+        """The prompt for one image embedding (``1 x D`` or ``D``, L2-normalised)."""
+        loaded, (subjects, extras) = self._prepare(key, lists, embed)
+        image = image_embedding.reshape(-1).to(subjects.device, subjects.dtype)
+        parts = [loaded.subjects[int(torch.argmax(subjects @ image))]]
+        for (lines, count), embeddings in zip(loaded.extras, extras, strict=True):
+            parts.extend(best_lines(lines, embeddings @ image, count))
+        return ", ".join(parts)
+
+
+def best_lines(lines: list[str], similarity: torch.Tensor, count: int) -> list[str]:
+    """Up to ``count`` lines, best first, that stand out nearly as much as the best (see module docstring)."""
+    order = torch.argsort(similarity, descending=True)
+    best, mean = float(similarity[order[0]]), float(similarity.mean())
+    threshold = best - KEEP_FRACTION * (best - mean)
+    return [lines[int(i)] for i in order[:count] if float(similarity[i]) >= threshold]
