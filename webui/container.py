@@ -115,6 +115,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     cache = settings.cache_dir
     history = HistoryService(cache / "history.sqlite3", settings.outputs_path, cache / "history-thumbnails")
     generation.history = history
+    clip = ClipService(settings.clip_path, options, tokenizer_cache)
+    generation.clip = clip  # CLIP guidance
     return Services(
         settings=settings,
         options=options,
@@ -128,5 +130,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         faces=faces,
         history=history,
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
-        clip=ClipService(settings.clip_path, options, tokenizer_cache),
+        clip=clip,
     )

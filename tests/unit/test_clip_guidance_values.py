@@ -10,8 +10,10 @@ from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
 from webui.metadata.infotext import (
     build_infotext,
     generation_params,
-    parse_infotext as parse_params,
     request_fields_from_infotext,
+)
+from webui.metadata.infotext import (
+    parse_infotext as parse_params,
 )
 
 

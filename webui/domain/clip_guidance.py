@@ -46,7 +46,7 @@ class ClipGuidance(BaseModel):
         return self.scale > 0
 
     def guided_steps(self, steps: int) -> int:
-        """How many steps of a ``steps``-step pass are guided (after step N, 2N, ...; never after the last)."""
+        """How many steps of a ``steps``-step pass are guided: after step N, 2N, ..., never the last."""
         return max(0, (steps - 1) // self.every)
 
 

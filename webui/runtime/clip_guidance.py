@@ -83,7 +83,7 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def cutout_views(
     pixels: torch.Tensor, count: int, size: int, generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
-    """``count`` views per image of ``pixels`` (N, 3, H, W) at ``size`` x ``size``: ``(N * count, 3, size, size)``.
+    """``count`` views of each image of ``pixels`` (N, 3, H, W): ``(N * count, 3, size, size)``.
 
     The first view is the whole image, the others random square crops (sides ``MIN_CUTOUT``..1 of the shorter
     side) drawn from ``generators[i]`` for image ``i``. Differentiable with respect to ``pixels``.
@@ -103,7 +103,9 @@ def cutout_views(
                 left = int(float(draw[2]) * (width - side + 1))
                 crop = image[:, top : top + side, left : left + side]
             views.append(
-                F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                F.interpolate(
+                    crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+                )
             )
     return torch.cat(views)
 
@@ -164,7 +166,7 @@ class ClipGuide:
     ) -> torch.Tensor:
         """The latents after the guided step that follows loop iteration ``loop_index`` (0-based).
 
-        ``cond`` is the positive prompt embedding (batch rows); ``added_cond`` SDXL's text embeds and time ids.
+        ``cond``: the positive prompt embedding (batch rows); ``added_cond``: SDXL's pooled text, time ids.
         """
         scheduler = pipeline.scheduler
         position = self._next_position(pipeline, loop_index)
@@ -181,7 +183,9 @@ class ClipGuide:
         if not self._variance_exploding(scheduler):
             sigma_sq = 1.0 - alpha_bar  # ... or variance-preserving latents' (1 - ᾱ)
         if not torch.isfinite(grad).all():
-            log.warning("CLIP guidance: the gradient is not finite at step %d; step not guided", loop_index + 1)
+            log.warning(
+                "CLIP guidance: the gradient is not finite at step %d; step not guided", loop_index + 1
+            )
             return latents
         self.guided += 1
         step = (self.settings.scale * sigma_sq) * grad
@@ -258,7 +262,7 @@ class ClipGuide:
             alpha_bar = 1.0 / (1.0 + sigma * sigma)
         else:
             alphas = scheduler.alphas_cumprod
-            alpha_bar = float(alphas[int(round(float(timestep)))])
+            alpha_bar = float(alphas[round(float(timestep))])
         return timestep.detach().clone(), alpha_bar
 
 

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.domain.clip_guidance import INFOTEXT_KEY, active, format_infotext
+from webui.domain.clip_guidance import INFOTEXT_KEY, ClipGuidance, format_infotext
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class PreparedGuidance:
 def prepare_clip_guidance(clip: Any, request: Any) -> PreparedGuidance:
     """The guidance of ``request`` (``request.clip_guidance``) with its CLIP model loaded from ``clip``
     (``webui.services.clip.ClipService``); ``ClipGuidanceUnavailable`` when it cannot run."""
-    settings = getattr(request, "clip_guidance", None)
-    if not active(settings):
+    settings: ClipGuidance | None = getattr(request, "clip_guidance", None)
+    if settings is None or not settings.enabled:
         return PreparedGuidance()
     if clip is None or not clip.available():
         note = clip.missing_note() if clip is not None else "No CLIP service is configured."
