@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from webui.ui import params
+from webui.ui.clip_guidance import build_clip_guidance_controls, guidance_from_fields
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.progress_bar import progress_html
@@ -175,6 +176,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             seeds = params.build_seed_rows("img2img", defaults)
             restore_faces, tiling = build_flags("img2img")
             controlnet = build_controlnet_units(services, "img2img")
+            clip_guidance = build_clip_guidance_controls(services, "img2img")
             script = build_script_controls(services)
         with gr.Column(scale=1):
             out = params.build_output_column("img2img")
@@ -195,6 +197,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "restore_faces": restore_faces,
         "tiling": tiling,
         **controlnet.fields,
+        **clip_guidance,
     }
     tab = Img2ImgTab(
         fields=fields,
@@ -263,6 +266,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             request = Img2ImgRequest(
                 **fields,
                 controlnet_units=units,
+                clip_guidance=guidance_from_fields(fields),
                 sd_upscale=sd_upscale,
                 init_images=init_images,
                 mask=mask,

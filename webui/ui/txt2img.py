@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import params
+from webui.ui.clip_guidance import build_clip_guidance_controls, guidance_from_fields
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.hires import build_hires_controls
 from webui.ui.progress_bar import progress_html
@@ -131,6 +132,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             restore_faces, tiling = build_flags("txt2img")
             hires = build_hires_controls(services)
             controlnet = build_controlnet_units(services, "txt2img")
+            clip_guidance = build_clip_guidance_controls(services, "txt2img")
         with gr.Column(scale=1):
             out = params.build_output_column("txt2img")
     last_seeds = gr.State([])
@@ -149,6 +151,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
     }
     fields.update(hires)
     fields.update(controlnet.fields)
+    fields.update(clip_guidance)
     tab = Txt2ImgTab(
         fields=fields,
         generate=area.generate,
@@ -192,6 +195,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
             request = Txt2ImgRequest(
                 **fields,
                 controlnet_units=units,
+                clip_guidance=guidance_from_fields(fields),
                 samples_format=opts.samples_format,
                 randn_source=opts.randn_source,
             )
