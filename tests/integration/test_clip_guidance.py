@@ -226,17 +226,26 @@ def test_sdxl_is_guided(tiny_model_files: dict[str, Path], embedder: Any, tmp_pa
 # ------------------------------------------------------------------------------------------- service and API
 
 
-@pytest.fixture
-def services_with_clip(data_dir: Path, clip_folder: Path) -> Iterator[Any]:
+def _services_with_clip(data_dir: Path, clip_folder: Path, **settings: object) -> Iterator[Any]:
     import shutil
 
     from webui.container import build_services
     from webui.settings import Settings
 
     shutil.copytree(clip_folder / "tiny-clip", data_dir / "models" / "clip" / "tiny-clip")
-    built = build_services(Settings(data_dir=data_dir, preload_model=False))
+    built = build_services(Settings(data_dir=data_dir, preload_model=False, **settings))  # type: ignore[arg-type]
     yield built
     built.generation.shutdown()
+
+
+@pytest.fixture
+def services_with_clip(data_dir: Path, clip_folder: Path) -> Iterator[Any]:
+    yield from _services_with_clip(data_dir, clip_folder)
+
+
+@pytest.fixture
+def api_services_with_clip(data_dir: Path, clip_folder: Path) -> Iterator[Any]:
+    yield from _services_with_clip(data_dir, clip_folder, nowebui=True)
 
 
 SMALL = {
@@ -263,27 +272,30 @@ def test_service_records_guidance_in_the_infotext(services_with_clip: Any) -> No
     assert "CLIP guidance: " in again.images[0].infotext
 
 
-def test_service_errors_are_clear_and_the_service_keeps_working(
-    services: Any, services_with_clip: Any
-) -> None:
+def test_without_a_clip_model_the_error_says_what_to_put_where(services: Any) -> None:
+    generation = services.generation
     with pytest.raises(
         ValueError, match=r"CLIP guidance needs a CLIP model\. No CLIP model found\. Put a CLIP"
     ):
-        services.generation.txt2img(Txt2ImgRequest(**SMALL, clip_guidance={"scale": 100}))
+        generation.txt2img(Txt2ImgRequest(**SMALL, clip_guidance={"scale": 100}))
+    assert generation.txt2img(Txt2ImgRequest(**SMALL)).images  # the service keeps working
+
+
+def test_an_unknown_clip_model_is_a_clear_error(services_with_clip: Any) -> None:
     generation = services_with_clip.generation
     with pytest.raises(ValueError, match=r"no CLIP model named 'nope'.*tiny-clip"):
         generation.txt2img(Txt2ImgRequest(**SMALL, clip_guidance={"scale": 100, "model": "nope"}))
     assert generation.txt2img(Txt2ImgRequest(**SMALL)).images
 
 
-def test_api_field_and_schema(services_with_clip: Any) -> None:
+def test_api_field_and_schema(api_services_with_clip: Any) -> None:
     from fastapi.testclient import TestClient
 
     from webui.server import build_app
 
     body = {**SMALL, "sampler_name": "Euler", "clip_guidance": {"scale": 120, "every": 2, "cutouts": 1}}
     body.pop("checkpoint")
-    with TestClient(build_app(services_with_clip)) as client:
+    with TestClient(build_app(api_services_with_clip)) as client:
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text
         info = response.json()["info"]
