@@ -263,10 +263,11 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             fields["inpaint_full_res"] = bool(fields["inpaint_full_res"])
             sd_upscale = sd_upscale_params(**{name: fields.pop(name) for name in SCRIPT_FIELDS})
             units = units_from_fields(fields)
+            guidance = guidance_from_fields(fields)
             request = Img2ImgRequest(
                 **fields,
                 controlnet_units=units,
-                clip_guidance=guidance_from_fields(fields),
+                clip_guidance=guidance,
                 sd_upscale=sd_upscale,
                 init_images=init_images,
                 mask=mask,

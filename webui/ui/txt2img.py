@@ -192,10 +192,11 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
         opts = services.options.get()
         try:
             units = units_from_fields(fields)
+            guidance = guidance_from_fields(fields)
             request = Txt2ImgRequest(
                 **fields,
                 controlnet_units=units,
-                clip_guidance=guidance_from_fields(fields),
+                clip_guidance=guidance,
                 samples_format=opts.samples_format,
                 randn_source=opts.randn_source,
             )
