@@ -115,7 +115,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     cache = settings.cache_dir
     history = HistoryService(cache / "history.sqlite3", settings.outputs_path, cache / "history-thumbnails")
     generation.history = history
-    clip = ClipService(settings.clip_path, options, tokenizer_cache)
+    clip = ClipService(settings.clip_path, options, tokenizer_cache, cache / "clip-interrogate")
     generation.clip = clip  # CLIP guidance
     return Services(
         settings=settings,

@@ -99,7 +99,6 @@ def test_options_get_everything_post_it_back_unknown_keys_kept(client: TestClien
 
 def test_unsupported_endpoints_say_so_in_a1111_error_shape(client: TestClient) -> None:
     for path in (
-        "interrogate",
         "create/embedding",
         "create/hypernetwork",
         "train/embedding",

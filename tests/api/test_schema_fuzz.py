@@ -41,7 +41,6 @@ CHEAP_TXT2IMG = {"width": 64, "height": 64, "steps": 2, "batch_size": 1, "n_iter
 
 
 UNSUPPORTED = {
-    "/sdapi/v1/interrogate",
     "/sdapi/v1/create/embedding",
     "/sdapi/v1/create/hypernetwork",
     "/sdapi/v1/train/embedding",

@@ -61,7 +61,7 @@ def _call(run: Callable[[], T]) -> T:
     try:
         return run()
     except NoClipModelError as exc:
-        raise ApiError(503, "NoClipModelError", str(exc)) from exc
+        raise ApiError(409, "NoClipModelError", str(exc)) from exc
     except ClipModelError as exc:
         raise ApiError(409, "ClipModelError", str(exc)) from exc
     except LookupError as exc:

@@ -12,6 +12,7 @@ OpenAI-layout files are converted to transformers' ``CLIPModel`` keys at load ti
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -109,7 +110,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _preprocessing(folder: Path | None, image_size: int) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """(resize target of the shorter side, mean, std) from ``preprocessor_config.json`` or OpenAI's."""
-    mean, std, size = OPENAI_MEAN, OPENAI_STD, image_size
+    mean: tuple[float, ...] = OPENAI_MEAN
+    std: tuple[float, ...] = OPENAI_STD
+    size = image_size
     path = folder / "preprocessor_config.json" if folder else None
     if path is not None and path.is_file():
         try:
@@ -142,10 +145,16 @@ def build_clip_model(info: ClipModelInfo) -> tuple[Any, int]:
             config_data["text_config"]["hidden_act"] = config_data["vision_config"]["hidden_act"] = "gelu"
         config_data.pop("variant", None)
         folder = None
-    config = CLIPConfig.from_dict(config_data)
-    model = CLIPModel(config)
-    state = {key: value.float() for key, value in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        config = CLIPConfig.from_dict(config_data)
+        model = CLIPModel(config)
+        state = {key: value.float() for key, value in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # sizes in config.json vs the weights
+        first = str(exc).strip().splitlines()
+        raise ClipModelError(
+            f"{info.path.name}: its weights do not fit its configuration ({first[-1] if first else exc})"
+        ) from exc
     missing = [key for key in missing if not key.endswith("position_ids")]
     if missing or unexpected:
         raise ClipModelError(
@@ -153,7 +162,8 @@ def build_clip_model(info: ClipModelInfo) -> tuple[Any, int]:
             f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})"
         )
     model.eval().requires_grad_(False)
-    size, _, _ = _preprocessing(folder, config.vision_config.image_size)
+    vision: Any = config.vision_config
+    size, _, _ = _preprocessing(folder, int(vision.image_size))
     return model, size
 
 
@@ -165,6 +175,7 @@ class ClipEmbedder:
         mean: Sequence[float], std: Sequence[float],
     ) -> None:  # fmt: skip
         self.name = name
+        self.identity: tuple[object, ...] = (name,)  # the loader's key: a new one for every load
         self.model = model
         self.device = device
         self.dtype = torch.float32
@@ -193,11 +204,12 @@ class ClipEmbedder:
             raise ValueError(f"expected NCHW RGB pixels, got shape {tuple(pixels.shape)}")
         x = pixels.to(self.device, self.dtype)
         height, width = x.shape[-2:]
-        scale = self.resize / min(height, width)
-        if (height, width) != (self.resize, self.resize) or scale != 1:
-            size = (max(self.resize, round(height * scale)), max(self.resize, round(width * scale)))
-            if size != (height, width):
-                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+        short, long = min(height, width), max(height, width)
+        target_long = int(self.resize * long / short)  # as CLIP's processor rounds (down)
+        size = (self.resize, target_long) if height <= width else (target_long, self.resize)
+        if size != (height, width):
+            antialias = short > self.resize
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
         x = _centre_crop(x, self.image_size)
         x = (x - self._mean) / self._std
         output = self.model.get_image_features(pixel_values=x)
@@ -250,12 +262,17 @@ class ClipLoader:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._embedder: ClipEmbedder | None = None
+        self._loads = itertools.count()
 
     def load(self, info: ClipModelInfo, device: str) -> ClipEmbedder:
         target = resolve_device(device)
         weights = info.weights
         try:
-            stamp = weights.stat().st_mtime_ns
+            stamp = tuple(
+                path.stat().st_mtime_ns
+                for path in (weights, info.path / "config.json")
+                if path == weights or info.kind == "transformers"
+            )
         except OSError as exc:
             raise ClipModelError(f"{weights.name}: cannot be read ({exc.strerror or exc})") from exc
         key = (str(info.path), stamp, str(target))
@@ -276,6 +293,7 @@ class ClipLoader:
                 mean=mean,
                 std=std,
             )
+            embedder.identity = (*key, next(self._loads))
             self._key, self._embedder = key, embedder
             log.info("CLIP model %s loaded on %s", info.name, target)
             return embedder

@@ -12,7 +12,12 @@ best one (within :data:`KEEP_FRACTION` of the gap between the best and the list'
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
+import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +26,8 @@ from pathlib import Path
 import torch
 
 from webui.registry.architecture import config_root
+
+log = logging.getLogger(__name__)
 
 SLOT = "{colour}"
 SUBJECTS, COLOURS = "subjects.txt", "colours.txt"
@@ -78,6 +85,11 @@ class PhraseLists:
         extras = [(read_list(path(name)), count) for name, count in EXTRA_LISTS]
         return cls(subjects, [(lines, count) for lines, count in extras if lines])
 
+    def digest(self) -> str:
+        """A hash of every line in order: names the cached embeddings of exactly these lists."""
+        text = "\n\n".join(["\n".join(self.subjects), *("\n".join(lines) for lines, _ in self.extras)])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     @staticmethod
     def stamp(user_dir: Path | None) -> tuple[object, ...]:
         """Changes when a user list is added, removed or edited (cache key)."""
@@ -106,15 +118,22 @@ class Interrogator:
         key: tuple[object, ...],
         lists: Callable[[], PhraseLists],
         embed: Callable[[list[str]], torch.Tensor],
+        cache_dir: Path | None,
+        model_id: str,
     ) -> tuple[PhraseLists, tuple[torch.Tensor, list[torch.Tensor]]]:
         with self._lock:
             if self._key != key or self._lists is None or self._embeddings is None:
                 loaded = lists()
+                name = hashlib.sha256(f"{model_id}\n{loaded.digest()}".encode()).hexdigest()[:24]
+                cache_file = cache_dir / f"{name}.safetensors" if cache_dir is not None else None
+                embeddings = _read_cache(cache_file, loaded)
+                if embeddings is None:
 
-                def encode(texts: list[str]) -> torch.Tensor:
-                    return torch.cat([embed(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
+                    def encode(texts: list[str]) -> torch.Tensor:
+                        return torch.cat([embed(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
 
-                embeddings = (encode(loaded.subjects), [encode(lines) for lines, _ in loaded.extras])
+                    embeddings = (encode(loaded.subjects), [encode(lines) for lines, _ in loaded.extras])
+                    _write_cache(cache_file, embeddings)
                 self._key, self._lists, self._embeddings = key, loaded, embeddings
             return self._lists, self._embeddings
 
@@ -125,9 +144,15 @@ class Interrogator:
         key: tuple[object, ...],
         lists: Callable[[], PhraseLists],
         embed: Callable[[list[str]], torch.Tensor],
+        cache_dir: Path | None = None,
+        model_id: str = "",
     ) -> str:
-        """The prompt for one image embedding (``1 x D`` or ``D``, L2-normalised)."""
-        loaded, (subjects, extras) = self._prepare(key, lists, embed)
+        """The prompt for one image embedding (``1 x D`` or ``D``, L2-normalised).
+
+        With ``cache_dir``, the lists' embeddings are kept there per ``model_id`` (which must change when
+        the model's weights do) and list contents, so a restart does not embed them again.
+        """
+        loaded, (subjects, extras) = self._prepare(key, lists, embed, cache_dir, model_id)
         image = image_embedding.reshape(-1).to(subjects.device, subjects.dtype)
         parts = [loaded.subjects[int(torch.argmax(subjects @ image))]]
         for (lines, count), embeddings in zip(loaded.extras, extras, strict=True):
@@ -141,3 +166,44 @@ def best_lines(lines: list[str], similarity: torch.Tensor, count: int) -> list[s
     best, mean = float(similarity[order[0]]), float(similarity.mean())
     threshold = best - KEEP_FRACTION * (best - mean)
     return [lines[int(i)] for i in order[:count] if float(similarity[i]) >= threshold]
+
+
+def _read_cache(path: Path | None, lists: PhraseLists) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    if path is None or not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        subjects = tensors["subjects"]
+        extras = [tensors[f"extra{index}"] for index in range(len(lists.extras))]
+    except Exception as exc:  # a damaged cache file is rebuilt
+        log.warning("ignoring the interrogation cache %s (%s)", path, exc)
+        return None
+    sizes = [len(lists.subjects), *(len(lines) for lines, _ in lists.extras)]
+    if [subjects.shape[0], *(extra.shape[0] for extra in extras)] != sizes:
+        return None
+    return subjects, extras
+
+
+def _write_cache(path: Path | None, embeddings: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    if path is None:
+        return
+    from safetensors.torch import save_file
+
+    subjects, extras = embeddings
+    tensors = {"subjects": subjects.cpu().contiguous()}
+    tensors.update({f"extra{index}": extra.cpu().contiguous() for index, extra in enumerate(extras)})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".interrogate-", suffix=".safetensors", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as exc:  # the cache only saves time
+        log.warning("could not write the interrogation cache %s (%s)", path, exc)

@@ -42,10 +42,13 @@ class ClipService:
     """See the module docstring. Thread-safe: scoring and interrogation from several threads share one
     loaded model, used by one caller at a time."""
 
-    def __init__(self, root: Path, options: OptionsStore, tokenizer_cache: Path) -> None:
+    def __init__(
+        self, root: Path, options: OptionsStore, tokenizer_cache: Path, cache_dir: Path | None = None
+    ) -> None:
         self.root = root
         self.options = options
         self.tokenizer_cache = tokenizer_cache
+        self.cache_dir = cache_dir  # interrogation's list embeddings per model (None: in memory only)
         self._lock = threading.RLock()
         self._loader: ClipLoader | None = None
         self._interrogator: Interrogator | None = None
@@ -89,7 +92,8 @@ class ClipService:
         if wanted in (None, "", AUTOMATIC):
             usable = [info for info in everything if info.usable]
             if not usable:
-                raise NoClipModelError(self.missing_note())
+                reasons = " ".join(f"({info.error})" for info in everything)
+                raise NoClipModelError(f"{self.missing_note()} {reasons}".strip())
             own = [info for info in usable if not info.reference]
             return (own or usable)[0]
         for info in everything:
@@ -165,10 +169,17 @@ class ClipService:
             embedder = self.embedder(model)
             if self._interrogator is None:
                 self._interrogator = Interrogator()
-            key = (id(embedder), embedder.name, PhraseLists.stamp(user_dir))
+            key = (embedder.identity, PhraseLists.stamp(user_dir))
             image_embedding = embedder.pil_images([image])
+            weights = self.model_info(model).weights
+            stat = weights.stat()
             return self._interrogator.interrogate(
-                image_embedding, key=key, lists=lambda: PhraseLists.load(user_dir), embed=embedder.text
+                image_embedding,
+                key=key,
+                lists=lambda: PhraseLists.load(user_dir),
+                embed=embedder.text,
+                cache_dir=self.cache_dir,
+                model_id=f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}",
             )
 
     def status(self) -> dict[str, Any]:
