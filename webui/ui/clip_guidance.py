@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "clip_guidance_"
 AUTOMATIC = "Automatic"
-DEFAULT_SCALE = 200.0
+DEFAULT_SCALE = 10.0
 DEFAULT_EVERY = 2
 DEFAULT_CUTOUTS = 4
 
@@ -58,9 +58,9 @@ def build_clip_guidance_controls(services: Any, tab: str) -> dict[str, gr.compon
         with gr.Row():
             scale = gr.Slider(
                 0,
-                2000,
+                500,
                 value=DEFAULT_SCALE,
-                step=10,
+                step=1,
                 label="Guidance scale",
                 elem_id=f"{tab}_clip_guidance_scale",
             )
