@@ -121,7 +121,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     history = HistoryService(cache / "history.sqlite3", settings.outputs_path, cache / "history-thumbnails")
     generation.history = history
     clip = ClipService(settings.clip_path, options, tokenizer_cache, cache / "clip-interrogate")
-    generation.clip = clip  # best of N scores through the one CLIP service
+    generation.clip = clip  # best of N and CLIP guidance, through the one CLIP service
     return Services(
         settings=settings,
         options=options,

@@ -127,6 +127,8 @@ def txt2img_request(
     from webui.api.controlnet_routes import controlnet_units_from_body
 
     fields["controlnet_units"] = controlnet_units_from_body(body.alwayson_scripts)
+    if body.clip_guidance is not None:
+        fields["clip_guidance"] = body.clip_guidance
     if parsed.get("Lora hashes") and services.networks is not None and isinstance(fields.get("prompt"), str):
         # LoRAs renamed since the infotext was written are found by hash.
         fields["prompt"] = services.networks.restore_prompt(fields["prompt"], parsed["Lora hashes"])

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from webui.domain.clip_guidance import ClipGuidance
+
 
 class Txt2ImgBody(BaseModel):
     """A1111's ``StableDiffusionProcessingTxt2Img`` API body. Unknown fields are ignored, as A1111 does."""
@@ -71,6 +73,8 @@ class Txt2ImgBody(BaseModel):
         0, ge=0, le=100, description="Easel: make this many images (N; 0 = off), keep the best by CLIP score"
     )
     clip_keep: int = Field(1, ge=1, le=100, description="Easel: with clip_best_of, the images kept (k)")
+    # Easel: steer sampling towards the prompt with a CLIP model (absent or scale 0: off).
+    clip_guidance: ClipGuidance | None = None
 
 
 class ImagesResponse(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from webui.domain.clip_guidance import ClipGuidance
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.img2img import DEFAULT_HR_UPSCALER, INPAINTING_FILLS, RESIZE_MODES
 from webui.domain.sd_upscale import SdUpscaleParams
@@ -68,6 +69,8 @@ class GenerationParams(BaseModel):
     # Best of N by CLIP score: make clip_best_of images (0: off), keep the clip_keep that fit the prompt best.
     clip_best_of: int = Field(0, ge=0, le=100)
     clip_keep: int = Field(1, ge=1, le=100)
+    # CLIP guidance (``webui.domain.clip_guidance``); None or scale 0: off.
+    clip_guidance: ClipGuidance | None = None
 
     @field_validator("width", "height")
     @classmethod

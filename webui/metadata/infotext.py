@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping
 
+from webui.domain import clip_guidance
 from webui.domain.generation import GenerationParams, RngSource, Txt2ImgRequest
 
 __all__ = [
@@ -316,6 +317,7 @@ _FIELD_MAP: dict[str, tuple[str, Callable[[object], object | None]]] = {
     "Hires resize-2": ("hr_resize_y", _as_int),
     "Hires prompt": ("hr_prompt", _as_text),
     "Hires negative prompt": ("hr_negative_prompt", _as_text),
+    clip_guidance.INFOTEXT_KEY: ("clip_guidance", clip_guidance.parse_infotext),
 }
 
 # Hires values that mean "same as the first pass": the request's default (None) says the same.

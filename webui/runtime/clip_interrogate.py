@@ -2,10 +2,11 @@
 
 The lists are plain text files, one phrase per line (``#`` starts a comment), shipped in
 ``webui/runtime/configs/clip/interrogate/``; a file with the same name in ``models/clip/interrogate/``
-replaces the shipped one. A CLIP model folder may carry its own ``interrogate/`` folder: it names what
-that model knows (a small model trained on a few words, such as Easel's reference CLIP), so for that model
-only those files are read (a list it does not have is empty). ``{colour}`` in a line stands for each line of ``colours.txt`` (two different
-colours when a line has two slots: a shape on a background of its own colour would not be seen).
+replaces the shipped one. A CLIP model folder may carry its own ``interrogate/`` folder: it names what that
+model knows (a small model trained on a few words, such as Easel's reference CLIP), so for that model only
+those files are read (a list it does not have is empty). ``{colour}`` in a line stands for each line of
+``colours.txt`` (two different colours when a line has two slots: a shape on a background of its own colour
+would not be seen).
 
 The prompt is the best line of ``subjects.txt`` (the caption), then, per list of :data:`EXTRA_LISTS` in
 order, its best lines — at most the list's count, and only those that stand out nearly as much as the

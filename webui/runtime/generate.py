@@ -158,10 +158,12 @@ def step_callback(
     on_step: StepCallback | None,
     stopped: dict[str, bool],
     control: Any | None = None,
+    guide: Any | None = None,
 ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
     """The pipelines' ``callback_on_step_end``: swaps scheduled prompts (prompt editing, alternation) in
     before the next step, tells the ControlNet session which step comes next, reports progress and stops
-    the loop when ``on_step`` says so."""
+    the loop when ``on_step`` says so; with ``guide`` (``webui.runtime.clip_guidance.ClipGuide``) it then
+    steers the latents of the next step."""
     device = model.device
     current = {"pair": schedule.at(0)}
 
@@ -188,9 +190,41 @@ def step_callback(
         if on_step is not None and not on_step(min(done, total), total, kwargs["latents"]):
             stopped["flag"] = True
             pipeline._interrupt = True
+        elif guide is not None and guide.applies(done, pipeline.scheduler):
+            kwargs["latents"] = _guided(model, schedule, batch, guide, pipeline, step, done, kwargs)
         return kwargs
 
     return callback
+
+
+def _guided(
+    model: LoadedModel,
+    schedule: Any,
+    batch: int,
+    guide: Any,
+    pipeline: Any,
+    step: int,
+    done: int,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """The latents after CLIP guidance, with the positive conditioning of the next step."""
+    cond, _ = schedule.at(done)
+    device, dtype = model.device, model.unet.dtype
+    embeds = _expand(cond.embeds.to(device, dtype), batch)
+    added = None
+    if model.family.is_sdxl and cond.pooled is not None:
+        time_ids = kwargs["add_time_ids"]
+        added = {"text_embeds": _expand(cond.pooled.to(device, dtype), batch), "time_ids": time_ids[-batch:]}
+    latents: torch.Tensor = guide(pipeline, step, kwargs["latents"], embeds, added)
+    return latents
+
+
+def callback_inputs(model: LoadedModel, guide: Any | None) -> list[str]:
+    """The tensors ``step_callback`` reads from (and may replace in) the pipeline's loop."""
+    names = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
+    if guide is not None and model.family.is_sdxl:
+        names.append("add_time_ids")
+    return names
 
 
 def generate_batch(
@@ -201,6 +235,7 @@ def generate_batch(
     prompt_encoder: Any | None = None,
 ) -> tuple[list[Image.Image], bool]:
     """Generate ``len(job.seeds)`` images. Returns (images, stopped_early)."""
+    from webui.runtime.clip_guidance import guide_for
     from webui.runtime.conditioning import PromptEncoder
     from webui.runtime.noise import initial_latents, make_generators
     from webui.runtime.samplers import build_scheduler
@@ -237,9 +272,12 @@ def generate_batch(
     )
 
     stopped = {"flag": False}
+    guide = guide_for(model, job, job.steps)
     with control_session(model, job, batch, job.steps) as control:
-        callback = step_callback(model, schedule, job.steps, batch, on_step, stopped, control)
-        output = _run_pipeline(model, job, pipe, schedule, batch, callback, latents, generators)
+        callback = step_callback(model, schedule, job.steps, batch, on_step, stopped, control, guide)
+        output = _run_pipeline(
+            model, job, pipe, schedule, batch, callback, latents, generators, callback_inputs(model, guide)
+        )
     job.extra["latents"] = output.images  # the denoised latents, for a hires pass
     images = decode_latents(model, output.images)
     return images, stopped["flag"]
@@ -265,13 +303,13 @@ def _run_pipeline(
     callback: Any,
     latents: torch.Tensor,
     generators: Any,
+    tensor_inputs: list[str],
 ) -> Any:
     from webui.runtime.samplers import step_call_kwargs
 
     device = model.device
     first_cond, first_uncond = schedule.at(0)
 
-    tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
     call: dict[str, Any] = {
         "prompt_embeds": _expand(first_cond.embeds.to(device, model.unet.dtype), batch),
         "negative_prompt_embeds": _expand(first_uncond.embeds.to(device, model.unet.dtype), batch),

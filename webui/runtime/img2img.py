@@ -29,6 +29,7 @@ from webui.runtime.generate import (
     StepCallback,
     _expand,
     assemble_pipeline,
+    callback_inputs,
     control_session,
     decode_latents,
     step_callback,
@@ -170,6 +171,7 @@ def denoise(
     inpainting pipeline re-imposes outside ``masks_for_latents`` (``L`` images at the output size, white =
     repaint). ``work_images`` are the RGB images the latents came from (needed for inpainting models).
     """
+    from webui.runtime.clip_guidance import guide_for
     from webui.runtime.conditioning import PromptEncoder
     from webui.runtime.noise import initial_latents, make_generators
     from webui.runtime.samplers import build_scheduler, step_call_kwargs
@@ -210,7 +212,8 @@ def denoise(
 
     first_cond, first_uncond = schedule.at(0)
     stopped = {"flag": False}
-    tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.family.is_sdxl else [])
+    guide = guide_for(model, job, steps)
+    tensor_inputs = callback_inputs(model, guide)
     call: dict[str, Any] = {
         "prompt_embeds": _expand(first_cond.embeds.to(device, dtype), batch),
         "negative_prompt_embeds": _expand(first_uncond.embeds.to(device, dtype), batch),
@@ -250,7 +253,9 @@ def denoise(
     else:
         call["image"] = image_latents.to(device, dtype)
     with control_session(model, job, batch, steps) as control, torch.inference_mode():
-        call["callback_on_step_end"] = step_callback(model, schedule, steps, batch, on_step, stopped, control)
+        call["callback_on_step_end"] = step_callback(
+            model, schedule, steps, batch, on_step, stopped, control, guide
+        )
         output = pipe(**call)
     return output.images, stopped["flag"]
 

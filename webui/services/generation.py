@@ -22,6 +22,7 @@ from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgReq
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.metadata.image_io import ImageFormat, dated_output_dir, encode_image, save_image_atomic
 from webui.metadata.infotext import build_infotext, generation_params
+from webui.services.clip_guidance import prepare_clip_guidance
 from webui.services.clip_scoring import check_best_of, run_best_of
 from webui.services.img2img import ImageModesMixin
 from webui.services.models import ModelService
@@ -60,7 +61,7 @@ class GenerationService(ImageModesMixin):
         self.controlnet: Any = None  # webui.services.controlnet.ControlNetService, set by the container
         self.faces: Any = None  # webui.services.faces.FaceRestoreService, set by the container
         self.history: Any = None  # webui.services.history.HistoryService, set by the container
-        self.clip: Any = None  # webui.services.clip.ClipService (best of N), set by the container
+        self.clip: Any = None  # webui.services.clip.ClipService (best of N, guidance), set by the container
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -257,6 +258,9 @@ class GenerationService(ImageModesMixin):
                 if control.plan:
                     job_extra["control"] = control.plan
                 infotext_extra = {**control.infotext, **infotext_extra}  # A1111: script keys first
+                guidance = prepare_clip_guidance(self.clip, request)
+                job_extra.update(guidance.job_extra)
+                infotext_extra.update(guidance.infotext)
                 warnings.extend(control.warnings)
                 restorer = self._face_restorer(request, warnings)
                 if request.tiling:
@@ -337,6 +341,8 @@ class GenerationService(ImageModesMixin):
                 "ControlNetLoadError",
                 "AnnotatorWeightsMissing",
                 "UnknownPreprocessorError",
+                "ClipGuidanceUnavailable",
+                "ClipGuidanceError",
             ):
                 raise
             if type(exc).__name__ == "LoraMemoryError":  # LoRA backups would not fit in RAM: say so

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from webui.domain.generation import Img2ImgRequest
 from webui.domain.img2img import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from webui.ui import params
+from webui.ui.clip_guidance import build_clip_guidance_controls, guidance_from_fields
 from webui.ui.clip_scores import (
     build_clip_controls,
     build_score_panel,
@@ -184,6 +185,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             seeds = params.build_seed_rows("img2img", defaults)
             restore_faces, tiling = build_flags("img2img")
             controlnet = build_controlnet_units(services, "img2img")
+            clip_guidance = build_clip_guidance_controls(services, "img2img")
             script = build_script_controls(services)
             clip = build_clip_controls(services, "img2img")
         with gr.Column(scale=1):
@@ -207,6 +209,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "tiling": tiling,
         **controlnet.fields,
         **clip.fields,
+        **clip_guidance,
     }
     tab = Img2ImgTab(
         fields=fields,
@@ -288,9 +291,11 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
             fields["inpaint_full_res"] = bool(fields["inpaint_full_res"])
             sd_upscale = sd_upscale_params(**{name: fields.pop(name) for name in SCRIPT_FIELDS})
             units = units_from_fields(fields)
+            guidance = guidance_from_fields(fields)
             request = Img2ImgRequest(
                 **fields,
                 controlnet_units=units,
+                clip_guidance=guidance,
                 sd_upscale=sd_upscale,
                 init_images=init_images,
                 mask=mask,

@@ -14,6 +14,7 @@ import gradio as gr
 
 from webui.metadata.image_io import read_infotext
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
+from webui.ui.clip_guidance import widget_values as clip_guidance_widget_values
 from webui.ui.controlnet import PREFIX as UNIT_PREFIX
 from webui.ui.controlnet import UnitWidgets, paste_targets, pasted_unit_updates
 from webui.ui.user_errors import user_message
@@ -57,6 +58,7 @@ def fields_to_send(
     fields = request_fields_from_infotext(parsed)
     if networks is not None and parsed.get("Lora hashes") and isinstance(fields.get("prompt"), str):
         fields["prompt"] = networks.restore_prompt(str(fields["prompt"]), parsed["Lora hashes"])
+    fields.update(clip_guidance_widget_values(fields.pop("clip_guidance", None)))
     if not getattr(options, "send_seed", True):
         fields.pop("seed", None)
     if not getattr(options, "send_size", True):

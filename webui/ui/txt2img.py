@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
 from webui.ui import params
+from webui.ui.clip_guidance import build_clip_guidance_controls, guidance_from_fields
 from webui.ui.clip_scores import (
     build_clip_controls,
     build_score_panel,
@@ -139,6 +140,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             hires = build_hires_controls(services)
             controlnet = build_controlnet_units(services, "txt2img")
             clip = build_clip_controls(services, "txt2img")
+            clip_guidance = build_clip_guidance_controls(services, "txt2img")
         with gr.Column(scale=1):
             out = params.build_output_column("txt2img")
             clip_scores = build_score_panel(services, "txt2img")
@@ -159,6 +161,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
     fields.update(hires)
     fields.update(controlnet.fields)
     fields.update(clip.fields)
+    fields.update(clip_guidance)
     tab = Txt2ImgTab(
         fields=fields,
         generate=area.generate,
@@ -208,9 +211,11 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
         opts = services.options.get()
         try:
             units = units_from_fields(fields)
+            guidance = guidance_from_fields(fields)
             request = Txt2ImgRequest(
                 **fields,
                 controlnet_units=units,
+                clip_guidance=guidance,
                 samples_format=opts.samples_format,
                 randn_source=opts.randn_source,
             )
