@@ -59,7 +59,7 @@ class Plan:
     """Step counts and sizes of one run (the defaults are the shipped model's)."""
 
     seed: int = 20241
-    steps: int = 1200
+    steps: int = 2000
     groups: int = 24  # a batch is this many groups of GROUP pictures
     lr: float = 2e-3
     weight_decay: float = 0.05
