@@ -16,6 +16,7 @@ from tests.ui.test_ui_app import _make_services
 from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
 from webui.domain.img2img import RESIZE_MODES
 from webui.metadata.image_io import encode_image
+from webui.ui.clip_guidance import PREFIX as GUIDANCE_PREFIX
 from webui.ui.controlnet import PREFIX as UNIT_PREFIX
 from webui.ui.model_defaults import page_load_values
 
@@ -91,8 +92,11 @@ def test_fields_are_request_fields_and_the_same_in_both_tabs(app: Any) -> None:
     txt2img, img2img = _tabs(app.services)
     assert set(txt2img.fields) >= SHARED_FIELDS and set(img2img.fields) >= SHARED_FIELDS
     for tab, request in ((txt2img, Txt2ImgRequest), (img2img, Img2ImgRequest)):
-        plain = {name for name in tab.fields if not name.startswith(UNIT_PREFIX)}
+        # ControlNet units' and CLIP guidance's widgets are folded into one request field each
+        plain = {name for name in tab.fields if not name.startswith((UNIT_PREFIX, GUIDANCE_PREFIX))}
         assert plain <= set(request.model_fields), plain - set(request.model_fields)
+        assert any(name.startswith(GUIDANCE_PREFIX) for name in tab.fields)
+        assert "clip_guidance" in request.model_fields
     for name in SHARED_FIELDS - {"clip_skip"}:
         left, right = txt2img.fields[name], img2img.fields[name]
         assert type(left) is type(right) and left.label == right.label, name
