@@ -8,7 +8,6 @@ defaults that come from options, and the API endpoint's parameters carry the sam
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Txt2ImgRequest
+from webui.services.clip_scoring import image_of
 from webui.ui import params
 from webui.ui.clip_guidance import build_clip_guidance_controls, guidance_from_fields
 from webui.ui.clip_scores import (
@@ -89,13 +89,7 @@ def error_box(message: str) -> dict[str, Any]:
 
 def gallery_image(image: GeneratedImage) -> Image.Image:
     """The image as PIL, with its infotext kept in ``info`` so the gallery's PNG carries the parameters."""
-    if image.png_bytes is not None:
-        pil = Image.open(io.BytesIO(image.png_bytes))
-    elif image.path is not None:
-        pil = Image.open(image.path)
-    else:
-        raise ValueError("the generated image has neither data nor a file")
-    pil.load()
+    pil = image_of(image)
     pil.info["parameters"] = image.infotext
     return pil
 
