@@ -71,6 +71,11 @@ class GenerationParams(BaseModel):
     clip_keep: int = Field(1, ge=1, le=100)
     # CLIP guidance (``webui.domain.clip_guidance``); None or scale 0: off.
     clip_guidance: ClipGuidance | None = None
+    # Extensions (``webui.extensions``): each always-on extension's accordion values by extension name (the
+    # API's ``alwayson_scripts`` entries for it), and the infotext fields their process hooks add (written
+    # after Easel's own; PNG Info and paste read them back).
+    extension_values: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    extra_infotext: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("width", "height")
     @classmethod
