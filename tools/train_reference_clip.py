@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from tools.reference.shapes import COLOURS, SHAPES, SIZE, ShapeSpec, random_spec, render
+from tools.reference.stages import Record, log, run_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_NAME = "easel-reference-clip"
@@ -71,16 +72,6 @@ class Plan:
 
 
 GROUP = 4  # a picture, its shape's colour changed, its background changed, its shape changed
-
-
-@dataclass
-class Record:
-    plan: dict[str, Any]
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -581,36 +572,25 @@ def main(argv: list[str] | None = None) -> None:
     everything = ["train", "generate", "evaluate", "ship"]
     stages = everything if args.stages == "all" else args.stages.split(",")
     work: Path = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    record_path = work / "training.json"
     record = Record(plan=plan.__dict__)
-    if record_path.exists() and args.stages != "all":
-        record.stages = json.loads(record_path.read_text()).get("stages", {})
-    started = time.perf_counter()
-    for stage in stages:
-        stage_started = time.perf_counter()
-        log(f"stage {stage} on cpu ({torch.get_num_threads()} threads)")
-        if stage == "train":
-            stats = train(plan, work)
-        elif stage == "generate":
-            if (work / "generated.npz").exists():
-                log("generated pictures already in the work folder")
-                continue
-            stats = generate(plan, work)
-        elif stage == "evaluate":
-            stats = evaluate(plan, work)
-        elif stage == "ship":
-            ship(work, args.out, record)
-            continue
-        else:
-            raise SystemExit(f"unknown stage {stage!r}")
-        stats["device"] = f"cpu ({torch.get_num_threads()} threads)"
-        stats["wall_seconds"] = round(time.perf_counter() - stage_started)
-        # The machine's load when the stage ended (1, 5, 15 min): a shared machine trains more slowly.
-        stats["load_average"] = [round(x, 2) for x in os.getloadavg()]
-        record.stages[stage] = stats
-        record_path.write_text(json.dumps(record.__dict__, indent=2))
-    log(f"done in {round(time.perf_counter() - started)} s")
+
+    def generate_once() -> dict[str, Any] | None:
+        if (work / "generated.npz").exists():
+            log("generated pictures already in the work folder")
+            return None
+        return generate(plan, work)
+
+    def ship_it() -> None:
+        ship(work, args.out, record)
+
+    handlers: dict[str, Any] = {
+        "train": lambda: train(plan, work),
+        "generate": generate_once,
+        "evaluate": lambda: evaluate(plan, work),
+        "ship": ship_it,
+    }
+    device = f"cpu ({torch.get_num_threads()} threads)"
+    run_stages(stages, handlers, work, record, device=device, resume=args.stages != "all")
 
 
 if __name__ == "__main__":

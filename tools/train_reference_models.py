@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from tools.reference.kohya import lora_tensors, save_kohya_lora
 from tools.reference.shapes import SIZE, ShapeSpec, dataset, edge_map, render
+from tools.reference.stages import Record, log, run_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "easel-reference"
@@ -71,18 +72,6 @@ class Plan:
     lora_images: int = 1500
     lora_steps: int = 800
     lora_batch: int = 32
-
-
-@dataclass
-class Record:
-    """What the run did, written next to the model for the model card."""
-
-    plan: dict[str, Any]
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -553,48 +542,37 @@ def main(argv: list[str] | None = None) -> None:
     everything = ["vae", "base", "controlnet", "lora", "ship"]
     stages = everything if args.stages == "all" else args.stages.split(",")
     work: Path = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    record_path = work / "training.json"
     record = Record(plan=plan.__dict__)
-    if record_path.exists() and args.stages != "all":
-        record.stages = json.loads(record_path.read_text()).get("stages", {})
-    started = time.perf_counter()
-    for stage in stages:
-        stage_started = time.perf_counter()
-        log(f"stage {stage} on {DEVICE} ({torch.get_num_threads()} threads)")
-        if stage == "vae":
-            stats = train_vae(plan, work)
-        elif stage == "base":
-            stats = train_base(plan, work)
-        elif stage == "controlnet":
-            stats = train_controlnet(plan, work)
-        elif stage == "lora":
-            stats, lora_unet, captions = train_lora(plan, work)
-            save_kohya_lora(
-                work / f"{LORA_NAME}.safetensors",
-                lora_tensors(lora_unet, "lora_unet", LORA_ALPHA),
-                rank=LORA_RANK,
-                alpha=LORA_ALPHA,
-                output_name=LORA_NAME,
-                captions=captions,
-                extra={"ss_training_comment": "Easel reference LoRA: grayscale style for the shapes model"},
-            )
-        elif stage == "ship":
-            ship_base(work, args.out)
-            ship_controlnet(work, args.out)
-            lora_target = args.out / "Lora" / f"{LORA_NAME}.safetensors"
-            lora_target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work / f"{LORA_NAME}.safetensors", lora_target)
-            continue
-        else:
-            raise SystemExit(f"unknown stage {stage!r}")
-        stats["device"] = (
-            f"{DEVICE} ({torch.get_num_threads()} threads)" if DEVICE.type == "cpu" else str(DEVICE)
+
+    def lora() -> dict[str, Any]:
+        stats, lora_unet, captions = train_lora(plan, work)
+        save_kohya_lora(
+            work / f"{LORA_NAME}.safetensors",
+            lora_tensors(lora_unet, "lora_unet", LORA_ALPHA),
+            rank=LORA_RANK,
+            alpha=LORA_ALPHA,
+            output_name=LORA_NAME,
+            captions=captions,
+            extra={"ss_training_comment": "Easel reference LoRA: grayscale style for the shapes model"},
         )
-        stats["wall_seconds"] = round(time.perf_counter() - stage_started)
-        record.stages[stage] = stats
-        record_path.write_text(json.dumps(record.__dict__, indent=2))
-    log(f"done in {round(time.perf_counter() - started)} s")
+        return stats
+
+    def ship() -> None:
+        ship_base(work, args.out)
+        ship_controlnet(work, args.out)
+        lora_target = args.out / "Lora" / f"{LORA_NAME}.safetensors"
+        lora_target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / f"{LORA_NAME}.safetensors", lora_target)
+
+    handlers: dict[str, Any] = {
+        "vae": lambda: train_vae(plan, work),
+        "base": lambda: train_base(plan, work),
+        "controlnet": lambda: train_controlnet(plan, work),
+        "lora": lora,
+        "ship": ship,
+    }
+    device = f"{DEVICE} ({torch.get_num_threads()} threads)" if DEVICE.type == "cpu" else str(DEVICE)
+    run_stages(stages, handlers, work, record, device=device, resume=args.stages != "all")
     if "ship" in stages:
         sizes = {
             "Stable-diffusion/" + MODEL_NAME: folder_bytes(args.out / "Stable-diffusion" / MODEL_NAME),
