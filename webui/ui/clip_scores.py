@@ -83,27 +83,25 @@ def build_clip_controls(services: Any, tab: str) -> ClipControls:
         elem_classes=["easel-clip-note"],
     )
     with gr.Accordion("CLIP", open=False, visible=present, elem_id=f"{tab}_clip") as group, gr.Row():
-        best_of = gr.Slider(
+        best_of = _count_slider(
             0,
-            MAX_BEST_OF,
-            value=0,
-            step=1,
-            precision=0,
-            label="Generate N (best of N; 0 = off)",
-            info="N images in batches of the batch size; the batch count is not used",
-            elem_id=f"{tab}_clip_best_of",
+            "Generate N (best of N; 0 = off)",
+            "N images in batches of the batch size; the batch count is not used",
+            f"{tab}_clip_best_of",
         )
-        keep = gr.Slider(
+        keep = _count_slider(
             1,
-            MAX_BEST_OF,
-            value=1,
-            step=1,
-            precision=0,
-            label="Keep the best k",
-            info="only these are saved; all N scores go into their parameters",
-            elem_id=f"{tab}_clip_keep",
+            "Keep the best k",
+            "only these are saved; all N scores go into their parameters",
+            f"{tab}_clip_keep",
         )
     return ClipControls({"clip_best_of": best_of, "clip_keep": keep}, group, note)
+
+
+def _count_slider(low: int, label: str, info: str, elem_id: str) -> gr.Slider:
+    return gr.Slider(
+        low, MAX_BEST_OF, value=low, step=1, precision=0, label=label, info=info, elem_id=elem_id
+    )
 
 
 @dataclass
