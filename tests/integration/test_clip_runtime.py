@@ -181,6 +181,11 @@ def test_model_choice_and_errors(service: ClipService, clip_root: Path, tmp_path
     service.options.update({"easel_clip_model": "tiny-openai"})
     assert service.model_name() == "tiny-openai"
     assert service.model_name("easel-reference-clip") == "easel-reference-clip"
+    # A model chosen in Settings and deleted since: the automatic choice scores (the infotext names it).
+    service.options.update({"easel_clip_model": "deleted-since"})
+    assert service.model_name() == "tiny-clip"
+    assert service.score(_images(1), "a cat").model == "tiny-clip"
+    service.options.update({"easel_clip_model": "tiny-openai"})
     with pytest.raises(LookupError, match="unknown CLIP model 'nope'"):
         service.score(_images(1), "a cat", model="nope")
     with pytest.raises(ValueError, match="prompt is empty"):
