@@ -109,7 +109,8 @@ def test_scores_after_generation_go_to_captions_infotext_and_files(app: SimpleNa
     images = _generate(app.services, batch_size=3)  # seeds 254, 255, 256 -> reds 254, 255, 0
     first, last = list(_handler(app.blocks, "after_generation")(images, [], False))
     assert first[3] == "Scoring 3 images with CLIP…"  # said while the model works; the gallery is not touched
-    gallery, infotext, scored, status, selected, infotexts = last
+    gallery, infotext, scored, status, selected, infotexts, chart = last
+    assert first[-1] == chart == ""  # the chart of the images before is cleared as soon as new ones arrive
     captions = [caption for _, caption in gallery]
     assert captions == ["Seed 254 · CLIP 25.40", "Seed 255 · CLIP 25.50", "Seed 256 · CLIP 0.00"]
     assert "CLIP score: 25.40 (fake-clip)" in infotext

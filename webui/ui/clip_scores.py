@@ -291,7 +291,8 @@ def wire_scoring(
     """Score after each of ``events`` (generate), sort, select, and the alignment chart's buttons."""
     shown_infotexts = [infotexts] if infotexts is not None else []
 
-    skip_all = (gr.skip(),) * (5 + len(shown_infotexts))
+    skip_all = (gr.skip(),) * (6 + len(shown_infotexts))
+    cleared = ("",)  # the alignment chart of the images before is stale once new ones arrive
 
     def after_generation(
         images: list[GeneratedImage], extras: list[Any], by_score: bool
@@ -302,18 +303,32 @@ def wire_scoring(
         pending = sum(recorded_score(image.infotext) is None for image in images)
         if pending and score_after_generation(services) and clip_available(services):
             scoring = f"Scoring {pending} image{'s' if pending != 1 else ''} with CLIP…"
-            yield (*skip_all[:3], scoring, *skip_all[4:])
+            yield (*skip_all[:3], scoring, *skip_all[4:-1], *cleared)
         updated, error = score_generated(services, images)
         if error is not None:
             gr.Warning(error)
         status = error or score_status(updated)
         if updated == images and not by_score:  # nothing new to show: leave the gallery as it is
-            yield (gr.skip(), gr.skip(), updated, status) + (gr.skip(),) * (1 + len(shown_infotexts))
+            yield (
+                (gr.skip(), gr.skip(), updated, status) + (gr.skip(),) * (1 + len(shown_infotexts)) + cleared
+            )
             return
         value, texts = gallery_items(updated, extras, by_score)
-        yield (value, texts[0] if texts else "", updated, status, 0) + ((texts,) if shown_infotexts else ())
+        yield (
+            (value, texts[0] if texts else "", updated, status, 0)
+            + ((texts,) if shown_infotexts else ())
+            + cleared
+        )
 
-    outputs = [gallery, infotext, panel.generated, panel.status, panel.selected, *shown_infotexts]
+    outputs = [
+        gallery,
+        infotext,
+        panel.generated,
+        panel.status,
+        panel.selected,
+        *shown_infotexts,
+        panel.chart,
+    ]
     for event in events:
         event.then(
             after_generation,
