@@ -100,10 +100,12 @@ RECORD_PROGRESS = """() => {
         const text = line.querySelector(".easel-progress-text");
         const fill = line.querySelector(".easel-progress-fill");
         if (text) {
-            window.__progressSeen.push({text: text.innerText, width: fill ? parseFloat(fill.style.width) || 0 : 0});
+            const width = fill ? parseFloat(fill.style.width) || 0 : 0;
+            window.__progressSeen.push({text: text.innerText, width: width});
         }
     };
-    new MutationObserver(record).observe(line, {subtree: true, childList: true, characterData: true, attributes: true});
+    const watch = {subtree: true, childList: true, characterData: true, attributes: true};
+    new MutationObserver(record).observe(line, watch);
 }"""
 
 

@@ -89,12 +89,12 @@ class ClipService:
         """
         everything = self.models()
         wanted = model if model not in (None, "", AUTOMATIC) else self.options.get().easel_clip_model
-        if model in (None, "", AUTOMATIC) and wanted not in (None, "", AUTOMATIC):
-            if not any(wanted in (info.name, info.path.name) for info in everything):
-                # The model chosen in Settings was removed since: score with the automatic choice (the
-                # infotext names the model that scored) rather than failing every generation.
-                log.warning("CLIP model %r from Settings is not in %s; using Automatic", wanted, self.root)
-                wanted = AUTOMATIC
+        from_settings = model in (None, "", AUTOMATIC) and wanted not in (None, "", AUTOMATIC)
+        if from_settings and not any(wanted in (info.name, info.path.name) for info in everything):
+            # The model chosen in Settings was removed since: score with the automatic choice (the
+            # infotext names the model that scored) rather than failing every generation.
+            log.warning("CLIP model %r from Settings is not in %s; using Automatic", wanted, self.root)
+            wanted = AUTOMATIC
         if wanted in (None, "", AUTOMATIC):
             usable = [info for info in everything if info.usable]
             if not usable:
