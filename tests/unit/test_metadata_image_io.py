@@ -257,3 +257,32 @@ def test_concurrent_process_saves(tmp_path: Path) -> None:
         process.join(timeout=30)
         assert process.exitcode == 0
     _assert_distinct_and_clean(tmp_path, paths, 40)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])
+def test_jpeg_and_webp_parameters_read_with_piexif_as_a1111_does(fmt: str) -> None:
+    """A1111's PNG Info (and readers built on piexif) call piexif.load and UserComment.load: the comment must
+    be EXIF type UNDEFINED (bytes), not BYTE (a tuple of ints)."""
+    pytest.importorskip("piexif")
+    import piexif
+    import piexif.helper
+
+    text = "a cat, (red:1.2)\nNegative prompt: dog\nSteps: 20, Seed: 5, Note: Ünïcode ✓"
+    data = encode_image(Image.new("RGB", (16, 16)), text, fmt)  # type: ignore[arg-type]
+    exif = piexif.load(Image.open(io.BytesIO(data)).info["exif"])
+    comment = exif.get("Exif", {}).get(piexif.ExifIFD.UserComment, b"")
+    assert isinstance(comment, bytes)
+    assert piexif.helper.UserComment.load(comment) == text
+    assert read_infotext(data)[0] == text
+
+
+def test_saved_images_get_the_users_usual_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        path = save_image_atomic(b"data", tmp_path, 1, "png")
+        assert path.stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        path = save_image_atomic(b"data", tmp_path, 2, "png")
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

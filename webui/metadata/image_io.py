@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import struct
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -96,6 +97,27 @@ def encode_user_comment(text: str) -> bytes:
     return _UNICODE_PREFIX + text.encode("utf-16-be")
 
 
+def exif_user_comment(comment: bytes) -> bytes:
+    """An EXIF block (``Exif\0\0`` + little-endian TIFF) holding only ``UserComment`` = ``comment``.
+
+    The tag is written with the EXIF standard's type UNDEFINED (7), as A1111 writes it (through piexif), so
+    readers that call ``piexif.load`` get bytes; Pillow's own writer would choose type BYTE for a bytes value,
+    which such readers return as a tuple of ints.
+    """
+    exif_ifd = 8 + 2 + 12 + 4  # after the header and IFD0 (one entry: the pointer to the EXIF IFD)
+    data_offset = exif_ifd + 2 + 12 + 4
+    tiff = (
+        b"II*\0"
+        + struct.pack("<I", 8)
+        + struct.pack("<HHHII", 1, EXIF_IFD, 4, 1, exif_ifd)  # IFD0: ExifIFD pointer, LONG
+        + struct.pack("<I", 0)
+        + struct.pack("<HHHII", 1, USER_COMMENT, 7, len(comment), data_offset)  # UserComment, UNDEFINED
+        + struct.pack("<I", 0)
+        + comment
+    )
+    return b"Exif\0\0" + tiff
+
+
 def _utf16_is_little_endian(payload: bytes) -> bool:
     # Mostly-ASCII text has its zero bytes on the high side of each code unit: even offsets for BE.
     zeros_even = payload[0::2].count(0)
@@ -143,9 +165,8 @@ def encode_image(
             png_info.add_text("parameters", infotext)
         image.save(buffer, format="PNG", pnginfo=png_info)
     elif fmt_name in ("jpg", "jpeg", "webp"):
-        exif = Image.Exif()
-        if infotext is not None:
-            exif.get_ifd(EXIF_IFD)[USER_COMMENT] = encode_user_comment(infotext)
+        # Without parameters an empty Exif still makes a WebP "extended", so they can be added later.
+        exif = exif_user_comment(encode_user_comment(infotext)) if infotext is not None else Image.Exif()
         if fmt_name == "webp":
             image.save(buffer, format="WEBP", quality=quality, exif=exif)
         else:
@@ -325,6 +346,17 @@ def _claim(temp_path: str, target: Path) -> bool:
     return True
 
 
+def user_file_mode() -> int:
+    """The mode a file the user creates gets: ``0o666`` less the process's umask."""
+    with _UMASK_LOCK:  # reading the umask means setting it: one thread at a time
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path:
     """Write encoded image ``data`` to ``directory/NNNNN-<seed>.<ext>`` and return that path.
 
@@ -346,6 +378,9 @@ def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; the image gets the permissions of any file the user writes (umask applied),
+        # so a web server or another account serving outputs/ can read it.
+        os.chmod(temp_path, user_file_mode())
         with _directory_lock(directory):
             number = next_sequence_number(directory)
             while True:

@@ -22,9 +22,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from PIL import Image
-
-from webui.metadata.image_io import EXIF_IFD, USER_COMMENT, encode_user_comment
+from webui.metadata.image_io import encode_user_comment, exif_user_comment
 from webui.metadata.infotext import quote
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -137,11 +135,8 @@ def _png(data: bytes, infotext: str) -> bytes:
 
 
 def _exif_payload(infotext: str) -> bytes:
-    """TIFF-structured Exif (``MM\\0*...``) holding ``infotext`` as A1111's UserComment."""
-    exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = encode_user_comment(infotext)
-    raw = exif.tobytes()
-    return raw[len(_EXIF_HEADER) :] if raw.startswith(_EXIF_HEADER) else raw
+    """TIFF-structured Exif (``II*\\0...``) holding ``infotext`` as A1111's UserComment."""
+    return exif_user_comment(encode_user_comment(infotext))[len(_EXIF_HEADER) :]
 
 
 def _jpeg(data: bytes, infotext: str) -> bytes:
