@@ -35,7 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve an MCP server for agents at /mcp/gradio_api/mcp/ (txt2img, img2img, models, PNG info)",
     )
     server.add_argument("--gradio-auth", metavar="USER:PASS[,U2:P2]", help="password-protect the UI")
+    server.add_argument(
+        "--gradio-auth-path", type=Path, metavar="FILE", help="UI credentials, one user:pass a line"
+    )
     server.add_argument("--api-auth", metavar="USER:PASS[,U2:P2]", help="HTTP basic auth on every API route")
+    server.add_argument(
+        "--auth-split",
+        action="store_true",
+        help="A1111's behaviour: --gradio-auth guards only the UI, --api-auth only the API (by default "
+        "either flag's credentials guard both)",
+    )
     server.add_argument(
         "--api-server-stop", action="store_true", help="enable /sdapi/v1/server-stop, -restart and -kill"
     )
@@ -128,7 +137,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["preload_model"] = not args.no_preload
     for flag in (
         "listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop", "cors_allow_origins",
-        "cors_allow_origins_regex", "mcp",
+        "cors_allow_origins_regex", "mcp", "gradio_auth_path", "auth_split",
     ):  # fmt: skip
         values[flag] = getattr(args, flag)
     values["cmd_flags"] = namespace_dict(args)

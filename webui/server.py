@@ -40,21 +40,36 @@ def build_app(services: Services, stage: Callable[[str], None] = lambda _: None)
         stage("building the studio")
         blocks = build_ui(services)
         stage("mounting the studio")
-        auth = settings.credentials("gradio") or None
+        auth = settings.guard("gradio") or None
         app = gr.mount_gradio_app(
             app, blocks, path="/", auth=auth, allowed_paths=_served_paths(services), **_launch_kwargs()
         )
+    _guard(app, settings)
     return app
+
+
+def _guard(app: Any, settings: Settings) -> None:
+    """Basic auth on every REST path (API, docs, MCP, extension routes) once any credentials are set; the UI
+    has Gradio's login with the same rule (``Settings.guard``). Without any, ``--listen`` warns."""
+    from webui.api.middleware import BasicAuthGate
+
+    credentials = settings.guard("api")
+    if credentials:
+        app.add_middleware(BasicAuthGate, credentials=credentials)
+    elif settings.listen and not settings.guard("gradio"):
+        log.warning(
+            "--listen without --gradio-auth or --api-auth: anyone who can reach this machine can use Easel, "
+            "see every image in outputs/ and change its settings; add --gradio-auth user:password"
+        )
 
 
 def _mount_mcp(app: Any, services: Services) -> Any:
     """Gradio's MCP server over Easel's tools (``webui.ui.mcp_tools``) at ``/mcp``.
 
-    ``--api-auth`` guards it (``--gradio-auth`` when only that is given): agents send HTTP basic credentials.
+    The REST gate guards it (``_guard``): agents send HTTP basic credentials.
     """
     gr = import_gradio()  # first: webui.ui imports gradio
 
-    from webui.api.middleware import BasicAuthGate
     from webui.ui.mcp_tools import MCP_MOUNT, build_mcp_blocks
 
     blocks = build_mcp_blocks(services)
@@ -64,13 +79,7 @@ def _mount_mcp(app: Any, services: Services) -> Any:
         raise SystemExit("--mcp needs the mcp package (1.x): pip install -r requirements.txt") from exc
     if blocks.mcp_server_obj is None:
         raise SystemExit(f"--mcp: {blocks.mcp_error or 'the MCP server could not start'}")
-    settings = services.settings
-    credentials = settings.credentials("api") or settings.credentials("gradio")
-    if credentials:
-        app.add_middleware(BasicAuthGate, prefix=MCP_MOUNT, credentials=credentials)
-    elif settings.listen:
-        log.warning("--listen --mcp: anyone on the network can generate; add --api-auth user:pass")
-    return app
+    return app  # guarded with the REST paths (``_guard``)
 
 
 def _served_paths(services: Services) -> list[str]:

@@ -42,7 +42,11 @@ class Settings(BaseSettings):
     api: bool = False
     nowebui: bool = False
     gradio_auth: str | None = None
+    gradio_auth_path: Path | None = None  # a file of user:pass entries (one a line, or comma-separated)
     api_auth: str | None = None
+    # A1111's split: --gradio-auth guards only the UI and --api-auth only the REST API. By default the
+    # credentials given for either surface guard both (``guard``).
+    auth_split: bool = False
     api_server_stop: bool = False
     mcp: bool = False  # serve the MCP server for agents (Gradio's, at /mcp/gradio_api/mcp/)
     cors_allow_origins: str | None = None  # comma-separated origins (A1111 --cors-allow-origins)
@@ -115,10 +119,18 @@ class Settings(BaseSettings):
         return self.data_dir / "cache"
 
     def credentials(self, which: Literal["gradio", "api"]) -> list[tuple[str, str]]:
-        """Parse ``user:pass[,user2:pass2]`` as A1111 does."""
+        """The flag's own ``user:pass[,user2:pass2]`` entries, as A1111 parses them (``--gradio-auth-path``
+        adds its file's entries to the UI's)."""
         raw = self.gradio_auth if which == "gradio" else self.api_auth
+        items = (raw or "").split(",")
+        if which == "gradio" and self.gradio_auth_path is not None:
+            try:
+                text = Path(self.gradio_auth_path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"--gradio-auth-path: cannot read {self.gradio_auth_path}: {exc}") from exc
+            items += text.replace("\n", ",").split(",")
         pairs: list[tuple[str, str]] = []
-        for item in (raw or "").split(","):
+        for item in items:
             item = item.strip()
             if not item:
                 continue
@@ -127,3 +139,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"--{which}-auth expects user:password, got {item!r}")
             pairs.append((user, password))
         return pairs
+
+    def guard(self, surface: Literal["gradio", "api"]) -> list[tuple[str, str]]:
+        """The credentials that guard ``surface`` (the UI and its Gradio API, or the REST API, docs and MCP):
+        its own flag's, else (unless ``auth_split``) the other flag's, so one flag never leaves the other
+        surface open."""
+        own = self.credentials(surface)
+        if own or self.auth_split:
+            return own
+        return self.credentials("api" if surface == "gradio" else "gradio")

@@ -162,21 +162,6 @@ def test_api_auth_guards_every_api_route(data_dir: Path) -> None:
     services.generation.shutdown()
 
 
-def test_gradio_auth_protects_the_ui(data_dir: Path) -> None:
-    from webui.server import build_app
-
-    services = build_services(
-        Settings(data_dir=data_dir, preload_model=False, api=True, gradio_auth="ann:pw")
-    )
-    with TestClient(build_app(services)) as client:
-        assert client.get("/config").status_code == 401
-        assert client.post("/login", data={"username": "ann", "password": "bad"}).status_code == 400
-        assert client.post("/login", data={"username": "ann", "password": "pw"}).status_code == 200
-        assert client.get("/config").status_code == 200
-        assert client.get("/sdapi/v1/samplers").status_code == 200  # the API has its own --api-auth
-    services.generation.shutdown()
-
-
 def test_styles_from_styles_csv(data_dir: Path) -> None:
     (data_dir / "styles.csv").write_text(
         'name,prompt,negative_prompt\nfilm,"{prompt}, film grain",blurry\nvivid,vivid colours,\n',

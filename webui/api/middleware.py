@@ -28,11 +28,24 @@ class StripTrailingSlash:
         await self.app(scope, receive, send)
 
 
-class BasicAuthGate:
-    """HTTP basic auth (``--api-auth`` credentials) in front of every path under ``prefix``."""
+# What the REST side serves (the UI, its Gradio API and its files are Gradio's, behind Gradio's login).
+REST_PREFIXES = (
+    "/sdapi", "/easel", "/controlnet", "/internal", "/ext", "/mcp", "/docs", "/redoc", "/openapi.json",
+)  # fmt: skip
 
-    def __init__(self, app: Any, prefix: str, credentials: list[tuple[str, str]]) -> None:
-        self.app, self.prefix, self.credentials = app, prefix.rstrip("/"), credentials
+
+class BasicAuthGate:
+    """HTTP basic auth in front of every path under one of ``prefixes``.
+
+    One gate in front of the whole app, so a route added later (an extension's, the docs) cannot be
+    forgotten.
+    """
+
+    def __init__(
+        self, app: Any, credentials: list[tuple[str, str]], prefixes: tuple[str, ...] = REST_PREFIXES
+    ) -> None:
+        self.app, self.credentials = app, credentials
+        self.prefixes = tuple(prefix.rstrip("/") for prefix in prefixes)
 
     def _allowed(self, header: bytes | None) -> bool:
         if not header or not header.lower().startswith(b"basic "):
@@ -45,11 +58,16 @@ class BasicAuthGate:
             secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.credentials
         )
 
+    def _guarded(self, path: str) -> bool:
+        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.prefixes)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
-        guarded = path == self.prefix or path.startswith(self.prefix + "/")
         header = dict(scope.get("headers") or []).get(b"authorization")
-        if scope["type"] == "http" and guarded and not self._allowed(header):
+        if scope["type"] in ("http", "websocket") and self._guarded(path) and not self._allowed(header):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await send({
                 "type": "http.response.start",
                 "status": 401,

@@ -242,7 +242,7 @@ def response_images(result: GenerationResult, body: Txt2ImgBody, services: Servi
 def build_router(services: Services) -> APIRouter:
     settings = services.settings
     security = HTTPBasic(auto_error=False)
-    credentials = settings.credentials("api")
+    credentials = settings.guard("api")
 
     def check_auth(creds: HTTPBasicCredentials | None = Depends(security)) -> None:
         if not credentials:
