@@ -197,3 +197,25 @@ def test_merge_without_a_merger_says_so(services) -> None:
         pytest.skip("this build has the merger")
     with pytest.raises(ExtensionError, match="merger is not available"):
         services.extension_host.merge_checkpoints("a", "b")
+
+
+def test_a_scripts_progress_line_and_share_show_around_its_jobs(services) -> None:
+    host = services.extension_host
+    progress = services.generation.progress
+    seen: list[dict[str, Any]] = []
+
+    def run(p: ScriptRun) -> GenerationResult:
+        p.easel.set_progress("Cells: 2 of 4", 0.25)
+        seen.append(progress.snapshot())
+        result = p.easel.txt2img(p.request)
+        seen.append(progress.snapshot())  # between jobs: still busy, still the script's line
+        return result
+
+    host.run_script(_extension(services), _Script(run), Txt2ImgRequest(**SMALL), [], "txt2img").result(
+        timeout=GUARD
+    )
+    assert [(s["textinfo"], s["progress"], s["busy"]) for s in seen] == [
+        ("Cells: 2 of 4", 0.25, True),
+        ("Cells: 2 of 4", 0.25, True),
+    ]
+    assert not progress.busy and progress.snapshot()["textinfo"] is None
