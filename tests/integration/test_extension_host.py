@@ -219,3 +219,11 @@ def test_a_scripts_progress_line_and_share_show_around_its_jobs(services) -> Non
         ("Cells: 2 of 4", 0.25, True),
     ]
     assert not progress.busy and progress.snapshot()["textinfo"] is None
+
+
+def test_the_host_has_every_call_of_the_easel_protocol(services) -> None:
+    from webui.extensions.api import Easel
+
+    calls = {name for name in vars(Easel) if not name.startswith("_")}
+    assert calls >= {"txt2img", "img2img", "checkpoints", "save_grid", "interrupted", "merge_checkpoints"}
+    assert not [name for name in calls if not hasattr(services.extension_host, name)]
