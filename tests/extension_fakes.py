@@ -1,14 +1,13 @@
-"""Extensions built in tests (no extension folder): a manager and a host with the agreed interfaces.
+"""Extensions built in tests (no extension folder) and a manager with the agreed interface.
 
-``FakeManager`` has the methods the UI and the API call on ``services.extensions``; ``FakeHost`` runs a
-script as one job of the generation queue, as ``services.extension_host`` does. ``sample_extension``
-registers a script, an accordion with an infotext field, a tab and a route.
+``FakeManager`` has the methods the UI and the API call on ``services.extensions`` (the real host,
+``services.extension_host``, runs the scripts). ``sample_extension`` registers a script, an accordion with
+an infotext field, a tab and a route; ``broken_extensions`` three whose UI pieces raise.
 """
 
 from __future__ import annotations
 
 import io
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +51,6 @@ class FakeManager:
         message = f"Extension '{title}' failed in {where}: {type(exc).__name__}: {exc}"
         self.failures[name] = message
         return message
-
-
-class FakeHost:
-    """``run_script`` as the agreed one: one queued job calling ``script.run``."""
-
-    def __init__(self, services: Any) -> None:
-        self.services = services
-
-    def run_script(
-        self, extension: Extension, script: Script, request: Request, args: list[Any], tab: Tab
-    ) -> Future[GenerationResult]:
-        run = ScriptRun(request, self, tab)  # type: ignore[arg-type]
-        return self.services.generation.submit_call(lambda: script.run(run, *args))  # type: ignore[no-any-return]
 
 
 def png(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> bytes:

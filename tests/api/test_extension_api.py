@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.extension_fakes import FakeHost, FakeManager, EchoScript, result_for, sample_extension
+from tests.extension_fakes import EchoScript, FakeManager, result_for, sample_extension
 from webui.container import build_services
 from webui.settings import Settings
 
@@ -29,7 +29,6 @@ def api(data_dir: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Any, EchoS
     extension, script = sample_extension(tmp_path)
     extension.accordions[0].api_args = ("enabled", "greeting")  # as the UI records it (no UI here)
     services.extensions = FakeManager([extension])  # type: ignore[attr-defined]
-    services.extension_host = FakeHost(services)  # type: ignore[attr-defined]
     with TestClient(build_app(services)) as client:
         yield client, services, script
     services.generation.shutdown()
@@ -93,8 +92,8 @@ def test_unknown_script_and_failing_script(api: tuple[TestClient, Any, EchoScrip
     failing = client.post(
         "/sdapi/v1/txt2img", json={**SMALL, "script_name": "Echo args", "script_args": [1, "fail"]}
     )
-    assert failing.status_code == 422  # the script's ValueError, in A1111's error shape
-    assert failing.json()["detail"] == "the word was 'fail'"
+    assert failing.status_code == 500  # the script's error, in A1111's error shape
+    assert failing.json()["detail"] == "Echo args: the word was 'fail'"
     assert client.get("/sdapi/v1/scripts").status_code == 200  # the API keeps answering
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.extension_fakes import FakeHost, FakeManager, broken_extensions, result_for, sample_extension
+from tests.extension_fakes import FakeManager, broken_extensions, result_for, sample_extension
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -36,13 +36,12 @@ def app(services: Any, tmp_path: Path) -> Iterator[tuple[Any, Any, Any]]:
     extension, script = sample_extension(tmp_path)
     manager = FakeManager([extension, *broken_extensions(tmp_path)])
     services.extensions = manager
-    services.extension_host = FakeHost(services)
     blocks = build_ui(services)
     yield blocks, manager, script
 
 
 def test_scripts_accordions_and_tabs_are_built(app: tuple[Any, Any, Any]) -> None:
-    blocks, manager, _script = app
+    blocks, _manager, _script = app
     choices = [value for _label, value in _config(blocks, "txt2img_script")["choices"]]
     assert choices == ["None", "Bad UI", "Echo args"]  # extensions in (priority, name) order
     # "Bad UI" failed in txt2img: its extension is disabled, so img2img does not list it
@@ -99,7 +98,7 @@ def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], 
             script_echo_args_0=7, script_echo_args_1="xyz", ext_echo_enabled=True, ext_echo_greeting="hi",
             api_name="/txt2img",
         )  # fmt: skip
-        infotext, error = outputs[3], outputs[4]
+        infotext, _error = outputs[3], outputs[4]
         assert infotext == "a red circle\nEcho: [7, 'xyz'], Tab: txt2img"
         request, args = script.calls[-1]
         assert args == (7, "xyz")
@@ -109,7 +108,7 @@ def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], 
         outputs = client.predict(
             prompt="x", script_name="Echo args", script_echo_args_1="fail", api_name="/txt2img"
         )
-        assert "Error: The word was 'fail'." in str(outputs[4])
+        assert "Error: Echo args: the word was 'fail'." in str(outputs[4])
     finally:
         client.close()
         blocks.close()
