@@ -152,3 +152,18 @@ def test_infotext_field_restores_the_accordion_widget(services: Any, tmp_path: P
     infotext = 'a cat\nSteps: 2, Sampler: Euler, Greeting: "hi, there"'
     assert controls.paste_updates(infotext) == {greeting: "hi, there"}
     assert controls.paste_updates("a cat\nSteps: 2") == {}
+
+
+def test_png_info_send_and_paste_restore_the_infotext_field(app: tuple[Any, Any, Any]) -> None:
+    from PIL import Image
+
+    from tests.ui.helpers import event_fn
+
+    blocks, _manager, _script = app
+    infotext = 'a cat\nSteps: 2, Sampler: Euler, Seed: 5, Greeting: "hi, there"'
+    updates = event_fn(blocks, "pnginfo_send_txt2img", "click").fn(infotext)
+    assert updates[_block(blocks, "txt2img_echo_greeting")] == "hi, there"
+    updates = event_fn(blocks, "pnginfo_send_to_img2img", "click").fn(Image.new("RGB", (8, 8)), infotext)
+    assert updates[_block(blocks, "img2img_echo_greeting")] == "hi, there"
+    updates = event_fn(blocks, "img2img_paste", "click").fn(infotext, "")
+    assert updates[_block(blocks, "img2img_echo_greeting")] == "hi, there"

@@ -70,6 +70,7 @@ def build_ui(services: Any) -> gr.Blocks:
                     tabs=tabs,
                     txt2img_tab_id=TXT2IMG_TAB,
                     txt2img_units=txt2img.extra["controlnet"].units,
+                    txt2img_extensions=txt2img.extra["extensions"],
                 )
                 pnginfo_send = add_send_buttons("pnginfo")
             with gr.Tab("History", id=HISTORY_TAB, elem_id="tab_history") as history_tab:
