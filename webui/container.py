@@ -142,4 +142,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     from webui.extensions.host import EaselHost
 
     services.extension_host = EaselHost(services)
+    from webui.extensions.registrations import connect_registrations
+
+    connect_registrations(services)  # extensions' upscalers join Easel's list
     return services
