@@ -15,6 +15,7 @@ from webui.services.ui_config import UiConfigStore
 from webui.ui.clip_scores import CLIP_CSS
 from webui.ui.controlnet import build_controlnet_tab
 from webui.ui.extension_tabs import build_extension_tabs
+from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras
 from webui.ui.frontend import build_frontend, frontend_css, frontend_js
 from webui.ui.history import build_history
@@ -85,6 +86,9 @@ def build_ui(services: Any) -> gr.Blocks:
             build_extension_tabs(services)  # the extensions' own tabs, before Settings
             with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
                 build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
+            if services.extensions is not None:
+                with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                    build_extensions_tab(services)
         txt2img.extra["network_cards"].use_gallery(txt2img.gallery)
         img2img.extra["network_cards"].use_gallery(img2img.gallery)
         wire_image_tabs(
