@@ -157,3 +157,47 @@ def broken_extensions(root: Path) -> list[Extension]:
 
     tab.add_tab("Broken tab", raise_tab)
     return [accordion, script, tab]
+
+
+SUFFIX_MANIFEST = """name = "prompt-suffix"
+title = "Prompt suffix"
+version = "1.0.0"
+description = "A test extension: a txt2img/img2img script that appends text to the prompt."
+entry = "main:setup"
+api = 1
+"""
+
+SUFFIX_MAIN = '''
+from typing import Any
+
+from webui.extensions.api import Extension, GenerationResult, Script, ScriptRun, Tab
+
+
+class PromptSuffix(Script):
+    title = "Prompt suffix"
+
+    def ui(self, tab: Tab) -> list[Any]:
+        import gradio as gr
+
+        return [gr.Textbox(", by a script", label="Suffix", elem_id=f"{tab}_prompt_suffix")]
+
+    def api_defaults(self, tab: Tab) -> list[Any]:
+        return [", by a script"]
+
+    def run(self, p: ScriptRun, suffix: str) -> GenerationResult:
+        p.easel.set_progress("Prompt suffix: one job")
+        return p.generate(p.request.model_copy(update={"prompt": p.request.prompt + suffix}))
+
+
+def setup(ext: Extension) -> None:
+    ext.add_script(PromptSuffix())
+'''
+
+
+def write_suffix_extension(data_dir: Path) -> Path:
+    """Install the "Prompt suffix" test extension into ``data_dir/extensions`` (found at start)."""
+    folder = data_dir / "extensions" / "prompt-suffix"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "extension.toml").write_text(SUFFIX_MANIFEST)
+    (folder / "main.py").write_text(SUFFIX_MAIN)
+    return folder

@@ -89,6 +89,7 @@ def _launch(blocks: Any) -> Any:
     return gradio_client.Client(blocks.local_url, verbose=False)
 
 
+@pytest.mark.slow
 def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], services: Any) -> None:
     blocks, _manager, script = app
     client = _launch(blocks)
@@ -114,6 +115,7 @@ def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], 
         blocks.close()
 
 
+@pytest.mark.slow
 def test_accordion_values_reach_the_request_without_a_script(
     app: tuple[Any, Any, Any], services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,3 +169,27 @@ def test_png_info_send_and_paste_restore_the_infotext_field(app: tuple[Any, Any,
     assert updates[_block(blocks, "img2img_echo_greeting")] == "hi, there"
     updates = event_fn(blocks, "img2img_paste", "click").fn(infotext, "")
     assert updates[_block(blocks, "img2img_echo_greeting")] == "hi, there"
+
+
+def test_real_manager_builds_the_example_and_an_installed_script(data_dir: Path) -> None:
+    from tests.extension_fakes import write_suffix_extension
+    from tests.ui.helpers import event_fn
+    from webui.container import build_services
+    from webui.settings import Settings
+    from webui.ui.app import build_ui
+
+    write_suffix_extension(data_dir)
+    services = build_services(Settings(data_dir=data_dir, preload_model=False))
+    try:
+        blocks = build_ui(services)
+        for tab in ("txt2img", "img2img"):
+            choices = [value for _label, value in _config(blocks, f"{tab}_script")["choices"]]
+            assert "Prompt suffix" in choices
+            _block(blocks, f"{tab}_prompt_suffix")
+            assert _config(blocks, f"{tab}_ext_example_hello_hello")["label"] == "Hello"
+        assert _config(blocks, "tab_ext_example_hello_0")["label"] == "Hello"
+        infotext = "a cat, hi\nSteps: 2, Sampler: Euler, Hello: hi"
+        updates = event_fn(blocks, "txt2img_paste", "click").fn(infotext, "")
+        assert updates[_block(blocks, "txt2img_hello_greeting")] == "hi"
+    finally:
+        services.generation.shutdown()
