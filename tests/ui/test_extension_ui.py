@@ -49,6 +49,13 @@ def test_scripts_accordions_and_tabs_are_built(app: tuple[Any, Any, Any]) -> Non
     assert img2img_choices == ["None", "SD upscale", "Echo args"]
     # the script's widgets sit in a group shown only while the script is selected
     assert _config(blocks, "txt2img_script_echo_args")["visible"] is False
+    from tests.ui.helpers import event_fn
+
+    shown = event_fn(blocks, "txt2img_script", "change").fn("Echo args")
+    group = _block(blocks, "txt2img_script_echo_args")
+    assert shown[group]["visible"] is True
+    assert shown[_block(blocks, "txt2img_script_bad_ui")]["visible"] is False
+    assert event_fn(blocks, "txt2img_script", "change").fn("None")[group]["visible"] is False
     _block(blocks, "txt2img_echo_repeats")
     _block(blocks, "img2img_echo_word")
     accordion = _config(blocks, "txt2img_ext_echo_greeting")

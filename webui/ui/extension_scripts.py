@@ -203,14 +203,15 @@ class ExtensionControls:
                     entry.inputs.append(key)
                     self.inputs[key] = widget
             self.scripts[title] = entry
-        groups = [entry.group for entry in self.scripts.values()]
+        groups = {title: entry.group for title, entry in self.scripts.items()}
         if groups:
-            titles = list(self.scripts)
 
-            def show(name: str | None) -> list[Any]:
-                return [gr.update(visible=name == title) for title in titles]
+            def show(name: str | None) -> dict[Any, Any]:  # by component: one group is one output too
+                return {group: gr.update(visible=name == title) for title, group in groups.items()}
 
-            dropdown.change(show, inputs=dropdown, outputs=groups, api_visibility="private", queue=False)
+            dropdown.change(
+                show, inputs=dropdown, outputs=list(groups.values()), api_visibility="private", queue=False
+            )
         return dropdown
 
     # -- generating ---------------------------------------------------------------------------------------
