@@ -167,7 +167,7 @@ entry = "main:setup"
 api = 1
 """
 
-SUFFIX_MAIN = '''
+SUFFIX_MAIN = """
 from typing import Any
 
 from webui.extensions.api import Extension, GenerationResult, Script, ScriptRun, Tab
@@ -191,7 +191,7 @@ class PromptSuffix(Script):
 
 def setup(ext: Extension) -> None:
     ext.add_script(PromptSuffix())
-'''
+"""
 
 
 def write_suffix_extension(data_dir: Path) -> Path:
