@@ -37,7 +37,7 @@ def find_extension_script(services: Any, tab: Tab, name: str | None) -> tuple[Ex
     if manager is None or not name or not name.strip():
         return None
     found = manager.find_script(tab, name.strip())
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def find_alwayson(services: Any, tab: Tab, title: str) -> Extension | None:
@@ -50,7 +50,7 @@ def find_alwayson(services: Any, tab: Tab, title: str) -> Extension | None:
         names = {extension.name.lower(), extension.manifest.title.lower()}
         names |= {spec.title.lower() for spec in extension.accordions if tab in spec.tabs}
         if wanted in names:
-            return extension  # type: ignore[no-any-return]
+            return extension
     return None
 
 
@@ -161,7 +161,7 @@ def _arg(label: str | None, value: Any) -> dict[str, Any]:
     return {"label": label, "value": value, "minimum": None, "maximum": None, "step": None, "choices": None}
 
 
-def add_extension_routes(router: APIRouter, services: Any) -> None:
+def mount_extension_routers(router: APIRouter, services: Any) -> None:
     """Serve each active extension's routers under ``/ext/<name>`` (inside ``router``, so behind its auth)."""
     manager = _manager(services)
     if manager is None:
@@ -178,12 +178,12 @@ def add_extension_routes(router: APIRouter, services: Any) -> None:
 
 
 __all__ = [
-    "add_extension_routes",
     "alwayson_names",
     "extension_script_titles",
     "extension_values",
     "find_alwayson",
     "find_extension_script",
+    "mount_extension_routers",
     "script_info",
     "submit_script",
 ]

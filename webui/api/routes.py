@@ -37,6 +37,7 @@ from webui.api.schemas import (
 from webui.container import Services
 from webui.domain.generation import GenerationResult, Txt2ImgRequest
 from webui.domain.samplers import UnknownSamplerError, sampler_list, scheduler_list
+from webui.extensions.api import Tab
 from webui.metadata.image_io import read_infotext
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
 
@@ -123,7 +124,7 @@ def txt2img_request(
     fields["tiling"] = bool(body.tiling)
     fields["restore_faces"] = bool(body.restore_faces)
     fields["override_settings"] = request_overrides(body, services)
-    mode = "txt2img" if cls is Txt2ImgRequest else "img2img"
+    mode: Tab = "txt2img" if cls is Txt2ImgRequest else "img2img"
     check_scripts(body, mode, services)
     from webui.api.controlnet_routes import controlnet_units_from_body
     from webui.api.extension_scripts import extension_values
@@ -265,7 +266,7 @@ def build_router(services: Services) -> APIRouter:
                             headers={"WWW-Authenticate": "Basic"})  # fmt: skip
 
     router = APIRouter(dependencies=[Depends(check_auth)])
-    from webui.api.extension_scripts import add_extension_routes, submit_script
+    from webui.api.extension_scripts import mount_extension_routers, submit_script
     generation = services.generation
     models = services.models
 
@@ -446,7 +447,7 @@ def build_router(services: Services) -> APIRouter:
     add_image_routes(router, services)
     add_system_routes(router, services)
     add_history_routes(router, services)
-    add_extension_routes(router, services)  # routers of extensions (add_routes) under /ext/<name>
+    mount_extension_routers(router, services)  # routers of extensions (add_routes) under /ext/<name>
     if services.controlnet is not None:
         from webui.api.controlnet_routes import add_controlnet_routes
 
