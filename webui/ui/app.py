@@ -83,12 +83,12 @@ def build_ui(services: Any) -> gr.Blocks:
                 )  # fmt: skip
             with gr.Tab("Networks", id=LORA_TAB, elem_id="tab_lora") as networks_tab:
                 build_networks_tab(services, txt2img.fields["prompt"], networks_tab, txt2img.gallery)
-            build_extension_tabs(services)  # the extensions' own tabs, before Settings
-            with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
-                build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
+            build_extension_tabs(services)  # the extensions' own tabs, before Extensions and Settings
             if services.extensions is not None:
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                     build_extensions_tab(services)
+            with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
+                build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
         txt2img.extra["network_cards"].use_gallery(txt2img.gallery)
         img2img.extra["network_cards"].use_gallery(img2img.gallery)
         wire_image_tabs(
