@@ -46,6 +46,12 @@ class FakeManager:
     def accordions(self, tab: Tab) -> list[tuple[Extension, Any]]:
         return [(e, a) for e in self.active() for a in e.accordions if tab in a.tabs]
 
+    def records(self) -> list[Any]:  # the Extensions tab's table: not what these tests look at
+        return []
+
+    def summary(self) -> list[dict[str, Any]]:
+        return []
+
     def fail(self, name: str, where: str, exc: BaseException) -> str:
         title = next(e.manifest.title for e in self.extensions if e.name == name)
         message = f"Extension '{title}' failed in {where}: {type(exc).__name__}: {exc}"
