@@ -62,3 +62,14 @@ def test_lists_and_route_of_the_real_extensions(client: TestClient) -> None:
     assert "example-hello" in scripts["txt2img"]
     greeting = client.get("/ext/example-hello/greeting")
     assert greeting.status_code == 200 and greeting.json()["greeting"] == "hello from Easel"
+
+
+def test_a1111_extension_list(client: TestClient) -> None:
+    listed = {item["name"]: item for item in client.get("/sdapi/v1/extensions").json()}
+    assert listed["prompt-suffix"] == {
+        "name": "prompt-suffix", "remote": None, "branch": None, "commit_hash": None, "version": "1.0.0",
+        "commit_date": None, "enabled": True,
+    }  # fmt: skip
+    assert listed["example-hello"]["enabled"] is True
+    sysinfo = client.get("/internal/sysinfo").json()
+    assert {item["name"] for item in sysinfo["Extensions"]} >= {"prompt-suffix", "example-hello"}

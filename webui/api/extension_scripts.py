@@ -161,6 +161,24 @@ def _arg(label: str | None, value: Any) -> dict[str, Any]:
     return {"label": label, "value": value, "minimum": None, "maximum": None, "step": None, "choices": None}
 
 
+def a1111_extensions(services: Any) -> list[dict[str, Any]]:
+    """``/sdapi/v1/extensions`` in A1111's shape (no git details: extensions are folders here)."""
+    manager = _manager(services)
+    records = manager.records() if manager is not None and hasattr(manager, "records") else []
+    return [
+        {
+            "name": record.name,
+            "remote": None,
+            "branch": None,
+            "commit_hash": None,
+            "version": record.manifest.version if record.manifest is not None else None,
+            "commit_date": None,
+            "enabled": record.state == "active",
+        }
+        for record in records
+    ]
+
+
 def mount_extension_routers(router: APIRouter, services: Any) -> None:
     """Serve each active extension's routers under ``/ext/<name>`` (inside ``router``, so behind its auth)."""
     manager = _manager(services)
@@ -178,6 +196,7 @@ def mount_extension_routers(router: APIRouter, services: Any) -> None:
 
 
 __all__ = [
+    "a1111_extensions",
     "alwayson_names",
     "extension_script_titles",
     "extension_values",

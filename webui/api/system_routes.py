@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from webui.api.extension_scripts import alwayson_names, extension_script_titles
+from webui.api.extension_scripts import a1111_extensions, alwayson_names, extension_script_titles
 from webui.api.extension_scripts import script_info as extension_script_info
 from webui.api.routes import ALWAYSON_SCRIPTS, SELECTABLE_SCRIPTS, ApiError
 
@@ -122,7 +122,7 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
 
     @router.get("/sdapi/v1/extensions")
     def extensions() -> list[dict[str, Any]]:
-        return []  # no extensions are installed
+        return a1111_extensions(services)
 
     if getattr(services, "clip", None) is None:  # else webui.api.clip_routes serves it
 
@@ -155,7 +155,7 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
             "CPU": {"model": platform.processor() or platform.machine(), "count": os.cpu_count()},
             "Commandline flags": cmd_flags(settings),
             "Config": services.options.as_dict(),
-            "Extensions": [],
+            "Extensions": a1111_extensions(services),
         }
 
     if settings.api_server_stop:
