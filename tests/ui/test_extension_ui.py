@@ -97,7 +97,9 @@ def _launch(blocks: Any) -> Any:
 
 
 @pytest.mark.slow
-def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], services: Any) -> None:
+def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
     blocks, _manager, script = app
     client = _launch(blocks)
     try:
@@ -112,6 +114,18 @@ def test_selected_script_runs_with_its_widget_values(app: tuple[Any, Any, Any], 
         assert args == (7, "xyz")
         assert request.prompt == "a red circle" and request.steps == 2
         assert request.extension_values == {"echo": {"enabled": True, "greeting": "hi"}}
+        # img2img: the same script from its Script dropdown, with an img2img request (no SD upscale)
+        init = tmp_path / "init.png"
+        Image.new("RGB", (64, 64), (20, 40, 200)).save(init)
+        outputs = client.predict(
+            image=gradio_client.handle_file(str(init)),
+            editor={"background": None, "layers": [], "composite": None}, upload_image=None, upload_mask=None,
+            prompt="blue", script_name="Echo args", script_echo_args_0=2, script_echo_args_1="img",
+            api_name="/img2img",
+        )  # fmt: skip
+        assert outputs[3] == "blue\nEcho: [2, 'img'], Tab: img2img"
+        request, _args = script.calls[-1]
+        assert request.mode == "img2img" and request.sd_upscale is None
         # the script's own error is shown like a generation error; the app keeps answering
         outputs = client.predict(
             prompt="x", script_name="Echo args", script_echo_args_1="fail", api_name="/txt2img"
