@@ -1,7 +1,9 @@
-"""Upscalers registered by extensions join the upscaler list and run where Easel's own do."""
+"""Upscalers and ControlNet preprocessors registered by extensions join Easel's lists and run where Easel's
+own do; one that raises disables its extension."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,59 @@ def test_a_raising_upscaler_disables_its_extension(services: Any, tmp_path: Path
         services.upscalers.upscale(Image.new("RGB", (8, 8)), "Boom", 16, 16)
     assert "broken-up" in manager.failures
     assert "Boom" not in services.upscalers.names()
+
+
+@pytest.mark.slow
+def test_extension_preprocessor_feeds_a_controlnet_unit(
+    services: Any, data_dir: Path, controlnet_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from tests.integration.test_controlnet_service import SMALL, _pixels, _unit, edge_map
+    from tests.integration.test_img2img_service import b64
+    from webui.domain.generation import Txt2ImgRequest
+
+    target = data_dir / "models" / "ControlNet"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(controlnet_files["ldm"], target / controlnet_files["ldm"].name)
+    services.controlnet.refresh()
+    extension = make_extension("edges", "Edges", tmp_path)
+    calls: list[tuple[int, float]] = []
+
+    def edges(image: Image.Image, resolution: int, **params: float) -> Image.Image:
+        calls.append((resolution, params["threshold_a"]))
+        return edge_map(image.width)  # whatever it is given: the square outline
+
+    extension.add_preprocessor("Square edges", edges)
+    extension.add_preprocessor("canny", edges)  # Easel's own name: not taken over
+    services.extensions = FakeManager([extension])
+    controlnet = services.controlnet
+    assert controlnet.module_names()[-1] == "Square edges" and controlnet.module_names().count("canny") == 1
+    assert controlnet.module_info("square EDGES").name == "Square edges"
+    blank = b64(Image.new("RGB", (64, 64)))
+    by_extension = services.generation.txt2img(
+        Txt2ImgRequest(**SMALL, controlnet_units=[_unit(services, module="Square edges", image=blank)])
+    )
+    by_hand = services.generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[_unit(services)]))
+    assert calls == [(512, -1.0)]  # the unit's defaults
+    assert np.array_equal(_pixels(by_extension)[0], _pixels(by_hand)[0])  # its map drives the unit
+    assert 'ControlNet 0: "Module: Square edges' in by_extension.images[0].infotext
+    assert by_extension.detected_maps[0].module == "Square edges"
+
+
+def test_unknown_and_raising_preprocessors(services: Any, tmp_path: Path) -> None:
+    from webui.domain.controlnet_modules import UnknownPreprocessorError
+
+    extension = make_extension("bad-edges", "Bad edges", tmp_path)
+
+    def boom(image: Image.Image, resolution: int, **params: float) -> Image.Image:
+        raise RuntimeError("no edges")
+
+    extension.add_preprocessor("Boom edges", boom)
+    manager = FakeManager([extension])
+    services.extensions = manager
+    with pytest.raises(UnknownPreprocessorError, match=r"Valid names: .*Boom edges"):
+        services.controlnet.module_info("nope")
+    with pytest.raises(ExtensionError, match="Extension 'Bad edges' failed in its preprocessor 'Boom edges'"):
+        services.controlnet.detect("Boom edges", Image.new("RGB", (8, 8)))
+    assert "Boom edges" not in services.controlnet.module_names()

@@ -1,4 +1,5 @@
-"""What extensions register that joins Easel's own lists: upscalers (``ext.add_upscaler``).
+"""What extensions register that joins Easel's own lists: upscalers (``ext.add_upscaler``) and ControlNet
+preprocessors (``ext.add_preprocessor``).
 
 :func:`connect_registrations` gives the services a provider that reads the manager's active extensions at
 each use, so an extension disabled (or failed) since start drops out of the lists at once. A registered
@@ -21,6 +22,11 @@ def connect_registrations(services: Any) -> None:
     upscalers = getattr(services, "upscalers", None)
     if upscalers is not None:
         upscalers.extension_upscalers = lambda: extension_upscalers(getattr(services, "extensions", None))
+    controlnet = getattr(services, "controlnet", None)
+    if controlnet is not None:
+        controlnet.extension_preprocessors = lambda: extension_preprocessors(
+            getattr(services, "extensions", None)
+        )
 
 
 def extension_upscalers(manager: Any) -> dict[str, Callable[..., Any]]:
@@ -34,6 +40,18 @@ def extension_upscalers(manager: Any) -> dict[str, Callable[..., Any]]:
                 log.warning("extension %s: upscaler %r is already registered", extension.name, name)
                 continue
             found[name] = guarded(manager, extension, f"its upscaler {name!r}", upscaler)
+    return found
+
+
+def extension_preprocessors(manager: Any) -> dict[str, Callable[..., Any]]:
+    """The active extensions' ControlNet preprocessors by name (the first in hook order keeps a name)."""
+    found: dict[str, Callable[..., Any]] = {}
+    if manager is None:
+        return found
+    for extension in manager.active():
+        for name, preprocessor in extension.preprocessors.items():
+            if name not in found:
+                found[name] = guarded(manager, extension, f"its preprocessor {name!r}", preprocessor)
     return found
 
 

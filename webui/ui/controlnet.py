@@ -90,6 +90,12 @@ def model_choices(services: Any) -> list[str]:
     return [MODEL_NONE, *services.controlnet.model_list(_family(services))]
 
 
+def _module_names(services: Any) -> list[str]:
+    """The preprocessor dropdown: Easel's modules, then the extensions'."""
+    controlnet = getattr(services, "controlnet", None)
+    return controlnet.module_names() if controlnet is not None else [info.name for info in PREPROCESSORS]
+
+
 def slider_updates(module: str) -> tuple[Any, Any, Any]:
     """Resolution / threshold sliders for ``module``: labels, ranges and defaults from its detail."""
     try:
@@ -167,7 +173,7 @@ class UnitWidgets:
 
 def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
     eid = f"{mode}_controlnet_{index}"
-    module_names = [info.name for info in PREPROCESSORS]
+    module_names = _module_names(services)
     defaults = ControlNetUnit()
     with gr.Tab(f"Unit {index}", id=f"{eid}_tab"):
         with gr.Row():
@@ -415,7 +421,7 @@ def pasted_unit_updates(
             continue  # not in the infotext (``units_from_infotext`` fills gaps with disabled units)
         cn = recorded[unit.index]
         try:
-            module = resolve_module(cn.module).name
+            module = services.controlnet.module_info(cn.module).name
         except ValueError:
             problems.append(f"unit {unit.index}: preprocessor {cn.module!r} is unknown, set to none")
             module = "none"
@@ -481,7 +487,7 @@ def build_controlnet_tab(
     """Upload a reference, preview a preprocessor's map, send it to a unit of txt2img or img2img.
     Returns the reference image (other tabs send images to it) and the model list (it follows the loaded
     checkpoint's family)."""
-    module_names = [info.name for info in PREPROCESSORS]
+    module_names = _module_names(services)
     with gr.Row():
         with gr.Column():
             reference = gr.Image(
