@@ -101,3 +101,36 @@ def _pixels(data: bytes | None) -> bytes:
     assert data is not None
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB").tobytes()
+
+
+COUNTER = """
+CALLS = {"process": 0, "image": 0, "postprocess": 0}
+
+
+def setup(ext):
+    def count(kind):
+        def hook(ctx, value):
+            CALLS[kind] += 1
+            ctx.easel.set_progress(f"{kind} {CALLS[kind]}")
+        return hook
+
+    ext.on_process(count("process"))
+    ext.on_postprocess_image(count("image"))
+    ext.on_postprocess(count("postprocess"))
+    ext.add_routes(CALLS)  # any object: the counts, for the test to read
+"""
+
+
+def test_best_of_n_runs_the_job_hooks_once_and_the_image_hook_per_image(tmp_path: Path) -> None:
+    from tests.clip_fakes import FakeClip, clip_services
+
+    services = clip_services(tmp_path, FakeClip())
+    try:
+        _install(services, "counter", COUNTER)
+        result = services.generation.txt2img(Txt2ImgRequest(**SMALL, clip_best_of=4, clip_keep=1))
+        assert len(result.images) == 1
+        [extension] = [e for e in services.extensions.active() if e.name == "counter"]
+        assert extension.routers[0] == {"process": 1, "image": 4, "postprocess": 1}
+        assert services.extension_host.clip_score(Image.new("RGB", (8, 8), (200, 0, 0)), "red") is not None
+    finally:
+        services.generation.shutdown()

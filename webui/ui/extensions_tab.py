@@ -131,7 +131,7 @@ def build_extensions_tab(services: Any) -> dict[str, Any]:
         interactive=True,
         static_columns=[1, 2, 3, 4, 5],
         wrap=True,
-        column_widths=["90px", "18%", "14%", "80px", "90px", "40%"],
+        column_widths=["110px", "20%", "16%", "100px", "110px", "36%"],
         elem_id="extensions_table",
         label="Extensions",
     )
