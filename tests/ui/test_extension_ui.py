@@ -214,3 +214,13 @@ def test_real_manager_builds_the_example_and_an_installed_script(data_dir: Path)
         assert updates[_block(blocks, "txt2img_hello_greeting")] == "hi"
     finally:
         services.generation.shutdown()
+
+
+def test_an_extension_preprocessor_gets_a_resolution_slider_in_the_unit() -> None:
+    from webui.ui.controlnet import _sliders_to_fields, slider_updates
+
+    resolution, a, b = slider_updates("Square edges")  # not one of Easel's: an extension's
+    assert resolution["visible"] is True and resolution["value"] == 512
+    assert a["visible"] is False and b["visible"] is False
+    assert _sliders_to_fields("Square edges", 256, 10, 20) == (256, -1.0, -1.0)
+    assert _sliders_to_fields("canny", 256, 10, 20) == (256, 10.0, 20.0)

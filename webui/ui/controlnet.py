@@ -29,6 +29,7 @@ from webui.domain.controlnet import (
 )
 from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
 from webui.metadata.infotext import parse_infotext
+from webui.services.controlnet import extension_module_info
 from webui.services.img2img import encode_png_b64
 from webui.ui.icons import icon_text_button
 from webui.ui.user_errors import user_message
@@ -100,8 +101,8 @@ def slider_updates(module: str) -> tuple[Any, Any, Any]:
     """Resolution / threshold sliders for ``module``: labels, ranges and defaults from its detail."""
     try:
         sliders = resolve_module(module).module_detail()["sliders"]
-    except ValueError:
-        sliders = []
+    except ValueError:  # an extension's preprocessor (the only other names offered): a resolution slider
+        sliders = extension_module_info(module).module_detail()["sliders"] if module else []
     updates = []
     for position in range(3):
         slider = sliders[position] if position < len(sliders) else None
@@ -136,8 +137,8 @@ def _sliders_to_fields(module: str, res: float, a: float, b: float) -> tuple[int
     module's detail, in that order); a slot the module does not have gives ``-1`` (its default)."""
     try:
         info = resolve_module(module)
-    except ValueError:
-        return -1, -1.0, -1.0
+    except ValueError:  # an extension's preprocessor: its resolution slider only
+        return (int(res), -1.0, -1.0) if module else (-1, -1.0, -1.0)
     return (
         int(res) if info.resolution_slider is not None else -1,
         float(a) if info.threshold_a_slider is not None else -1.0,
