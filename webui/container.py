@@ -155,4 +155,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     )
     generation.extension_hooks = HookRunner(services.extensions, host)
     services.extensions.reload()  # an extension that fails is recorded and left out; Easel starts anyway
+    from webui.extensions.registrations import connect_registrations
+
+    connect_registrations(services)  # extensions' upscalers join Easel's list
     return services

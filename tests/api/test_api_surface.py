@@ -44,9 +44,12 @@ def _info(response: object) -> dict[str, object]:
 
 
 def test_lists_and_internal_endpoints_in_a1111_shapes(client: TestClient) -> None:
-    for path in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "extensions"):
+    for path in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles"):
         response = client.get(f"/sdapi/v1/{path}")
         assert response.status_code == 200 and response.json() == [], path
+    extensions = client.get("/sdapi/v1/extensions").json()  # the bundled ones, in A1111's shape
+    assert all(set(item) == {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled"}
+               for item in extensions)  # fmt: skip
     scripts = client.get("/sdapi/v1/scripts").json()
     assert set(scripts) == {"txt2img", "img2img"}
     assert all(name == name.lower() for names in scripts.values() for name in names)

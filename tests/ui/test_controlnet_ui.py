@@ -56,7 +56,8 @@ def test_sliders_map_to_the_module_slots() -> None:
     assert _sliders_to_fields("canny", 512, 100, 200) == (512, 100.0, 200.0)
     assert _sliders_to_fields("tile_resample", 512, 2.0, 7.0) == (-1, 2.0, -1.0)  # no resolution slot
     assert _sliders_to_fields("none", 512, 1, 2) == (-1, -1.0, -1.0)
-    assert _sliders_to_fields("telepathy", 512, 1, 2) == (-1, -1.0, -1.0)
+    # a name that is not Easel's is an extension's preprocessor: its resolution slider only
+    assert _sliders_to_fields("telepathy", 512, 1, 2) == (512, -1.0, -1.0)
 
 
 # -- restoring units from an infotext (PNG Info / send to img2img) -----------------------------------------

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webui.api.routes import ApiError, _validation_message
 from webui.domain.controlnet import ControlNetUnit
-from webui.domain.controlnet_modules import PREPROCESSORS, UnknownPreprocessorError, resolve_module
+from webui.domain.controlnet_modules import UnknownPreprocessorError
 from webui.domain.generation import GenerationResult
 
 CONTROLNET_API_VERSION = 3
@@ -80,8 +80,9 @@ def add_controlnet_routes(router: APIRouter, services: Any) -> None:
 
     @router.get("/controlnet/module_list")
     def module_list(alias_names: bool = False) -> dict[str, Any]:
-        names = [info.label if alias_names else info.name for info in PREPROCESSORS]
-        detail = {info.label if alias_names else info.name: info.module_detail() for info in PREPROCESSORS}
+        infos = [controlnet.module_info(name) for name in controlnet.module_names()]  # Easel's, extensions'
+        names = [info.label if alias_names else info.name for info in infos]
+        detail = {info.label if alias_names else info.name: info.module_detail() for info in infos}
         return {"module_list": names, "module_detail": detail}
 
     @router.get("/controlnet/control_types")
@@ -97,7 +98,7 @@ def add_controlnet_routes(router: APIRouter, services: Any) -> None:
         from webui.services.img2img import decode_image, encode_png_b64
 
         try:
-            info = resolve_module(body.controlnet_module)
+            info = controlnet.module_info(body.controlnet_module)
         except UnknownPreprocessorError as exc:
             raise ApiError(422, "ModuleError", f"Module not available: {exc}") from exc
         sources = body.controlnet_input_images or body.controlnet_images

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
+from webui.api.extension_scripts import find_extension_script, submit_script
 from webui.api.img2img_schemas import (
     ExtrasBaseBody,
     ExtrasBatchBody,
@@ -39,7 +40,8 @@ def img2img_request(body: Img2ImgBody, services: Any) -> Img2ImgRequest:
     if not body.init_images:
         raise ApiError(404, "ImageError", "Init image not found")
     sd_upscale = None
-    if body.script_name and body.script_name.strip().lower() not in ("", "none"):
+    extension_script = find_extension_script(services, "img2img", body.script_name)
+    if body.script_name and body.script_name.strip().lower() not in ("", "none") and extension_script is None:
         try:
             if find_script(body.script_name) == SD_UPSCALE:
                 sd_upscale = params_from_script_args(body.script_args, services.upscalers.names())
@@ -92,7 +94,8 @@ def add_image_routes(router: APIRouter, services: Any) -> None:
     @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
     def img2img(body: Img2ImgBody) -> dict[str, Any]:
         request = img2img_request(body, services)
-        result = generation.submit_img2img(request, body.force_task_id).result()
+        scripted = submit_script(services, "img2img", request, body.script_name, body.script_args)
+        result = (scripted or generation.submit_img2img(request, body.force_task_id)).result()
         keep_overrides(body, services)
         images = response_images(result, body, services)
         parameters = body.model_dump()

@@ -37,6 +37,7 @@ from webui.api.schemas import (
 from webui.container import Services
 from webui.domain.generation import GenerationResult, Txt2ImgRequest
 from webui.domain.samplers import UnknownSamplerError, sampler_list, scheduler_list
+from webui.extensions.api import Tab
 from webui.metadata.image_io import read_infotext
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
 
@@ -123,10 +124,13 @@ def txt2img_request(
     fields["tiling"] = bool(body.tiling)
     fields["restore_faces"] = bool(body.restore_faces)
     fields["override_settings"] = request_overrides(body, services)
-    check_scripts(body, "txt2img" if cls is Txt2ImgRequest else "img2img")
+    mode: Tab = "txt2img" if cls is Txt2ImgRequest else "img2img"
+    check_scripts(body, mode, services)
     from webui.api.controlnet_routes import controlnet_units_from_body
+    from webui.api.extension_scripts import extension_values
 
     fields["controlnet_units"] = controlnet_units_from_body(body.alwayson_scripts)
+    fields["extension_values"] = extension_values(services, mode, body.alwayson_scripts)
     if body.clip_guidance is not None:
         fields["clip_guidance"] = body.clip_guidance
     if parsed.get("Lora hashes") and services.networks is not None and isinstance(fields.get("prompt"), str):
@@ -148,13 +152,18 @@ SELECTABLE_SCRIPTS: dict[str, list[str]] = {"txt2img": [], "img2img": ["sd upsca
 ALWAYSON_SCRIPTS: dict[str, list[str]] = {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
 
-def check_scripts(body: Txt2ImgBody, mode: str = "txt2img") -> None:
-    """A1111 answers 422 for a script it does not have; so does Easel, naming the script."""
+def check_scripts(body: Txt2ImgBody, mode: str = "txt2img", services: Any = None) -> None:
+    """A1111 answers 422 for a script it does not have; so does Easel, naming the script. Scripts and
+    always-on entries of active extensions (``services.extensions``) are available."""
+    from webui.api.extension_scripts import find_alwayson, find_extension_script
+
     name = (body.script_name or "").strip().lower()
-    if name and name != "none" and name not in SELECTABLE_SCRIPTS[mode]:
+    builtin = not name or name == "none" or name in SELECTABLE_SCRIPTS[mode]
+    if not builtin and find_extension_script(services, mode, name) is None:  # type: ignore[arg-type]
         raise ApiError(422, "ScriptError", f"script {body.script_name!r} is not available in Easel")
     for title in body.alwayson_scripts or {}:
-        if title.lower() not in ALWAYSON_SCRIPTS[mode]:
+        known = title.lower() in ALWAYSON_SCRIPTS[mode] or find_alwayson(services, mode, title) is not None  # type: ignore[arg-type]
+        if not known:
             raise ApiError(
                 422,
                 "ScriptError",
@@ -257,13 +266,15 @@ def build_router(services: Services) -> APIRouter:
                             headers={"WWW-Authenticate": "Basic"})  # fmt: skip
 
     router = APIRouter(dependencies=[Depends(check_auth)])
+    from webui.api.extension_scripts import mount_extension_routers, submit_script
     generation = services.generation
     models = services.models
 
     @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
     def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
         request = txt2img_request(body, services)
-        result = generation.submit_txt2img(request, body.force_task_id).result()
+        scripted = submit_script(services, "txt2img", request, body.script_name, body.script_args)
+        result = (scripted or generation.submit_txt2img(request, body.force_task_id)).result()
         keep_overrides(body, services)
         images = response_images(result, body, services)
         parameters = body.model_dump()
@@ -436,6 +447,7 @@ def build_router(services: Services) -> APIRouter:
     add_image_routes(router, services)
     add_system_routes(router, services)
     add_history_routes(router, services)
+    mount_extension_routers(router, services)  # routers of extensions (add_routes) under /ext/<name>
     if services.controlnet is not None:
         from webui.api.controlnet_routes import add_controlnet_routes
 

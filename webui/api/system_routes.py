@@ -16,6 +16,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from webui.api.extension_scripts import a1111_extensions, alwayson_names, extension_script_titles
+from webui.api.extension_scripts import script_info as extension_script_info
 from webui.api.routes import ALWAYSON_SCRIPTS, SELECTABLE_SCRIPTS, ApiError
 
 SECRET_FLAGS = ("api_auth", "gradio_auth")
@@ -97,7 +99,11 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
 
     @router.get("/sdapi/v1/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {mode: SELECTABLE_SCRIPTS[mode] + ALWAYSON_SCRIPTS[mode] for mode in ("txt2img", "img2img")}
+        return {
+            mode: SELECTABLE_SCRIPTS[mode] + extension_script_titles(services, mode)
+            + ALWAYSON_SCRIPTS[mode] + alwayson_names(services, mode)
+            for mode in ("txt2img", "img2img")
+        }  # fmt: skip
 
     @router.get("/sdapi/v1/script-info")
     def script_info() -> list[dict[str, Any]]:
@@ -112,11 +118,11 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
                         "args": [],
                     }
                 )
-        return out
+        return out + extension_script_info(services)
 
     @router.get("/sdapi/v1/extensions")
     def extensions() -> list[dict[str, Any]]:
-        return []  # no extensions are installed
+        return a1111_extensions(services)
 
     if getattr(services, "clip", None) is None:  # else webui.api.clip_routes serves it
 
@@ -149,7 +155,7 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
             "CPU": {"model": platform.processor() or platform.machine(), "count": os.cpu_count()},
             "Commandline flags": cmd_flags(settings),
             "Config": services.options.as_dict(),
-            "Extensions": [],
+            "Extensions": a1111_extensions(services),
         }
 
     if settings.api_server_stop:

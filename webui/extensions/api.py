@@ -227,6 +227,10 @@ class AccordionSpec:
     title: str
     build: Callable[[Tab], dict[str, Any]]
     tabs: tuple[Tab, ...]
+    # The widget names an API ``alwayson_scripts[...].args`` *list* maps onto, in order: the ones the
+    # extension declared (``add_accordion(api_args=...)``), else those ``build`` returned, in its order, as
+    # recorded when the UI built the accordion. (A dict of ``args`` by widget name always works.)
+    api_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -271,11 +275,17 @@ class Extension:
         self.tabs.append((_text(title, "tab title"), build))
 
     def add_accordion(
-        self, title: str, build: Callable[[Tab], dict[str, Any]], tabs: Sequence[Tab] = ("txt2img", "img2img")
+        self,
+        title: str,
+        build: Callable[[Tab], dict[str, Any]],
+        tabs: Sequence[Tab] = ("txt2img", "img2img"),
+        api_args: Sequence[str] = (),
     ) -> None:
         """A collapsed accordion in txt2img/img2img; ``build(tab)`` returns its widgets by name, and their
-        values reach this extension's hooks as ``HookContext.values``."""
-        self.accordions.append(AccordionSpec(_text(title, "accordion title"), build, _tabs(tabs)))
+        values reach this extension's hooks as ``HookContext.values``. ``api_args``: the widget names that
+        an API ``alwayson_scripts`` args *list* fills, in order (default: the order ``build`` returns)."""
+        names = tuple(_text(name, "api_args name") for name in api_args)
+        self.accordions.append(AccordionSpec(_text(title, "accordion title"), build, _tabs(tabs), names))
 
     def add_script(self, script: Script) -> None:
         _text(script.title, "script title")

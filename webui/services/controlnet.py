@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -22,7 +23,15 @@ from PIL import Image
 
 from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_extra
 from webui.domain.controlnet_models import ControlNetRecord, base_of_family, fits
-from webui.domain.controlnet_modules import UnknownPreprocessorError, control_types, resolve_module
+from webui.domain.controlnet_modules import (
+    PREPROCESSORS,
+    RESOLUTION_LABEL,
+    PreprocessorInfo,
+    Slider,
+    UnknownPreprocessorError,
+    control_types,
+    resolve_module,
+)
 from webui.domain.generation import DetectedMap, Img2ImgRequest, Txt2ImgRequest
 from webui.metadata.image_io import dated_output_dir, encode_image, save_image_atomic
 from webui.registry.controlnet import scan_controlnets
@@ -57,6 +66,21 @@ class PreparedControl:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ExtensionMap:
+    """An extension preprocessor's map, shaped as the runtime's ``DetectedMap`` (no poses)."""
+
+    image: Image.Image
+    module: str
+    poses: None = None
+
+
+def extension_module_info(name: str) -> PreprocessorInfo:
+    """How an extension's preprocessor is described: one resolution slider (passed to it), no thresholds
+    of its own (the unit's ``threshold_a`` / ``threshold_b`` are passed as they are)."""
+    return PreprocessorInfo(name, name, False, (Slider(RESOLUTION_LABEL, 512, 64, 2048, 8),), "All", ())
+
+
 class ControlNetService:
     def __init__(self, controlnet_dir: Path, annotators_dir: Path, options: Any) -> None:
         self.root = Path(controlnet_dir)
@@ -69,6 +93,9 @@ class ControlNetService:
         self.progress_text: Any = None  # callable(str): the generation progress text, set by the container
         self.annotator_base_url: str | None = None  # source of missing annotator weights (None: default)
         self.preprocess_device: Any = None  # callable() -> "cuda" / "cpu": where preprocessors run
+        # The active extensions' preprocessors by name (set by webui.extensions.registrations), offered after
+        # Easel's own; a name Easel already has is not taken over.
+        self.extension_preprocessors: Callable[[], dict[str, Callable[..., Image.Image]]] | None = None
 
     # -- models ----------------------------------------------------------------------------------------------
     def refresh(self) -> list[ControlNetRecord]:
@@ -134,6 +161,29 @@ class ControlNetService:
         if self.progress_text is not None:  # shown as the running job's progress text
             self.progress_text(f"{message}: {fraction:.0%}")
 
+    def _extension_modules(self) -> dict[str, Callable[..., Image.Image]]:
+        if self.extension_preprocessors is None:
+            return {}
+        builtin = {name.lower() for info in PREPROCESSORS for name in (info.name, info.label, *info.aliases)}
+        found = self.extension_preprocessors()
+        return {name: fn for name, fn in found.items() if name.lower() not in builtin}
+
+    def module_names(self) -> list[str]:
+        """Every preprocessor a unit can use: Easel's, then the extensions'."""
+        return [info.name for info in PREPROCESSORS] + list(self._extension_modules())
+
+    def module_info(self, name: str) -> PreprocessorInfo:
+        """The preprocessor called ``name`` (Easel's by any of its names, or an extension's; any case)."""
+        try:
+            return resolve_module(name)
+        except UnknownPreprocessorError:
+            for extension_name in self._extension_modules():
+                if extension_name.lower() == name.strip().lower():
+                    return extension_module_info(extension_name)
+            raise UnknownPreprocessorError(
+                f"Unknown ControlNet preprocessor {name!r}. Valid names: {', '.join(self.module_names())}."
+            ) from None
+
     def detect(
         self,
         module: str,
@@ -143,7 +193,13 @@ class ControlNetService:
         threshold_b: float = -1,
     ) -> Any:
         """Run preprocessor ``module`` on ``image``; returns a ``DetectedMap`` (``.image``, ``.poses``)."""
-        return self.preprocessors().run(  # UnknownPreprocessorError lists the valid names
+        extension = self._extension_modules()
+        name = self.module_info(module).name  # UnknownPreprocessorError lists the valid names
+        if name in extension:
+            size = resolution if resolution > 0 else 512
+            result = extension[name](image, size, threshold_a=threshold_a, threshold_b=threshold_b)
+            return ExtensionMap(result.convert("RGB"), name)
+        return self.preprocessors().run(
             module, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b
         )
 
@@ -161,7 +217,7 @@ class ControlNetService:
                 continue
             label = f"ControlNet unit {index}"
             try:
-                resolve_module(unit.module)
+                self.module_info(unit.module)
             except UnknownPreprocessorError as exc:
                 raise ControlNetInputError(f"{label}: {exc}") from exc
             record = self.find(unit.model)
@@ -203,7 +259,7 @@ class ControlNetService:
             source = decode_image(unit.image, f"control image of {label}") if unit.image else init_image
             if source is None:
                 raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
-            info = resolve_module(unit.module)
+            info = self.module_info(unit.module)
             resolution = unit.processor_res
             if unit.pixel_perfect:
                 resolution = pixel_perfect_resolution(

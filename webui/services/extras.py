@@ -8,6 +8,7 @@ source image's parameters plus A1111's ``Postprocess ...`` keys.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +35,10 @@ class UnknownUpscalerError(ValueError):
     """No upscaler has that name; the message lists the known ones."""
 
 
+KIND_EXTENSION = "extension"  # an upscaler an extension registered (``ext.add_upscaler``)
+ExtensionUpscalers = Callable[[], dict[str, Callable[[Image.Image, float], Image.Image]]]
+
+
 class UpscalerService:
     def __init__(
         self, models_root: Path, checkpoint_dir: Path, generation: Any, tokenizer_cache: Path
@@ -43,9 +48,19 @@ class UpscalerService:
         self.generation = generation
         self.tokenizer_cache = tokenizer_cache  # CLIP tokenizer files (single-file SD x4 upscalers)
         self._runner: Any = None
+        # The active extensions' upscalers by name (set by webui.extensions.registrations), listed after the
+        # others; a name Easel already has is not taken over.
+        self.extension_upscalers: ExtensionUpscalers | None = None
 
     def available(self) -> list[UpscalerRecord]:
-        return scan_upscalers(self.models_root, self.checkpoint_dir)
+        records = scan_upscalers(self.models_root, self.checkpoint_dir)
+        if self.extension_upscalers is not None:
+            seen = {record.name.lower() for record in records}
+            for name in self.extension_upscalers():
+                if name.lower() not in seen:
+                    seen.add(name.lower())
+                    records.append(UpscalerRecord(name, None, 4, KIND_EXTENSION))
+        return records
 
     def names(self) -> list[str]:
         return [record.name for record in self.available()]
@@ -77,6 +92,8 @@ class UpscalerService:
         self, image: Image.Image, record: UpscalerRecord, width: int, height: int
     ) -> Image.Image:
         """``upscale`` with an upscaler already found (``find``): no list is rebuilt per image."""
+        if record.kind == KIND_EXTENSION:
+            return self._extension_upscale(image, record.name, width, height)
         if record.path is None:
             from webui.runtime.upscalers import resize_builtin
 
@@ -87,6 +104,19 @@ class UpscalerService:
             Image.Image,
             self.runner().upscale(image, record.name, record.path, width, height, kind=record.kind),
         )
+
+
+    def _extension_upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
+        """An extension's ``upscaler(image, scale)`` at the scale that covers ``width`` x ``height``, then
+        resized to exactly that (as Easel's own upscalers are)."""
+        upscaler = (self.extension_upscalers() if self.extension_upscalers is not None else {}).get(name)
+        if upscaler is None:
+            raise UnknownUpscalerError(f"Upscaler {name!r} is not available: its extension is disabled.")
+        scale = max(width / image.width, height / image.height)
+        result = upscaler(image, scale)
+        if result.size != (width, height):
+            result = result.resize((width, height), Image.Resampling.LANCZOS)
+        return result
 
 
 class ExtrasService:

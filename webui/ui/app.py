@@ -14,6 +14,7 @@ from webui.services.ui_config import FILE_NAME as UI_CONFIG_FILE
 from webui.services.ui_config import UiConfigStore
 from webui.ui.clip_scores import CLIP_CSS
 from webui.ui.controlnet import build_controlnet_tab
+from webui.ui.extension_tabs import build_extension_tabs
 from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras
 from webui.ui.frontend import build_frontend, frontend_css, frontend_js
@@ -70,6 +71,7 @@ def build_ui(services: Any) -> gr.Blocks:
                     tabs=tabs,
                     txt2img_tab_id=TXT2IMG_TAB,
                     txt2img_units=txt2img.extra["controlnet"].units,
+                    txt2img_extensions=txt2img.extra["extensions"],
                 )
                 pnginfo_send = add_send_buttons("pnginfo")
             with gr.Tab("History", id=HISTORY_TAB, elem_id="tab_history") as history_tab:
@@ -81,6 +83,7 @@ def build_ui(services: Any) -> gr.Blocks:
                 )  # fmt: skip
             with gr.Tab("Networks", id=LORA_TAB, elem_id="tab_lora") as networks_tab:
                 build_networks_tab(services, txt2img.fields["prompt"], networks_tab, txt2img.gallery)
+            build_extension_tabs(services)  # the extensions' own tabs, before Extensions and Settings
             if services.extensions is not None:
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                     build_extensions_tab(services)

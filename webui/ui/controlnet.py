@@ -29,6 +29,7 @@ from webui.domain.controlnet import (
 )
 from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
 from webui.metadata.infotext import parse_infotext
+from webui.services.controlnet import extension_module_info
 from webui.services.img2img import encode_png_b64
 from webui.ui.icons import icon_text_button
 from webui.ui.user_errors import user_message
@@ -90,12 +91,18 @@ def model_choices(services: Any) -> list[str]:
     return [MODEL_NONE, *services.controlnet.model_list(_family(services))]
 
 
+def _module_names(services: Any) -> list[str]:
+    """The preprocessor dropdown: Easel's modules, then the extensions'."""
+    controlnet = getattr(services, "controlnet", None)
+    return controlnet.module_names() if controlnet is not None else [info.name for info in PREPROCESSORS]
+
+
 def slider_updates(module: str) -> tuple[Any, Any, Any]:
     """Resolution / threshold sliders for ``module``: labels, ranges and defaults from its detail."""
     try:
         sliders = resolve_module(module).module_detail()["sliders"]
-    except ValueError:
-        sliders = []
+    except ValueError:  # an extension's preprocessor (the only other names offered): a resolution slider
+        sliders = extension_module_info(module).module_detail()["sliders"] if module else []
     updates = []
     for position in range(3):
         slider = sliders[position] if position < len(sliders) else None
@@ -130,8 +137,8 @@ def _sliders_to_fields(module: str, res: float, a: float, b: float) -> tuple[int
     module's detail, in that order); a slot the module does not have gives ``-1`` (its default)."""
     try:
         info = resolve_module(module)
-    except ValueError:
-        return -1, -1.0, -1.0
+    except ValueError:  # an extension's preprocessor: its resolution slider only
+        return (int(res), -1.0, -1.0) if module else (-1, -1.0, -1.0)
     return (
         int(res) if info.resolution_slider is not None else -1,
         float(a) if info.threshold_a_slider is not None else -1.0,
@@ -167,7 +174,7 @@ class UnitWidgets:
 
 def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
     eid = f"{mode}_controlnet_{index}"
-    module_names = [info.name for info in PREPROCESSORS]
+    module_names = _module_names(services)
     defaults = ControlNetUnit()
     with gr.Tab(f"Unit {index}", id=f"{eid}_tab"):
         with gr.Row():
@@ -415,7 +422,7 @@ def pasted_unit_updates(
             continue  # not in the infotext (``units_from_infotext`` fills gaps with disabled units)
         cn = recorded[unit.index]
         try:
-            module = resolve_module(cn.module).name
+            module = services.controlnet.module_info(cn.module).name
         except ValueError:
             problems.append(f"unit {unit.index}: preprocessor {cn.module!r} is unknown, set to none")
             module = "none"
@@ -481,7 +488,7 @@ def build_controlnet_tab(
     """Upload a reference, preview a preprocessor's map, send it to a unit of txt2img or img2img.
     Returns the reference image (other tabs send images to it) and the model list (it follows the loaded
     checkpoint's family)."""
-    module_names = [info.name for info in PREPROCESSORS]
+    module_names = _module_names(services)
     with gr.Row():
         with gr.Column():
             reference = gr.Image(

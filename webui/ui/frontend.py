@@ -68,12 +68,18 @@ class InfotextPaste:
     """Fills one generation tab's fields from an infotext, as PNG Info's "Send to txt2img" does."""
 
     def __init__(
-        self, services: Any, fields: dict[str, gr.components.Component], units: list[UnitWidgets]
+        self,
+        services: Any,
+        fields: dict[str, gr.components.Component],
+        units: list[UnitWidgets],
+        extensions: Any = None,
     ) -> None:
         self.services = services
         self.units = units
+        self.extensions = extensions  # webui.ui.extension_scripts.ExtensionControls: its infotext fields
         self.by_name = {name: widget for name, widget in fields.items() if not name.startswith(UNIT_PREFIX)}
         self.targets = [*self.by_name.values(), *paste_targets(units)]
+        self.targets += extensions.paste_targets() if extensions is not None else []
 
     def updates(self, infotext: str) -> dict[Any, Any]:
         networks = getattr(self.services, "networks", None)
@@ -81,6 +87,8 @@ class InfotextPaste:
         updates: dict[Any, Any] = {self.by_name[name]: value for name, value in fields.items()}
         if fields:
             updates.update(paste_controlnet_units(self.services, self.units, infotext))
+            if self.extensions is not None:
+                updates.update(self.extensions.paste_updates(infotext))
         return updates
 
     def from_prompt(self, prompt: str | None, last_infotext: str | None) -> dict[Any, Any]:
@@ -112,9 +120,10 @@ def wire_prompt_tools(
     units: list[UnitWidgets],
     paste: gr.Button,
     last_infotext: gr.components.Component,
+    extensions: Any = None,
 ) -> gr.UploadButton:
     """The paste button and the hidden drop target of tab ``prefix``; returns the drop target."""
-    filler = InfotextPaste(services, fields, units)
+    filler = InfotextPaste(services, fields, units, extensions)
     paste.click(
         filler.from_prompt,
         inputs=[fields["prompt"], last_infotext],
@@ -146,6 +155,7 @@ def build_frontend(services: Any, *, txt2img: Any, img2img: Any) -> None:
                 units=tab.extra["controlnet"].units,
                 paste=tab.extra["paste"],
                 last_infotext=tab.infotext,
+                extensions=tab.extra.get("extensions"),
             )
 
     refresh.click(current, outputs=options, api_visibility="private", queue=False)

@@ -379,6 +379,7 @@ def build_history(
         txt2img.extra["controlnet"].units,
         tabs,
         tab_ids["txt2img"],
+        extensions=txt2img.extra.get("extensions"),
     )
 
     def image_of(relative: str | None) -> tuple[Any, str]:

@@ -33,6 +33,7 @@ from webui.ui.clip_scores import (
     wire_visibility,
 )
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
+from webui.ui.extension_scripts import ExtensionControls
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.progress_bar import progress_html
 from webui.ui.txt2img import (
@@ -186,7 +187,10 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             restore_faces, tiling = build_flags("img2img")
             controlnet = build_controlnet_units(services, "img2img")
             clip_guidance = build_clip_guidance_controls(services, "img2img")
-            script = build_script_controls(services)
+            extensions = ExtensionControls(services, "img2img")
+            extensions.build_accordions()
+            script = build_script_controls(services, extra_scripts=extensions.script_titles())
+            extensions.build_scripts(script["script_name"])
             clip = build_clip_controls(services, "img2img")
         with gr.Column(scale=1):
             out = params.build_output_column("img2img")
@@ -235,6 +239,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             "seeds": seeds,
             "clip": clip,
             "clip_scores": clip_scores,
+            "extensions": extensions,
         },
     )
     for sub, name in ((tab_plain, MODE_IMG2IMG), (tab_inpaint, MODE_INPAINT), (tab_up, MODE_UPLOAD)):
@@ -279,6 +284,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
     generation = services.generation
     progress_md, preview, error = tab.extra["progress"], tab.extra["preview"], tab.extra["error"]
     clip_scores = tab.extra["clip_scores"]
+    extensions = tab.extra["extensions"]
     hide_preview = gr.update(value=None, visible=False)
     no_error = gr.update(value="", visible=False)
 
@@ -288,6 +294,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
         opts = services.options.get()
         try:
             init_images, mask = request_images(mode, image, editor, upload_image, upload_mask)
+            extension_inputs = extensions.take(fields)  # accordion values, the selected extension script
             fields["inpaint_full_res"] = bool(fields["inpaint_full_res"])
             sd_upscale = sd_upscale_params(**{name: fields.pop(name) for name in SCRIPT_FIELDS})
             units = units_from_fields(fields)
@@ -301,8 +308,9 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
                 mask=mask,
                 samples_format=opts.samples_format,
                 randn_source=opts.randn_source,
+                extension_values=extension_inputs.values,
             )
-            future = generation.submit_img2img(request)
+            future = extensions.submit(request, extension_inputs) or generation.submit_img2img(request)
         except (ValidationError, ValueError) as exc:
             message = user_message(exc)
             gr.Warning(message)
@@ -355,6 +363,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
         "upload_mask": tab.upload_mask,
         **tab.fields,
         **tab.extra["script"],
+        **extensions.inputs,
     }
     generated = generate.click(
         run,

@@ -7,6 +7,7 @@ would leave the image at its size).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
@@ -29,11 +30,15 @@ def upscaler_names(services: Any) -> list[str]:
     return upscalers.names() if upscalers is not None else [UPSCALER_NONE, *BUILTIN_UPSCALERS]
 
 
-def build_script_controls(services: Any) -> dict[str, gr.components.Component]:
-    """Lay out the dropdown and the SD upscale group (inside the caller's column); widgets by name."""
+def build_script_controls(
+    services: Any, extra_scripts: Sequence[str] = ()
+) -> dict[str, gr.components.Component]:
+    """Lay out the dropdown and the SD upscale group (inside the caller's column); widgets by name.
+    ``extra_scripts``: the extensions' script titles, listed after the built-in ones."""
     script_name = gr.Dropdown(
-        [SCRIPT_NONE, *IMG2IMG_SCRIPTS], value=SCRIPT_NONE, label="Script", elem_id="img2img_script"
-    )
+        [SCRIPT_NONE, *IMG2IMG_SCRIPTS, *extra_scripts], value=SCRIPT_NONE, label="Script",
+        elem_id="img2img_script",
+    )  # fmt: skip
     with gr.Group(visible=False, elem_id="img2img_sd_upscale") as group:
         gr.Markdown("Upscales the image by the scale factor; width and height above set the tile size.")
         overlap = gr.Slider(

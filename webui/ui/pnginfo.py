@@ -82,6 +82,7 @@ def build_pnginfo(
     tabs: gr.Tabs,
     txt2img_tab_id: str,
     txt2img_units: list[UnitWidgets] | None = None,
+    txt2img_extensions: Any = None,
 ) -> PngInfoTab:
     with gr.Row():
         with gr.Column():
@@ -101,7 +102,10 @@ def build_pnginfo(
 
     image.change(read_image_info, inputs=image, outputs=[info, params, extra], api_name="pnginfo")
 
-    wire_send_txt2img(services, send_txt2img, info, txt2img_fields, txt2img_units or [], tabs, txt2img_tab_id)
+    wire_send_txt2img(
+        services, send_txt2img, info, txt2img_fields, txt2img_units or [], tabs, txt2img_tab_id,
+        extensions=txt2img_extensions,
+    )  # fmt: skip
     return tab
 
 
@@ -113,10 +117,13 @@ def wire_send_txt2img(
     units: list[UnitWidgets],
     tabs: gr.Tabs,
     txt2img_tab_id: str,
+    extensions: Any = None,
 ) -> None:
-    """``button`` pastes the infotext held by ``infotext`` into the txt2img fields and opens that tab."""
+    """``button`` pastes the infotext held by ``infotext`` into the txt2img fields and opens that tab.
+    ``extensions`` (``webui.ui.extension_scripts.ExtensionControls``) gets its infotext fields back."""
     by_name = {name: widget for name, widget in txt2img_fields.items() if not name.startswith(UNIT_PREFIX)}
     targets = [*by_name.values(), *paste_targets(units)]
+    targets += extensions.paste_targets() if extensions is not None else []
 
     def send(infotext: str | None) -> dict[Any, Any]:
         networks = getattr(services, "networks", None)
@@ -126,6 +133,8 @@ def wire_send_txt2img(
             return {}
         updates: dict[Any, Any] = {by_name[name]: value for name, value in fields.items()}
         updates.update(paste_controlnet_units(services, units, infotext or ""))
+        if extensions is not None:
+            updates.update(extensions.paste_updates(infotext or ""))
         updates[tabs] = gr.Tabs(selected=txt2img_tab_id)
         return updates
 

@@ -45,6 +45,8 @@ def wire_send(
     by_name = {name: widget for name, widget in img2img.fields.items() if not name.startswith(UNIT_PREFIX)}
     targets = [img2img.image, img2img.editor, img2img.mode, img2img.sub_tabs, tabs, *by_name.values()]
     targets += paste_targets(units)
+    extensions = img2img.extra.get("extensions")  # their accordion widgets named by infotext fields
+    targets += extensions.paste_targets() if extensions is not None else []
 
     def make(mode: str) -> Any:
         def send(*values: Any) -> dict[Any, Any]:
@@ -56,6 +58,8 @@ def wire_send(
             fields = fields_to_send(infotext or "", services.options.get(), set(by_name))
             updates: dict[Any, Any] = {by_name[name]: value for name, value in fields.items()}
             updates.update(paste_controlnet_units(services, units, infotext or ""))
+            if extensions is not None:
+                updates.update(extensions.paste_updates(infotext or ""))
             if mode == MODE_INPAINT:
                 updates[img2img.editor] = {"background": image, "layers": [], "composite": image}
             else:

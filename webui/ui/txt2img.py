@@ -30,6 +30,7 @@ from webui.ui.clip_scores import (
     wire_visibility,
 )
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
+from webui.ui.extension_scripts import ExtensionControls
 from webui.ui.hires import build_hires_controls
 from webui.ui.progress_bar import progress_html
 from webui.ui.user_errors import user_message
@@ -135,6 +136,9 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             controlnet = build_controlnet_units(services, "txt2img")
             clip = build_clip_controls(services, "txt2img")
             clip_guidance = build_clip_guidance_controls(services, "txt2img")
+            extensions = ExtensionControls(services, "txt2img")
+            extensions.build_accordions()
+            extensions.build_scripts()
         with gr.Column(scale=1):
             out = params.build_output_column("txt2img")
             clip_scores = build_score_panel(services, "txt2img")
@@ -179,6 +183,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             "seeds": seeds,
             "clip": clip,
             "clip_scores": clip_scores,
+            "extensions": extensions,
         },
     )
     clip_scores.selected = selected  # one selection for send-to, sorting and the alignment chart
@@ -198,12 +203,14 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
     last_infotexts = tab.extra["last_infotexts"]
     selected = tab.extra["selected"]
     clip_scores = tab.extra["clip_scores"]
+    extensions = tab.extra["extensions"]
     hide_preview = gr.update(value=None, visible=False)
     no_error = gr.update(value="", visible=False)
 
     def generate(**fields: Any) -> Iterator[dict[Any, Any]]:
         opts = services.options.get()
         try:
+            extension_inputs = extensions.take(fields)  # accordion values, the selected extension script
             units = units_from_fields(fields)
             guidance = guidance_from_fields(fields)
             request = Txt2ImgRequest(
@@ -212,8 +219,9 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
                 clip_guidance=guidance,
                 samples_format=opts.samples_format,
                 randn_source=opts.randn_source,
+                extension_values=extension_inputs.values,
             )
-            future = generation.submit_txt2img(request)  # a bad ControlNet unit fails here
+            future = extensions.submit(request, extension_inputs) or generation.submit_txt2img(request)
         except (ValidationError, ValueError) as exc:
             message = user_message(exc)
             gr.Warning(message)
@@ -275,7 +283,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
     ]
     generated = tab.generate.click(
         generate,
-        inputs_kwargs=tab.fields,
+        inputs_kwargs={**tab.fields, **extensions.inputs},
         outputs=outputs,
         api_name="txt2img",
         concurrency_id="txt2img",
@@ -284,7 +292,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
     )
     submitted = tab.fields["prompt"].submit(
         generate,
-        inputs_kwargs=tab.fields,
+        inputs_kwargs={**tab.fields, **extensions.inputs},
         outputs=outputs,
         api_visibility="private",
         concurrency_id="txt2img",
