@@ -14,6 +14,7 @@ from webui.services.faces import FaceRestoreService
 from webui.services.generation import GenerationService
 from webui.services.history import HistoryService
 from webui.services.lora import NetworkService
+from webui.services.merge import MergeService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
 from webui.services.prompts import PromptTokenCounter
@@ -38,6 +39,7 @@ class Services:
     history: HistoryService | None = None
     prompt_tokens: PromptTokenCounter | None = None
     clip: ClipService | None = None
+    merge: MergeService | None = None
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -136,4 +138,5 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         history=history,
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
         clip=clip,
+        merge=MergeService(models),
     )
