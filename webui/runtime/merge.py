@@ -29,7 +29,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -268,18 +268,40 @@ def build_header(plan: MergePlan, metadata: Mapping[str, str]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+class _Scratch:
+    """Flat buffers reused for every tensor, by role, grown to the largest tensor seen.
+
+    Fresh memory for each of a model's tensors would page-fault its way through gigabytes (most of a merge's
+    time, measured); the same few buffers stay resident instead, about six of the largest tensor.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def get(self, role: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        count = 1
+        for dim in shape:
+            count *= dim
+        size = count * _SIZES[_DTYPE_NAMES[dtype]]
+        flat = self._flat.get(role)
+        if flat is None or flat.numel() < size:
+            flat = self._flat[role] = torch.empty(max(size, 1), dtype=torch.uint8)
+        return flat[:size].view(dtype).view(shape)
+
+
 class _TensorFile:
     """Reads single tensors of a safetensors file at their header offsets (no memory map)."""
 
-    def __init__(self, header: SafetensorsHeader, handle: IO[bytes]) -> None:
-        self.header, self.handle = header, handle
+    def __init__(self, header: SafetensorsHeader, handle: IO[bytes], scratch: _Scratch, role: str) -> None:
+        self.header, self.handle, self.scratch, self.role = header, handle, scratch, role
 
-    def raw(self, key: str) -> torch.Tensor:
+    def tensor(self, key: str) -> torch.Tensor:
+        """The tensor, in a scratch buffer of this file that the next call overwrites."""
         info = self.header.tensors[key]
+        tensor = self.scratch.get(self.role, _DTYPES[info.dtype], info.shape)
         size = info.end - info.start
-        buffer = torch.empty(size, dtype=torch.uint8)
         self.handle.seek(self.header.data_offset + info.start)
-        view = memoryview(buffer.numpy())
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         done = 0
         while done < size:
             count = self.handle.readinto(view[done:])  # type: ignore[attr-defined]
@@ -288,11 +310,14 @@ class _TensorFile:
                     f"{self.header.path.name}: the file ends inside tensor {key}; download it again"
                 )
             done += count
-        return buffer
+        return tensor
 
-    def tensor(self, key: str) -> torch.Tensor:
-        info = self.header.tensors[key]
-        return self.raw(key).view(_DTYPES[info.dtype]).reshape(info.shape)
+    def float32(self, key: str) -> torch.Tensor:
+        """The tensor as fp32, in a scratch buffer (the file's own when it is fp32 already)."""
+        tensor = self.tensor(key)
+        if tensor.dtype == torch.float32:
+            return tensor
+        return self.scratch.get(self.role + "-fp32", torch.float32, tuple(tensor.shape)).copy_(tensor)
 
     def copy_raw(self, key: str, write: Callable[[memoryview], None]) -> None:
         """Pass the tensor's bytes on in chunks (a tensor kept as it is needs no buffer of its size)."""
@@ -310,13 +335,13 @@ class _TensorFile:
 
 
 class _VaeTensors:
-    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
+    def __init__(self, path: Path, stack: contextlib.ExitStack, scratch: _Scratch) -> None:
         self.file: _TensorFile | None = None
         self.loaded: dict[str, torch.Tensor] = {}
         self.keys: dict[str, str] = {}  # checkpoint key -> key in the VAE file
         if path.suffix.lower() == ".safetensors":
             header = read_header(path)
-            self.file = _TensorFile(header, stack.enter_context(path.open("rb", buffering=0)))
+            self.file = _TensorFile(header, stack.enter_context(path.open("rb", buffering=0)), scratch, "vae")
             names = list(header.tensors)
         else:
             from webui.registry.pickle_check import CheckpointLoadError, load_pickle_checkpoint
@@ -333,10 +358,12 @@ class _VaeTensors:
         return self.file.tensor(name) if self.file is not None else self.loaded[name]
 
 
-def _open(header: SafetensorsHeader | None, stack: contextlib.ExitStack) -> _TensorFile | None:
+def _open(
+    header: SafetensorsHeader | None, stack: contextlib.ExitStack, scratch: _Scratch, role: str
+) -> _TensorFile | None:
     if header is None:
         return None
-    return _TensorFile(header, stack.enter_context(header.path.open("rb", buffering=0)))
+    return _TensorFile(header, stack.enter_context(header.path.open("rb", buffering=0)), scratch, role)
 
 
 def _interpolate(
@@ -348,10 +375,10 @@ def _interpolate(
     c_file: _TensorFile | None,
 ) -> torch.Tensor:
     """The merged tensor in fp32: the same expressions, in the same order, as the module docstring."""
-    a = a_file.tensor(entry.key).float()
-    b = b_file.tensor(entry.key).float()
+    a = a_file.float32(entry.key)
+    b = b_file.float32(entry.key)
     if c_file is not None:
-        b.sub_(c_file.tensor(entry.key).float())  # B − C
+        b.sub_(c_file.float32(entry.key))  # B − C
     target = a[:, : entry.channels] if entry.channels is not None else a
     if method == "weighted_sum":
         target.mul_(1 - alpha)  # (1 − α)·A
@@ -400,14 +427,17 @@ def write_merge(
                 out.write(data)
                 digest.update(data)
 
-            primary = _open(plan.primary, stack)
+            scratch = _Scratch()
+            primary = _open(plan.primary, stack, scratch, "a")
             assert primary is not None
-            inputs = _Inputs(primary, _open(plan.secondary, stack), _open(plan.tertiary, stack))
-            vae = _VaeTensors(plan.vae, stack) if plan.vae is not None else None
+            inputs = _Inputs(
+                primary, _open(plan.secondary, stack, scratch, "b"), _open(plan.tertiary, stack, scratch, "c")
+            )
+            vae = _VaeTensors(plan.vae, stack, scratch) if plan.vae is not None else None
             write(header)
             done = len(header)
             for index, entry in enumerate(plan.entries):
-                _write_entry(plan.method, entry, alpha, inputs, vae, write)
+                _write_entry(plan.method, entry, alpha, inputs, vae, scratch, write)
                 done += _nbytes(entry.dtype, entry.shape)
                 if progress is not None and (index % 16 == 0 or index == len(plan.entries) - 1):
                     progress(f"Merging tensor {index + 1} of {len(plan.entries)}", done / total)
@@ -434,6 +464,7 @@ def _write_entry(
     alpha: float,
     inputs: _Inputs,
     vae: _VaeTensors | None,
+    scratch: _Scratch,
     write: Callable[[memoryview], None],
 ) -> None:
     primary = inputs.primary
@@ -447,8 +478,10 @@ def _write_entry(
         return
     else:
         tensor = primary.tensor(entry.key)
-    tensor = tensor.to(_DTYPES[entry.dtype]).contiguous().reshape(-1)
-    write(memoryview(tensor.view(torch.uint8).numpy()))
+    dtype = _DTYPES[entry.dtype]
+    if tensor.dtype != dtype:
+        tensor = scratch.get("out", dtype, entry.shape).copy_(tensor)
+    write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
 def _link_into_place(temp: Path, target: Path) -> None:
@@ -473,16 +506,3 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each tensor of a safetensors file in file order, one at a time (for checks and tests)."""
-    header = read_header(path)
-    with path.open("rb", buffering=0) as handle:
-        reader = _TensorFile(header, handle)
-        for key, _info in sorted(header.tensors.items(), key=lambda item: item[1].start):
-            yield key, reader.tensor(key)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return _DTYPE_NAMES[dtype]
