@@ -431,11 +431,13 @@ def build_router(services: Services) -> APIRouter:
 
     from webui.api.history_routes import add_history_routes
     from webui.api.img2img_routes import add_image_routes
+    from webui.api.merge_routes import add_merge_routes
     from webui.api.system_routes import add_system_routes
 
     add_image_routes(router, services)
     add_system_routes(router, services)
     add_history_routes(router, services)
+    add_merge_routes(router, services)
     if services.controlnet is not None:
         from webui.api.controlnet_routes import add_controlnet_routes
 
@@ -444,9 +446,6 @@ def build_router(services: Services) -> APIRouter:
         from webui.api.clip_routes import add_clip_routes
 
         add_clip_routes(router, services)
-    from webui.api.merge_routes import add_merge_routes
-
-    add_merge_routes(router, services)
     return router
 
 
