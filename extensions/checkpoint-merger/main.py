@@ -85,7 +85,7 @@ def merge(
         )
     except Exception as exc:  # every refusal carries its reason; the tab stays usable
         return False, str(exc) or type(exc).__name__
-    return True, f"Checkpoint saved: {title}. It is in the checkpoint list now."
+    return True, f"Checkpoint saved: {title}. Refresh the checkpoint list at the top to select it."
 
 
 def build_tab(easel: Easel) -> None:

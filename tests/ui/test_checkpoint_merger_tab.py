@@ -71,7 +71,7 @@ def test_merge_saves_a_listed_checkpoint_and_reports_refusals(host: Any) -> None
     )  # fmt: skip
     assert ok, message
     new_title = _titles(host)["tab-merge.safetensors"]
-    assert message == f"Checkpoint saved: {new_title}. It is in the checkpoint list now."
+    assert message == f"Checkpoint saved: {new_title}. Refresh the checkpoint list at the top to select it."
     assert new_title in module.checkpoint_choices(host)
     assert seen[-1] == 1.0
     key = "model.diffusion_model.out.2.bias"
