@@ -434,10 +434,10 @@ def build_router(services: Services) -> APIRouter:
     from webui.api.merge_routes import add_merge_routes
     from webui.api.system_routes import add_system_routes
 
+    add_merge_routes(router, services)
     add_image_routes(router, services)
     add_system_routes(router, services)
     add_history_routes(router, services)
-    add_merge_routes(router, services)
     if services.controlnet is not None:
         from webui.api.controlnet_routes import add_controlnet_routes
 
