@@ -242,3 +242,16 @@ def test_a_vae_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     diffusers = _save(tmp_path, "diffusers-vae", {"decoder.conv_norm_out.weight": torch.zeros(3)})
     with pytest.raises(MergeError, match="no weights that fit"):
         plan_merge(a, method="no_interpolation", vae=diffusers)
+
+
+def test_a_vae_from_a_torch_pickle_is_baked_in(tmp_path: Path) -> None:
+    a = _state(1)
+    vae = {"decoder.conv_out.weight": torch.ones(3, 8, 3, 3), "decoder.conv_out.bias": torch.ones(3)}
+    torch.save({"state_dict": vae, "global_step": 5}, tmp_path / "vae.pt")
+    plan = plan_merge(
+        _save(tmp_path, "a", a), method="no_interpolation", vae=tmp_path / "vae.pt", precision="fp16"
+    )
+    write_merge(plan, tmp_path / "out.safetensors", alpha=0.3)
+    out = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(out[VAE_CONV], torch.ones(3, 8, 3, 3, dtype=torch.float16))
+    assert torch.equal(out[ATTN], a[ATTN].half())
