@@ -205,9 +205,6 @@ def plan_merge(
         if other is not None and _is_interpolated(key, info) and other.dtype in _FLOAT_DTYPES:
             merge = True
             channels = _channel_split(key, info.shape, other.shape)
-            if channels is not None:
-                inpainting |= info.shape[1] == 9
-                pix2pix |= info.shape[1] == 8
             third = c.tensors.get(key) if c is not None else None
             if third is not None:
                 if third.shape != other.shape or third.dtype not in _FLOAT_DTYPES:
@@ -219,6 +216,9 @@ def plan_merge(
                 in_c = True
             elif c is not None:
                 merge = False  # B − C is taken as 0 where C lacks the key (A1111): A is kept
+            if merge and channels is not None:
+                inpainting |= info.shape[1] == 9
+                pix2pix |= info.shape[1] == 8
         vae_key = None
         if key in baked:
             if baked[key] != info.shape:
