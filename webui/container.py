@@ -14,6 +14,7 @@ from webui.services.faces import FaceRestoreService
 from webui.services.generation import GenerationService
 from webui.services.history import HistoryService
 from webui.services.lora import NetworkService
+from webui.services.merge import MergeService
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
 from webui.services.prompts import PromptTokenCounter
@@ -38,6 +39,7 @@ class Services:
     history: HistoryService | None = None
     prompt_tokens: PromptTokenCounter | None = None
     clip: ClipService | None = None
+    merge: MergeService | None = None
     extensions: Any = None  # webui.extensions.manager.ExtensionManager
     extension_host: Any = None  # webui.extensions.host.EaselHost: the Easel facade extensions call
 
@@ -138,6 +140,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         history=history,
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
         clip=clip,
+        merge=MergeService(models),
     )
     from webui.extensions.hooks import HookRunner
     from webui.extensions.host import EaselHost

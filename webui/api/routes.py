@@ -442,8 +442,10 @@ def build_router(services: Services) -> APIRouter:
 
     from webui.api.history_routes import add_history_routes
     from webui.api.img2img_routes import add_image_routes
+    from webui.api.merge_routes import add_merge_routes
     from webui.api.system_routes import add_system_routes
 
+    add_merge_routes(router, services)
     add_image_routes(router, services)
     add_system_routes(router, services)
     add_history_routes(router, services)

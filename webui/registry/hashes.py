@@ -127,6 +127,14 @@ class HashCache:
             self._save()
         return value
 
+    def store(self, category: str, name: str, path: str | Path, sha256: str) -> None:
+        """Record a hash computed elsewhere (a merged checkpoint is hashed as it is written)."""
+        mtime = os.path.getmtime(path)
+        section, key = self._where(category, name, path)
+        with self._lock:
+            self._data.setdefault(section, {})[key] = {"mtime": mtime, "sha256": sha256}
+            self._save()
+
     def start_background(
         self,
         records: Iterable[_Hashable],
