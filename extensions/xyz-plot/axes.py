@@ -215,9 +215,24 @@ def _check_schedulers(request: Request, values: list[Any], easel: Easel) -> list
     return _choose("schedule type", easel.schedulers(), values)
 
 
+# Hires fix's latent upscale modes (A1111's names); the pixel upscalers come from ``easel.upscalers()``.
+LATENT_MODES = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+
+
+def _hires_upscalers(easel: Easel) -> list[str]:
+    return [*LATENT_MODES, *(name for name in easel.upscalers() if name not in LATENT_MODES)]
+
+
 def _check_upscalers(request: Request, values: list[Any], easel: Easel) -> list[Any]:
     _needs_hires("Hires upscaler")(request, values, easel)
-    return _choose("upscaler", easel.upscalers(), values)
+    return _choose("upscaler", _hires_upscalers(easel), values)
 
 
 def _check_hires_samplers(request: Request, values: list[Any], easel: Easel) -> list[Any]:
@@ -411,7 +426,7 @@ AXES: tuple[Axis, ...] = (
         T2I,
         apply=_field("hr_upscaler"),
         check=_check_upscalers,
-        choices=lambda easel: easel.upscalers(),
+        choices=_hires_upscalers,
     ),
     _unsupported("Cond. Image Mask Weight", tabs=I2I),
     Axis("VAE", "str", apply=_field("vae"), check=_check_vaes, cost=0.7, choices=_vae_choices),

@@ -1,11 +1,8 @@
-"""A recording stand-in for the Easel facade, and a loader for the bundled extensions' modules."""
+"""A recording stand-in for the Easel facade."""
 
 from __future__ import annotations
 
-import importlib
 import io
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +16,6 @@ from webui.extensions.api import (
     Request,
     Txt2ImgRequest,
 )
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def load_module(extension: str, module: str = "main") -> types.ModuleType:
-    """``extensions/<extension>/<module>.py`` imported as part of a private package (its folder name has
-    dashes), so its relative imports work as they do when Easel loads it."""
-    package = "_easel_test_ext_" + extension.replace("-", "_")
-    if package not in sys.modules:
-        holder = types.ModuleType(package)
-        holder.__path__ = [str(ROOT / "extensions" / extension)]
-        sys.modules[package] = holder
-    return importlib.import_module(f"{package}.{module}")
 
 
 def png(image: Image.Image) -> bytes:

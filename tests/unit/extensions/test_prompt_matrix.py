@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.bundled_extensions import load_module
 from webui.extensions.api import Extension, Manifest, ScriptRun, Txt2ImgRequest
 
-from .fakes import FakeEasel, colour_of, load_module
+from .fakes import FakeEasel, colour_of
 
 main = load_module("prompt-matrix", "main")
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from tests.bundled_extensions import load_module
 from webui.extensions.api import Extension, Manifest, ScriptRun, Txt2ImgRequest
 
-from .fakes import FakeEasel, load_module
+from .fakes import FakeEasel
 
 main = load_module("prompts-from-file", "main")
 lines = load_module("prompts-from-file", "lines")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.bundled_extensions import load_module
 from webui.extensions.api import Img2ImgRequest, Txt2ImgRequest
 
-from .fakes import FakeEasel, load_module
+from .fakes import FakeEasel
 
 axes = load_module("xyz-plot", "axes")
 
@@ -165,7 +166,8 @@ def test_hires_axes_need_hires_fix_in_txt2img() -> None:
         _check("Hires steps", ["5"])
     with pytest.raises(axes.AxisError, match=r"Hires\. fix"):
         _check("Denoising", ["0.5"])
-    assert _check("Hires upscaler", ["lanczos"], Txt2ImgRequest(enable_hr=True)) == ["Lanczos"]
+    hires = Txt2ImgRequest(enable_hr=True)
+    assert _check("Hires upscaler", ["lanczos", "latent (bicubic)"], hires) == ["Lanczos", "Latent (bicubic)"]
     image = Img2ImgRequest(init_images=["x"])
     assert _check("Denoising", ["0.3-0.5 (+0.1)"], image, "img2img") == [0.3, 0.4, 0.5]
 
