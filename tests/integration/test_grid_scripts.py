@@ -124,3 +124,19 @@ def test_prompts_from_file_lines_equal_single_runs(services) -> None:
         first.images[0].png_bytes,
         second.images[0].png_bytes,
     ]
+
+
+def test_the_manager_loads_the_three_scripts_and_finds_them_by_a1111_title(services) -> None:
+    manager = services.extensions
+    for tab in ("txt2img", "img2img"):
+        titles = {script.title for _, script in manager.scripts(tab)}
+        assert {"X/Y/Z plot", "Prompt matrix", "Prompts from file or textbox"} <= titles
+    ext, script = manager.find_script("txt2img", "x/y/z plot")
+    assert ext.name == "xyz-plot" and script.title == "X/Y/Z plot"
+    assert manager.find_script("txt2img", "prompt matrix")[0].name == "prompt-matrix"
+    assert manager.find_script("txt2img", "prompts from file or textbox")[0].name == "prompts-from-file"
+    request = Txt2ImgRequest(**SMALL, steps=1)
+    result = services.extension_host.run_script(ext, script, request, [1, "3, 4"], "txt2img").result(
+        timeout=GUARD
+    )
+    assert [image.seed for image in result.images[:1]] == [3]  # the grid carries the first cell's seed
