@@ -25,7 +25,7 @@ def build(easel: Easel, tab: Tab) -> list[Any]:
     labels = [axis.label for axis in shown_axes(tab)]
     rows = []
     for name, default in (("X", "Seed"), ("Y", "Nothing"), ("Z", "Nothing")):
-        with gr.Row(equal_height=True):
+        with gr.Row():
             kind = gr.Dropdown(
                 labels, value=default, label=f"{name} type", scale=2, elem_id=f"xyz_{tab}_{name}_type"
             )
@@ -44,24 +44,24 @@ def build(easel: Easel, tab: Tab) -> list[Any]:
                 scale=5,
                 elem_id=f"xyz_{tab}_{name}_values_dropdown",
             )
-            fill = gr.Button("Fill", visible=False, scale=0, min_width=60, elem_id=f"xyz_{tab}_{name}_fill")
+            fill = gr.Button(
+                "Fill", visible=False, size="sm", scale=0, min_width=60, elem_id=f"xyz_{tab}_{name}_fill"
+            )
         rows.append((kind, text, dropdown, fill))
 
     with gr.Row():
-        with gr.Column():
-            draw_legend = gr.Checkbox(label="Draw legend", value=True)
-            no_fixed_seeds = gr.Checkbox(label="Keep -1 for seeds", value=False)
-            with gr.Row():
-                vary_x = gr.Checkbox(label="Vary seeds for X", value=False, min_width=80)
-                vary_y = gr.Checkbox(label="Vary seeds for Y", value=False, min_width=80)
-                vary_z = gr.Checkbox(label="Vary seeds for Z", value=False, min_width=80)
-        with gr.Column():
-            include_lone_images = gr.Checkbox(label="Include Sub Images", value=False)
-            include_sub_grids = gr.Checkbox(label="Include Sub Grids", value=False)
-            csv_mode = gr.Checkbox(label="Use text inputs instead of dropdowns", value=False)
-        with gr.Column():
-            margin_size = gr.Slider(label="Grid margins (px)", minimum=0, maximum=500, value=0, step=2)
-            clip_annotate = gr.Checkbox(label="Annotate cells with their CLIP score", value=False)
+        draw_legend = gr.Checkbox(label="Draw legend", value=True, min_width=150)
+        no_fixed_seeds = gr.Checkbox(label="Keep -1 for seeds", value=False, min_width=150)
+        include_lone_images = gr.Checkbox(label="Include Sub Images", value=False, min_width=150)
+        include_sub_grids = gr.Checkbox(label="Include Sub Grids", value=False, min_width=150)
+    with gr.Row():
+        vary_x = gr.Checkbox(label="Vary seeds for X", value=False, min_width=100)
+        vary_y = gr.Checkbox(label="Vary seeds for Y", value=False, min_width=100)
+        vary_z = gr.Checkbox(label="Vary seeds for Z", value=False, min_width=100)
+    with gr.Row():
+        csv_mode = gr.Checkbox(label="Use text inputs instead of dropdowns", value=False, min_width=150)
+        clip_annotate = gr.Checkbox(label="Annotate cells with their CLIP score", value=False, min_width=150)
+    margin_size = gr.Slider(label="Grid margins (px)", minimum=0, maximum=500, value=0, step=2)
     with gr.Row():
         swap_xy = gr.Button("Swap X/Y axes", size="sm")
         swap_yz = gr.Button("Swap Y/Z axes", size="sm")
