@@ -68,6 +68,8 @@ def _raw_values(axis: Axis, text: Any, dropdown: Any, csv_mode: bool) -> tuple[s
     (as in most API calls) the text is read instead.
     """
     text = "" if text is None else str(text)
+    if isinstance(dropdown, str):  # an API client may send the multi-select as one comma-separated string
+        dropdown = split_values(dropdown)
     picked = [str(value) for value in (dropdown or []) if str(value).strip()]
     if axis.choices is not None and not csv_mode and picked:
         return ", ".join(_csv_item(value) for value in picked), picked

@@ -203,6 +203,14 @@ def test_axis_values_from_the_multiselect_unless_text_inputs_are_used() -> None:
     assert [r.sampler_name for r in easel.requests] == ["Euler a"]
 
 
+def test_a_multiselect_sent_as_one_string_is_split() -> None:
+    easel = FakeEasel()
+    args = _args(x=("Sampler", ""))
+    args[2] = "Euler, DDIM"
+    _run(easel, Txt2ImgRequest(), args)
+    assert [r.sampler_name for r in easel.requests] == ["Euler", "DDIM"]
+
+
 def test_a1111_integer_axis_types_and_short_script_args() -> None:
     easel = FakeEasel()
     _run(easel, Txt2ImgRequest(), [4, "1-2", [], 6, "3, 4", []])  # Steps x CFG Scale, defaults for the rest
