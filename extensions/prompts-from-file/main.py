@@ -84,8 +84,11 @@ class PromptsFromFile(Script):
         iterate = gr.Checkbox(label="Iterate seed every line", value=False)
         same_seed = gr.Checkbox(label="Use same random seed for all lines", value=False)
         position = gr.Radio(["start", "end"], label="Insert prompts at the", value="start")
-        make_combined = gr.Checkbox(label="Make a combined image containing all outputs (if more than one)")
+        make_combined = gr.Checkbox(
+            label="Make a combined image containing all outputs (if more than one)", value=False
+        )
         prompt_txt = gr.Textbox(
+            "",
             label="List of prompt inputs",
             lines=2,
             placeholder='One prompt per line, or options: --prompt "a cat" --steps 10 --seed 5',

@@ -30,6 +30,7 @@ def build(easel: Easel, tab: Tab) -> list[Any]:
                 labels, value=default, label=f"{name} type", scale=2, elem_id=f"xyz_{tab}_{name}_type"
             )
             text = gr.Textbox(
+                "",
                 label=f"{name} values",
                 placeholder='e.g. 1-5, 1-10 (+2), 1-10 [5], or a, b, "c, d"',
                 scale=5,
