@@ -235,7 +235,7 @@ def test_restore_faces_tiling_and_legacy_fields_accepted(client: TestClient) -> 
     info = _info(client.post("/sdapi/v1/txt2img", json=body))
     assert any("No face restorer is installed" in warning for warning in info["warnings"])  # type: ignore[attr-defined]
     assert "Tiling: True" in str(info["infotexts"][0])  # type: ignore[index]
-    unknown_script = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "x/y/z plot"})
+    unknown_script = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "no such script"})
     assert unknown_script.status_code == 422
     unknown_alwayson = client.post(
         "/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"ADetailer": {"args": [True]}}}

@@ -350,7 +350,14 @@ def build_output_column(tab: str) -> OutputColumn:
         label="Preview", interactive=False, visible=False, elem_id=f"{tab}_preview", format="jpeg"
     )
     error = gr.Markdown("", visible=False, elem_id=f"{tab}_error", elem_classes=["easel-error"])
-    gallery = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{tab}_gallery", interactive=False)
+    gallery = gr.Gallery(
+        label="Output",
+        columns=2,
+        format="png",
+        elem_id=f"{tab}_gallery",
+        interactive=False,
+        object_fit="contain",  # a grid with its legend (or any non-square image) is shown whole, not cropped
+    )
     infotext = gr.Textbox(
         label="Generation parameters", lines=4, interactive=False, elem_id=f"{tab}_infotext"
     )
