@@ -38,6 +38,8 @@ class Services:
     history: HistoryService | None = None
     prompt_tokens: PromptTokenCounter | None = None
     clip: ClipService | None = None
+    extensions: Any = None  # webui.extensions.manager.ExtensionManager
+    extension_host: Any = None  # webui.extensions.host.EaselHost: the Easel facade extensions call
 
     def preload(self) -> threading.Thread:
         """Load the selected checkpoint in the background so the page is served at once."""
@@ -122,7 +124,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     generation.history = history
     clip = ClipService(settings.clip_path, options, tokenizer_cache, cache / "clip-interrogate")
     generation.clip = clip  # best of N and CLIP guidance, through the one CLIP service
-    return Services(
+    services = Services(
         settings=settings,
         options=options,
         models=models,
@@ -137,3 +139,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
         clip=clip,
     )
+    from webui.extensions.host import EaselHost
+
+    services.extension_host = EaselHost(services)
+    return services

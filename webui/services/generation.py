@@ -62,6 +62,9 @@ class GenerationService(ImageModesMixin):
         self.faces: Any = None  # webui.services.faces.FaceRestoreService, set by the container
         self.history: Any = None  # webui.services.history.HistoryService, set by the container
         self.clip: Any = None  # webui.services.clip.ClipService (best of N, guidance), set by the container
+        # webui.extensions.hooks.HookRunner: the always-on extensions' hooks around each job (container)
+        self.extension_hooks: Any = None
+        self._image_hook: Callable[[Any], Any] | None = None  # the running job's extension image hooks
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -121,7 +124,29 @@ class GenerationService(ImageModesMixin):
     def submit_txt2img(self, request: Txt2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
         check_best_of(self.clip, request)  # best of N without a CLIP model fails here too
-        return self.submit_call(lambda: self._run_txt2img(request), task_id)
+        return self.submit_call(lambda: self._run_job(request), task_id)
+
+    def run_now(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
+        """Run one job at once in the calling thread, for work that already holds the queue (an extension
+        script's job runs its jobs this way); anything else uses ``submit_txt2img`` / ``submit_img2img``."""
+        if isinstance(request, Img2ImgRequest):
+            return self.run_img2img_now(request)
+        self.check_controlnet_units(request)
+        check_best_of(self.clip, request)
+        return self._run_job(request)
+
+    def _run_job(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
+        """One job: the always-on extensions' process hooks, the job loop, their postprocess hooks."""
+        hooks = self.extension_hooks
+        if hooks is None:
+            return self._run_txt2img(request)
+        job = hooks.begin(request)  # a raising hook is reported in job.warnings and left out
+        self._image_hook = job.image
+        try:
+            result = self._run_txt2img(self._hooked_inputs(request, job.request))
+        finally:
+            self._image_hook = None
+        return job.finish(result)
 
     def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
         if self.controlnet is None or not any(unit.is_active for unit in request.controlnet_units):
@@ -471,6 +496,8 @@ class GenerationService(ImageModesMixin):
         face_restoration: str | None = None,
     ) -> GeneratedImage:
         opts = self.job_options(request)
+        if self._image_hook is not None:
+            image = self._image_hook(image)
         params = generation_params(
             request,
             seed=seed,
@@ -483,6 +510,8 @@ class GenerationService(ImageModesMixin):
             extra=self._mode_extra(request, extra),
             face_restoration=face_restoration,
         )
+        for key, value in request.extra_infotext.items():  # extensions' fields, after Easel's own
+            params.setdefault(key, value)
         infotext = build_infotext(request.prompt, request.negative_prompt, params)
         fmt = cast(ImageFormat, request.samples_format)
         data = encode_image(image, infotext if opts.enable_pnginfo else None, fmt, quality=opts.jpeg_quality)

@@ -105,6 +105,7 @@ class ImageModesMixin:
     submit_call: Callable[..., Future[Any]]
     check_controlnet_units: Callable[[Any], None]
     _run_txt2img: Callable[[Any], GenerationResult]
+    _run_job: Callable[[Any], GenerationResult]
 
     # -- entry points ----------------------------------------------------------------------------------------
     def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
@@ -114,14 +115,33 @@ class ImageModesMixin:
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
 
-        def run() -> GenerationResult:
-            self._img2img_inputs = inputs
-            try:
-                return self._run_txt2img(request)
-            finally:
-                self._img2img_inputs = None
+        return self.submit_call(lambda: self._run_img2img_job(request, inputs), task_id)
 
-        return self.submit_call(run, task_id)
+    def run_img2img_now(self, request: Img2ImgRequest) -> GenerationResult:
+        """``run_now`` for img2img: checks as ``submit_img2img`` does, then runs in the calling thread."""
+        inputs = decode_img2img_inputs(request)
+        self.check_controlnet_units(request)
+        check_best_of(getattr(self, "clip", None), request)
+        if request.sd_upscale is not None and self.upscalers is not None:
+            self.upscalers.find(request.sd_upscale.upscaler)
+        return self._run_img2img_job(request, inputs)
+
+    def _run_img2img_job(self, request: Img2ImgRequest, inputs: Img2ImgInputs) -> GenerationResult:
+        self._img2img_inputs = inputs
+        try:
+            return self._run_job(request)
+        finally:
+            self._img2img_inputs = None
+
+    def _hooked_inputs(self, request: Any, hooked: Any) -> Any:
+        """``hooked`` (the request after extensions' process hooks); new init images or mask are decoded."""
+        if (
+            isinstance(hooked, Img2ImgRequest)
+            and isinstance(request, Img2ImgRequest)
+            and (hooked.init_images, hooked.mask) != (request.init_images, request.mask)
+        ):
+            self._img2img_inputs = decode_img2img_inputs(hooked)
+        return hooked
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:
         return self.submit_img2img(request).result()

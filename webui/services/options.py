@@ -63,6 +63,11 @@ class Options(BaseModel):
     easel_clip_model: str = "Automatic"
     easel_clip_device: str = "cpu"
     easel_clip_score: bool = True
+    # Grids that scripts make (X/Y/Z plot, prompt matrix): saved to outputs/<mode>-grids, in this format
+    grid_save: bool = True
+    grid_format: str = "png"
+    # Extensions (webui.extensions): names of the ones switched off in the Extensions tab
+    disabled_extensions: list[str] = Field(default_factory=list)
 
     @field_validator("samples_format")
     @classmethod

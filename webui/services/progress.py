@@ -23,6 +23,9 @@ class ProgressState:
     preview: Any = None  # PIL image of the latest live preview, or None
     preview_step: int = -1
     busy: bool = False
+    # An extension script's job (many jobs in one): busy and interruptible between its jobs too
+    script_running: bool = False
+    script_interrupted: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def begin(self, job: str, job_count: int, steps: int) -> None:
@@ -58,7 +61,7 @@ class ProgressState:
 
     def end(self) -> None:
         with self._lock:
-            self.busy = False
+            self.busy = self.script_running
             self.job = ""
             self.sampling_step = 0
             self.textinfo = ""
@@ -67,6 +70,18 @@ class ProgressState:
         with self._lock:
             if self.busy:
                 self.interrupted = True
+                self.script_interrupted = self.script_running
+
+    def begin_script(self, title: str) -> None:
+        """A script's job starts: the progress stays busy (and Interrupt reaches it) until ``end_script``."""
+        self.begin(title, 1, 0)
+        with self._lock:
+            self.script_running, self.script_interrupted = True, False
+
+    def end_script(self) -> None:
+        with self._lock:
+            self.script_running = self.script_interrupted = False
+        self.end()
 
     def skip(self) -> None:
         with self._lock:
