@@ -142,18 +142,17 @@ class Loopback(Script):
                     f"Loopback: iteration {loop + 1}/{loops}, batch {batch + 1}/{batches}",
                     done / (batches * loops),
                 )
-                result = easel.img2img(
-                    base.model_copy(
-                        update={
-                            "init_images": inputs,
-                            "mask": mask,
-                            "denoising_strength": strength,
-                            "inpainting_fill": fill,
-                            "seed": seed,
-                            "prompt": prompt,
-                        }
-                    )
+                job = base.model_copy(
+                    update={
+                        "init_images": inputs,
+                        "mask": mask,
+                        "denoising_strength": strength,
+                        "inpainting_fill": fill,
+                        "seed": seed,
+                        "prompt": prompt,
+                    }
                 )
+                result = easel.img2img(job)
                 warnings.extend(w for w in result.warnings if w not in warnings)
                 if not result.images:
                     interrupted = True
@@ -161,7 +160,10 @@ class Loopback(Script):
                 first = first or result
                 made = result.images[0]
                 image = _decode(made.png_bytes, "the loop's image")
-                saved = easel.encode_image(image, request, made.infotext, made.seed)
+                saving = job.model_copy(
+                    update={"save_images": request.save_images, "samples_format": request.samples_format}
+                )
+                saved = easel.encode_image(image, saving, made.infotext, made.seed)
                 last = (image, saved)
                 if batches == 1:
                     shown.append(last)
@@ -169,7 +171,7 @@ class Loopback(Script):
                     interrupted = True
                     break
                 seed = made.seed + 1
-                strength = loop_strength(loop + 1, loops, initial, final, curve)
+                strength = round(loop_strength(loop + 1, loops, initial, final, curve), 4)
                 inputs = [_encode(image)]
                 mask = _mask_for(mask, image, request.resize_mode)
                 fill = 1  # later loops start from the previous image: masked content "original"

@@ -104,6 +104,11 @@ def extend_canvas(image: Image.Image, expansion: Expansion) -> Image.Image:
     return canvas
 
 
+def new_area(expansion: Expansion) -> Image.Image:
+    """``L`` mask, white exactly on the pixels the expansion added."""
+    return outpaint_mask(expansion, overlap=0)
+
+
 def outpaint_mask(expansion: Expansion, overlap: int) -> Image.Image:
     """``L`` mask, white (repaint) on the new area and ``overlap`` pixels into the image on each side that
     grew, so the seam itself is repainted; black on the rest of the image. The overlap is capped at a
@@ -196,6 +201,17 @@ def window_mask(pending: Image.Image, box: Box) -> Image.Image | None:
     """The part of ``pending`` inside ``box`` (``None`` when nothing there is left to repaint)."""
     part = pending.crop(box)
     return part if part.getbbox() is not None else None
+
+
+def most_known_first(pending: Image.Image, boxes: Sequence[Box]) -> int:
+    """Index of the box with the largest share of pixels already there (the first of equals), so each
+    window is repainted with as much of the picture around it as possible: sides before corners."""
+    best, best_known = 0, -1.0
+    for index, box in enumerate(boxes):
+        known = float((np.asarray(pending.crop(box)) < 128).mean())
+        if known > best_known:
+            best, best_known = index, known
+    return best
 
 
 def mark_done(pending: Image.Image, box: Box) -> None:

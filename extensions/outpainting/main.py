@@ -109,7 +109,9 @@ class PoorMansOutpainting(Script):
         job = request.model_copy(
             update={"mask_blur": min(MAX_MASK_BLUR, mask_blur * 2), "inpainting_fill": fill_index}
         )
-        return _outpaint(p, self.title, image, expansion, overlap=mask_blur * 2, windows=windows, job=job)
+        return _outpaint(
+            p, self.title, image, expansion, overlap=mask_blur * 2, windows=windows, job=job, best_first=True
+        )
 
 
 class OutpaintingMk2(Script):
@@ -187,9 +189,11 @@ def _outpaint(
     windows: Sequence[tuple[str, tuple[int, int, int, int]]],
     job: Img2ImgRequest,
     prepare: Callable[[Image.Image, Image.Image], Image.Image] | None = None,
+    best_first: bool = False,
 ) -> GenerationResult:
     """Outpaint ``image`` once per requested image; each window is one img2img job (nothing saved), the
-    finished canvases are saved (and, when there are several, a grid of them)."""
+    finished canvases are saved (and, when there are several, a grid of them). ``best_first`` takes the
+    windows with the most known pixels first instead of in the given order."""
     count = job.batch_size * job.n_iter
     job = job.model_copy(
         update={
@@ -212,10 +216,13 @@ def _outpaint(
     pictures: list[tuple[Image.Image, GeneratedImage]] = []
     interrupted = False
     for _ in range(count):
-        picture = canvas.extend_canvas(image, expansion)
+        picture = noise.continue_edges(canvas.extend_canvas(image, expansion), canvas.new_area(expansion))
         pending = canvas.outpaint_mask(expansion, overlap)
         started: GeneratedImage | None = None
-        for label, box in windows:
+        remaining = list(windows)
+        while remaining:
+            index = canvas.most_known_first(pending, [box for _, box in remaining]) if best_first else 0
+            label, box = remaining.pop(index)
             if p.easel.interrupted:
                 interrupted = True
                 break

@@ -43,6 +43,17 @@ def matched_noise(
     return Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
+def continue_edges(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """``image`` with its masked (white) area in the colours of the nearest unmasked pixels: the new area of
+    an extended canvas starts from the image's edges instead of black (pixels a blurred mask only partly
+    repaints then blend with those colours, never with black)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    known = np.asarray(mask.convert("L")) < 128
+    if known.all() or not known.any():
+        return image.convert("RGB").copy()
+    return Image.fromarray(np.clip(border_fill(rgb, known) + 0.5, 0, 255).astype(np.uint8))
+
+
 def border_fill(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Unknown pixels filled from their nearest known ones: each pass averages what is filled so far over a
     box twice as wide as the last and fills the pixels it reaches, so nearer colours win."""

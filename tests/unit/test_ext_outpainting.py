@@ -145,7 +145,27 @@ def test_window_masks_shrink_as_windows_are_done() -> None:
     assert canvas.window_mask(pending, (32, 0, 96, 64)) is None
 
 
+def test_windows_with_the_most_known_pixels_go_first() -> None:
+    expansion = canvas.plan_expansion(64, 64, 32, ("left", "right", "up", "down"))
+    pending = canvas.outpaint_mask(expansion, overlap=0)
+    corner, side = (0, 0, 64, 64), (32, 0, 96, 64)  # a quarter known, half known
+    assert canvas.most_known_first(pending, [corner, side]) == 1
+    canvas.mark_done(pending, (0, 0, 32, 32))
+    assert canvas.most_known_first(pending, [corner, side]) == 0  # now half known too: the first of equals
+
+
 # ---------------------------------------------------------------------------------------------- noise
+
+
+def test_new_area_starts_from_the_nearest_edge_colours_not_black() -> None:
+    image = two_halves()
+    expansion = canvas.plan_expansion(64, 64, 32, ("left", "right"))
+    started = np.asarray(
+        noise.continue_edges(canvas.extend_canvas(image, expansion), canvas.new_area(expansion))
+    )
+    assert np.array_equal(started[:, 32:96], np.asarray(image))
+    assert np.abs(started[:, :32].reshape(-1, 3).mean(axis=0) - (200, 40, 40)).max() < 15  # red edge
+    assert np.abs(started[:, 96:].reshape(-1, 3).mean(axis=0) - (40, 40, 200)).max() < 15  # blue edge
 
 
 def test_noise_fill_takes_the_colours_of_the_nearest_border() -> None:
