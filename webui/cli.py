@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument(
         "--lora-cache-mb", type=int, default=1024, help="RAM for parsed LoRA files (default 1024)"
     )
+    extensions = parser.add_argument_group("extensions")
+    extensions.add_argument(
+        "--disable-all-extensions", action="store_true", help="load no extension (bundled ones included)"
+    )
+    extensions.add_argument(
+        "--disable-extra-extensions", action="store_true", help="load only the extensions bundled with Easel"
+    )
     return parser
 
 
@@ -126,6 +133,8 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["models_in_ram"] = args.models_in_ram
     values["lora_cache_mb"] = args.lora_cache_mb
     values["preload_model"] = not args.no_preload
+    if args.disable_all_extensions or args.disable_extra_extensions:
+        values["disable_extensions"] = "all" if args.disable_all_extensions else "extra"
     for flag in (
         "listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop", "cors_allow_origins",
         "cors_allow_origins_regex", "mcp",

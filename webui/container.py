@@ -139,7 +139,20 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
         clip=clip,
     )
+    from webui.extensions.hooks import HookRunner
     from webui.extensions.host import EaselHost
+    from webui.extensions.manager import ExtensionManager
 
-    services.extension_host = EaselHost(services)
+    host = EaselHost(services)
+    services.extension_host = host
+    services.extensions = ExtensionManager(
+        bundled_dir=settings.bundled_extensions_path,
+        installed_dir=settings.extensions_path,
+        data_root=settings.data_dir / "extensions-data",
+        options=options,
+        easel=host,
+        disable=settings.disable_extensions,
+    )
+    generation.extension_hooks = HookRunner(services.extensions, host)
+    services.extensions.reload()  # an extension that fails is recorded and left out; Easel starts anyway
     return services

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     cors_allow_origins: str | None = None  # comma-separated origins (A1111 --cors-allow-origins)
     cors_allow_origins_regex: str | None = None
     preload_model: bool = True
+    # Extensions: "all" loads none (--disable-all-extensions), "extra" only the bundled ones
+    # (--disable-extra-extensions)
+    disable_extensions: Literal["none", "extra", "all"] = "none"
     # The parsed command line as ``vars(argparse.Namespace)``, for /sdapi/v1/cmd-flags; None when the
     # settings were not built from a command line.
     cmd_flags: dict[str, Any] | None = None
@@ -97,6 +100,15 @@ class Settings(BaseSettings):
     @property
     def outputs_path(self) -> Path:
         return self.outputs_dir or self.data_dir / "outputs"
+
+    @property
+    def extensions_path(self) -> Path:
+        """Where installed extensions live (the bundled ones' folder when the data dir is the repository)."""
+        return self.data_dir / "extensions"
+
+    @property
+    def bundled_extensions_path(self) -> Path:
+        return REPO_ROOT / "extensions"
 
     @property
     def config_file(self) -> Path:

@@ -197,3 +197,33 @@ def test_merge_without_a_merger_says_so(services) -> None:
         pytest.skip("this build has the merger")
     with pytest.raises(ExtensionError, match="merger is not available"):
         services.extension_host.merge_checkpoints("a", "b")
+
+
+def test_a_scripts_progress_line_and_share_show_around_its_jobs(services) -> None:
+    host = services.extension_host
+    progress = services.generation.progress
+    seen: list[dict[str, Any]] = []
+
+    def run(p: ScriptRun) -> GenerationResult:
+        p.easel.set_progress("Cells: 2 of 4", 0.25)
+        seen.append(progress.snapshot())
+        result = p.easel.txt2img(p.request)
+        seen.append(progress.snapshot())  # between jobs: still busy, still the script's line
+        return result
+
+    host.run_script(_extension(services), _Script(run), Txt2ImgRequest(**SMALL), [], "txt2img").result(
+        timeout=GUARD
+    )
+    assert [(s["textinfo"], s["progress"], s["busy"]) for s in seen] == [
+        ("Cells: 2 of 4", 0.25, True),
+        ("Cells: 2 of 4", 0.25, True),
+    ]
+    assert not progress.busy and progress.snapshot()["textinfo"] is None
+
+
+def test_the_host_has_every_call_of_the_easel_protocol(services) -> None:
+    from webui.extensions.api import Easel
+
+    calls = {name for name in vars(Easel) if not name.startswith("_")}
+    assert calls >= {"txt2img", "img2img", "checkpoints", "save_grid", "interrupted", "merge_checkpoints"}
+    assert not [name for name in calls if not hasattr(services.extension_host, name)]

@@ -444,6 +444,9 @@ def build_router(services: Services) -> APIRouter:
         from webui.api.clip_routes import add_clip_routes
 
         add_clip_routes(router, services)
+    from webui.api.extension_routes import add_extension_routes
+
+    add_extension_routes(router, services)
     return router
 
 

@@ -216,9 +216,13 @@ class EaselHost:
 
     # -- progress --------------------------------------------------------------------------------------------
     def set_progress(self, text: str, fraction: float | None = None) -> None:
-        if fraction is not None:
-            text = f"{text} ({max(0.0, min(1.0, fraction)):.0%})"
-        self._generation.progress.set_text(text)
+        """Inside a script's job: the script's line (shown before each job's own) and its share done (the
+        progress bar); elsewhere: the running job's line."""
+        progress = self._generation.progress
+        if progress.script_running and self._on_queue_thread():
+            progress.set_script_progress(text, fraction)
+        else:
+            progress.set_text(text)
 
     @property
     def interrupted(self) -> bool:

@@ -141,11 +141,11 @@ class GenerationService(ImageModesMixin):
         if hooks is None:
             return self._run_txt2img(request)
         job = hooks.begin(request)  # a raising hook is reported in job.warnings and left out
-        self._image_hook = job.image
+        outer, self._image_hook = self._image_hook, job.image  # a hook may itself run a job inline
         try:
             result = self._run_txt2img(self._hooked_inputs(request, job.request))
         finally:
-            self._image_hook = None
+            self._image_hook = outer
         return job.finish(result)
 
     def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:

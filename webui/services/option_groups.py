@@ -91,6 +91,14 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         choices=(("png", "png"), ("jpg", "jpg"), ("webp", "webp")),
     ),
     _opt("jpeg_quality", SAVING, "Quality for saved jpeg and webp images", "1-100", step=1),
+    _opt("grid_save", SAVING, "Always save all generated image grids", "into outputs/<mode>-grids/<date>/"),
+    _opt(
+        "grid_format",
+        SAVING,
+        "File format for grids",
+        "X/Y/Z plot and prompt matrix grids",
+        choices=(("png", "png"), ("jpg", "jpg"), ("webp", "webp")),
+    ),
     _opt(
         "enable_pnginfo",
         SAVING,
@@ -243,6 +251,7 @@ NOT_SHOWN = {
     "eta_ancestral": "ancestral samplers use their fixed eta",
     "outdir_samples": "outputs go to the data dir's outputs/ folder",
     "outdir_txt2img_samples": "outputs go to the data dir's outputs/ folder",
+    "disabled_extensions": "switched in the Extensions tab",
 }
 
 OPTIONS_BY_KEY = {info.key: info for info in OPTION_TABLE}

@@ -26,6 +26,9 @@ class ProgressState:
     # An extension script's job (many jobs in one): busy and interruptible between its jobs too
     script_running: bool = False
     script_interrupted: bool = False
+    script_text: str = ""  # the script's own line ("X/Y/Z plot: cell 3 of 9"), shown before the job's
+    script_fraction: float | None = None  # the script's share done; None: the running job's
+    script_started: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def begin(self, job: str, job_count: int, steps: int) -> None:
@@ -77,10 +80,19 @@ class ProgressState:
         self.begin(title, 1, 0)
         with self._lock:
             self.script_running, self.script_interrupted = True, False
+            self.script_text, self.script_fraction = "", None
+            self.script_started = self.started
+            self.textinfo = ""
+
+    def set_script_progress(self, text: str, fraction: float | None = None) -> None:
+        with self._lock:
+            self.script_text = text
+            self.script_fraction = None if fraction is None else max(0.0, min(1.0, fraction))
 
     def end_script(self) -> None:
         with self._lock:
             self.script_running = self.script_interrupted = False
+            self.script_text, self.script_fraction = "", None
         self.end()
 
     def skip(self) -> None:
@@ -88,8 +100,15 @@ class ProgressState:
             if self.busy:
                 self.skipped = True
 
+    def _text(self) -> str:
+        if self.script_running and self.script_text:
+            return f"{self.script_text} · {self.textinfo}" if self.textinfo else self.script_text
+        return self.textinfo
+
     @property
     def fraction(self) -> float:
+        if self.busy and self.script_running and self.script_fraction is not None:
+            return self.script_fraction
         if not self.busy or self.job_count == 0:
             return 0.0
         per_job = self.sampling_step / self.sampling_steps if self.sampling_steps else 0.0
@@ -99,7 +118,8 @@ class ProgressState:
         fraction = self.fraction
         if not self.busy or fraction <= 0:
             return 0.0
-        elapsed = time.monotonic() - self.started
+        scripted = self.script_running and self.script_fraction is not None
+        elapsed = time.monotonic() - (self.script_started if scripted else self.started)
         return max(0.0, elapsed / fraction - elapsed)
 
     def snapshot(self) -> dict[str, Any]:
@@ -118,7 +138,7 @@ class ProgressState:
                     "sampling_step": self.sampling_step,
                     "sampling_steps": self.sampling_steps,
                 },
-                "textinfo": self.textinfo or None,
+                "textinfo": self._text() or None,
                 "busy": self.busy,
             }
 

@@ -14,6 +14,7 @@ from webui.services.ui_config import FILE_NAME as UI_CONFIG_FILE
 from webui.services.ui_config import UiConfigStore
 from webui.ui.clip_scores import CLIP_CSS
 from webui.ui.controlnet import build_controlnet_tab
+from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras
 from webui.ui.frontend import build_frontend, frontend_css, frontend_js
 from webui.ui.history import build_history
@@ -80,6 +81,9 @@ def build_ui(services: Any) -> gr.Blocks:
                 )  # fmt: skip
             with gr.Tab("Networks", id=LORA_TAB, elem_id="tab_lora") as networks_tab:
                 build_networks_tab(services, txt2img.fields["prompt"], networks_tab, txt2img.gallery)
+            if services.extensions is not None:
+                with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                    build_extensions_tab(services)
             with gr.Tab("Settings", id=SETTINGS_TAB, elem_id="tab_settings") as settings_tab:
                 build_settings(services, bar=bar, tab=settings_tab, txt2img_fields=txt2img.fields)
         txt2img.extra["network_cards"].use_gallery(txt2img.gallery)

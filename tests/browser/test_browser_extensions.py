@@ -1,0 +1,42 @@
+"""A real browser: the Extensions tab lists the example, switches it off for good, explains a bad install."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.browser.conftest import OpenPage, wait_for_text
+
+
+def _extensions(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/easel/v1/extensions") as response:
+        return {item["name"]: item for item in json.load(response)}
+
+
+def test_switch_off_the_example_and_a_bad_install_source(
+    open_page: OpenPage, running_app: str, data_dir: Path
+) -> None:
+    page = open_page()
+    page.get_by_role("tab", name="Extensions").click()
+    row = page.locator("#extensions_table [role=row].virtual-row", has_text="example-hello")
+    row.wait_for()
+    assert "Loaded" in row.inner_text() and "bundled" in row.inner_text()
+    row.locator("input[type=checkbox]").click()
+    page.click("#extensions_apply")
+    wait_for_text(page, "#extensions_message", "example-hello disabled")
+    assert "Restart Easel" in page.locator("#extensions_message").inner_text()
+    wait_for_text(page, "#extensions_table", "Disabled")
+    assert _extensions(running_app)["example-hello"]["state"] == "disabled"
+    assert json.loads((data_dir / "config.json").read_text())["disabled_extensions"] == ["example-hello"]
+
+    page.click("#extensions_install")  # the accordion
+    source = page.locator("#extensions_source textarea, #extensions_source input").first
+    source.fill("/no/such/extension")
+    page.click("#extensions_install_button")
+    wait_for_text(page, "#extensions_message", "neither an existing folder")
+    assert source.input_value() == "/no/such/extension"  # kept, to correct it
+    assert sorted(_extensions(running_app)) == [
+        "example-hello"
+    ]  # nothing was installed; the app still answers
