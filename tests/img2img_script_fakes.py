@@ -8,7 +8,7 @@ can tell which job painted which pixels). Every request, saved image and grid is
 from __future__ import annotations
 
 import base64
-import importlib.util
+import importlib
 import io
 import sys
 from pathlib import Path
@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_extension_module(extension: str, module: str = "main") -> ModuleType:
-    path = ROOT / "extensions" / extension / f"{module}.py"
-    name = f"test_ext_{extension.replace('-', '_')}_{module}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules[name] = loaded
-    spec.loader.exec_module(loaded)
-    return loaded
+    """``extensions/<extension>/<module>.py`` imported the way Easel imports it: the folder as a package
+    (so its modules import each other relatively), here under a test-only name."""
+    package = f"easel_test_extensions_{extension.replace('-', '_')}"
+    if package not in sys.modules:
+        holder = ModuleType(package)
+        holder.__path__ = [str(ROOT / "extensions" / extension)]
+        sys.modules[package] = holder
+    return importlib.import_module(f"{package}.{module}")
 
 
 def png_b64(image: Image.Image) -> str:

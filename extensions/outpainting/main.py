@@ -17,12 +17,8 @@ the windows' jobs save nothing, the finished picture is saved with the first win
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from PIL import Image
@@ -37,21 +33,7 @@ from webui.extensions.api import (
     Tab,
 )
 
-
-def _sibling(name: str) -> ModuleType:
-    """A module of this extension's folder, loaded under a name private to this module."""
-    path = Path(__file__).with_name(f"{name}.py")
-    full_name = f"{__name__}__{name}"
-    spec = importlib.util.spec_from_file_location(full_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[full_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-canvas = _sibling("canvas")
-noise = _sibling("noise")
+from . import canvas, noise
 
 POOR_MANS = "Poor man's outpainting"
 MK2 = "Outpainting mk2"

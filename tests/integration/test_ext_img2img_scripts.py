@@ -214,3 +214,20 @@ def test_loopback_appends_what_clip_sees_to_each_loops_prompt(reference_services
     for item in result.images[1:]:
         assert item.prompt.startswith(prompt + ", ")
         assert "circle" in item.prompt[len(prompt) :], item.prompt  # the reference CLIP reads the shape
+
+
+def test_bundled_scripts_load_and_run_by_their_a1111_titles(services: Any, data_dir: Path) -> None:
+    """The manager loads extensions/loopback and extensions/outpainting; the API's script_name finds them."""
+    manager = services.extensions
+    titles = [script.title for _, script in manager.scripts("img2img")]
+    assert {"Loopback", "Poor man's outpainting", "Outpainting mk2"} <= set(titles)
+    assert not {"Loopback", "Poor man's outpainting", "Outpainting mk2"} & {
+        script.title for _, script in manager.scripts("txt2img")
+    }
+    found = manager.find_script("img2img", "poor man's outpainting")
+    assert found is not None
+    extension, script = found
+    assert extension.name == "outpainting"
+    request = Img2ImgRequest(init_images=[png_b64(_pattern())], **SMALL)
+    future = services.extension_host.run_script(extension, script, request, [8, 0, 0, ["up"]], "img2img")
+    assert decode(future.result(timeout=GUARD).images[0].png_bytes).size == (64, 72)  # type: ignore[arg-type]
