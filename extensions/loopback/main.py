@@ -99,9 +99,9 @@ class Loopback(Script):
             raise ValueError("Loopback works in img2img: it feeds each output back in as the next input")
         easel = p.easel
         if interrogation == "DeepBooru":
-            raise ValueError("Loopback: DeepBooru is not available in Easel; use CLIP or None")
+            raise ValueError("DeepBooru is not available in Easel; use CLIP or None")
         if interrogation == "CLIP" and not _can_interrogate(easel):
-            raise ValueError("Loopback: this Easel cannot interrogate images; use None")
+            raise ValueError("this Easel cannot interrogate images; use None")
 
         initial = request.denoising_strength
         batches = request.n_iter
@@ -257,9 +257,9 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"Loopback: {name} must be a number, got {value!r}") from None
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
     if not number.is_integer() or not low <= number <= high:
-        raise ValueError(f"Loopback: {name} must be a whole number from {low} to {high}, got {value!r}")
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(number)
 
 
@@ -267,9 +267,9 @@ def _float(value: Any, name: str, low: float, high: float) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"Loopback: {name} must be a number, got {value!r}") from None
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
     if not low <= number <= high:
-        raise ValueError(f"Loopback: {name} must be from {low} to {high}, got {value!r}")
+        raise ValueError(f"{name} must be from {low} to {high}, got {value!r}")
     return number
 
 
@@ -278,4 +278,4 @@ def _choice(value: Any, choices: Sequence[str], name: str) -> str:
     for choice in choices:
         if choice.lower() == text:
             return choice
-    raise ValueError(f"Loopback: {name} must be one of {', '.join(choices)}, got {value!r}")
+    raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
