@@ -191,7 +191,8 @@ class Loopback(Script):
         images = [saved for _, saved in shown]
         if len(shown) > 1 and easel.options().get("return_grid", True):
             grid = _row([image for image, _ in shown])
-            images.insert(0, easel.save_grid(grid, request, shown[0][1].infotext))
+            grid_request = request.model_copy(update={"seed": shown[0][1].seed})  # the seed it is saved under
+            images.insert(0, easel.save_grid(grid, grid_request, shown[0][1].infotext))
         easel.set_progress("Loopback: done", 1.0)
         return first.model_copy(
             update={"request": request, "images": images, "interrupted": interrupted, "warnings": warnings}

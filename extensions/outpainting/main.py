@@ -251,7 +251,10 @@ def _outpaint(
     images = [p.easel.encode_image(pic, p.request, info.infotext, info.seed) for pic, info in pictures]
     if len(pictures) > 1 and p.easel.options().get("return_grid", True):
         grid = _grid([pic for pic, _ in pictures])
-        images.insert(0, p.easel.save_grid(grid, p.request, pictures[0][1].infotext))
+        grid_request = p.request.model_copy(
+            update={"seed": pictures[0][1].seed}
+        )  # the seed it is saved under
+        images.insert(0, p.easel.save_grid(grid, grid_request, pictures[0][1].infotext))
     p.easel.set_progress(f"{title}: done", 1.0)
     return first.model_copy(
         update={"request": p.request, "images": images, "interrupted": interrupted, "warnings": warnings}
