@@ -231,3 +231,42 @@ def test_bundled_scripts_load_and_run_by_their_a1111_titles(services: Any, data_
     request = Img2ImgRequest(init_images=[png_b64(_pattern())], **SMALL)
     future = services.extension_host.run_script(extension, script, request, [8, 0, 0, ["up"]], "img2img")
     assert decode(future.result(timeout=GUARD).images[0].png_bytes).size == (64, 72)  # type: ignore[arg-type]
+
+
+def test_interrupt_between_windows_keeps_the_picture_so_far(services: Any, data_dir: Path) -> None:
+    """Interrupt after the first window: no more jobs run, the partly outpainted picture is saved."""
+    host = services.extension_host
+    calls: list[Img2ImgRequest] = []
+
+    class Interrupting:
+        """The real host, pressing Interrupt once its first job is done."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(host, name)
+
+        @property
+        def interrupted(self) -> bool:
+            return bool(host.interrupted)
+
+        def img2img(self, request: Img2ImgRequest) -> GenerationResult:
+            calls.append(request)
+            result = host.img2img(request)
+            services.generation.interrupt()
+            return result
+
+    image = _pattern()
+    request = Img2ImgRequest(init_images=[png_b64(image)], **SMALL)
+    script = outpainting.PoorMansOutpainting()
+
+    def run(p: Any, *args: Any) -> GenerationResult:
+        return outpainting.PoorMansOutpainting.run(script, type(p)(p.request, Interrupting(), p.tab), *args)
+
+    script.run = run  # type: ignore[method-assign]
+    result = _run(services, script, request, [32, 2, 0, ["left", "right", "up", "down"]])
+    assert len(calls) == 1 and result.interrupted
+    [picture] = result.images
+    out = np.asarray(decode(picture.png_bytes))  # type: ignore[arg-type]
+    assert out.shape == (128, 128, 3)
+    # the one window ran on a side next to the image and reached into it; the far corner is untouched
+    assert np.array_equal(out[64:88, 64:88], np.asarray(image)[32:56, 32:56])
+    assert len(_saved(data_dir, "img2img-images")) == 1
