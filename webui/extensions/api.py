@@ -145,6 +145,11 @@ class Easel(Protocol):
         """The image's CLIP score for ``prompt`` with the selected CLIP model; ``None`` when there is none."""
         ...
 
+    def interrogate(self, image: Image.Image) -> str:
+        """A prompt describing ``image`` (CLIP interrogation with the selected CLIP model, as the img2img
+        tab's Interrogate button); raises :class:`ExtensionError` when there is no usable CLIP model."""
+        ...
+
     def set_progress(self, text: str, fraction: float | None = None) -> None:
         """The progress line a script shows between its jobs (e.g. ``"X/Y/Z plot: cell 3 of 9"``)."""
         ...

@@ -203,6 +203,17 @@ class EaselHost:
             return None
         return float(clip.score([image], prompt).scores[0])
 
+    def interrogate(self, image: Image.Image) -> str:
+        """The CLIP service's prompt for ``image`` (the img2img tab's Interrogate CLIP)."""
+        clip = self._services.clip
+        if clip is None or not clip.available():
+            note = clip.missing_note() if clip is not None else "no CLIP model is configured"
+            raise ExtensionError(f"CLIP interrogation is not available: {note}")
+        try:
+            return str(clip.interrogate(image.convert("RGB")))
+        except (LookupError, ValueError, OSError) as exc:
+            raise ExtensionError(f"CLIP interrogation failed: {exc}") from exc
+
     # -- progress --------------------------------------------------------------------------------------------
     def set_progress(self, text: str, fraction: float | None = None) -> None:
         """Inside a script's job: the script's line (shown before each job's own) and its share done (the
