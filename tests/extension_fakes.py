@@ -25,6 +25,18 @@ from webui.extensions.api import (
 )
 
 
+def switch_on_the_example(data_dir: Path) -> Path:
+    """config.json with no extension switched off: the tutorial extension ships off (``disabled_extensions``
+    defaults to it), and these tests use it."""
+    import json
+
+    config = data_dir / "config.json"
+    values = json.loads(config.read_text(encoding="utf-8")) if config.exists() else {}
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({**values, "disabled_extensions": []}), encoding="utf-8")
+    return data_dir
+
+
 class FakeManager:
     def __init__(self, extensions: list[Extension]) -> None:
         self.extensions = extensions

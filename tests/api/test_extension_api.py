@@ -88,11 +88,13 @@ def test_unknown_script_and_failing_script(api: tuple[TestClient, Any, EchoScrip
     client, _services, _script = api
     unknown = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "No such script"})
     assert unknown.status_code == 422
-    assert unknown.json()["detail"] == "script 'No such script' is not available in Easel"
+    detail = unknown.json()["detail"]
+    assert detail.startswith("script 'No such script' is not available in Easel; txt2img scripts: ")
+    assert "echo args" in detail
     failing = client.post(
         "/sdapi/v1/txt2img", json={**SMALL, "script_name": "Echo args", "script_args": [1, "fail"]}
     )
-    assert failing.status_code == 500  # the script's error, in A1111's error shape
+    assert failing.status_code == 422  # the script refused its input (ValueError), in A1111's error shape
     assert failing.json()["detail"] == "Echo args: the word was 'fail'"
     assert client.get("/sdapi/v1/scripts").status_code == 200  # the API keeps answering
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.extension_fakes import write_suffix_extension
+from tests.extension_fakes import switch_on_the_example, write_suffix_extension
 from webui.container import build_services
 from webui.settings import Settings
 
@@ -21,7 +21,7 @@ SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 7, "sampler_name": "Eule
 def client(data_dir: Path) -> Iterator[TestClient]:
     from webui.server import build_app
 
-    write_suffix_extension(data_dir)
+    write_suffix_extension(switch_on_the_example(data_dir))
     services = build_services(Settings(data_dir=data_dir, preload_model=False, nowebui=True))
     with TestClient(build_app(services)) as test_client:
         yield test_client

@@ -68,9 +68,13 @@ def test_img2img_errors(client: TestClient) -> None:
     )
     assert wrong_mask.status_code == 422 and "must have the image's size" in wrong_mask.json()["detail"]
     script = client.post(
-        "/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(picture())], "script_name": "Loopback"}
+        "/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(picture())], "script_name": "Loopbak"}
     )
-    assert script.status_code == 422 and "Known img2img scripts: SD upscale" in script.json()["detail"]
+    assert script.status_code == 422
+    assert "'Loopbak' is not available" in script.json()["detail"]
+    assert (
+        "img2img scripts: sd upscale, " in script.json()["detail"] and "loopback" in script.json()["detail"]
+    )
 
 
 def test_txt2img_enable_hr(client: TestClient) -> None:

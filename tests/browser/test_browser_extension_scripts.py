@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import OpenPage, generate, set_size_steps_seed, wait_for_text
-from tests.extension_fakes import write_suffix_extension
+from tests.extension_fakes import switch_on_the_example, write_suffix_extension
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture
 def data_dir(data_dir: Path) -> Path:
     write_suffix_extension(data_dir)  # data_dir/extensions/prompt-suffix, found at start
-    return data_dir
+    return switch_on_the_example(data_dir)  # and the tutorial extension, which ships off
 
 
 def test_extension_script_and_accordion_from_the_browser(open_page: OpenPage, tmp_path: Path) -> None:

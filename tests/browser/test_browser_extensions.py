@@ -1,4 +1,5 @@
-"""A real browser: the Extensions tab lists the example, switches it off for good, explains a bad install."""
+"""A real browser: the Extensions tab lists the example (shipped off), switches it on for good, explains a bad
+install."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ def test_switch_off_the_example_and_a_bad_install_source(
     page.get_by_role("tab", name="Extensions").click()
     row = page.locator("#extensions_table [role=row].virtual-row", has_text="example-hello")
     row.wait_for()
-    assert "Loaded" in row.inner_text() and "bundled" in row.inner_text()
+    assert "Disabled" in row.inner_text() and "bundled" in row.inner_text()  # the tutorial ships off
+    assert _extensions(running_app)["example-hello"]["state"] == "disabled"
     row.locator("input[type=checkbox]").click()
     page.click("#extensions_apply")
-    wait_for_text(page, "#extensions_message", "example-hello disabled")
+    wait_for_text(page, "#extensions_message", "example-hello enabled")
     assert "Restart Easel" in page.locator("#extensions_message").inner_text()
-    wait_for_text(page, "#extensions_table", "Disabled")
-    assert _extensions(running_app)["example-hello"]["state"] == "disabled"
-    assert json.loads((data_dir / "config.json").read_text())["disabled_extensions"] == ["example-hello"]
+    assert _extensions(running_app)["example-hello"]["state"] == "active"
+    assert json.loads((data_dir / "config.json").read_text())["disabled_extensions"] == []
 
     bundled = sorted(_extensions(running_app))
     page.click("#extensions_install")  # the accordion

@@ -7,6 +7,7 @@ import io
 import textwrap
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
@@ -15,6 +16,13 @@ from webui.metadata.infotext import parse_infotext
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "prompt": "a red circle", "seed": 5}
 HELLO = {"example-hello": {"enabled": True, "greeting": "hi there"}}
+
+
+@pytest.fixture
+def data_dir(data_dir: Path) -> Path:
+    from tests.extension_fakes import switch_on_the_example
+
+    return switch_on_the_example(data_dir)  # the tutorial extension's hook is used below
 
 
 def _install(services, name: str, body: str) -> None:

@@ -192,9 +192,13 @@ def test_lists_options_and_infotext(services) -> None:
     assert host.clip_score(Image.new("RGB", (8, 8)), "cat") is None  # no CLIP model installed
 
 
-def test_merge_without_a_merger_says_so(services) -> None:
-    if getattr(services, "merge", None) is not None:
-        pytest.skip("this build has the merger")
+def test_merge_through_the_host_and_without_a_merger(services, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = services.extension_host.merge_checkpoints(
+        "tiny-sd15.safetensors", "tiny-sd15.safetensors", multiplier=0.5, name="host-mix"
+    )
+    assert "host-mix" in name
+    assert any("host-mix" in info.name for info in services.extension_host.checkpoints())
+    monkeypatch.setattr(services, "merge", None)
     with pytest.raises(ExtensionError, match="merger is not available"):
         services.extension_host.merge_checkpoints("a", "b")
 

@@ -193,13 +193,13 @@ def test_png_info_send_and_paste_restore_the_infotext_field(app: tuple[Any, Any,
 
 
 def test_real_manager_builds_the_example_and_an_installed_script(data_dir: Path) -> None:
-    from tests.extension_fakes import write_suffix_extension
+    from tests.extension_fakes import switch_on_the_example, write_suffix_extension
     from tests.ui.helpers import event_fn
     from webui.container import build_services
     from webui.settings import Settings
     from webui.ui.app import build_ui
 
-    write_suffix_extension(data_dir)
+    write_suffix_extension(switch_on_the_example(data_dir))
     services = build_services(Settings(data_dir=data_dir, preload_model=False))
     try:
         blocks = build_ui(services)

@@ -21,7 +21,9 @@ MANIFEST = 'name = "{name}"\ntitle = "{title}"\nversion = "2.1"\nentry = "main:s
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    built = build_services(Settings(data_dir=tmp_path, preload_model=False))
+    from tests.extension_fakes import switch_on_the_example
+
+    built = build_services(Settings(data_dir=switch_on_the_example(tmp_path), preload_model=False))
     yield built
     built.generation.shutdown()
 

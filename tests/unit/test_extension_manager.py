@@ -229,7 +229,7 @@ def test_disabled_state_is_persisted_and_leaves_no_trace(tmp_path: Path) -> None
     manager.reload()
     assert manager.set_enabled({"quiet": False}) == ["quiet"]
     config = json.loads((tmp_path / "data" / "config.json").read_text())
-    assert config["disabled_extensions"] == ["quiet"]
+    assert config["disabled_extensions"] == ["example-hello", "quiet"]  # the tutorial ships switched off
     fresh = make_manager(tmp_path)
     fresh.reload()
     assert fresh.record("quiet").state == "disabled"  # type: ignore[union-attr]
@@ -353,6 +353,9 @@ def test_install_from_git_without_git_says_so(tmp_path: Path, monkeypatch: pytes
 def test_the_example_extension_loads_and_its_hook_signs_the_prompt(tmp_path: Path) -> None:
     manager = make_manager(tmp_path, bundled=REPO / "extensions")
     manager.reload()
+    assert manager.record("example-hello").state == "disabled"  # type: ignore[union-attr]  # ships off
+    assert {e.name for e in manager.active()} >= {"xyz-plot", "checkpoint-merger", "loopback"}
+    manager.set_enabled({"example-hello": True})
     record = manager.record("example-hello")
     assert record is not None and record.state == "active", record and record.error
     hello = record.extension

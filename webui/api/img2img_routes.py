@@ -20,6 +20,7 @@ from webui.api.routes import (
     ApiError,
     _b64,
     _validation_message,
+    check_scripts,
     keep_overrides,
     response_images,
     result_info,
@@ -39,6 +40,7 @@ def _strip_data_url(data: str) -> str:
 def img2img_request(body: Img2ImgBody, services: Any) -> Img2ImgRequest:
     if not body.init_images:
         raise ApiError(404, "ImageError", "Init image not found")
+    check_scripts(body, "img2img", services)  # an unknown script: 422 listing them all
     sd_upscale = None
     extension_script = find_extension_script(services, "img2img", body.script_name)
     if body.script_name and body.script_name.strip().lower() not in ("", "none") and extension_script is None:

@@ -155,12 +155,18 @@ ALWAYSON_SCRIPTS: dict[str, list[str]] = {"txt2img": ["controlnet"], "img2img": 
 def check_scripts(body: Txt2ImgBody, mode: str = "txt2img", services: Any = None) -> None:
     """A1111 answers 422 for a script it does not have; so does Easel, naming the script. Scripts and
     always-on entries of active extensions (``services.extensions``) are available."""
-    from webui.api.extension_scripts import find_alwayson, find_extension_script
+    from webui.api.extension_scripts import extension_script_titles, find_alwayson, find_extension_script
 
     name = (body.script_name or "").strip().lower()
     builtin = not name or name == "none" or name in SELECTABLE_SCRIPTS[mode]
     if not builtin and find_extension_script(services, mode, name) is None:  # type: ignore[arg-type]
-        raise ApiError(422, "ScriptError", f"script {body.script_name!r} is not available in Easel")
+        known = SELECTABLE_SCRIPTS[mode] + extension_script_titles(services, mode)  # type: ignore[arg-type]
+        raise ApiError(
+            422,
+            "ScriptError",
+            f"script {body.script_name!r} is not available in Easel; {mode} scripts: "
+            f"{', '.join(known) if known else 'none'} (GET /sdapi/v1/scripts lists them)",
+        )
     for title in body.alwayson_scripts or {}:
         known = title.lower() in ALWAYSON_SCRIPTS[mode] or find_alwayson(services, mode, title) is not None  # type: ignore[arg-type]
         if not known:
@@ -267,6 +273,7 @@ def build_router(services: Services) -> APIRouter:
 
     router = APIRouter(dependencies=[Depends(check_auth)])
     from webui.api.extension_scripts import mount_extension_routers, submit_script
+
     generation = services.generation
     models = services.models
 

@@ -15,6 +15,7 @@ DPM2 Karras, DPM++ 3M SDE Exponential), otherwise the model's own timestep spaci
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,11 @@ class SamplerSpec:
     schedules: tuple[str, ...]  # supported schedule names; always includes "automatic"
     default_schedule: str | None = None  # what "Automatic" becomes; None = the model's own spacing
     eta: str = "unused"
+    # An extension's sampler (``ext.add_sampler``) names its diffusers class and options here; Easel's own
+    # samplers have theirs in ``webui.runtime.samplers.SAMPLER_RECIPES``.
+    scheduler_class: str | None = None
+    scheduler_options: tuple[tuple[str, Any], ...] = ()
+    extension: str | None = None  # the extension that registered it
 
     @property
     def stochastic(self) -> bool:
@@ -146,8 +152,46 @@ _SCHEDULE_INDEX: dict[str, ScheduleSpec] = {
 _SCHEDULES_BY_NAME: dict[str, ScheduleSpec] = {spec.name: spec for spec in SCHEDULES}
 
 
+# The active extensions' samplers, read at each use (set by ``webui.extensions.registrations``), so one
+# switched off drops out of the lists at once.
+_extension_samplers: Callable[[], Sequence[SamplerSpec]] | None = None
+
+
+def set_extension_samplers(provider: Callable[[], Sequence[SamplerSpec]] | None) -> None:
+    global _extension_samplers
+    _extension_samplers = provider
+
+
+def extension_sampler(
+    name: str, scheduler_class: str, options: dict[str, Any] | None = None, extension: str | None = None
+) -> SamplerSpec:
+    """The table entry for a sampler an extension registers: every schedule type is offered (the class
+    refuses one it cannot run, with a message), and it counts as stochastic when its class adds noise."""
+    options = dict(options or {})
+    noisy = "Ancestral" in scheduler_class or "SDE" in scheduler_class
+    noisy = noisy or "sde" in str(options.get("algorithm_type", ""))
+    return SamplerSpec(
+        name,
+        (),
+        _ALL,
+        eta="fixed" if noisy else "unused",
+        scheduler_class=scheduler_class,
+        scheduler_options=tuple(sorted(options.items())),
+        extension=extension,
+    )
+
+
+def all_samplers() -> tuple[SamplerSpec, ...]:
+    """Easel's samplers, then the active extensions' (a name Easel already has is not taken over)."""
+    extra: dict[str, SamplerSpec] = {}
+    for spec in _extension_samplers() if _extension_samplers is not None else ():
+        if _key(spec.name) not in _SAMPLER_INDEX:
+            extra.setdefault(_key(spec.name), spec)  # the first extension in hook order keeps a name
+    return SAMPLERS + tuple(extra.values())
+
+
 def sampler_names() -> list[str]:
-    return [spec.name for spec in SAMPLERS]
+    return [spec.name for spec in all_samplers()]
 
 
 def schedule_labels() -> list[str]:
@@ -195,7 +239,7 @@ def resolve_sampler(name: str | None, scheduler: str | None = None) -> tuple[Sam
     if name is None or not name.strip():
         sampler = DEFAULT_SAMPLER
         schedule = requested
-    elif (found := _SAMPLER_INDEX.get(_key(name))) is not None:
+    elif (found := _SAMPLER_INDEX.get(_key(name)) or _find_extension_sampler(name)) is not None:
         sampler, schedule = found, requested
     elif (split := _split_legacy_name(name)) is not None:
         sampler, schedule = split
@@ -215,6 +259,10 @@ def resolve_sampler(name: str | None, scheduler: str | None = None) -> tuple[Sam
     return sampler, schedule
 
 
+def _find_extension_sampler(name: str) -> SamplerSpec | None:
+    return next((spec for spec in all_samplers()[len(SAMPLERS) :] if _key(spec.name) == _key(name)), None)
+
+
 def effective_schedule(sampler: SamplerSpec, schedule: ScheduleSpec) -> ScheduleSpec:
     """The schedule that actually runs: Automatic becomes the sampler's default where it has one.
 
@@ -228,7 +276,7 @@ def effective_schedule(sampler: SamplerSpec, schedule: ScheduleSpec) -> Schedule
 
 def sampler_list() -> list[dict[str, Any]]:
     """``GET /sdapi/v1/samplers``: ``[{name, aliases, options}]`` in A1111 order."""
-    return [spec.to_api() for spec in SAMPLERS]
+    return [spec.to_api() for spec in all_samplers()]
 
 
 def scheduler_list() -> list[dict[str, Any]]:

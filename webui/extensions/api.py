@@ -60,6 +60,11 @@ class ExtensionError(RuntimeError):
     """Something an extension did (or its manifest says) that Easel cannot accept; the message names it."""
 
 
+class ExtensionInputError(ExtensionError, ValueError):
+    """A script refused the values it was given (its ``ValueError``): the user's to fix, the extension stays
+    on; the API answers 422."""
+
+
 @dataclass(frozen=True)
 class Manifest:
     """``extension.toml``: name, title, version, description, entry, api, priority.

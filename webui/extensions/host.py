@@ -24,6 +24,7 @@ from webui.extensions.api import (
     CheckpointInfo,
     Extension,
     ExtensionError,
+    ExtensionInputError,
     Request,
     Script,
     ScriptRun,
@@ -132,9 +133,10 @@ class EaselHost:
         where = f"script '{script.title}'"
         if any(exc is inner for inner in scope.inner_errors) or isinstance(exc, ValueError | ExtensionError):
             # bad input, or a generation the script asked for failed: the job fails, the extension stays on
-            message = f"{script.title}: {exc}" if str(exc) else f"{script.title}: {type(exc).__name__}"
+            text = str(exc) or type(exc).__name__
+            message = text if text.startswith(f"{script.title}:") else f"{script.title}: {text}"
             log.warning("extension %r, %s: %s", extension.name, where, exc)
-            return ExtensionError(message)
+            return ExtensionInputError(message) if isinstance(exc, ValueError) else ExtensionError(message)
         manager = getattr(self._services, "extensions", None)
         if manager is not None:
             return ExtensionError(manager.fail(extension.name, where, exc))

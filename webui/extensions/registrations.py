@@ -1,5 +1,5 @@
-"""What extensions register that joins Easel's own lists: upscalers (``ext.add_upscaler``) and ControlNet
-preprocessors (``ext.add_preprocessor``).
+"""What extensions register that joins Easel's own lists: upscalers (``ext.add_upscaler``), samplers
+(``ext.add_sampler``) and ControlNet preprocessors (``ext.add_preprocessor``).
 
 :func:`connect_registrations` gives the services a provider that reads the manager's active extensions at
 each use, so an extension disabled (or failed) since start drops out of the lists at once. A registered
@@ -22,6 +22,9 @@ def connect_registrations(services: Any) -> None:
     upscalers = getattr(services, "upscalers", None)
     if upscalers is not None:
         upscalers.extension_upscalers = lambda: extension_upscalers(getattr(services, "extensions", None))
+    from webui.domain import samplers
+
+    samplers.set_extension_samplers(lambda: extension_samplers(getattr(services, "extensions", None)))
     controlnet = getattr(services, "controlnet", None)
     if controlnet is not None:
         controlnet.extension_preprocessors = lambda: extension_preprocessors(
@@ -40,6 +43,19 @@ def extension_upscalers(manager: Any) -> dict[str, Callable[..., Any]]:
                 log.warning("extension %s: upscaler %r is already registered", extension.name, name)
                 continue
             found[name] = guarded(manager, extension, f"its upscaler {name!r}", upscaler)
+    return found
+
+
+def extension_samplers(manager: Any) -> list[Any]:
+    """The active extensions' samplers as sampler-table entries (``webui.domain.samplers``)."""
+    from webui.domain.samplers import extension_sampler
+
+    found: list[Any] = []
+    if manager is None:
+        return found
+    for extension in manager.active():
+        for spec in extension.samplers:
+            found.append(extension_sampler(spec.name, spec.scheduler_class, spec.config, extension.name))
     return found
 
 

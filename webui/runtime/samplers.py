@@ -125,10 +125,26 @@ if _missing:  # pragma: no cover - guards the two tables against drifting apart
     raise RuntimeError(f"samplers without a scheduler recipe: {_missing}")
 
 
+class SamplerUnavailableError(ValueError):
+    """An extension's sampler names something that is not a diffusers scheduler class."""
+
+
+def recipe_for(sampler: SamplerSpec) -> SchedulerRecipe:
+    """Easel's recipe for one of its samplers, or the one an extension's sampler carries."""
+    if sampler.scheduler_class is not None:
+        return SchedulerRecipe(sampler.scheduler_class, dict(sampler.scheduler_options))
+    return SAMPLER_RECIPES[sampler.name]
+
+
 def scheduler_class(sampler: SamplerSpec) -> type[SchedulerMixin]:
     """The diffusers class behind a sampler; a clear ImportError when its optional package is missing."""
-    recipe = SAMPLER_RECIPES[sampler.name]
-    cls = getattr(diffusers, recipe.class_name)
+    recipe = recipe_for(sampler)
+    cls = getattr(diffusers, recipe.class_name, None)
+    if not (isinstance(cls, type) and recipe.class_name.endswith("Scheduler")):
+        raise SamplerUnavailableError(
+            f"sampler {sampler.name!r} (extension {sampler.extension or '?'}) names {recipe.class_name!r}, "
+            "which is not a diffusers scheduler class; the extension needs fixing (pick another sampler)"
+        )
     # Without an optional backend diffusers exposes a placeholder whose __init__ takes only *args/**kwargs.
     if "num_train_timesteps" not in _init_params(cls):
         needs = " ".join(recipe.requires) or "its optional dependencies"
@@ -156,7 +172,7 @@ def scheduler_kwargs(sampler: SamplerSpec, schedule: ScheduleSpec, base_config: 
         )
     cls = scheduler_class(sampler)
     accepted = _init_params(cls)
-    recipe = SAMPLER_RECIPES[sampler.name]
+    recipe = recipe_for(sampler)
     schedule_recipe = SCHEDULE_RECIPES[effective_schedule(sampler, schedule).name]
 
     kwargs: dict[str, Any] = {

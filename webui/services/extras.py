@@ -105,7 +105,6 @@ class UpscalerService:
             self.runner().upscale(image, record.name, record.path, width, height, kind=record.kind),
         )
 
-
     def _extension_upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
         """An extension's ``upscaler(image, scale)`` at the scale that covers ``width`` x ``height``, then
         resized to exactly that (as Easel's own upscalers are)."""

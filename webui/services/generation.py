@@ -368,6 +368,7 @@ class GenerationService(ImageModesMixin):
                 "UnknownPreprocessorError",
                 "ClipGuidanceUnavailable",
                 "ClipGuidanceError",
+                "SamplerUnavailableError",
             ):
                 raise
             if type(exc).__name__ == "LoraMemoryError":  # LoRA backups would not fit in RAM: say so

@@ -66,8 +66,9 @@ class Options(BaseModel):
     # Grids that scripts make (X/Y/Z plot, prompt matrix): saved to outputs/<mode>-grids, in this format
     grid_save: bool = True
     grid_format: str = "png"
-    # Extensions (webui.extensions): names of the ones switched off in the Extensions tab
-    disabled_extensions: list[str] = Field(default_factory=list)
+    # Extensions (webui.extensions): names of the ones switched off in the Extensions tab. The tutorial
+    # extension ships switched off: its "Hello" tab means nothing to someone who has not opened the guide.
+    disabled_extensions: list[str] = Field(default_factory=lambda: ["example-hello"])
 
     @field_validator("samples_format")
     @classmethod
