@@ -37,8 +37,13 @@ def test_script_name_runs_an_installed_script_as_one_job(client: TestClient) -> 
     assert info["infotexts"][0].startswith("a red circle, at night\nSteps: 2, Sampler: Euler")
     plain = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a red circle, at night"}).json()
     assert plain["images"] == response.json()["images"]  # the script's job is the plain job, pixel for pixel
-    defaults = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "script_name": "Prompt suffix"})
+    defaults = client.post(
+        "/sdapi/v1/txt2img",
+        json={**SMALL, "prompt": "x", "script_name": "Prompt suffix", "force_task_id": "task(script)"},
+    )
     assert json.loads(defaults.json()["info"])["infotexts"][0].startswith("x, by a script\n")
+    followed = client.post("/internal/progress", json={"id_task": "task(script)"}).json()
+    assert followed["completed"] and not followed["queued"]  # a script's job is followed like any other
 
 
 @pytest.mark.slow

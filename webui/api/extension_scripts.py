@@ -96,7 +96,7 @@ def script_arguments(script: Script, tab: Tab, args: list[Any]) -> list[Any]:
 
 
 def submit_script(
-    services: Any, tab: Tab, request: Request, name: str | None, args: list[Any]
+    services: Any, tab: Tab, request: Request, name: str | None, args: list[Any], task_id: str | None = None
 ) -> Future[Any] | None:
     """Queue the extension script ``name`` with ``request`` (None when ``name`` is no extension script)."""
     found = find_extension_script(services, tab, name)
@@ -108,7 +108,9 @@ def submit_script(
     except Exception as exc:  # an extension's api_defaults that raises disables it, like a failing ui
         message = _manager(services).fail(extension.name, f"api_defaults of script {script.title!r}", exc)
         raise ApiError(422, "ScriptError", message) from exc
-    future: Future[Any] = services.extension_host.run_script(extension, script, request, arguments, tab)
+    future: Future[Any] = services.extension_host.run_script(
+        extension, script, request, arguments, tab, task_id=task_id
+    )
     return future
 
 

@@ -96,7 +96,9 @@ def add_image_routes(router: APIRouter, services: Any) -> None:
     @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
     def img2img(body: Img2ImgBody) -> dict[str, Any]:
         request = img2img_request(body, services)
-        scripted = submit_script(services, "img2img", request, body.script_name, body.script_args)
+        scripted = submit_script(
+            services, "img2img", request, body.script_name, body.script_args, body.force_task_id
+        )
         result = (scripted or generation.submit_img2img(request, body.force_task_id)).result()
         keep_overrides(body, services)
         images = response_images(result, body, services)

@@ -280,7 +280,9 @@ def build_router(services: Services) -> APIRouter:
     @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
     def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
         request = txt2img_request(body, services)
-        scripted = submit_script(services, "txt2img", request, body.script_name, body.script_args)
+        scripted = submit_script(
+            services, "txt2img", request, body.script_name, body.script_args, body.force_task_id
+        )
         result = (scripted or generation.submit_txt2img(request, body.force_task_id)).result()
         keep_overrides(body, services)
         images = response_images(result, body, services)

@@ -98,7 +98,13 @@ class EaselHost:
         return self._run(request)
 
     def run_script(
-        self, extension: Extension, script: Script, request: Request, args: list[Any], tab: Tab
+        self,
+        extension: Extension,
+        script: Script,
+        request: Request,
+        args: list[Any],
+        tab: Tab,
+        task_id: str | None = None,
     ) -> Future[GenerationResult]:
         """Queue ONE job that runs ``script.run(ScriptRun(request, self, tab), *args)``.
 
@@ -124,7 +130,7 @@ class EaselHost:
                 self._local.scope = None
                 progress.end_script()
 
-        return cast("Future[GenerationResult]", generation.submit_call(job))
+        return cast("Future[GenerationResult]", generation.submit_call(job, task_id))
 
     def _script_error(
         self, extension: Extension, script: Script, scope: _ScriptScope, exc: Exception
