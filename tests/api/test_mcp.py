@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,11 @@ def mcp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = _reference_data_dir(tmp_path_factory.mktemp("mcp-data"))
     with running_easel(data_dir, "--mcp") as base:
         url = f"{base}/mcp/gradio_api/mcp/"
-        assert url in (data_dir / "app.log").read_text()  # the URL printed at start is the one that works
+        # The URL printed at start is the one that works (printed just after the studio turns ready).
+        deadline = time.monotonic() + 10
+        while url not in (data_dir / "app.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert url in (data_dir / "app.log").read_text()
         yield url
 
 

@@ -9,8 +9,9 @@ from tests.browser.conftest import OpenPage, generate, set_size_steps_seed, wait
 
 
 def _choose(page: Any, elem_id: str, option: str) -> None:
+    # The option is looked for inside this dropdown: the list of the one chosen before may still be closing.
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
 
 
 def test_xyz_plot_from_the_browser(open_page: OpenPage, tmp_path: Path) -> None:
