@@ -42,7 +42,13 @@ def build_app(services: Services, stage: Callable[[str], None] = lambda _: None)
         stage("mounting the studio")
         auth = settings.guard("gradio") or None
         app = gr.mount_gradio_app(
-            app, blocks, path="/", auth=auth, allowed_paths=_served_paths(services), **_launch_kwargs()
+            app,
+            blocks,
+            path="/",
+            auth=auth,
+            allowed_paths=_served_paths(services),
+            max_file_size=settings.max_upload_bytes,  # an upload over it is refused with 413
+            **_launch_kwargs(),
         )
     _guard(app, settings)
     return app
