@@ -345,6 +345,8 @@ def build_router(services: Services) -> APIRouter:
         current = services.options.get().sd_model_checkpoint
         read_only = ("sd_model_checkpoint", "sd_checkpoint_hash")
         rest = {k: v for k, v in values.items() if k not in read_only}
+        if isinstance(rest.get("sd_vae"), str):
+            services.models.find_vae(rest["sd_vae"])  # only a VAE from the list (404 otherwise)
         try:
             services.options.update(rest)
         except ValidationError as exc:
