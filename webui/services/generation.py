@@ -357,6 +357,7 @@ class GenerationService(ImageModesMixin):
         except Exception as exc:
             if type(exc).__name__ in (
                 "ModelLoadError",
+                "ModelFileError",
                 "GenerationError",
                 "NoModelError",
                 "ModelNotFoundError",
