@@ -9,6 +9,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from webui.settings import Settings
 
 
@@ -137,7 +139,8 @@ def default_cmd_flags() -> dict[str, object]:
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     values: dict[str, object] = {}
     for name in (
         "ckpt",
@@ -177,4 +180,12 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     ):  # fmt: skip
         values[flag] = getattr(args, flag)
     values["cmd_flags"] = namespace_dict(args)
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:  # a flag out of range: a one-line usage error, not a traceback
+        problems = [
+            f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in exc.errors()
+        ]
+        parser.error("; ".join(problems))
+        raise  # not reached: parser.error exits

@@ -137,3 +137,10 @@ def test_limits_are_command_line_flags() -> None:
         max_upscale=2.0, max_upload_bytes=100_000, max_upload_pixels=500_000,
     )  # fmt: skip
     assert Limits.from_settings(settings_from_args([])) == Limits()
+
+
+def test_a_flag_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        settings_from_args(["--max-steps", "500"])
+    assert caught.value.code == 2
+    assert "--max-steps: Input should be less than or equal to 150" in capsys.readouterr().err
