@@ -61,7 +61,7 @@ def test_defaults_let_a_2048_sdxl_job_with_2x_hires_through() -> None:
         (
             Limits(max_pixels=1024 * 1024),
             {"width": 768, "height": 768, "enable_hr": True, "hr_scale": 2.0},
-            ("The hires image would be 1536x1536", "--max-pixels"),
+            ("The hires image is 1536x1536 (2,359,296 pixels)", "--max-pixels"),
         ),
         (
             Limits(max_pixels=1024 * 1024),

@@ -69,8 +69,8 @@ class Limits:
     def check_output(self, width: int, height: int, what: str = "The image") -> None:
         if width * height > self.max_pixels:
             raise LimitError(
-                f"{what} would be {width}x{height}",
-                f"{width * height:,} pixels",
+                what,
+                f"{width}x{height} ({width * height:,} pixels)",
                 "max pixels per image",
                 _size(self.max_pixels),
                 "--max-pixels",
@@ -135,8 +135,8 @@ class Limits:
     def check_upload_pixels(self, width: int, height: int, what: str = "The image") -> None:
         if width * height > self.max_upload_pixels:
             raise LimitError(
-                f"{what} is {width}x{height}",
-                f"{width * height:,} pixels",
+                what,
+                f"{width}x{height} ({width * height:,} pixels)",
                 "max upload pixels",
                 _size(self.max_upload_pixels),
                 "--max-upload-pixels",
