@@ -131,3 +131,24 @@ def test_png_info_upload_limits(client: TestClient) -> None:
         client.post("/sdapi/v1/png-info", json={"image": b64(b"\0" * 300_000)}), 413, "--max-upload-bytes"
     )
     assert client.post("/sdapi/v1/png-info", json={"image": b64(png_bytes(32, 32))}).status_code == 200
+
+
+def test_gradio_upload_over_the_byte_limit_is_413(data_dir: Path) -> None:
+    from webui.container import build_services
+    from webui.server import build_app
+    from webui.settings import Settings
+
+    services = build_services(
+        Settings(data_dir=data_dir, preload_model=False, api=True, max_upload_bytes=4096)
+    )
+    try:
+        with TestClient(build_app(services)) as client:
+            big = client.post("/gradio_api/upload", files={"files": ("big.png", b"\0" * 8192, "image/png")})
+            assert big.status_code == 413, big.text[:300]
+            small = client.post(
+                "/gradio_api/upload", files={"files": ("s.png", png_bytes(8, 8), "image/png")}
+            )
+            assert small.status_code == 200, small.text[:300]
+    finally:
+        services.generation.shutdown()
+        limits.install(limits.Limits())

@@ -205,6 +205,36 @@ def test_gradio_file_route_serves_only_outputs(world: dict) -> None:
         assert "top secret" not in response.text and "root:" not in response.text
 
 
+def _gradio_call(client: TestClient, api_name: str, data: list[Any]) -> str:
+    started = client.post(f"/gradio_api/call/{api_name}", json={"data": data})
+    assert started.status_code == 200, started.text[:300]
+    return client.get(f"/gradio_api/call/{api_name}/{started.json()['event_id']}").text
+
+
+def test_gradio_file_inputs_take_only_uploaded_files(world: dict) -> None:
+    """A Gradio API client naming a server file as an image input: refused, the file is not read."""
+    from PIL import PngImagePlugin
+
+    client, data_dir = world["client"], world["data_dir"]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "top secret\nSteps: 20, Sampler: Euler, Seed: 1")
+    secret = data_dir / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret, pnginfo=info)
+    outputs = world["services"].settings.outputs_path
+    for path in [str(secret), str(outputs / ".." / "secret.png"), "../secret.png", str(world["inside"])]:
+        reply = _gradio_call(client, "pnginfo", [{"path": path, "meta": {"_type": "gradio.FileData"}}])
+        assert "event: error" in reply and "not uploaded" in reply, reply[:300]
+        assert "top secret" not in reply
+    uploaded = client.post(
+        "/gradio_api/upload", files={"files": ("mine.png", secret.read_bytes(), "image/png")}
+    )
+    assert uploaded.status_code == 200, uploaded.text[:300]
+    reply = _gradio_call(
+        client, "pnginfo", [{"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}]
+    )
+    assert "top secret" in reply  # an uploaded file is read as before
+
+
 def test_history_paths_stay_in_outputs(world: dict) -> None:
     history = world["services"].history
     data_dir = world["data_dir"]
