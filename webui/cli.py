@@ -101,31 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--disable-extra-extensions", action="store_true", help="load only the extensions bundled with Easel"
     )
     limits = parser.add_argument_group("limits (per request; see README, Limits)")
-    limits.add_argument(
-        "--max-image-side", type=int, default=4096, help="largest width or height a job asks (default 4096)"
-    )
+    limits.add_argument("--max-image-side", type=int, help="largest width or height asked (default 4096)")
     limits.add_argument(
         "--max-pixels",
         type=int,
-        default=8192 * 8192,
         help="largest image made, width x height, hires and upscales included (default 67108864, 8192x8192)",
     )
-    limits.add_argument("--max-steps", type=int, default=150, help="most sampling steps a pass (default 150)")
-    limits.add_argument("--max-batch-size", type=int, default=16, help="largest batch size (default 16)")
-    limits.add_argument("--max-batch-count", type=int, default=100, help="largest batch count (default 100)")
-    limits.add_argument(
-        "--max-upscale", type=float, default=8.0, help="largest hires / upscale factor (default 8)"
-    )
-    limits.add_argument(
-        "--max-upload-bytes", type=int, default=64 * 1024 * 1024, help="largest upload file (default 64 MiB)"
-    )
+    limits.add_argument("--max-steps", type=int, help="most sampling steps a pass (default 150)")
+    limits.add_argument("--max-batch-size", type=int, help="largest batch size (default 16)")
+    limits.add_argument("--max-batch-count", type=int, help="largest batch count (default 100)")
+    limits.add_argument("--max-upscale", type=float, help="largest hires / upscale factor (default 8)")
+    limits.add_argument("--max-upload-bytes", type=int, help="largest upload file (default 64 MiB)")
     limits.add_argument(
         "--max-upload-pixels",
         type=int,
-        default=8192 * 8192,
         help="largest uploaded image, width x height (default 67108864, 8192x8192)",
     )
     return parser
+
+
+LIMIT_FLAGS = (
+    "max_image_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_upscale",
+    "max_upload_bytes", "max_upload_pixels",
+)  # fmt: skip
 
 
 def namespace_dict(args: argparse.Namespace) -> dict[str, object]:
@@ -175,10 +173,11 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     for flag in (
         "listen", "api", "nowebui", "gradio_auth", "api_auth", "api_server_stop", "cors_allow_origins",
         "cors_allow_origins_regex", "mcp", "gradio_auth_path", "auth_split",
-        "max_image_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_upscale",
-        "max_upload_bytes", "max_upload_pixels",
     ):  # fmt: skip
         values[flag] = getattr(args, flag)
+    for limit in LIMIT_FLAGS:  # unset: the EASEL_* variable, else the default
+        if getattr(args, limit) is not None:
+            values[limit] = getattr(args, limit)
     values["cmd_flags"] = namespace_dict(args)
     try:
         return Settings(**values)  # type: ignore[arg-type]

@@ -134,7 +134,7 @@ def test_lora_tags_outside_the_lora_folder_are_not_loaded(world: dict) -> None:
 
 def test_embedding_names_are_words_not_paths(world: dict) -> None:
     client = world["client"]
-    prompt = "../../outside-lora /etc/passwd ..\\secret <embedding:../../outside>"
+    prompt = "../../outside-lora /etc/passwd ..\\secret <embedding:../../outside> <hypernet:../../outside:1>"
     response = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": prompt, "save_images": False})
     assert response.status_code == 200, response.text[:500]
     assert "TI hashes" not in json.loads(response.json()["info"])["infotexts"][0]

@@ -144,3 +144,11 @@ def test_a_flag_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]
         settings_from_args(["--max-steps", "500"])
     assert caught.value.code == 2
     assert "--max-steps: Input should be less than or equal to 150" in capsys.readouterr().err
+
+
+def test_limits_from_easel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EASEL_MAX_STEPS", "40")
+    monkeypatch.setenv("EASEL_MAX_UPLOAD_BYTES", "5000")
+    limits = Limits.from_settings(settings_from_args([]))
+    assert (limits.max_steps, limits.max_upload_bytes) == (40, 5000)
+    assert Limits.from_settings(settings_from_args(["--max-steps", "30"])).max_steps == 30  # the flag wins
