@@ -9,6 +9,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from webui.settings import Settings
 
 
@@ -98,7 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     extensions.add_argument(
         "--disable-extra-extensions", action="store_true", help="load only the extensions bundled with Easel"
     )
+    limits = parser.add_argument_group("limits (per request; see README, Limits)")
+    limits.add_argument("--max-image-side", type=int, help="largest width or height asked (default 4096)")
+    limits.add_argument(
+        "--max-pixels",
+        type=int,
+        help="largest image made, width x height, hires and upscales included (default 67108864, 8192x8192)",
+    )
+    limits.add_argument("--max-steps", type=int, help="most sampling steps a pass (default 150)")
+    limits.add_argument("--max-batch-size", type=int, help="largest batch size (default 16)")
+    limits.add_argument("--max-batch-count", type=int, help="largest batch count (default 100)")
+    limits.add_argument("--max-upscale", type=float, help="largest hires / upscale factor (default 8)")
+    limits.add_argument("--max-upload-bytes", type=int, help="largest upload file (default 64 MiB)")
+    limits.add_argument(
+        "--max-upload-pixels",
+        type=int,
+        help="largest uploaded image, width x height (default 67108864, 8192x8192)",
+    )
     return parser
+
+
+LIMIT_FLAGS = (
+    "max_image_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_upscale",
+    "max_upload_bytes", "max_upload_pixels",
+)  # fmt: skip
 
 
 def namespace_dict(args: argparse.Namespace) -> dict[str, object]:
@@ -112,7 +137,8 @@ def default_cmd_flags() -> dict[str, object]:
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     values: dict[str, object] = {}
     for name in (
         "ckpt",
@@ -149,5 +175,16 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         "cors_allow_origins_regex", "mcp", "gradio_auth_path", "auth_split",
     ):  # fmt: skip
         values[flag] = getattr(args, flag)
+    for limit in LIMIT_FLAGS:  # unset: the EASEL_* variable, else the default
+        if getattr(args, limit) is not None:
+            values[limit] = getattr(args, limit)
     values["cmd_flags"] = namespace_dict(args)
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:  # a flag out of range: a one-line usage error, not a traceback
+        problems = [
+            f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in exc.errors()
+        ]
+        parser.error("; ".join(problems))
+        raise  # not reached: parser.error exits

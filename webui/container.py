@@ -13,6 +13,8 @@ from webui.services.extras import ExtrasService, UpscalerService
 from webui.services.faces import FaceRestoreService
 from webui.services.generation import GenerationService
 from webui.services.history import HistoryService
+from webui.services.limits import Limits
+from webui.services.limits import install as install_limits
 from webui.services.lora import NetworkService
 from webui.services.merge import MergeService
 from webui.services.models import ModelService
@@ -79,6 +81,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         settings.clip_path,
     ):
         folder.mkdir(parents=True, exist_ok=True)
+    install_limits(Limits.from_settings(settings))  # checked by every entry point's service call
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)
     networks = NetworkService(settings, models.hashes)

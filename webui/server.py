@@ -42,8 +42,15 @@ def build_app(services: Services, stage: Callable[[str], None] = lambda _: None)
         stage("mounting the studio")
         auth = settings.guard("gradio") or None
         app = gr.mount_gradio_app(
-            app, blocks, path="/", auth=auth, allowed_paths=_served_paths(services), **_launch_kwargs()
+            app,
+            blocks,
+            path="/",
+            auth=auth,
+            allowed_paths=_served_paths(services),
+            max_file_size=settings.max_upload_bytes,  # an upload over it is refused with 413
+            **_launch_kwargs(),
         )
+        _check_file_inputs(blocks)
     _guard(app, settings)
     return app
 
@@ -63,6 +70,16 @@ def _guard(app: Any, settings: Settings) -> None:
         )
 
 
+def _check_file_inputs(blocks: Any) -> None:
+    """Make Gradio check the file paths a client sends, as it does for an app it launched itself.
+
+    Gradio refuses a file input whose path was not uploaded through it (and an output outside the served
+    folders) only once its Blocks has launched; a mounted Blocks never launches, so without this a Gradio API
+    client could name any file on the server (``{"path": "/home/user/..."}``) as an image input.
+    """
+    blocks.has_launched = True
+
+
 def _mount_mcp(app: Any, services: Services) -> Any:
     """Gradio's MCP server over Easel's tools (``webui.ui.mcp_tools``) at ``/mcp``.
 
@@ -79,6 +96,7 @@ def _mount_mcp(app: Any, services: Services) -> Any:
         raise SystemExit("--mcp needs the mcp package (1.x): pip install -r requirements.txt") from exc
     if blocks.mcp_server_obj is None:
         raise SystemExit(f"--mcp: {blocks.mcp_error or 'the MCP server could not start'}")
+    _check_file_inputs(blocks)
     return app  # guarded with the REST paths (``_guard``)
 
 

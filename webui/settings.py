@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     # Extensions: "all" loads none (--disable-all-extensions), "extra" only the bundled ones
     # (--disable-extra-extensions)
     disable_extensions: Literal["none", "extra", "all"] = "none"
+    # Limits on what one request may ask for (``webui.services.limits``): set here, at start, by the admin;
+    # no API client can change them.
+    max_image_side: int = Field(4096, ge=64, le=4096)
+    max_pixels: int = Field(8192 * 8192, ge=64 * 64)
+    max_steps: int = Field(150, ge=1, le=150)
+    max_batch_size: int = Field(16, ge=1, le=16)
+    max_batch_count: int = Field(100, ge=1, le=100)
+    max_upscale: float = Field(8.0, ge=1.0, le=8.0)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(8192 * 8192, ge=64 * 64)
     # The parsed command line as ``vars(argparse.Namespace)``, for /sdapi/v1/cmd-flags; None when the
     # settings were not built from a command line.
     cmd_flags: dict[str, Any] | None = None

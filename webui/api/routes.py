@@ -8,7 +8,6 @@ the browser share one queue and one behaviour. Errors come back as A1111's
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import logging
@@ -22,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 
 from webui.api.schemas import (
@@ -40,6 +39,7 @@ from webui.domain.samplers import UnknownSamplerError, sampler_list, scheduler_l
 from webui.extensions.api import Tab
 from webui.metadata.image_io import read_infotext
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
+from webui.services import limits
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,11 @@ def decode_base64_image(data: str) -> Image.Image:
     if data.startswith(("http://", "https://")):
         raise ApiError(422, "ImageError", "image URLs are not fetched; send the image as base64")
     try:
-        raw = base64.b64decode(data, validate=False)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+        return limits.active().decode_base64(data)
+    except limits.LimitError as exc:
+        raise ApiError(exc.status, "LimitError", str(exc)) from exc
+    except limits.UploadError as exc:
         raise ApiError(422, "ImageError", f"could not decode the image: {exc}") from exc
-    return image
 
 
 def _b64(data: bytes | None) -> str:
@@ -346,6 +345,8 @@ def build_router(services: Services) -> APIRouter:
         current = services.options.get().sd_model_checkpoint
         read_only = ("sd_model_checkpoint", "sd_checkpoint_hash")
         rest = {k: v for k, v in values.items() if k not in read_only}
+        if isinstance(rest.get("sd_vae"), str):
+            services.models.find_vae(rest["sd_vae"])  # only a VAE from the list (404 otherwise)
         try:
             services.options.update(rest)
         except ValidationError as exc:
@@ -494,6 +495,8 @@ def install_error_handlers(app: FastAPI) -> None:
         "NoModelError": 404,
         "GenerationError": 422,
         "ClipUnavailableError": 409,  # best of N without a CLIP model, as /easel/v1/clip/score answers
+        "UploadTooLargeError": 413,  # an upload over --max-upload-bytes (other limits: 422)
+        "ModelFileError": 422,  # a corrupt, truncated or unsafe model file named by the request
     }
 
     async def _known(request: Request, exc: Exception) -> JSONResponse:

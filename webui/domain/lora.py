@@ -137,7 +137,7 @@ def lora_tag(name: str, weight: float) -> str:
     return f"<lora:{name}:{format_weight(weight)}>"
 
 
-_TAG_RE = re.compile(r"<(lora|lyco):([^>:]+)((?::[^>]*)?)>")
+_TAG_RE = re.compile(r"<(lora|lyco):([^<>:]+)((?::[^<>]*)?)>")  # no "<" inside: linear on unclosed tags
 
 
 def lora_tags(prompt: str) -> list[tuple[str, float]]:

@@ -25,8 +25,12 @@ from typing import NamedTuple
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 
-# ``BREAK`` as a word of its own (uppercase), swallowing the whitespace around it.
-_BREAK_RE = re.compile(r"\s*\bBREAK\b\s*")
+# ``BREAK`` as a word of its own (uppercase); ``_split_break`` swallows the whitespace around it (a regex
+# that did so with ``\s*`` on both sides would take time quadratic in a long run of spaces).
+_BREAK_RE = re.compile(r"\bBREAK\b")
+# Brackets open at once that weight the text; an opener beyond this many is literal text. Every fragment is
+# multiplied once per bracket open around it, so this bounds the work per fragment (1.1 ** 32 is 21).
+MAX_OPEN_BRACKETS = 32
 # An explicit weight that closes a round bracket: ``:1.3)``, with optional spaces.
 _WEIGHT_CLOSE_RE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
 _ESCAPABLE = frozenset("()[]\\")
@@ -73,7 +77,7 @@ def parse_attention(prompt: str) -> list[AttentionItem]:
     square_open: list[int] = []
 
     def add_text(text: str) -> None:
-        for index, part in enumerate(_BREAK_RE.split(text)):
+        for index, part in enumerate(_split_break(text)):
             if index:
                 items.append(BREAK)
                 weights.append(1.0)
@@ -95,11 +99,14 @@ def parse_attention(prompt: str) -> list[AttentionItem]:
                 i += 2
             else:
                 i += 1  # a lone backslash disappears (A1111 behaviour)
-        elif char == "(":
+        elif char == "(" and len(round_open) < MAX_OPEN_BRACKETS:
             round_open.append(len(items))
             i += 1
-        elif char == "[":
+        elif char == "[" and len(square_open) < MAX_OPEN_BRACKETS:
             square_open.append(len(items))
+            i += 1
+        elif char in "([":  # too deep: literal
+            add_text(char)
             i += 1
         elif char == ")":
             if round_open:
@@ -135,20 +142,41 @@ def parse_attention(prompt: str) -> list[AttentionItem]:
         multiply_from(start, SQUARE_MULTIPLIER)
 
     result: list[AttentionItem] = []
+    run: list[str] = []  # texts of the fragment being merged (joined once: linear in the prompt's length)
+    run_weight = 1.0
+
+    def flush() -> None:
+        if run:
+            result.append(Fragment("".join(run), run_weight))
+            run.clear()
+
     for item, weight in zip(items, weights, strict=True):
         if isinstance(item, Break):
+            flush()
             result.append(BREAK)
             continue
         if not item.text:
             continue
-        previous = result[-1] if result else None
-        if isinstance(previous, Fragment) and previous.weight == weight:
-            result[-1] = Fragment(previous.text + item.text, weight)
-        else:
-            result.append(Fragment(item.text, weight))
+        if not run or run_weight != weight:
+            flush()
+            run_weight = weight
+        run.append(item.text)
+    flush()
     if not result:
         result.append(Fragment("", 1.0))
     return result
+
+
+def _split_break(text: str) -> list[str]:
+    """``text`` split at each ``BREAK``, the whitespace on both sides of it removed."""
+    parts = _BREAK_RE.split(text)
+    last = len(parts) - 1
+    for index in range(last + 1):
+        if index:
+            parts[index] = parts[index].lstrip()
+        if index < last:
+            parts[index] = parts[index].rstrip()
+    return parts
 
 
 def _parse_weight(text: str) -> float | None:
@@ -362,7 +390,8 @@ def prompt_at_step(prompt: str, step: int, steps: int) -> str:
 # Extra networks: <lora:name:0.8>, <lyco:...>, <hypernet:...>
 # ---------------------------------------------------------------------------------------------------------
 
-_EXTRA_NETWORK_RE = re.compile(r"<(\w+):([^>]+)>")
+# No ``<`` inside a tag: an unclosed ``<x:`` then fails at the next ``<`` instead of scanning to the end.
+_EXTRA_NETWORK_RE = re.compile(r"<(\w+):([^<>]+)>")
 
 
 @dataclass(frozen=True)

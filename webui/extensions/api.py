@@ -34,7 +34,7 @@ written for version N makes this N + 1 (and the loader refuses older extensions 
 MANIFEST_FILE = "extension.toml"
 Tab = Literal["txt2img", "img2img"]
 Request = Txt2ImgRequest | Img2ImgRequest
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: no trailing newline
 
 __all__ = [
     "EXTENSION_API_VERSION",

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_MARKER = ".easel-install.json"  # written into a folder that ``install`` made: source and time
 MODULE_ROOT = "_easel_extensions"  # extensions' modules live under this private package name
-ENTRY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+ENTRY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_ZIP_BYTES = 512 * 1024 * 1024  # unpacked size of an extension zip
 MAX_ZIP_FILES = 20_000
 GIT_TIMEOUT_S = 600

@@ -35,7 +35,9 @@ __all__ = [
 NEGATIVE_PREFIX = "Negative prompt:"
 
 # One `Key: value` pair of the params line. A value is a JSON string literal or runs up to the next comma.
-_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A key is at most 128 characters and matched possessively, so a long line without keys is read in linear
+# time (A1111's pattern, with a leading ``\s*`` and an unbounded key, is quadratic there).
+_PARAM_RE = re.compile(r'(\w[\w \-/]{1,127}+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 
 # A params line must hold at least this many pairs; otherwise the last line belongs to the prompt.

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 from webui.domain.models import CheckpointRecord
-from webui.runtime.loader import LoadedModel, ModelLoadError, ProgressFn, load_checkpoint, load_vae_file
+from webui.runtime.loader import (
+    LoadedModel,
+    ModelFileError,
+    ModelLoadError,
+    ProgressFn,
+    load_checkpoint,
+    load_vae_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +183,9 @@ class ModelCache:
         except ModelLoadError:
             raise
         except Exception as exc:
-            raise ModelLoadError(
-                f"{vae_path.name}: cannot load this VAE ({type(exc).__name__}: {exc})"
-            ) from exc
+            # A ValueError is the file's fault (corrupt, unsafe pickle, not a VAE): only this request fails.
+            error = ModelFileError if isinstance(exc, ValueError) else ModelLoadError
+            raise error(f"{vae_path.name}: cannot load this VAE ({type(exc).__name__}: {exc})") from exc
         if getattr(model, "_original_vae", None) is None:
             model._original_vae = model.vae  # type: ignore[attr-defined]
         model.vae = vae.to(model.device)

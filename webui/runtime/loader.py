@@ -40,6 +40,11 @@ class ModelLoadError(RuntimeError):
     """A checkpoint could not be loaded. The message says what happened and what to do."""
 
 
+class ModelFileError(ModelLoadError):
+    """The model file itself cannot be used: corrupt, truncated, not a model of that kind, or a pickle that
+    needs code execution to load. Only the request that names it fails (the API answers 422)."""
+
+
 @dataclass
 class LoadedModel:
     """The diffusers components of one checkpoint, plus what Easel needs to know about them."""
@@ -197,7 +202,7 @@ class TensorSource:
                 for key, info in wanted:
                     dtype = _SAFETENSORS_DTYPES.get(info.dtype)
                     if dtype is None:
-                        raise ModelLoadError(f"{name}: tensor {key} has unsupported dtype {info.dtype}")
+                        raise ModelFileError(f"{name}: tensor {key} has unsupported dtype {info.dtype}")
                     size = info.end - info.start
                     raw = torch.empty(size, dtype=torch.uint8)
                     handle.seek(header.data_offset + info.start)
@@ -332,7 +337,7 @@ def _load_single_file(
     try:
         shapes = source.shapes()
     except SafetensorsError as exc:
-        raise ModelLoadError(str(exc)) from exc
+        raise ModelFileError(str(exc)) from exc
     family = resolve_family(record, shapes)
     configs: ArchitectureConfigs = infer_configs(shapes, family)
 
@@ -463,12 +468,12 @@ def load_checkpoint(
     except ModelLoadError:
         raise
     except (UnknownArchitectureError, SafetensorsError) as exc:
-        raise ModelLoadError(str(exc)) from exc
+        raise ModelFileError(str(exc)) from exc
     except MemoryError as exc:
         raise ModelLoadError(f"{record.name}: not enough memory to load this model ({exc})") from exc
     except Exception as exc:
-        if type(exc).__name__ == "UnsafeCheckpointError":
-            raise ModelLoadError(str(exc)) from exc
+        if type(exc).__name__ in ("UnsafeCheckpointError", "CheckpointLoadError"):
+            raise ModelFileError(str(exc)) from exc
         log.exception("loading %s failed", record.name)
         raise ModelLoadError(f"{record.name}: loading failed: {type(exc).__name__}: {exc}") from exc
     model.load_seconds = time.perf_counter() - started
@@ -495,10 +500,10 @@ def load_vae_file(path: Path, family: ModelFamily, dtype: torch.dtype) -> Any:
             raw = load_pickle_checkpoint(path)
             shapes = {k: tuple(v.shape) for k, v in raw.items()}
     except SafetensorsError as exc:
-        raise ModelLoadError(str(exc)) from exc
+        raise ModelFileError(str(exc)) from exc
     stripped = {k.removeprefix("first_stage_model."): v for k, v in shapes.items()}
     if "decoder.conv_out.weight" not in stripped:
-        raise ModelLoadError(f"{path.name}: not a VAE (no decoder weights found)")
+        raise ModelFileError(f"{path.name}: not a VAE (no decoder weights found)")
     config = infer_vae_config(stripped, family)
     state = convert_ldm_vae_checkpoint(raw, config)
     vae_config = {k: v for k, v in config.items() if not k.startswith("_")}

@@ -26,6 +26,7 @@ from webui.metadata.image_io import (
 )
 from webui.metadata.infotext import quote
 from webui.registry.upscalers import UpscalerRecord, scan_upscalers
+from webui.services import limits
 from webui.services.img2img import decode_image
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,20 @@ class UpscalerService:
         return result
 
 
+def check_extras_limits(request: ExtrasRequest, image: Image.Image, what: str) -> None:
+    if request.upscaler_1 == UPSCALER_NONE:
+        return
+    active = limits.active()
+    if request.resize_mode == 1:
+        width, height = request.upscaling_resize_w, request.upscaling_resize_h
+        scale = max(width / image.width, height / image.height)
+        active.check_output(round(image.width * scale), round(image.height * scale), what)
+    else:
+        active.check_upscale(request.upscaling_resize)
+        scale = request.upscaling_resize
+        active.check_output(round(image.width * scale), round(image.height * scale), what)
+
+
 class ExtrasService:
     def __init__(
         self, upscalers: UpscalerService, generation: Any, options: Any, outputs_root: Path, faces: Any = None
@@ -131,6 +146,8 @@ class ExtrasService:
     def run(self, request: ExtrasRequest) -> ExtrasResult:
         """Decode and check everything first, then upscale on the generation queue, then save."""
         images = [decode_image(data, f"image {i + 1}") for i, data in enumerate(request.images)]
+        for index, image in enumerate(images):  # the server's limits, before any work is queued
+            check_extras_limits(request, image, f"The upscaled image {index + 1}")
         first = self.upscalers.find(request.upscaler_1)
         second = self.upscalers.find(request.upscaler_2) if request.extras_upscaler_2_visibility > 0 else None
         if second is not None and second.name == UPSCALER_NONE:

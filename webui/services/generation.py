@@ -22,6 +22,7 @@ from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgReq
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.metadata.image_io import ImageFormat, dated_output_dir, encode_image, save_image_atomic
 from webui.metadata.infotext import build_infotext, generation_params
+from webui.services import limits
 from webui.services.clip_guidance import prepare_clip_guidance
 from webui.services.clip_scoring import check_best_of, run_best_of
 from webui.services.img2img import ImageModesMixin
@@ -122,6 +123,7 @@ class GenerationService(ImageModesMixin):
         self._queue.put(None)
 
     def submit_txt2img(self, request: Txt2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
+        limits.active().check_generation(request)  # over a server limit: an error before queueing
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
         check_best_of(self.clip, request)  # best of N without a CLIP model fails here too
         return self.submit_call(lambda: self._run_job(request), task_id)
@@ -131,6 +133,7 @@ class GenerationService(ImageModesMixin):
         script's job runs its jobs this way); anything else uses ``submit_txt2img`` / ``submit_img2img``."""
         if isinstance(request, Img2ImgRequest):
             return self.run_img2img_now(request)
+        limits.active().check_generation(request)
         self.check_controlnet_units(request)
         check_best_of(self.clip, request)
         return self._run_job(request)
@@ -354,6 +357,7 @@ class GenerationService(ImageModesMixin):
         except Exception as exc:
             if type(exc).__name__ in (
                 "ModelLoadError",
+                "ModelFileError",
                 "GenerationError",
                 "NoModelError",
                 "ModelNotFoundError",

@@ -9,7 +9,6 @@ and checked before the job is queued, so a bad upload fails at once and nothing 
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import logging
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from webui.domain.generation import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 from webui.domain.img2img import (
@@ -31,11 +30,10 @@ from webui.domain.img2img import (
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.domain.sd_upscale import infotext_extra as sd_upscale_infotext_extra
 from webui.domain.sd_upscale import tile_count
+from webui.services import limits
 from webui.services.clip_scoring import check_best_of
 
 log = logging.getLogger(__name__)
-
-MAX_INPUT_PIXELS = 8192 * 8192
 
 
 class ImageInputError(ValueError):
@@ -43,21 +41,12 @@ class ImageInputError(ValueError):
 
 
 def decode_image(data: str, what: str = "image") -> Image.Image:
-    """A base64 image file (raw, or a ``data:`` URL) as a loaded PIL image; ``ImageInputError`` if not."""
-    if data.startswith("data:"):
-        data = data.split(",", 1)[1] if "," in data else ""
+    """A base64 image file (raw, or a ``data:`` URL) as a loaded PIL image, within the server's upload
+    limits (``LimitError``); ``ImageInputError`` if it is not a readable image."""
     try:
-        raw = base64.b64decode(data, validate=False)
-        image = Image.open(io.BytesIO(raw))
-        if image.width * image.height > MAX_INPUT_PIXELS:
-            size = f"{image.width}x{image.height}"
-            raise ImageInputError(f"The {what} is {size}; the limit is 8192x8192 pixels.")
-        image.load()
-    except ImageInputError:
-        raise
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageInputError(f"The {what} is not a readable image file ({type(exc).__name__}).") from exc
-    return image
+        return limits.active().decode_base64(data, f"The {what}")
+    except limits.UploadError as exc:
+        raise ImageInputError(str(exc)) from exc
 
 
 def encode_png_b64(image: Image.Image) -> str:
@@ -97,6 +86,16 @@ def decode_img2img_inputs(request: Img2ImgRequest) -> Img2ImgInputs:
     return Img2ImgInputs(images=images, mask=mask)
 
 
+def check_img2img_limits(request: Img2ImgRequest, inputs: Img2ImgInputs) -> None:
+    """The server's limits on the request, and on SD upscale's result (the first init image scaled)."""
+    active = limits.active()
+    active.check_generation(request)
+    if request.sd_upscale is not None:
+        image = inputs.images[0]
+        scale = request.sd_upscale.scale
+        active.check_output(round(image.width * scale), round(image.height * scale), "The SD upscale result")
+
+
 class ImageModesMixin:
     """The img2img / hires parts of ``GenerationService`` (see the module doc)."""
 
@@ -110,6 +109,7 @@ class ImageModesMixin:
     # -- entry points ----------------------------------------------------------------------------------------
     def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
         inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
+        check_img2img_limits(request, inputs)
         self.check_controlnet_units(request)
         check_best_of(getattr(self, "clip", None), request)  # best of N without a CLIP model fails here
         if request.sd_upscale is not None and self.upscalers is not None:
@@ -120,6 +120,7 @@ class ImageModesMixin:
     def run_img2img_now(self, request: Img2ImgRequest) -> GenerationResult:
         """``run_now`` for img2img: checks as ``submit_img2img`` does, then runs in the calling thread."""
         inputs = decode_img2img_inputs(request)
+        check_img2img_limits(request, inputs)
         self.check_controlnet_units(request)
         check_best_of(getattr(self, "clip", None), request)
         if request.sd_upscale is not None and self.upscalers is not None:
