@@ -177,6 +177,20 @@ def test_a_deleted_checkpoint_fails_its_job_clearly_and_refresh_drops_it(client:
     assert response.status_code == 404 and "not found" in response.json()["detail"]
 
 
+def test_a_checkpoint_deleted_after_loading_but_before_hashing_fails_clearly(client: TestClient) -> None:
+    services = client.services  # type: ignore[attr-defined]
+    record = services.models.find(FILE)
+    services.generation.load_model(FILE)  # loaded; its hash is computed by the first job that needs it
+    record.sha256 = None
+    services.models.hashes.get = lambda *args: None  # nothing cached either
+    (services.settings.checkpoint_dir / FILE).unlink()
+    response = _txt2img(client)
+    assert response.status_code == 404
+    detail = response.json()["detail"]
+    assert FILE in detail and "no longer exists" in detail and "refresh" in detail, detail
+    _works(client, FOLDER)
+
+
 def test_a_truncated_checkpoint_fails_its_job_clearly_and_the_redownload_works(client: TestClient) -> None:
     path = client.services.settings.checkpoint_dir / FILE  # type: ignore[attr-defined]
     good = path.read_bytes()
