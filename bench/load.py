@@ -4,7 +4,9 @@ A server (``app.py --nowebui``) is started on 127.0.0.1 with a data dir of its o
 checkpoint and a second checkpoint with other weights (the reference UNet with seeded noise added), the
 shipped reference LoRA and ControlNet. Each client sends its requests one after another; the clients run at
 the same time. Requests mix txt2img, img2img, inpaint, hires fix, ControlNet and LoRA jobs, each with its own
-checkpoint (``override_settings``), LoRA set, ControlNet unit and seed, and asks the server to save.
+checkpoint (``override_settings``), LoRA set, ControlNet unit and seed, and asks the server to save. With
+``--gradio-clients K`` (default 1) the last K clients go through the browser's Gradio API instead
+(``gradio_client``, the UI's ``/txt2img``: txt2img, hires fix and LoRA jobs on the selected checkpoint).
 
 Checked afterwards:
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -54,6 +57,24 @@ CHECKPOINTS = ["easel-reference", "easel-reference-b"]
 LORA = "easel-reference-grayscale"
 CONTROLNET = "easel-reference-edges"
 KINDS = ["txt2img", "img2img", "inpaint", "hires", "controlnet", "lora"]
+GRADIO_KINDS = ["txt2img", "hires", "lora"]
+GRADIO_TXT2IMG = "gradio:/txt2img"
+# Request fields the UI's txt2img endpoint takes (the rest are A1111 API fields).
+GRADIO_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "cfg_scale",
+    "sampler_name",
+    "width",
+    "height",
+    "enable_hr",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "denoising_strength",
+)
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 MIB = 1024 * 1024
@@ -139,14 +160,21 @@ def _mask(rng: random.Random, size: int) -> Any:
     return mask
 
 
-def plan(clients: int, per_client: int, *, seed: int = 19, steps: int = 6, size: int = 64) -> list[list[Job]]:
-    """Each client's requests; kinds rotate over the whole run, everything else is drawn from ``seed``."""
+def plan(
+    clients: int, per_client: int, *, seed: int = 19, steps: int = 6, size: int = 64, gradio_clients: int = 0
+) -> list[list[Job]]:
+    """Each client's requests; kinds rotate over the whole run, everything else is drawn from ``seed``.
+
+    The last ``gradio_clients`` clients use the browser's Gradio API (``/txt2img``): txt2img, hires fix and
+    LoRA jobs on the checkpoint selected in the UI (the UI has no per-request checkpoint)."""
     rng = random.Random(seed)
     plans: list[list[Job]] = []
     for client in range(clients):
         jobs = []
+        gradio = client >= clients - gradio_clients
         for index in range(per_client):
-            kind = KINDS[(client * per_client + index) % len(KINDS)]
+            kinds = GRADIO_KINDS if gradio else KINDS
+            kind = kinds[(client * per_client + index) % len(kinds)]
             prompt = f"a {rng.choice(COLOURS)} {rng.choice(SHAPES)} on a {rng.choice(COLOURS)} background"
             lora_weight = None
             if kind == "lora" or rng.random() < 0.25:  # LoRA jobs, and a LoRA on some others too
@@ -190,6 +218,10 @@ def plan(clients: int, per_client: int, *, seed: int = 19, steps: int = 6, size:
                     "save_detected_map": False,
                 }
                 body["alwayson_scripts"] = {"controlnet": {"args": [unit]}}
+            if gradio:
+                body["override_settings"] = {"sd_model_checkpoint": CHECKPOINTS[0]}  # the selected one
+                jobs.append(Job(client, index, kind, GRADIO_TXT2IMG, body, lora_weight))
+                continue
             jobs.append(Job(client, index, kind, f"/sdapi/v1/{endpoint}", body, lora_weight))
         plans.append(jobs)
     return plans
@@ -207,7 +239,7 @@ def free_port() -> int:
 class Server:
     """``app.py --nowebui`` on loopback, in a child process whose RSS can be read."""
 
-    def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, log_path: Path, *, ui: bool = False) -> None:
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         self._log = log_path.open("wb")
@@ -219,7 +251,7 @@ class Server:
                 str(data_dir),
                 "--port",
                 str(port),
-                "--nowebui",
+                "--api" if ui else "--nowebui",
                 "--models-in-ram",
                 "2",
             ],
@@ -241,6 +273,19 @@ class Server:
                 pass
             time.sleep(0.25)
         raise RuntimeError("the server did not answer in time")
+
+    def wait_ui(self, limit: float) -> None:
+        import gradio_client
+
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                gradio_client.Client(self.url, verbose=False).close()
+                return
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.5)
 
     def rss_mib(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as handle:
@@ -264,12 +309,42 @@ class Server:
 
 
 def _send(client: Any, url: str, job: Job, timeout: float) -> tuple[int, float, dict[str, Any] | str]:
+    """POST the job (REST), or call the UI's endpoint (``client`` is then a ``gradio_client.Client``)."""
+    if job.endpoint == GRADIO_TXT2IMG:
+        return _send_gradio(client, job)
     started = time.perf_counter()
     response = client.post(url + job.endpoint, json=job.body, timeout=timeout)
     latency = time.perf_counter() - started
     if response.status_code != 200:
         return response.status_code, latency, response.text[:300]
-    return 200, latency, response.json()
+    answer = response.json()
+    images = [base64.b64decode(i) for i in answer["images"]]
+    return 200, latency, {"images": images, "infotexts": json.loads(answer["info"])["infotexts"]}
+
+
+def _send_gradio(client: Any, job: Job) -> tuple[int, float, dict[str, Any] | str]:
+    fields = {key: job.body[key] for key in GRADIO_FIELDS if key in job.body}
+    started = time.perf_counter()
+    _preview, _progress, gallery, infotext, error = client.predict(**fields, api_name="/txt2img")
+    latency = time.perf_counter() - started
+    message = error.get("value") if isinstance(error, dict) else error
+    if message or not gallery:
+        return 500, latency, f"UI error: {message or 'no image'}"
+    images = []
+    for item in gallery:
+        image = item["image"]
+        images.append(Path(image["path"] if isinstance(image, dict) else image).read_bytes())
+    return 200, latency, {"images": images, "infotexts": [infotext]}
+
+
+def _client_for(job: Job, server: Any) -> Any:
+    import httpx
+
+    if job.endpoint == GRADIO_TXT2IMG:
+        import gradio_client
+
+        return gradio_client.Client(server.url, verbose=False)
+    return httpx.Client()
 
 
 def run(
@@ -283,6 +358,7 @@ def run(
     warmup_jobs: int = 20,
     keep: Path | None = None,
     quiet: bool = False,
+    gradio_clients: int = 0,
 ) -> dict[str, Any]:
     import httpx
 
@@ -291,10 +367,10 @@ def run(
     if keep is not None and keep.exists():
         shutil.rmtree(keep)
     prepare_data_dir(root)
-    plans = plan(clients, per_client, seed=seed, steps=steps, size=size)
+    plans = plan(clients, per_client, seed=seed, steps=steps, size=size, gradio_clients=gradio_clients)
     total = clients * per_client
     warmup = min(warmup_jobs, max(1, total // 2))
-    server = Server(root, free_port(), root / "server.log")
+    server = Server(root, free_port(), root / "server.log", ui=gradio_clients > 0)
     summary: dict[str, Any] = {
         "clients": clients,
         "requests_per_client": per_client,
@@ -306,7 +382,13 @@ def run(
         with httpx.Client() as probe:
             started = time.monotonic()
             server.wait_ready(probe, limit=180)
+            if gradio_clients:
+                server.wait_ui(limit=180)
             summary["server_ready_s"] = round(time.monotonic() - started, 1)
+            # The UI's jobs use the selected checkpoint; the API's choose theirs per request.
+            probe.post(
+                f"{server.url}/sdapi/v1/options", json={"sd_model_checkpoint": CHECKPOINTS[0]}, timeout=300
+            )
         say(f"server up in {summary['server_ready_s']} s; {clients} clients × {per_client} requests")
         rss: dict[str, float] = {"start": server.rss_mib()}
         done = Counter[str]()
@@ -314,7 +396,7 @@ def run(
         stop_at = time.monotonic() + time_limit
 
         def client_loop(jobs: list[Job]) -> None:
-            with httpx.Client() as http:
+            with contextlib.closing(_client_for(jobs[0], server)) as http:
                 for job in jobs:
                     if time.monotonic() > stop_at:
                         job.error = "not sent: time limit"
@@ -327,8 +409,7 @@ def run(
                     if isinstance(answer, str):
                         job.error = answer
                     else:
-                        job.images = [base64.b64decode(i) for i in answer["images"]]
-                        job.infotexts = json.loads(answer["info"])["infotexts"]
+                        job.images, job.infotexts = answer["images"], answer["infotexts"]
                     with lock:
                         done["jobs"] += 1
                         if done["jobs"] == warmup:
@@ -349,12 +430,11 @@ def run(
             for job in jobs:
                 if job.status != 200:
                     continue
-                serial = Job(
-                    job.client, job.index, job.kind, job.endpoint, {**job.body, "save_images": False}
-                )
+                endpoint = "/sdapi/v1/txt2img" if job.endpoint == GRADIO_TXT2IMG else job.endpoint
+                serial = Job(job.client, job.index, job.kind, endpoint, {**job.body, "save_images": False})
                 status, job.serial_latency, answer = _send(http, server.url, serial, timeout=time_limit)
                 if status == 200 and not isinstance(answer, str):
-                    job.serial_images = [base64.b64decode(i) for i in answer["images"]]
+                    job.serial_images = answer["images"]
         summary.update(check(jobs, root / "outputs"))
         summary.update(_timings(jobs))
         summary["rss_mib"] = {k: round(v, 1) for k, v in rss.items()}
@@ -463,6 +543,7 @@ def check(jobs: list[Job], outputs: Path) -> dict[str, Any]:
         },
         "images_returned": sum(len(job.images) for job in answered),
         "kinds": dict(Counter(job.kind for job in answered)),
+        "via_gradio": sum(1 for job in answered if job.endpoint == GRADIO_TXT2IMG),
         "infotext_mismatches": problems,
         "pixels_equal_serial": len(same),
         "pixels_differ_from_serial": differ,
@@ -523,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--full", action="store_true", help="the issue's size: 8 clients × 25 requests")
+    parser.add_argument(
+        "--gradio-clients", type=int, default=1, help="of the clients, how many use the UI's API"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=19)
@@ -539,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         time_limit=args.time_limit,
         keep=args.keep,
+        gradio_clients=min(args.gradio_clients, clients),
     )
     summary["passed"] = passed(summary)
     text = json.dumps(summary, indent=2)
