@@ -42,6 +42,7 @@ __all__ = [
     "encode_image",
     "encode_user_comment",
     "next_sequence_number",
+    "open_locked_temp",
     "read_infotext",
     "save_image_atomic",
     "sweep_temp_files",
@@ -365,7 +366,7 @@ _TEMP_NAME_RE = re.compile(r"^\.easel-tmp-[a-z0-9_]{8}\.[a-z0-9]{1,5}$")
 _ORPHAN_AGE_WITHOUT_LOCKS = 3600.0  # seconds; where flock is unavailable a temp file older than this is stale
 
 
-def _open_locked_temp(directory: Path, ext: str) -> tuple[int, str]:
+def open_locked_temp(directory: Path, ext: str) -> tuple[int, str]:
     """A new temp file in ``directory``, open for writing and (on POSIX) ``flock``-ed by this process.
 
     The lock tells :func:`sweep_temp_files` the file belongs to a live save: a process killed mid-save drops
@@ -415,7 +416,7 @@ def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, temp_path = _open_locked_temp(directory, ext)
+        fd, temp_path = open_locked_temp(directory, ext)
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise _disk_full(exc, directory) from exc
