@@ -615,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="use (and keep) this data dir: server log, outputs")
     args = parser.parse_args(argv)
     clients, per_client = (8, 25) if args.full else (args.clients, args.requests)
+    load_start = [round(x, 2) for x in os.getloadavg()]
     summary = run(
         clients,
         per_client,
@@ -626,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         gradio_clients=min(args.gradio_clients, clients),
     )
     summary["passed"] = passed(summary)
+    summary["load_average_start"] = load_start
+    summary["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
