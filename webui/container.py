@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from webui.metadata.image_io import sweep_temp_files
 from webui.services.clip import ClipService
 from webui.services.controlnet import ControlNetService
 from webui.services.extras import ExtrasService, UpscalerService
@@ -82,6 +83,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     ):
         folder.mkdir(parents=True, exist_ok=True)
     install_limits(Limits.from_settings(settings))  # checked by every entry point's service call
+    for leftover in sweep_temp_files(settings.outputs_path):  # saves cut short by a crash or kill
+        log.warning("removed %s, the temp file of a save that did not finish", leftover)
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)
     networks = NetworkService(settings, models.hashes)

@@ -90,7 +90,7 @@ def test_cache_persists_in_a1111_layout(tmp_path: Path) -> None:
 
     saved = json.loads((tmp_path / "cache.json").read_text())
     entry = saved["hashes"]["checkpoint/sub/m.safetensors"]
-    assert entry == {"mtime": os.path.getmtime(model), "sha256": value}
+    assert entry == {"mtime": os.path.getmtime(model), "size": 5, "sha256": value}
 
     reopened = HashCache(tmp_path)
     assert reopened.get("checkpoint", "sub/m.safetensors", model) == value
@@ -212,3 +212,24 @@ def test_background_hasher(tmp_path: Path) -> None:
     assert sorted(done) == ["m1.safetensors", "m2.safetensors", "m3.safetensors"]
     for record in records[:4]:
         assert cache.get("checkpoint", record.name, record.path) == sha256_file(record.path)
+
+
+def test_cache_invalidated_when_a_file_is_replaced_keeping_its_mtime(tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"one")
+    cache = HashCache(tmp_path)
+    first = cache.compute("checkpoint", "m.safetensors", model)
+    stat = model.stat()
+    model.write_bytes(b"another model")  # a copy that keeps times (cp -p, rsync -t)
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cache.get("checkpoint", "m.safetensors", model) is None
+    assert cache.compute("checkpoint", "m.safetensors", model) == hashlib.sha256(b"another model").hexdigest()
+    assert cache.compute("checkpoint", "m.safetensors", model) != first
+
+
+def test_an_a1111_entry_without_size_is_trusted_on_its_mtime(tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"one")
+    entry = {"mtime": os.path.getmtime(model), "sha256": "ab" * 32}
+    (tmp_path / "cache.json").write_text(json.dumps({"hashes": {"checkpoint/m.safetensors": entry}}))
+    assert HashCache(tmp_path).get("checkpoint", "m.safetensors", model) == "ab" * 32

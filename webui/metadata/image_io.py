@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -40,8 +42,10 @@ __all__ = [
     "encode_image",
     "encode_user_comment",
     "next_sequence_number",
+    "open_locked_temp",
     "read_infotext",
     "save_image_atomic",
+    "sweep_temp_files",
 ]
 
 ImageFormat = Literal["png", "jpg", "jpeg", "webp"]
@@ -357,24 +361,68 @@ def user_file_mode() -> int:
 _UMASK_LOCK = threading.Lock()
 
 
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+_TEMP_NAME_RE = re.compile(r"^\.easel-tmp-[a-z0-9_]{8}\.[a-z0-9]{1,5}$")
+_ORPHAN_AGE_WITHOUT_LOCKS = 3600.0  # seconds; where flock is unavailable a temp file older than this is stale
+
+
+def open_locked_temp(directory: Path, ext: str) -> tuple[int, str]:
+    """A new temp file in ``directory``, open for writing and (on POSIX) ``flock``-ed by this process.
+
+    The lock tells :func:`sweep_temp_files` the file belongs to a live save: a process killed mid-save drops
+    its locks, so its leftover can be told apart from a save in progress. A sweep that removed the file
+    between its creation and the lock is noticed (the name no longer points at the locked file) and a new
+    temp file is made.
+    """
+    while True:
+        fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=f".{ext}", dir=directory)
+        if fcntl is None:
+            return fd, temp_path
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            same = os.path.samestat(os.fstat(fd), os.stat(temp_path))
+        except FileNotFoundError:
+            same = False
+        except OSError:
+            return fd, temp_path  # no flock on this file system: the sweep goes by age there
+        if same:
+            return fd, temp_path
+        os.close(fd)
+
+
+def _disk_full(exc: OSError, directory: Path) -> OSError:
+    """``exc`` again, naming ``directory`` as the place that is full (the user needs to know where)."""
+    return OSError(
+        exc.errno, f"{os.strerror(exc.errno or 0)}: the disk holding this folder is full", str(directory)
+    )
+
+
 def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path:
     """Write encoded image ``data`` to ``directory/NNNNN-<seed>.<ext>`` and return that path.
 
     ``NNNNN`` is the next number after the highest existing ``NNNNN-`` prefix (00000 in an empty folder).
-    The bytes go to a temp file in the same folder first and are fsync-ed; the final name is then claimed
-    with ``os.link`` (or ``O_EXCL``), which fails rather than replace an existing file, in which case the next
-    number is tried. Threads and (on POSIX) processes saving into the same folder take turns while choosing a
-    number, so concurrent saves get distinct numbers. The directory is created if needed.
+    The bytes go to a temp file in the same folder first (``.easel-tmp-XXXXXXXX.<ext>``, locked while the save
+    runs) and are fsync-ed; the final name is then claimed with ``os.link`` (or ``O_EXCL``), which fails
+    rather than replace an existing file, in which case the next number is tried. Threads and (on POSIX)
+    processes saving into the same folder take turns while choosing a number, so concurrent saves get
+    distinct numbers. The directory is created if needed. A process killed mid-save leaves at most its
+    temp file, which :func:`sweep_temp_files` removes at the next start; the numbered file is either
+    complete or absent. A full disk raises ``OSError`` (``ENOSPC``) whose ``filename`` is ``directory``, and
+    leaves nothing behind.
     """
     ext = ext.lower().lstrip(".")
     if not ext or "/" in ext or os.sep in ext:
         raise ValueError(f"invalid file extension {ext!r}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-
-    fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=f".{ext}", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp_path = open_locked_temp(directory, ext)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise _disk_full(exc, directory) from exc
+        raise
+    try:
+        with os.fdopen(os.dup(fd), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -390,6 +438,52 @@ def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path
                 number += 1
         _fsync_directory(directory)
         return target
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise _disk_full(exc, directory) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path)
+        os.close(fd)  # releases the lock, after the temp name is gone
+
+
+def sweep_temp_files(root: Path) -> list[Path]:
+    """Remove the temp files that saves killed midway left under ``root``; return their paths.
+
+    Only Easel's own temp names (``.easel-tmp-`` + 8 characters + extension, as :func:`save_image_atomic`
+    and the infotext rewrite make them) are touched, never another file. A temp file whose save is still
+    running (another Easel process sharing the folder) is locked and kept; without ``flock`` only files
+    older than an hour are removed.
+    """
+    removed: list[Path] = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if not _TEMP_NAME_RE.match(name):
+                continue
+            path = Path(folder) / name
+            if _orphaned(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def _orphaned(path: Path) -> bool:
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        if fcntl is None:
+            return time.time() - path.stat().st_mtime > _ORPHAN_AGE_WITHOUT_LOCKS
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live save holds it
+    except OSError:
+        return time.time() - path.stat().st_mtime > _ORPHAN_AGE_WITHOUT_LOCKS
+    finally:
+        os.close(fd)  # a lock taken here is released with the descriptor
+    return True

@@ -18,11 +18,10 @@ import contextlib
 import os
 import re
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
-from webui.metadata.image_io import encode_user_comment, exif_user_comment
+from webui.metadata.image_io import encode_user_comment, exif_user_comment, open_locked_temp
 from webui.metadata.infotext import quote
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -76,9 +75,10 @@ def rewrite_infotext(path: str | os.PathLike[str], infotext: str) -> None:
     target = Path(path)
     data = replace_infotext(target.read_bytes(), infotext)
     mode = os.stat(target).st_mode & 0o7777
-    fd, temp = tempfile.mkstemp(prefix=".easel-tmp-", suffix=target.suffix, dir=target.parent)
+    # Locked while it is written, so a start-up sweep (image_io.sweep_temp_files) leaves it alone.
+    fd, temp = open_locked_temp(target.parent, target.suffix.lstrip(".").lower() or "img")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(os.dup(fd), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -87,6 +87,7 @@ def rewrite_infotext(path: str | os.PathLike[str], infotext: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------- PNG

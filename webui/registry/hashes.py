@@ -81,7 +81,7 @@ class _Hashable(Protocol):
 
 
 class HashCache:
-    """sha256 values keyed by ``<category>/<relative name>`` and invalidated when the file's mtime changes.
+    """sha256 values keyed by ``<category>/<relative name>``, invalidated when the mtime or size change.
 
     ``get`` only looks up; ``compute`` hashes and stores; ``start_background`` hashes what is missing in one
     low-priority daemon thread so that listing models never waits for hashing. All methods are thread-safe;
@@ -103,13 +103,15 @@ class HashCache:
     def get(self, category: str, name: str, path: str | Path) -> str | None:
         """The cached hash if present and the file's mtime is unchanged; never computes."""
         try:
-            mtime = os.path.getmtime(path)
+            stat = os.stat(path)
         except OSError:
             return None
         section, key = self._where(category, name, path)
         with self._lock:
             entry = self._data.get(section, {}).get(key)
-        if not isinstance(entry, dict) or entry.get("mtime") != mtime:
+        if not isinstance(entry, dict) or entry.get("mtime") != stat.st_mtime:
+            return None
+        if "size" in entry and entry["size"] != stat.st_size:  # replaced by a file that kept the old mtime
             return None
         value = entry.get("sha256")
         return value if isinstance(value, str) else None
@@ -119,20 +121,20 @@ class HashCache:
         cached = self.get(category, name, path)
         if cached is not None:
             return cached
-        mtime = os.path.getmtime(path)
+        stat = os.stat(path)
         section, key = self._where(category, name, path)
         value = addnet_hash_safetensors(path) if section == ADDNET_SECTION else sha256_file(path)
         with self._lock:
-            self._data.setdefault(section, {})[key] = {"mtime": mtime, "sha256": value}
+            self._data.setdefault(section, {})[key] = _entry(stat, value)
             self._save()
         return value
 
     def store(self, category: str, name: str, path: str | Path, sha256: str) -> None:
         """Record a hash computed elsewhere (a merged checkpoint is hashed as it is written)."""
-        mtime = os.path.getmtime(path)
+        stat = os.stat(path)
         section, key = self._where(category, name, path)
         with self._lock:
-            self._data.setdefault(section, {})[key] = {"mtime": mtime, "sha256": sha256}
+            self._data.setdefault(section, {})[key] = _entry(stat, sha256)
             self._save()
 
     def start_background(
@@ -216,3 +218,9 @@ def _lower_thread_priority() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _entry(stat: os.stat_result, sha256: str) -> dict[str, Any]:
+    """A cache entry: A1111's ``mtime`` and ``sha256``, plus the size (A1111 ignores the extra key; an entry
+    without it, written by A1111, is trusted on its mtime alone)."""
+    return {"mtime": stat.st_mtime, "size": stat.st_size, "sha256": sha256}

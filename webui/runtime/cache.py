@@ -79,8 +79,9 @@ def choose_device(device: str, precision: str, attention: str, memory_mode: str)
     return DeviceChoice(device=target, dtype=dtype, attention=attention, memory_mode=memory_mode)
 
 
-def _cache_key(record: CheckpointRecord) -> tuple[str, float]:
-    return (str(Path(record.path).resolve()), record.mtime)
+def _cache_key(record: CheckpointRecord) -> tuple[str, float, int]:
+    # Size too: a file replaced by another with the same mtime (a copy that keeps times) is another model.
+    return (str(Path(record.path).resolve()), record.mtime, record.size)
 
 
 class ModelCache:

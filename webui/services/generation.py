@@ -9,8 +9,10 @@ so nothing a user made exists only in memory.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -20,7 +22,13 @@ from typing import Any, cast
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
 from webui.domain.samplers import effective_schedule, resolve_sampler
-from webui.metadata.image_io import ImageFormat, dated_output_dir, encode_image, save_image_atomic
+from webui.metadata.image_io import (
+    DISK_FULL_ERRNOS,
+    ImageFormat,
+    dated_output_dir,
+    encode_image,
+    save_image_atomic,
+)
 from webui.metadata.infotext import build_infotext, generation_params
 from webui.services import limits
 from webui.services.clip_guidance import prepare_clip_guidance
@@ -44,6 +52,29 @@ class GenerationFailed(RuntimeError):
 
 
 EngineFactory = Callable[[], Any]
+
+# What the allocators say when memory runs out: torch.OutOfMemoryError (CUDA, MPS), the CPU allocator's
+# "can't allocate memory", Python's MemoryError.
+_OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` says a device or the host ran out of memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return any(phrase in text for phrase in _OOM_PHRASES)
+
+
+def release_memory() -> None:
+    """Return what a failed job left allocated: collect garbage, empty the CUDA cache when torch has one."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class GenerationService(ImageModesMixin):
@@ -377,9 +408,15 @@ class GenerationService(ImageModesMixin):
                 raise
             if type(exc).__name__ == "LoraMemoryError":  # LoRA backups would not fit in RAM: say so
                 raise GenerationFailed(str(exc)) from exc
-            if "out of memory" in str(exc).lower():
+            if is_out_of_memory(exc):
+                release_memory()  # what the failed job held, so the next job starts with it free
                 raise GenerationFailed(
                     "Out of memory. Lower the size or batch size, or restart with --medvram / --lowvram."
+                ) from exc
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                raise GenerationFailed(
+                    f"The disk is full: the image could not be saved in {exc.filename or self.outputs_root}. "
+                    "Free some space there and generate again (no partial file was left)."
                 ) from exc
             log.exception("generation failed")
             raise GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}") from exc

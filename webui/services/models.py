@@ -144,7 +144,12 @@ class ModelService:
 
     def ensure_hash(self, record: CheckpointRecord) -> str:
         if record.sha256 is None:
-            record.sha256 = self.hashes.compute("checkpoint", record.name, Path(record.path))
+            try:
+                record.sha256 = self.hashes.compute("checkpoint", record.name, Path(record.path))
+            except FileNotFoundError as exc:  # deleted after it was listed (and perhaps loaded)
+                raise ModelNotFoundError(
+                    f"{record.name}: the file no longer exists; refresh the checkpoint list"
+                ) from exc
         return record.sha256
 
     def sd_models_api(self) -> list[dict[str, Any]]:
