@@ -12,7 +12,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from webui.extensions.api import Easel, GeneratedImage, GenerationResult, Request, ScriptRun
-from webui.extensions.grids import caption, draw_grid, grid_infotext
+from webui.extensions.grids import caption, check_grid_size, draw_grid, grid_infotext
 
 from .axes import Axis, AxisError, find_axis, split_values
 
@@ -183,7 +183,9 @@ def image_of(item: GeneratedImage) -> Image.Image:
     return image
 
 
-def _check_size(easel: Easel, cells: list[Cell]) -> None:
+def _check_size(easel: Easel, cells: list[Cell], size: tuple[int, int, int]) -> None:
+    """Before any image is made: the grid within the option img_max_size_mp (A1111's check) and within the
+    server's max pixels per image (the main grid: the Z sub-grids side by side, labels left out)."""
     limit = easel.options().get("img_max_size_mp", DEFAULT_MAX_MEGAPIXELS) or DEFAULT_MAX_MEGAPIXELS
     pixels = sum(cell.request.width * cell.request.height for cell in cells)
     if pixels / 1_000_000 > float(limit):
@@ -191,6 +193,10 @@ def _check_size(easel: Easel, cells: list[Cell]) -> None:
             f"{TITLE}: the grid would be {pixels / 1_000_000:.0f} megapixels, more than the {limit} allowed "
             "(option img_max_size_mp); use fewer values or a smaller size"
         )
+    nx, ny, nz = size
+    cell_w = max(cell.request.width for cell in cells)
+    cell_h = max(cell.request.height for cell in cells)
+    check_grid_size(nx * nz * cell_w, ny * cell_h, f"The {TITLE} grid ({nx * nz}x{ny} cells)")
 
 
 def _axis_fields(spec: AxisSpec, fixed_seeds: bool) -> dict[str, str]:
@@ -234,8 +240,9 @@ def prepare(p: ScriptRun, axis_args: Sequence[tuple[Any, Any, Any]], options: Pl
         specs = [fix_seeds(spec) for spec in specs]
     axes = (specs[0], specs[1], specs[2])
     cells = plan_cells(request, axes, options)
-    _check_size(p.easel, cells)
-    return Plot(axes, options, cells)
+    plot = Plot(axes, options, cells)
+    _check_size(p.easel, cells, plot.size)
+    return plot
 
 
 def run_plot(p: ScriptRun, plot: Plot) -> GenerationResult:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.ui.helpers import event_fn
-from tests.ui.test_ui_app import _make_services
+from tests.ui.test_ui_app import FakeEngine, _make_services
 from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
 from webui.domain.img2img import RESIZE_MODES
 from webui.metadata.image_io import encode_image
@@ -252,8 +252,8 @@ def test_saved_values_and_ranges_are_the_widgets_defaults(tmp_path: Path) -> Non
         tmp_path,
         {
             "txt2img/Width/value": 320,
-            "txt2img/Sampling steps/maximum": 300,
-            "txt2img/Sampling steps/value": 200,
+            "txt2img/Sampling steps/maximum": 120,
+            "txt2img/Sampling steps/value": 100,
             "txt2img/CFG Scale/step": 0.1,
             "img2img/Resize mode/value": "Crop and resize",
             "txt2img/Styles/value": ["a style that was deleted"],
@@ -267,7 +267,7 @@ def test_saved_values_and_ranges_are_the_widgets_defaults(tmp_path: Path) -> Non
 
         ids = _by_id(build_ui(services))
         assert ids["txt2img_width"].value == 320
-        assert (ids["txt2img_steps"].maximum, ids["txt2img_steps"].value) == (300, 200)
+        assert (ids["txt2img_steps"].maximum, ids["txt2img_steps"].value) == (120, 100)
         assert ids["txt2img_cfg_scale"].step == 0.1
         assert ids["txt2img_height"].value == 2048
         assert ids["txt2img_prompt"].value == ""
@@ -281,6 +281,41 @@ def test_saved_values_and_ranges_are_the_widgets_defaults(tmp_path: Path) -> Non
         assert saved_values(UiConfigStore(path), "txt2img", txt2img.fields)["width"] == 320
     finally:
         services.generation.shutdown()
+
+
+def test_sliders_end_at_the_servers_limits_and_ui_config_cannot_widen_them(tmp_path: Path) -> None:
+    from webui.container import build_services
+    from webui.settings import Settings
+    from webui.ui.app import build_ui
+
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    (tmp_path / "models" / "Stable-diffusion" / "tiny.ckpt").write_bytes(b"not really a checkpoint" * 64)
+    path = _ui_config(tmp_path, {"txt2img/Sampling steps/maximum": 300, "txt2img/Sampling steps/value": 200})
+    settings = Settings(
+        data_dir=tmp_path, preload_model=False, max_steps=40, max_image_side=1000, max_batch_size=2,
+        max_batch_count=5, max_upscale=1.5,
+    )  # fmt: skip
+    services = build_services(settings, engine_factory=FakeEngine)
+    try:
+        ids = _by_id(build_ui(services))
+        # the limit, not ui-config's 300; the saved 200 is clamped to it
+        assert (ids["txt2img_steps"].maximum, ids["txt2img_steps"].value) == (40, 40)
+        assert ids["img2img_steps"].maximum == 40
+        assert ids["txt2img_hires_steps"].maximum == 40
+        assert (
+            ids["txt2img_width"].maximum == ids["img2img_height"].maximum == 1000
+        )  # a multiple of the step 8
+        assert (ids["txt2img_batch_size"].maximum, ids["txt2img_batch_count"].maximum) == (2, 5)
+        assert ids["txt2img_hr_scale"].maximum == ids["extras_upscaling_resize"].maximum == 1.5
+        saved = json.loads(path.read_text())
+        assert saved["txt2img/Width/maximum"] == 2048  # the range written for the user is the slider's own
+    finally:
+        services.generation.shutdown()
+    again = _make_services(tmp_path / "again")  # the default limits in force again
+    try:
+        assert _by_id(build_ui(again))["txt2img_width"].maximum == 2048  # the slider's usual range
+    finally:
+        again.generation.shutdown()
 
 
 def test_edited_and_generated_values_are_saved_and_come_back(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from webui.metadata.infotext import quote
 
-__all__ = ["GridLabel", "caption", "draw_grid", "grid_infotext", "image_grid", "label_font_size"]
+__all__ = [
+    "GridLabel", "caption", "check_grid_size", "draw_grid", "grid_infotext", "image_grid", "label_font_size",
+]  # fmt: skip
 
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
@@ -55,6 +57,15 @@ def label_font_size(cell_width: int, cell_height: int) -> int:
     return max(MIN_FONT_SIZE, (cell_width + cell_height) // 25)
 
 
+def check_grid_size(width: int, height: int, what: str = "The grid") -> None:
+    """Raise a ``ValueError`` that names the limit and its flag when a ``width`` x ``height`` grid is over the
+    server's max pixels per image (``--max-pixels``). :func:`image_grid` checks before it allocates; a script
+    that can tell its grid's size before making the images checks then, so nothing is made in vain."""
+    from webui.services.limits import active
+
+    active().check_output(width, height, what)
+
+
 def image_grid(
     images: Sequence[Image.Image], cols: int, margin: int = 0, background: tuple[int, int, int] = BACKGROUND
 ) -> Image.Image:
@@ -70,9 +81,9 @@ def image_grid(
     width = max(image.width for image in images)
     height = max(image.height for image in images)
     rows = -(-len(images) // cols)
-    grid = Image.new(
-        "RGB", (cols * width + (cols - 1) * margin, rows * height + (rows - 1) * margin), background
-    )
+    size = (cols * width + (cols - 1) * margin, rows * height + (rows - 1) * margin)
+    check_grid_size(*size)
+    grid = Image.new("RGB", size, background)
     for index, image in enumerate(images):
         row, col = divmod(index, cols)
         x = col * (width + margin) + (width - image.width) // 2
@@ -182,6 +193,7 @@ def draw_grid(
     y_blocks = [_layout(label, font, left - 2 * spacing, line_height) for label in y_labels] if has_y else []
     top = max(block.height for block in x_blocks) + 2 * spacing if has_x else 0
 
+    check_grid_size(grid.width + left, grid.height + top)
     result = Image.new("RGB", (grid.width + left, grid.height + top), BACKGROUND)
     result.paste(grid, (left, top))
     draw = ImageDraw.Draw(result)

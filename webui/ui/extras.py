@@ -12,7 +12,9 @@ import gradio as gr
 from pydantic import ValidationError
 
 from webui.domain.upscalers import ExtrasRequest
+from webui.services import limits
 from webui.ui.img2img import png_b64
+from webui.ui.params import within_limit
 from webui.ui.txt2img import error_box, gallery_image
 from webui.ui.user_errors import user_message
 
@@ -41,8 +43,11 @@ def build_extras(services: Any) -> dict[str, Any]:
                 elem_id="extras_resize_mode",
             )
             with gr.Row():
-                scale = gr.Slider(
-                    1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize"
+                scale = within_limit(
+                    gr.Slider(
+                        1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize"
+                    ),
+                    limits.active().max_upscale,
                 )
                 width = gr.Number(512, precision=0, label="Width", elem_id="extras_upscaling_resize_w")
                 height = gr.Number(512, precision=0, label="Height", elem_id="extras_upscaling_resize_h")

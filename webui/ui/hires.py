@@ -8,7 +8,9 @@ import gradio as gr
 
 from webui.domain.generation import Txt2ImgRequest
 from webui.domain.img2img import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES, UPSCALER_NONE
+from webui.services import limits
 from webui.ui import choices
+from webui.ui.params import within_limit
 
 SAME_SAMPLER = "Use same sampler"
 
@@ -33,8 +35,11 @@ def build_hires_controls(services: Any) -> dict[str, gr.components.Component]:
                 label="Upscaler",
                 elem_id="txt2img_hr_upscaler",
             )
-            hr_second_pass_steps = gr.Slider(
-                0, 150, value=0, step=1, precision=0, label="Hires steps", elem_id="txt2img_hires_steps"
+            hr_second_pass_steps = within_limit(
+                gr.Slider(
+                    0, 150, value=0, step=1, precision=0, label="Hires steps", elem_id="txt2img_hires_steps"
+                ),
+                limits.active().max_steps,
             )
             denoising_strength = gr.Slider(
                 0.0,
@@ -45,8 +50,16 @@ def build_hires_controls(services: Any) -> dict[str, gr.components.Component]:
                 elem_id="txt2img_denoising_strength",
             )
         with gr.Row():
-            hr_scale = gr.Slider(
-                1.0, 4.0, value=defaults.hr_scale, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale"
+            hr_scale = within_limit(
+                gr.Slider(
+                    1.0,
+                    4.0,
+                    value=defaults.hr_scale,
+                    step=0.05,
+                    label="Upscale by",
+                    elem_id="txt2img_hr_scale",
+                ),
+                limits.active().max_upscale,
             )
             hr_resize_x = gr.Slider(
                 0, 4096, value=0, step=8, precision=0, label="Resize width to", elem_id="txt2img_hr_resize_x"

@@ -15,6 +15,7 @@ Element ids are ``<tab>_<name>`` as in A1111 (``txt2img_width``, ``img2img_steps
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import gradio as gr
 
 from webui.domain.generation import GenerationParams
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
+from webui.services import limits
 from webui.ui import choices
 from webui.ui.frontend import PASTE_LABEL
 from webui.ui.icons import icon_button
@@ -156,6 +158,21 @@ def _int_slider(tab: str, name: str, label: str, low: int, high: int, value: int
     return gr.Slider(low, high, value=value, step=step, precision=0, label=label, elem_id=f"{tab}_{name}")
 
 
+def within_limit(slider: gr.Slider, limit: float) -> gr.Slider:
+    """``slider`` ending at the server's ``limit`` (an admin's ``--max-*`` flag) where that is lower than its
+    range, so the page offers only what the services accept. ``ui-config.json`` may narrow the range further
+    but not widen it past the limit (``webui.ui.ui_state``); the range it records is the slider's own."""
+    slider.easel_range_maximum = slider.maximum  # type: ignore[attr-defined]
+    slider.easel_limit = limit  # type: ignore[attr-defined]
+    if limit < slider.maximum:
+        step = slider.step or 1
+        # the largest value on the slider's grid that is within the limit (1e-9: 1.5 on a 0.05 grid is 1.5)
+        slider.maximum = max(slider.minimum, round(math.floor(limit / step + 1e-9) * step, 9))
+        if isinstance(slider.value, int | float) and slider.value > slider.maximum:
+            slider.value = slider.maximum
+    return slider
+
+
 def build_sampling_rows(tab: str, defaults: GenerationParams) -> SamplingRows:
     """Sampler, schedule, steps, size (+ swap), batch and CFG rows; values from the request's defaults."""
     samplers, schedules = choices.sampler_names(), choices.schedule_labels()
@@ -173,14 +190,23 @@ def build_sampling_rows(tab: str, defaults: GenerationParams) -> SamplingRows:
                 ("scheduler", "Schedule type", schedules, defaults.scheduler),
             )
         )
-    steps = _int_slider(tab, "steps", "Sampling steps", 1, 150, defaults.steps)
+    limit = limits.active()
+    steps = within_limit(_int_slider(tab, "steps", "Sampling steps", 1, 150, defaults.steps), limit.max_steps)
     with gr.Row(equal_height=True):
-        width = _int_slider(tab, "width", "Width", 64, 2048, defaults.width, 8)
+        width = within_limit(
+            _int_slider(tab, "width", "Width", 64, 2048, defaults.width, 8), limit.max_image_side
+        )
         swap_size = icon_button("swap", "Swap width and height", elem_id=f"{tab}_res_switch_btn")
-        height = _int_slider(tab, "height", "Height", 64, 2048, defaults.height, 8)
+        height = within_limit(
+            _int_slider(tab, "height", "Height", 64, 2048, defaults.height, 8), limit.max_image_side
+        )
     with gr.Row():
-        n_iter = _int_slider(tab, "batch_count", "Batch count", 1, 100, defaults.n_iter)
-        batch_size = _int_slider(tab, "batch_size", "Batch size", 1, 8, defaults.batch_size)
+        n_iter = within_limit(
+            _int_slider(tab, "batch_count", "Batch count", 1, 100, defaults.n_iter), limit.max_batch_count
+        )
+        batch_size = within_limit(
+            _int_slider(tab, "batch_size", "Batch size", 1, 8, defaults.batch_size), limit.max_batch_size
+        )
     cfg_scale = gr.Slider(
         1.0, 30.0, value=defaults.cfg_scale, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale"
     )

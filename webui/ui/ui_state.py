@@ -149,7 +149,11 @@ class UiState:
                         and not isinstance(saved, bool)
                         and math.isfinite(saved)
                     ):
+                        if prop == "maximum":  # never past the server's limit (params.within_limit)
+                            saved = min(saved, getattr(widget, "easel_limit", saved))
                         setattr(widget, prop, saved)
+                    elif prop == "maximum" and hasattr(widget, "easel_range_maximum"):
+                        defaults[key] = widget.easel_range_maximum  # the slider's range, not today's limit
                     elif getattr(widget, prop, None) is not None:
                         defaults[key] = getattr(widget, prop)
         # The page is built showing what a load would set (the checkpoint's defaults, then the saved values),

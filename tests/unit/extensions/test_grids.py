@@ -9,11 +9,13 @@ from webui.extensions.grids import (
     BACKGROUND,
     GridLabel,
     caption,
+    check_grid_size,
     draw_grid,
     grid_infotext,
     image_grid,
     label_font_size,
 )
+from webui.services import limits
 
 
 def _cells(count: int, size: tuple[int, int] = (64, 64)) -> list[Image.Image]:
@@ -137,3 +139,21 @@ def test_grid_infotext_without_version_appends_and_without_params_starts_a_line(
     assert text.endswith("Seed: 1, X Type: Seed")
     assert grid_infotext("just a prompt", {"X Type": "Seed"}) == "just a prompt\nX Type: Seed"
     assert grid_infotext(INFOTEXT, {}) == INFOTEXT
+
+
+@pytest.fixture
+def small_max_pixels() -> object:
+    limits.install(limits.Limits(max_pixels=128 * 128))
+    yield
+    limits.install(limits.Limits())
+
+
+def test_a_grid_over_the_servers_max_pixels_is_refused_before_it_is_allocated(
+    small_max_pixels: object,
+) -> None:
+    assert image_grid(_cells(4), cols=2).size == (128, 128)  # at the limit: made
+    with pytest.raises(ValueError, match=r"The grid is 192x128 .*max pixels per image.*--max-pixels"):
+        image_grid(_cells(6), cols=3)
+    with pytest.raises(ValueError, match="--max-pixels"):
+        draw_grid(_cells(4), cols=2, x_labels=["a", "b"])  # the cells fit; with the label band they do not
+    check_grid_size(100, 100)  # within: no error

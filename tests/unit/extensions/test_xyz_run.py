@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests.bundled_extensions import load_module
 from webui.extensions.api import Extension, Img2ImgRequest, Manifest, ScriptRun, Txt2ImgRequest
+from webui.services import limits
 
 from .fakes import FakeEasel, colour_of
 
@@ -235,6 +236,21 @@ def test_bad_plots_fail_before_any_image(args: list[Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _run(easel, Txt2ImgRequest(), args)
     assert easel.requests == []
+
+
+def test_a_grid_over_the_servers_max_pixels_fails_before_any_image() -> None:
+    """The admin's --max-pixels bounds the grid too (the option img_max_size_mp alone would allow it)."""
+    easel = FakeEasel()
+    args = _args(x=("Steps", "1-3"), y=("CFG Scale", "1, 2"), z=("Seed", "1, 2"))
+    limits.install(limits.Limits(max_pixels=256 * 128))
+    try:
+        with pytest.raises(ValueError, match=r"X/Y/Z plot grid \(6x2 cells\) is 384x128 .*--max-pixels"):
+            _run(easel, Txt2ImgRequest(width=64, height=64), args)
+        assert easel.requests == []
+    finally:
+        limits.install(limits.Limits())
+    _run(easel, Txt2ImgRequest(width=64, height=64), args)  # the default limits allow it
+    assert len(easel.requests) == 12
 
 
 def test_interrupt_stops_between_cells_and_the_grid_shows_what_was_made() -> None:
