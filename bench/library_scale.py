@@ -123,7 +123,7 @@ def measure_cards(data_dir: Path) -> dict[str, float]:
         }
     finally:
         services.generation.shutdown()
-        services.models.hashes.stop_background()
+        services.models.hashes.stop_background(wait=30)
 
 
 def main() -> None:

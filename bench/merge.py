@@ -127,7 +127,7 @@ def measure(way: str) -> dict[str, Any]:
         from webui.settings import Settings
 
         services = build_services(Settings(data_dir=WORK, preload_model=False))
-        services.models.hashes.stop_background()
+        services.models.hashes.stop_background(wait=30)
         import webui.runtime.merge  # noqa: F401  (imported before the baseline, like the other ways)
     elif way == "streamed":
         from webui.runtime.merge import plan_merge, write_merge

@@ -68,9 +68,12 @@ def set_size_steps_seed(
 def wait_for_text(page: Any, selector: str, text: str, timeout: int = 120_000) -> None:
     """Wait until the element at ``selector`` (a field's value, else its text) contains ``text``."""
     found = f"document.querySelector({json.dumps(selector)})"
-    page.wait_for_function(
-        f"{found} && ({found}.value || {found}.innerText).includes({json.dumps(text)})", timeout=timeout
-    )
+    shown = f"({found}.value || {found}.innerText)"
+    try:
+        page.wait_for_function(f"{found} && {shown}.includes({json.dumps(text)})", timeout=timeout)
+    except Exception as exc:  # say what the page showed instead, not only that time ran out
+        current = page.evaluate(f"{found} ? {shown} : null")
+        raise AssertionError(f"{selector} never contained {text!r}; it shows {current!r}") from exc
 
 
 def generate(page: Any, tab: str, expect: str) -> str:

@@ -25,7 +25,11 @@ def test_switch_off_the_example_and_a_bad_install_source(
     row.wait_for()
     assert "Disabled" in row.inner_text() and "bundled" in row.inner_text()  # the tutorial ships off
     assert _extensions(running_app)["example-hello"]["state"] == "disabled"
-    row.locator("input[type=checkbox]").click()
+    checkbox = row.locator("input[type=checkbox]")
+    checkbox.click()
+    page.wait_for_function(  # the table holds the tick before Apply sends it (a loaded CI machine is slow)
+        "el => el.checked", arg=checkbox.element_handle(), timeout=30_000
+    )
     page.click("#extensions_apply")
     wait_for_text(page, "#extensions_message", "example-hello enabled")
     assert "Restart Easel" in page.locator("#extensions_message").inner_text()

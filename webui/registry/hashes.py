@@ -22,6 +22,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +98,7 @@ class HashCache:
         self._lock = threading.RLock()
         self._data: dict[str, Any] = self._load()
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -172,10 +174,17 @@ class HashCache:
 
         thread = threading.Thread(target=work, name="easel-hasher", daemon=True)
         thread.start()
+        self._threads.append(thread)
         return thread
 
-    def stop_background(self) -> None:
+    def stop_background(self, wait: float = 0.0) -> None:
+        """Ask the background hashing to stop after the current file; with ``wait``, wait up to that many
+        seconds for it (before the files or the cache go away, e.g. a temporary library being deleted)."""
         self._stop.set()
+        deadline = time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
 
     # -- storage ------------------------------------------------------------------------------------------
 
