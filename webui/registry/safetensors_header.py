@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # A header larger than this is not a Stable Diffusion checkpoint; refuse instead of allocating it.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -22,8 +24,7 @@ class SafetensorsError(ValueError):
     """The file is not a readable safetensors file. The message names the file and the problem."""
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):  # a NamedTuple: a library's headers hold a million of these
     dtype: str
     shape: tuple[int, ...]
     start: int  # byte offset of the data, relative to the end of the header
@@ -79,23 +80,21 @@ def read_header(path: str | Path, *, check_size: bool = True) -> SafetensorsHead
     metadata = {str(k): str(v) for k, v in metadata_raw.items()} if isinstance(metadata_raw, dict) else {}
     tensors: dict[str, TensorInfo] = {}
     data_size = file_size - 8 - header_size
+    limit = data_size if check_size else None
     for name, entry in parsed.items():
         try:
             dtype = str(entry["dtype"])
-            shape = tuple(int(dim) for dim in entry["shape"])
-            start, end = (int(offset) for offset in entry["data_offsets"])
+            shape = tuple(map(int, entry["shape"]))
+            start, end = map(int, entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SafetensorsError(f"{path.name}: malformed header entry for tensor {name!r}") from exc
         expected = _DTYPE_SIZES.get(dtype)
-        count = 1
-        for dim in shape:
-            count *= dim
-        if expected is not None and end - start != count * expected:
+        if expected is not None and end - start != math.prod(shape) * expected:
             raise SafetensorsError(f"{path.name}: tensor {name!r} has inconsistent size in the header")
-        if check_size and end > data_size:
+        if limit is not None and end > limit:
             raise SafetensorsError(
                 f"{path.name}: the file is truncated (tensor {name!r} ends at byte {end} of the data, "
                 f"but only {data_size} bytes are present); download it again"
             )
-        tensors[name] = TensorInfo(dtype=dtype, shape=shape, start=start, end=end)
+        tensors[name] = TensorInfo(dtype, shape, start, end)
     return SafetensorsHeader(path=path, header_size=header_size, tensors=tensors, metadata=metadata)
