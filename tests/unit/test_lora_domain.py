@@ -128,3 +128,48 @@ def test_library_records_sidecar_preview_alias_and_hash(tmp_path: Path) -> None:
     assert record.sha256 == expected and record.short_hash == expected[:12]
     cache = json.loads((tmp_path / "cache.json").read_text())
     assert cache["hashes-addnet"]["lora/styles/ink"]["sha256"] == expected
+
+
+def test_many_unread_headers_are_read_by_workers_with_the_same_facts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large library's first scan: the worker processes give exactly what reading here gives, in order,
+    for good files and broken ones alike."""
+    import os
+    import shutil
+    import subprocess
+
+    from webui.registry import lora as lora_registry
+    from webui.registry.header_cache import HeaderCache
+    from webui.services.lora import LORA_FACTS_SCHEMA
+
+    source = Path(__file__).resolve().parents[2] / "models" / "Lora" / "easel-reference-grayscale.safetensors"
+    root = tmp_path / "Lora"
+    paths = []
+    for index in range(120):
+        path = root / f"group-{index % 3}" / f"lora-{index:03d}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if index % 10 == 7:
+            path.write_bytes(b"not a safetensors file")  # broken files keep their place and their error
+        else:
+            shutil.copyfile(source, path)
+        paths.append(path)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)  # workers even on a one-core machine
+    started: list[object] = []
+    real_run = subprocess.run
+
+    def counting_run(*args: object, **kwargs: object) -> object:
+        started.append(args[0])
+        return real_run(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "run", counting_run)
+    in_workers = lora_registry.read_facts(paths)
+    monkeypatch.undo()
+    assert len(started) == 2  # 120 files: two workers (one per 48 unread files, at most one per core)
+    assert in_workers == [lora_registry.lora_facts(path) for path in paths]
+    assert in_workers[7]["error"].startswith("lora-007.safetensors") and in_workers[0]["family"] == "sd1"
+
+    cache = HeaderCache(tmp_path / "lora-headers.json", schema=LORA_FACTS_SCHEMA)
+    library = LoraLibrary(root, HashCache(tmp_path), cache)
+    assert len(library.records()) == 120
+    assert {record.name: record.error is None for record in library.records()}["lora-017"] is False

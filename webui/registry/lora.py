@@ -245,6 +245,57 @@ def apply_sidecar(record: LoraRecord, sidecar: dict[str, Any]) -> None:
 
 # -- the library ------------------------------------------------------------------------------------------
 
+PARALLEL_MIN_FILES = 96  # fewer unread headers than this are read in this process
+
+
+def read_facts(paths: list[Path]) -> list[dict[str, Any]]:
+    """:func:`lora_facts` of each of ``paths``, in order.
+
+    Many unread headers (a large library's first scan, or many files added at once) are read by worker
+    processes, one per core up to 8: parsing a thousand headers is seconds of pure-Python work that threads
+    could not share. Each worker is a fresh interpreter (``python -m webui.registry.lora``: nothing of this
+    process, its threads or models is copied) that imports only the registry, reads a list of paths as JSON
+    on stdin and writes their facts as JSON. Where workers cannot run, the headers are read here.
+    """
+    workers = min(8, os.cpu_count() or 1, len(paths) // (PARALLEL_MIN_FILES // 2))
+    if len(paths) < PARALLEL_MIN_FILES or workers < 2:
+        return [lora_facts(path) for path in paths]
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [paths[index::workers] for index in range(workers)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")]))}
+
+    def run(chunk: list[Path]) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "webui.registry.lora"],
+            input=json.dumps([str(path) for path in chunk]),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+            check=True,
+        )
+        facts = json.loads(done.stdout)
+        if not isinstance(facts, list) or len(facts) != len(chunk):
+            raise ValueError("a header worker answered for other files")
+        return facts
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            answers = list(pool.map(run, chunks))
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        log.info("reading %d LoRA headers in this process (the workers failed: %s)", len(paths), exc)
+        return [lora_facts(path) for path in paths]
+    ordered: list[dict[str, Any]] = [{} for _ in paths]
+    for index, answer in enumerate(answers):
+        ordered[index::workers] = answer
+    return ordered
+
+
+_REPO = str(Path(__file__).resolve().parents[2])
+
 
 class LoraLibrary:
     """The LoRAs of one folder; ``refresh()`` rescans it. Thread-safe.
@@ -264,7 +315,7 @@ class LoraLibrary:
     def refresh(self) -> list[LoraRecord]:
         paths = scan_files(self.root, LORA_EXTENSIONS)
         listings: dict[Path, set[str]] = {}
-        records = []
+        found: list[tuple[Path, os.stat_result, dict[str, Any] | None]] = []
         for path in paths:
             if path.parent not in listings:
                 try:
@@ -278,11 +329,17 @@ class LoraLibrary:
             facts = None
             if self.header_cache is not None:
                 facts = self.header_cache.get(path, stat.st_size, stat.st_mtime_ns)
-                if facts is None:
-                    facts = lora_facts(path)
-                    self.header_cache.put(path, stat.st_size, stat.st_mtime_ns, facts)
-            siblings = listings[path.parent]
-            records.append(describe_lora(self.root, path, facts=facts, stat=stat, siblings=siblings))
+            found.append((path, stat, facts))
+        if self.header_cache is not None:  # the headers not cached yet, read at once (in parallel when many)
+            unread = [index for index, (_path, _stat, facts) in enumerate(found) if facts is None]
+            for index, facts in zip(unread, read_facts([found[index][0] for index in unread]), strict=True):
+                path, stat, _none = found[index]
+                self.header_cache.put(path, stat.st_size, stat.st_mtime_ns, facts)
+                found[index] = (path, stat, facts)
+        records = [
+            describe_lora(self.root, path, facts=facts, stat=stat, siblings=listings[path.parent])
+            for path, stat, facts in found
+        ]
         if self.header_cache is not None:
             self.header_cache.keep_only(paths)
             self.header_cache.save()
@@ -444,3 +501,9 @@ class EmbeddingLibrary:
             relative = Path(record.path).relative_to(self.root).with_suffix("").as_posix()
             record.sha256 = self.hashes.compute("textual_inversion", relative, record.path)
         return record.sha256
+
+
+if __name__ == "__main__":  # a header worker of read_facts: JSON paths on stdin, their facts on stdout
+    import sys
+
+    json.dump([lora_facts(Path(path)) for path in json.load(sys.stdin)], sys.stdout)
