@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.reference.kohya import lora_tensors, save_kohya_lora
 from tools.reference.shapes import SIZE, ShapeSpec, dataset, edge_map, render
 from tools.reference.stages import Record, log, run_stages
+from webui.training.kohya import lora_tensors, save_kohya_lora
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "easel-reference"

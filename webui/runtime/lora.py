@@ -564,6 +564,13 @@ def _ldm_name(path: str, prefixes: list[tuple[str, str, bool]]) -> str | None:
     return None
 
 
+def ldm_namer(unet: torch.nn.Module) -> Callable[[str], str | None]:
+    """A function from a diffusers UNet module path to its LDM name (``input_blocks.4.1…``, the names SDXL
+    LoRAs are written with), ``None`` for a path without one."""
+    prefixes = _ldm_prefixes(unet)
+    return lambda path: _ldm_name(path, prefixes)
+
+
 def _weight_modules(module: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
     for name, child in module.named_modules():
         if isinstance(child, torch.nn.Linear | torch.nn.Conv2d):

@@ -1,0 +1,348 @@
+"""Train a LoRA on a loaded checkpoint (SD 1.x, SD 2.x, SDXL) and save it in kohya's layout.
+
+The checkpoint's weights stay frozen; peft adds low-rank adapters to kohya's targets (UNet attention,
+``proj_in``/``proj_out`` and feed-forward; with ``train_text_encoder`` also the text encoders' attention and
+MLP). The images are encoded once into latents at their aspect-ratio buckets (``webui.training.dataset``);
+each step draws a batch from one bucket, adds noise at random timesteps and learns to predict what the
+checkpoint's scheduler predicts (noise or, for v-models, velocity), weighted by min-SNR γ when set. The
+result is written to ``<name>.safetensors`` with kohya's metadata, so it appears in Easel's LoRA list
+(and A1111's, Forge's and ComfyUI's) and is used as ``<lora:name:1>``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from webui.domain.models import ModelFamily
+from webui.training.dataset import Dataset, bucket_for
+from webui.training.kohya import lora_tensors, save_kohya_lora
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+KOHYA_BASE = {ModelFamily.SD1: "sd_v1", ModelFamily.SD2: "sd_v2", ModelFamily.SDXL: "sdxl_base_v1-0"}
+
+
+class TrainingError(ValueError):
+    """The training cannot run as configured; the message says what to change."""
+
+
+@dataclass
+class LoraTrainingConfig:
+    name: str
+    resolution: int = 512
+    rank: int = 16
+    alpha: float = 8.0
+    total_steps: int = 1000
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    text_encoder_learning_rate: float = 5e-5
+    train_text_encoder: bool = False
+    schedule: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    seed: int = 0
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = 5.0
+    flip: bool = False
+    gradient_checkpointing: bool = False
+
+    def check(self) -> None:
+        if not self.name or any(char in self.name for char in '/\\:*?"<>|') or self.name.startswith("."):
+            raise TrainingError(
+                f"the LoRA name {self.name!r} cannot be a file name; use letters, digits, - or _"
+            )
+        if self.rank < 1 or self.alpha <= 0:
+            raise TrainingError(f"rank must be at least 1 and alpha above 0 (got {self.rank}, {self.alpha})")
+        if self.resolution < 64 or self.resolution % 64:
+            raise TrainingError(f"resolution must be a multiple of 64, at least 64 (got {self.resolution})")
+        if self.total_steps < 1 or self.batch_size < 1:
+            raise TrainingError("total steps and batch size must be at least 1")
+        if self.learning_rate <= 0:
+            raise TrainingError(f"the learning rate must be above 0 (got {self.learning_rate})")
+        if self.schedule not in SCHEDULES:
+            raise TrainingError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class TrainingResult:
+    path: Path | None  # None when stopped before the first step
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    stopped: bool = False
+
+
+StepCallback = Callable[[int, int, float], bool]  # (step, total, loss) -> keep going
+
+
+@dataclass
+class _Sample:
+    latents: torch.Tensor  # (4, h/8, w/8), scaled
+    caption: str
+    original_size: tuple[int, int]  # (height, width), SDXL's size conditioning
+    crop: tuple[int, int]  # (top, left) in the resized image
+    repeats: int  # kohya's folder repeats: how often the image is drawn relative to the others
+
+
+def _fit(image: Image.Image, bucket: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """``image`` resized to cover ``bucket`` (keeping its aspect ratio) and centre-cropped to it."""
+    width, height = bucket
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height)), (top, left)
+
+
+@torch.no_grad()
+def encode_dataset(
+    vae: Any, dataset: Dataset, resolution: int, *, flip: bool = False
+) -> dict[tuple[int, int], list[_Sample]]:
+    """Latents of every image (and its mirror image with ``flip``) at its bucket, by bucket."""
+    scaling = float(vae.config.scaling_factor)
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    buckets: dict[tuple[int, int], list[_Sample]] = {}
+    for item in dataset.images:
+        bucket = bucket_for(item.width, item.height, resolution)
+        with Image.open(item.path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+        fitted, crop = _fit(image, bucket)
+        variants = [fitted, ImageOps.mirror(fitted)] if flip else [fitted]
+        for variant in variants:
+            pixels = torch.from_numpy(_array(variant)).permute(2, 0, 1)[None].to(device, dtype)
+            latents = vae.encode(pixels * 2 - 1).latent_dist.mean[0] * scaling
+            buckets.setdefault(bucket, []).append(
+                _Sample(latents.float().cpu(), item.caption, (item.height, item.width), crop, item.repeats)
+            )
+    return buckets
+
+
+def _array(image: Image.Image) -> Any:
+    import numpy as np
+
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _min_snr_weights(
+    scheduler: Any, timesteps: torch.Tensor, gamma: float, v_prediction: bool
+) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=gamma) / snr
+    return weight * snr / (snr + 1) if v_prediction else weight
+
+
+def _learning_rate(config: LoraTrainingConfig, step: int) -> float:
+    """The schedule's factor at ``step`` (0-based) times 1: warm-up is linear from 0."""
+    if config.schedule != "constant" and config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule in ("constant", "constant_with_warmup"):
+        return 1.0
+    span = max(1, config.total_steps - config.warmup_steps)
+    progress = min(1.0, max(0.0, (step - config.warmup_steps) / span))
+    if config.schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _TextEncoding:
+    """Captions → what the UNet is conditioned on, for one family."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.sdxl = model.family is ModelFamily.SDXL
+
+    def _ids(self, tokenizer: Any, captions: list[str], device: torch.device) -> torch.Tensor:
+        return tokenizer(
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+
+    def __call__(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = self.model
+        if not self.sdxl:
+            hidden = model.text_encoder(self._ids(model.tokenizer, captions, device)).last_hidden_state
+            return hidden, None
+        first = model.text_encoder(self._ids(model.tokenizer, captions, device), output_hidden_states=True)
+        second = model.text_encoder_2(
+            self._ids(model.tokenizer_2, captions, device), output_hidden_states=True
+        )
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        return hidden, second.text_embeds
+
+
+def train_lora(
+    model: Any,
+    dataset: Dataset,
+    config: LoraTrainingConfig,
+    out_dir: Path,
+    *,
+    on_step: StepCallback | None = None,
+) -> TrainingResult:
+    """Train ``config.name`` on ``model`` (a ``webui.runtime.loader.LoadedModel``); write it to ``out_dir``.
+
+    ``on_step(step, total, loss)`` is called after each step; returning False stops the training, and what
+    was learnt so far is saved. The model's own weights are unchanged afterwards (the adapters are removed).
+    """
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig, get_peft_model
+
+    config.check()
+    if model.family not in KOHYA_BASE:
+        raise TrainingError(
+            f"LoRA training needs an SD 1.x, SD 2.x or SDXL checkpoint, not {model.family.value}"
+        )
+    target = Path(out_dir) / f"{config.name}.safetensors"
+    if target.exists():
+        raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+
+    device = next(model.unet.parameters()).device
+    buckets = encode_dataset(model.vae, dataset, config.resolution, flip=config.flip)
+    scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    v_prediction = scheduler.config.get("prediction_type") == "v_prediction"
+
+    adapters: list[tuple[str, Any]] = []
+    unet = get_peft_model(
+        model.unet, LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=UNET_TARGETS)
+    )
+    adapters.append(("unet", unet))
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate}]
+    encoders = [("text_encoder", "lora_te1" if model.family is ModelFamily.SDXL else "lora_te")]
+    if model.family is ModelFamily.SDXL:
+        encoders.append(("text_encoder_2", "lora_te2"))
+    if config.train_text_encoder:
+        for attribute, _prefix in encoders:
+            wrapped = get_peft_model(
+                getattr(model, attribute),
+                LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TEXT_ENCODER_TARGETS),
+            )
+            adapters.append((attribute, wrapped))
+            groups.append(
+                {
+                    "params": [p for p in wrapped.parameters() if p.requires_grad],
+                    "lr": config.text_encoder_learning_rate,
+                }
+            )
+    if config.gradient_checkpointing and hasattr(model.unet, "enable_gradient_checkpointing"):
+        model.unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    base_rates = [group["lr"] for group in groups]
+    encode = _TextEncoding(model)
+    keys = list(buckets)
+    weights = [float(sum(sample.repeats for sample in samples)) for samples in buckets.values()]
+    result = TrainingResult(path=None, steps=0)
+    try:
+        unet.train()
+        for step in range(config.total_steps):
+            bucket = rng.choices(keys, weights=weights)[0]
+            pool = buckets[bucket]
+            batch = rng.choices(pool, weights=[sample.repeats for sample in pool], k=config.batch_size)
+            latents = torch.stack([sample.latents for sample in batch]).to(device)
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            if config.noise_offset:
+                noise = noise + config.noise_offset * torch.randn(
+                    (len(batch), latents.shape[1], 1, 1), generator=generator
+                ).to(device)
+            timesteps = torch.randint(
+                0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator
+            ).to(device)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            with torch.set_grad_enabled(config.train_text_encoder):
+                context, pooled = encode([sample.caption for sample in batch], device)
+            extra: dict[str, Any] = {}
+            if pooled is not None:
+                height, width = bucket[1], bucket[0]
+                time_ids = torch.tensor(
+                    [[*sample.original_size, *sample.crop, height, width] for sample in batch],
+                    dtype=context.dtype,
+                    device=device,
+                )
+                extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+            unet_dtype = next(model.unet.parameters()).dtype
+            prediction = unet(noisy.to(unet_dtype), timesteps, context.to(unet_dtype), **extra).sample.float()
+            wanted = scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+            per_item = F.mse_loss(prediction, wanted.float(), reduction="none").mean(dim=(1, 2, 3))
+            if config.min_snr_gamma:
+                per_item = per_item * _min_snr_weights(
+                    scheduler, timesteps, config.min_snr_gamma, v_prediction
+                )
+            loss = per_item.mean()
+            factor = _learning_rate(config, step)
+            for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
+                group["lr"] = rate * factor
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the loss became {value} at step {step + 1}; lower the learning rate and train again"
+                )
+            result.losses.append(value)
+            result.steps = step + 1
+            if on_step is not None and not on_step(step + 1, config.total_steps, value):
+                result.stopped = True
+                break
+        if result.steps:
+            tensors: dict[str, torch.Tensor] = {}
+            for attribute, wrapped in adapters:
+                if attribute == "unet":
+                    rename = _sdxl_namer(model) if model.family is ModelFamily.SDXL else None
+                    tensors.update(lora_tensors(wrapped, "lora_unet", config.alpha, rename))
+                else:
+                    prefix = dict(encoders)[attribute]
+                    tensors.update(lora_tensors(wrapped, prefix, config.alpha, _text_model_path))
+            save_kohya_lora(
+                target,
+                tensors,
+                rank=config.rank,
+                alpha=config.alpha,
+                output_name=config.name,
+                captions=[image.caption for image in dataset.images],
+                base_model_version=KOHYA_BASE[model.family],
+                dataset_name=config.name,
+                extra={
+                    "ss_training_comment": "trained in Easel",
+                    "ss_max_train_steps": str(config.total_steps),
+                    "ss_steps": str(result.steps),
+                    "ss_learning_rate": str(config.learning_rate),
+                    "ss_resolution": f"({config.resolution}, {config.resolution})",
+                    "ss_seed": str(config.seed),
+                    "ss_sd_model_name": str(getattr(model.record, "name", "")),
+                },
+            )
+            result.path = target
+    finally:
+        for attribute, wrapped in adapters:  # the loaded model is used for generation again afterwards
+            setattr(model, attribute, wrapped.unload())
+        if config.gradient_checkpointing and hasattr(model.unet, "disable_gradient_checkpointing"):
+            model.unet.disable_gradient_checkpointing()
+        model.unet.eval()
+    return result
+
+
+def _sdxl_namer(model: Any) -> Callable[[str], str | None]:
+    from webui.runtime.lora import ldm_namer
+
+    return ldm_namer(model.unet)
+
+
+def _text_model_path(path: str) -> str:
+    """kohya names text-encoder modules from ``text_model.`` down, whichever object holds the encoder."""
+    return path if path.startswith("text_model.") else f"text_model.{path}"
