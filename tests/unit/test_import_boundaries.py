@@ -35,6 +35,13 @@ def test_pure_layers_import_no_heavy_library_at_module_level() -> None:
             assert not heavy, f"{path.relative_to(ROOT)} imports {heavy} at module level"
 
 
+def test_training_datasets_are_read_without_torch() -> None:
+    """The Train tab shows captions, buckets and the step arithmetic before anything heavy is loaded."""
+    path = WEBUI / "training" / "dataset.py"
+    heavy = {name for name in _imports(path, top_level_only=False) if name.startswith(HEAVY)}
+    assert not heavy, f"webui/training/dataset.py imports {heavy}"
+
+
 def test_domain_imports_only_domain() -> None:
     for path in _files("domain"):
         for name in _imports(path, top_level_only=False):
@@ -48,7 +55,7 @@ def test_gradio_only_in_ui_and_runtime_never_imports_adapters() -> None:
         relative = path.relative_to(WEBUI).as_posix()
         if not relative.startswith(("ui/", "server.py")):
             assert not any(n.startswith("gradio") for n in names), f"{relative} imports gradio"
-        if relative.startswith("runtime/"):
+        if relative.startswith(("runtime/", "training/")):
             bad = {n for n in names if n.startswith(("webui.services", "webui.ui", "webui.api"))}
             assert not bad, f"{relative} imports {bad}"
 
