@@ -159,7 +159,7 @@ def test_shortcuts_emphasis_progress_and_notification(open_page: OpenPage, runni
     wait_for_text(page, "#txt2img_progress .easel-progress-text", "Step ", timeout=SLOW)
     page.keyboard.press("Escape")
     wait_for_text(page, "#txt2img_progress", "Interrupted", timeout=SLOW)
-    page.wait_for_function(f"window.easel.notices.length > {before}", timeout=10_000)
+    page.wait_for_function(f"window.easel.notices.length > {before}", timeout=SLOW)  # once the job has ended
     notices = page.evaluate("window.easel.notices")
     assert notices[-1]["tab"] == "txt2img" and notices[-1]["failed"] is False
     assert notices[-1]["sound"] is True

@@ -1,5 +1,6 @@
-"""A real browser against `python app.py --max-steps 8 --max-upload-pixels 4096`: a job over a limit shows
-the limit, its value and the flag on the tab's error line; the next job within the limits runs."""
+"""A real browser against `python app.py --max-steps 8 --max-pixels 16384 --max-upload-pixels 4096`: the
+Steps slider ends at the limit; a job over a limit the sliders cannot show (pixels) gets the limit, its value
+and the flag on the tab's error line; the next job within the limits runs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def running_app(data_dir: Path) -> Iterator[str]:
-    with running_easel(data_dir, "--api", "--max-steps", "8", "--max-upload-pixels", "4096") as url:
+    with running_easel(
+        data_dir, "--api", "--max-steps", "8", "--max-pixels", "16384", "--max-upload-pixels", "4096"
+    ) as url:
         yield url
 
 
@@ -25,10 +28,15 @@ def test_limits_in_the_browser(open_page: OpenPage, tmp_path: Path) -> None:
     page = open_page(height=1200)
     page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
     page.fill("#txt2img_prompt textarea", "a red circle")
-    set_size_steps_seed(page, "txt2img", steps=20, seed=5)
+    assert page.locator("#txt2img_steps input[type=range]").get_attribute("max") == "8"
+    set_size_steps_seed(page, "txt2img", steps=20, seed=5, size=256)  # 20 steps: the slider keeps 8
+    page.wait_for_function(
+        "document.querySelector('#txt2img_steps input[type=number]').value === '8'", timeout=10_000
+    )
     page.click("#txt2img_generate")
-    wait_for_text(page, "#txt2img_error", "max steps is 8", timeout=60_000)
-    assert "--max-steps" in page.locator("#txt2img_error").inner_text()
+    wait_for_text(page, "#txt2img_error", "max pixels per image is 16,384", timeout=60_000)
+    assert "256x256" in page.locator("#txt2img_error").inner_text()
+    assert "--max-pixels" in page.locator("#txt2img_error").inner_text()
     page.screenshot(path=str(tmp_path / "txt2img-limit.png"), full_page=True)
     set_size_steps_seed(page, "txt2img", steps=4, seed=5)
     generate(page, "txt2img", "Seed: 5")  # the server kept serving
