@@ -454,8 +454,10 @@ def _same_dir(a: Path, b: Path) -> bool:
 
 
 def _forget_modules(package: str) -> None:
-    for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
-        del sys.modules[key]
+    # A snapshot first: another thread (the model loading at start) may be importing while this runs, and
+    # iterating sys.modules itself then fails with "dictionary changed size during iteration".
+    for key in [k for k in list(sys.modules) if k == package or k.startswith(package + ".")]:
+        sys.modules.pop(key, None)
     importlib.invalidate_caches()
 
 
