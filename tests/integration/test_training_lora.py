@@ -36,6 +36,13 @@ def _load(path: Path, data_dir: Path) -> Any:
     return load_checkpoint(record, dtype=torch.float32, tokenizer_cache=data_dir / "tokenizers")
 
 
+def _tiny(data_dir: Path, files: dict[str, Path], key: str) -> Any:
+    """``files[key]`` linked into ``data_dir``'s checkpoint folder and loaded as Easel loads it."""
+    checkpoint = data_dir / "models" / "Stable-diffusion" / files[key].name
+    _link_or_copy(files[key], checkpoint)
+    return _load(checkpoint, data_dir)
+
+
 def _keys(path: Path) -> tuple[list[str], dict[str, str]]:
     with safe_open(str(path), framework="pt") as handle:
         return list(handle.keys()), dict(handle.metadata() or {})
@@ -47,9 +54,7 @@ def test_sd15_lora_trains_saves_in_kohya_layout_and_changes_easels_images(
     from webui.container import build_services
     from webui.settings import Settings
 
-    checkpoint = tmp_path / "models" / "Stable-diffusion" / "tiny-sd15.safetensors"
-    _link_or_copy(tiny_model_files["sd15_single"], checkpoint)
-    model = _load(checkpoint, tmp_path)
+    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
     before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
     dataset = load_dataset(_dataset(tmp_path))
     config = LoraTrainingConfig(
@@ -102,9 +107,7 @@ def test_sd15_lora_trains_saves_in_kohya_layout_and_changes_easels_images(
 def test_stopping_early_saves_what_was_learnt_and_bad_settings_are_refused(
     tmp_path: Path, tiny_model_files: dict[str, Path]
 ) -> None:
-    checkpoint = tmp_path / "models" / "Stable-diffusion" / "tiny-sd15.safetensors"
-    _link_or_copy(tiny_model_files["sd15_single"], checkpoint)
-    model = _load(checkpoint, tmp_path)
+    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
     dataset = load_dataset(_dataset(tmp_path))
     config = LoraTrainingConfig(name="early", resolution=64, rank=2, total_steps=50, schedule="cosine")
     result = train_lora(
@@ -127,9 +130,7 @@ def test_sdxl_lora_is_written_with_ldm_names_and_both_text_encoders(
 ) -> None:
     from webui.runtime.lora import read_lora_file
 
-    checkpoint = tmp_path / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors"
-    _link_or_copy(tiny_model_files["sdxl_single"], checkpoint)
-    model = _load(checkpoint, tmp_path)
+    model = _tiny(tmp_path, tiny_model_files, "sdxl_single")
     assert model.family.value == "sdxl"
     config = LoraTrainingConfig(
         name="xl", resolution=64, rank=2, total_steps=2, learning_rate=1e-3, train_text_encoder=True

@@ -245,6 +245,7 @@ def apply_sidecar(record: LoraRecord, sidecar: dict[str, Any]) -> None:
 
 # -- the library ------------------------------------------------------------------------------------------
 
+_REPO = str(Path(__file__).resolve().parents[2])  # on the header workers' import path
 PARALLEL_MIN_FILES = 96  # fewer unread headers than this are read in this process
 
 
@@ -292,9 +293,6 @@ def read_facts(paths: list[Path]) -> list[dict[str, Any]]:
     for index, answer in enumerate(answers):
         ordered[index::workers] = answer
     return ordered
-
-
-_REPO = str(Path(__file__).resolve().parents[2])
 
 
 class LoraLibrary:

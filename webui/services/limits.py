@@ -48,6 +48,11 @@ def _size(pixels: int) -> str:
     return f"{pixels:,} pixels" + (f" ({side}x{side})" if side * side == pixels else "")
 
 
+def _check_pixels(width: int, height: int, limit: int, what: str, name: str, flag: str) -> None:
+    if width * height > limit:
+        raise LimitError(what, f"{width}x{height} ({width * height:,} pixels)", name, _size(limit), flag)
+
+
 @dataclass(frozen=True)
 class Limits:
     """The limits in force; the defaults let any normal job through (e.g. 2048x2048 with 2x hires)."""
@@ -67,14 +72,7 @@ class Limits:
 
     # -- checks ----------------------------------------------------------------------------------------------
     def check_output(self, width: int, height: int, what: str = "The image") -> None:
-        if width * height > self.max_pixels:
-            raise LimitError(
-                what,
-                f"{width}x{height} ({width * height:,} pixels)",
-                "max pixels per image",
-                _size(self.max_pixels),
-                "--max-pixels",
-            )
+        _check_pixels(width, height, self.max_pixels, what, "max pixels per image", "--max-pixels")
 
     def check_upscale(self, factor: float, what: str = "The upscale factor") -> None:
         if factor > self.max_upscale:
@@ -133,14 +131,7 @@ class Limits:
             )  # fmt: skip
 
     def check_upload_pixels(self, width: int, height: int, what: str = "The image") -> None:
-        if width * height > self.max_upload_pixels:
-            raise LimitError(
-                what,
-                f"{width}x{height} ({width * height:,} pixels)",
-                "max upload pixels",
-                _size(self.max_upload_pixels),
-                "--max-upload-pixels",
-            )
+        _check_pixels(width, height, self.max_upload_pixels, what, "max upload pixels", "--max-upload-pixels")
 
     def open_upload(self, raw: bytes, what: str = "The image") -> Image.Image:
         """``raw`` (an image file's bytes) as a loaded PIL image, within the upload limits."""

@@ -210,6 +210,7 @@ def train_lora(
         raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
+    global_rng = torch.get_rng_state()  # seeded for the adapters' initial weights, given back afterwards
     torch.manual_seed(config.seed)
 
     device = next(model.unet.parameters()).device
@@ -247,6 +248,7 @@ def train_lora(
     keys = list(buckets)
     weights = [float(sum(sample.repeats for sample in samples)) for samples in buckets.values()]
     result = TrainingResult(path=None, steps=0)
+    unet_dtype = next(model.unet.parameters()).dtype
     try:
         unet.train()
         for step in range(config.total_steps):
@@ -274,7 +276,6 @@ def train_lora(
                     device=device,
                 )
                 extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-            unet_dtype = next(model.unet.parameters()).dtype
             prediction = unet(noisy.to(unet_dtype), timesteps, context.to(unet_dtype), **extra).sample.float()
             wanted = scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
             per_item = F.mse_loss(prediction, wanted.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -329,6 +330,7 @@ def train_lora(
             )
             result.path = target
     finally:
+        torch.set_rng_state(global_rng)
         for attribute, wrapped in adapters:  # the loaded model is used for generation again afterwards
             setattr(model, attribute, wrapped.unload())
         if config.gradient_checkpointing and hasattr(model.unet, "disable_gradient_checkpointing"):
