@@ -22,6 +22,7 @@ from webui.services.models import ModelService
 from webui.services.options import OptionsStore
 from webui.services.prompts import PromptTokenCounter
 from webui.services.styles import StyleStore
+from webui.services.training import TrainingService
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Services:
     prompt_tokens: PromptTokenCounter | None = None
     clip: ClipService | None = None
     merge: MergeService | None = None
+    training: TrainingService | None = None
     extensions: Any = None  # webui.extensions.manager.ExtensionManager
     extension_host: Any = None  # webui.extensions.host.EaselHost: the Easel facade extensions call
 
@@ -83,7 +85,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     ):
         folder.mkdir(parents=True, exist_ok=True)
     install_limits(Limits.from_settings(settings))  # checked by every entry point's service call
-    for leftover in sweep_temp_files(settings.outputs_path):  # saves cut short by a crash or kill
+    leftovers = [*sweep_temp_files(settings.outputs_path), *sweep_temp_files(settings.lora_path)]
+    for leftover in leftovers:  # saves cut short by a crash or kill (images; trained LoRAs)
         log.warning("removed %s, the temp file of a save that did not finish", leftover)
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)
@@ -147,6 +150,16 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         prompt_tokens=PromptTokenCounter(tokenizer_cache, networks, generation.engine),
         clip=clip,
         merge=MergeService(models),
+        training=TrainingService(
+            root=cache / "training",
+            lora_dir=settings.lora_path,
+            tokenizer_cache=tokenizer_cache,
+            models=models,
+            generation=generation,
+            networks=networks,
+            device=settings.device,
+            precision=settings.precision,
+        ),
     )
     from webui.extensions.hooks import HookRunner
     from webui.extensions.host import EaselHost

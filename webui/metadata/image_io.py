@@ -448,6 +448,43 @@ def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path
         os.close(fd)  # releases the lock, after the temp name is gone
 
 
+def save_new_file(data: bytes, target: Path) -> Path:
+    """Write ``data`` as ``target``, which must not exist yet: complete or absent, never half-written.
+
+    The bytes go to a locked temp file beside ``target`` (swept at the next start if the process dies), are
+    fsync-ed and given the user's file permissions, and the name is claimed only if it is still free:
+    ``FileExistsError`` if another file took it meanwhile. A full disk raises ``OSError`` (``ENOSPC``)
+    naming the folder, and leaves nothing behind. Used for files in ``models/`` that Easel trains.
+    """
+    target = Path(target)
+    directory = target.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp_path = open_locked_temp(directory, target.suffix.lstrip(".") or "tmp")
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise _disk_full(exc, directory) from exc
+        raise
+    try:
+        with os.fdopen(os.dup(fd), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_path, user_file_mode())
+        if not _claim(temp_path, target):
+            raise FileExistsError(errno.EEXIST, f"{target.name} already exists", str(target))
+        _fsync_directory(directory)
+        return target
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise _disk_full(exc, directory) from exc
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        os.close(fd)
+
+
 def sweep_temp_files(root: Path) -> list[Path]:
     """Remove the temp files that saves killed midway left under ``root``; return their paths.
 

@@ -9,13 +9,15 @@ kohya's sd-scripts name a LoRA module after the diffusers module path with ``.``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 
 def _kohya_name(prefix: str, module_path: str) -> str:
@@ -45,6 +47,37 @@ def lora_tensors(
     return out
 
 
+def tag_frequency(captions: list[str]) -> dict[str, int]:
+    """How often each comma-separated tag occurs in ``captions``, as kohya counts them for
+    ``ss_tag_frequency`` (the LoRA cards show the most frequent ones as trigger words)."""
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(tag for tag in (part.strip() for part in caption.split(",")) if tag)
+    return dict(counts.most_common(100))
+
+
+MODELSPEC_ARCHITECTURE = {
+    "sd_v1": "stable-diffusion-v1/lora",
+    "sd_v2": "stable-diffusion-v2-512/lora",
+    "sd_v2_v": "stable-diffusion-v2-768-v/lora",
+    "sdxl_base_v1-0": "stable-diffusion-xl-v1-base/lora",
+}
+
+
+def kohya_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The ``.safetensors`` bytes of ``tensors`` with ``metadata`` and kohya's precomputed hashes:
+    ``sshs_model_hash`` (sha256 of the tensor data, the hash A1111 writes as ``Lora hashes``) and
+    ``sshs_legacy_hash`` (the older add-network hash: 64 KiB at offset 1 MiB), both of the file as it is
+    without them, as kohya computes them."""
+    plain = safetensors_bytes(tensors, metadata=metadata)
+    header_length = 8 + int.from_bytes(plain[:8], "little")
+    hashes = {
+        "sshs_model_hash": hashlib.sha256(plain[header_length:]).hexdigest(),
+        "sshs_legacy_hash": hashlib.sha256(plain[0x100000:0x110000]).hexdigest()[:8],
+    }
+    return safetensors_bytes(tensors, metadata={**metadata, **hashes})
+
+
 def save_kohya_lora(
     path: Path,
     tensors: dict[str, torch.Tensor],
@@ -56,20 +89,38 @@ def save_kohya_lora(
     extra: dict[str, str] | None = None,
     base_model_version: str = "sd_v1",
     dataset_name: str = "easel_shapes",
-) -> None:
+    v_prediction: bool = False,
+    resolution: int = 512,
+) -> Path:
     """Save ``tensors`` with the metadata kohya's trainer writes (the fields A1111 and Easel read):
-    ``base_model_version`` is kohya's ``sd_v1``, ``sd_v2`` or ``sdxl_base_v1-0``; the caption counts go into
-    ``ss_tag_frequency`` under ``dataset_name`` (the LoRA cards show the top ones as trigger words)."""
-    words = Counter(captions)
+    ``base_model_version`` is kohya's ``sd_v1``, ``sd_v2`` or ``sdxl_base_v1-0``; the caption tags are
+    counted into ``ss_tag_frequency`` under ``dataset_name``; ``modelspec.*`` names the architecture.
+
+    The file is written whole or not at all, and never over an existing one (``FileExistsError``)."""
+    from webui.metadata.image_io import save_new_file
+
+    architecture_key = "sd_v2_v" if base_model_version == "sd_v2" and v_prediction else base_model_version
     metadata = {
         "ss_base_model_version": base_model_version,
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)),
         "ss_output_name": output_name,
-        "ss_tag_frequency": json.dumps({dataset_name: dict(words.most_common(50))}),
+        "ss_tag_frequency": json.dumps({dataset_name: tag_frequency(captions)}),
         "ss_num_train_images": str(len(captions)),
+        "ss_v2": str(base_model_version == "sd_v2"),
+        "ss_training_finished_at": str(int(time.time())),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": MODELSPEC_ARCHITECTURE.get(architecture_key, "stable-diffusion-v1/lora"),
+        "modelspec.implementation": (
+            "https://github.com/Stability-AI/generative-models"
+            if base_model_version.startswith("sdxl")
+            else "diffusers"
+        ),
+        "modelspec.title": output_name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": "v" if v_prediction else "epsilon",
+        "modelspec.date": time.strftime("%Y-%m-%d"),
         **(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    return save_new_file(kohya_file_bytes(tensors, metadata), Path(path))

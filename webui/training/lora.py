@@ -11,6 +11,7 @@ result is written to ``<name>.safetensors`` with kohya's metadata, so it appears
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
@@ -30,6 +31,38 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.n
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 KOHYA_BASE = {ModelFamily.SD1: "sd_v1", ModelFamily.SD2: "sd_v2", ModelFamily.SDXL: "sdxl_base_v1-0"}
+
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor")
+
+
+def optimizer_problems() -> dict[str, str | None]:
+    """Each optimizer → why it cannot be used here (``None``: usable). 8-bit AdamW needs bitsandbytes and
+    a CUDA device; Adafactor comes with transformers."""
+    problems: dict[str, str | None] = {"AdamW": None, "Adafactor": None, "AdamW8bit": None}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        problems["AdamW8bit"] = "needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
+    else:
+        if not torch.cuda.is_available():
+            problems["AdamW8bit"] = "needs a CUDA GPU"
+    return problems
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    problem = optimizer_problems().get(name, f"unknown optimizer; choose one of {', '.join(OPTIMIZERS)}")
+    if problem:
+        raise TrainingError(f"the optimizer {name} cannot be used: {problem}")
+    if name == "AdamW8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(groups, weight_decay=1e-2)  # type: ignore[no-any-return]
+    if name == "Adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False)  # type: ignore[no-any-return]
+    return torch.optim.AdamW(groups, weight_decay=1e-2)
 
 
 class TrainingError(ValueError):
@@ -54,6 +87,13 @@ class LoraTrainingConfig:
     min_snr_gamma: float | None = 5.0
     flip: bool = False
     gradient_checkpointing: bool = False
+    shuffle_captions: bool = (
+        False  # kohya's shuffle_caption: the comma-separated tags in a new order each draw
+    )
+    keep_tokens: int = 0  # ... keeping this many leading tags (the trigger word) in place
+    sample_every: int = 0  # call ``on_sample`` every this many steps (and before the first, and at the end)
+    optimizer: str = "AdamW"
+    base_model_hash: str = ""  # the checkpoint's short hash, written as ss_sd_model_hash
 
     def check(self) -> None:
         if not self.name or any(char in self.name for char in '/\\:*?"<>|') or self.name.startswith("."):
@@ -68,6 +108,12 @@ class LoraTrainingConfig:
             raise TrainingError("total steps and batch size must be at least 1")
         if self.learning_rate <= 0:
             raise TrainingError(f"the learning rate must be above 0 (got {self.learning_rate})")
+        if self.keep_tokens < 0 or self.sample_every < 0 or self.warmup_steps < 0:
+            raise TrainingError("keep tokens, warm-up steps and the sample interval cannot be negative")
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
@@ -81,6 +127,15 @@ class TrainingResult:
 
 
 StepCallback = Callable[[int, int, float], bool]  # (step, total, loss) -> keep going
+SampleCallback = Callable[[int], None]  # (step): make sample images with the model as trained so far
+
+
+def shuffled_caption(caption: str, keep_tokens: int, rng: random.Random) -> str:
+    """``caption``'s comma-separated tags in a random order, the first ``keep_tokens`` kept in front."""
+    tags = [tag.strip() for tag in caption.split(",") if tag.strip()]
+    kept, rest = tags[:keep_tokens], tags[keep_tokens:]
+    rng.shuffle(rest)
+    return ", ".join(kept + rest)
 
 
 @dataclass
@@ -142,7 +197,7 @@ def _min_snr_weights(
     return weight * snr / (snr + 1) if v_prediction else weight
 
 
-def _learning_rate(config: LoraTrainingConfig, step: int) -> float:
+def learning_rate_factor(config: LoraTrainingConfig, step: int) -> float:
     """The schedule's factor at ``step`` (0-based) times 1: warm-up is linear from 0."""
     if config.schedule != "constant" and config.warmup_steps and step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -191,16 +246,24 @@ def train_lora(
     out_dir: Path,
     *,
     on_step: StepCallback | None = None,
+    on_sample: SampleCallback | None = None,
 ) -> TrainingResult:
     """Train ``config.name`` on ``model`` (a ``webui.runtime.loader.LoadedModel``); write it to ``out_dir``.
 
     ``on_step(step, total, loss)`` is called after each step; returning False stops the training, and what
-    was learnt so far is saved. The model's own weights are unchanged afterwards (the adapters are removed).
+    was learnt so far is saved. With ``config.sample_every``, ``on_sample(step)`` is called before the first
+    step (the baseline: the adapters start at zero, so it is the checkpoint's own image), every that many
+    steps and after the last, while the adapters are active on ``model``. A loss that is not finite stops
+    the training with :class:`TrainingError` and saves nothing. The model's own weights are unchanged
+    afterwards (the adapters are removed).
     """
     from diffusers import DDPMScheduler
     from peft import LoraConfig, get_peft_model
 
     config.check()
+    problem = optimizer_problems()[config.optimizer]
+    if problem:
+        raise TrainingError(f"the optimizer {config.optimizer} cannot be used: {problem}")
     if model.family not in KOHYA_BASE:
         raise TrainingError(
             f"LoRA training needs an SD 1.x, SD 2.x or SDXL checkpoint, not {model.family.value}"
@@ -242,20 +305,32 @@ def train_lora(
             )
     if config.gradient_checkpointing and hasattr(model.unet, "enable_gradient_checkpointing"):
         model.unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    optimizer = make_optimizer(config.optimizer, groups)
     base_rates = [group["lr"] for group in groups]
     encode = _TextEncoding(model)
     keys = list(buckets)
     weights = [float(sum(sample.repeats for sample in samples)) for samples in buckets.values()]
     result = TrainingResult(path=None, steps=0)
     unet_dtype = next(model.unet.parameters()).dtype
+
+    def sample(step: int) -> None:
+        if on_sample is None or not config.sample_every:
+            return
+        unet.eval()
+        try:
+            with torch.no_grad():
+                on_sample(step)
+        finally:
+            unet.train()
+
     try:
         unet.train()
+        sample(0)
         for step in range(config.total_steps):
             bucket = rng.choices(keys, weights=weights)[0]
             pool = buckets[bucket]
-            batch = rng.choices(pool, weights=[sample.repeats for sample in pool], k=config.batch_size)
-            latents = torch.stack([sample.latents for sample in batch]).to(device)
+            batch = rng.choices(pool, weights=[item.repeats for item in pool], k=config.batch_size)
+            latents = torch.stack([item.latents for item in batch]).to(device)
             noise = torch.randn(latents.shape, generator=generator).to(device)
             if config.noise_offset:
                 noise = noise + config.noise_offset * torch.randn(
@@ -265,13 +340,16 @@ def train_lora(
                 0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator
             ).to(device)
             noisy = scheduler.add_noise(latents, noise, timesteps)
+            captions = [item.caption for item in batch]
+            if config.shuffle_captions:
+                captions = [shuffled_caption(caption, config.keep_tokens, rng) for caption in captions]
             with torch.set_grad_enabled(config.train_text_encoder):
-                context, pooled = encode([sample.caption for sample in batch], device)
+                context, pooled = encode(captions, device)
             extra: dict[str, Any] = {}
             if pooled is not None:
                 height, width = bucket[1], bucket[0]
                 time_ids = torch.tensor(
-                    [[*sample.original_size, *sample.crop, height, width] for sample in batch],
+                    [[*item.original_size, *item.crop, height, width] for item in batch],
                     dtype=context.dtype,
                     device=device,
                 )
@@ -284,20 +362,27 @@ def train_lora(
                     scheduler, timesteps, config.min_snr_gamma, v_prediction
                 )
             loss = per_item.mean()
-            factor = _learning_rate(config, step)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the loss became {value} at step {step + 1}, so the training stopped and nothing was "
+                    "saved. Lower the learning rate; if the model runs in fp16, train in bf16 or fp32 "
+                    "(--precision bf16 or full)."
+                )
+            factor = learning_rate_factor(config, step)
             for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
                 group["lr"] = rate * factor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"the loss became {value} at step {step + 1}; lower the learning rate and train again"
-                )
             result.losses.append(value)
             result.steps = step + 1
-            if on_step is not None and not on_step(step + 1, config.total_steps, value):
+            keep_going = on_step is None or on_step(step + 1, config.total_steps, value)
+            if config.sample_every and (
+                not keep_going or step + 1 == config.total_steps or (step + 1) % config.sample_every == 0
+            ):
+                sample(step + 1)
+            if not keep_going:
                 result.stopped = True
                 break
         if result.steps:
@@ -318,7 +403,24 @@ def train_lora(
                 captions=[image.caption for image in dataset.images],
                 base_model_version=KOHYA_BASE[model.family],
                 dataset_name=config.name,
+                v_prediction=v_prediction,
+                resolution=config.resolution,
                 extra={
+                    "ss_network_args": json.dumps({"train_text_encoder": config.train_text_encoder}),
+                    "ss_sd_model_hash": config.base_model_hash,
+                    "ss_text_encoder_lr": str(
+                        config.text_encoder_learning_rate if config.train_text_encoder else 0
+                    ),
+                    "ss_unet_lr": str(config.learning_rate),
+                    "ss_lr_scheduler": config.schedule,
+                    "ss_lr_warmup_steps": str(config.warmup_steps),
+                    "ss_min_snr_gamma": str(config.min_snr_gamma or 0),
+                    "ss_noise_offset": str(config.noise_offset),
+                    "ss_batch_size_per_device": str(config.batch_size),
+                    "ss_shuffle_caption": str(config.shuffle_captions),
+                    "ss_keep_tokens": str(config.keep_tokens),
+                    "ss_flip_aug": str(config.flip),
+                    "ss_optimizer": config.optimizer,
                     "ss_training_comment": "trained in Easel",
                     "ss_max_train_steps": str(config.total_steps),
                     "ss_steps": str(result.steps),

@@ -1,0 +1,76 @@
+"""What a training run is asked to do, and what it reports: pure data shared by the Train tab, the API and
+the training service (``webui.services.training``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TRAIN_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+TRAIN_OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor")
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"  # stopped by the user: what was learnt is saved
+    CANCELLED = "cancelled"  # cancelled by the user: nothing is saved
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunState.QUEUED, RunState.RUNNING)
+
+
+class TrainSettings(BaseModel):
+    """A run's settings, with the Train tab's defaults. ``resolution`` ``None``: the checkpoint's own size
+    (its per-model default width, else its family's: 512, 768 or 1024)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    method: Literal["lora"] = Field("lora", description="What to train. LoRA in this version.")
+    model: str | None = Field(None, description="Checkpoint title or name; the selected one when empty.")
+    name: str = Field(description="Output name: models/Lora/<name>.safetensors, used as <lora:name:1>.")
+    trigger: str = Field("", description="Trigger word, put in front of captions and used in the fallback.")
+    class_word: str = Field("", description="Class word: captions fall back to '<trigger> <class>'.")
+    prepend_trigger: bool = Field(False, description="Put the trigger word in front of file captions too.")
+    steps: int = Field(1000, ge=1, le=100_000, description="Total optimisation steps.")
+    batch_size: int = Field(1, ge=1, le=64)
+    resolution: int | None = Field(None, ge=64, le=4096, description="Bucket area is resolution².")
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(8.0, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    text_encoder_learning_rate: float = Field(5e-5, gt=0, le=1.0)
+    train_text_encoder: bool | None = Field(
+        None, description="Also train the text encoder(s); default on for SD 1.x/2.x, off for SDXL."
+    )
+    schedule: str = Field("constant_with_warmup", description=f"One of {', '.join(TRAIN_SCHEDULES)}.")
+    warmup_steps: int = Field(0, ge=0)
+    optimizer: str = Field("AdamW", description=f"One of {', '.join(TRAIN_OPTIMIZERS)}.")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0)
+    min_snr_gamma: float | None = Field(5.0, ge=0.0)
+    flip: bool = Field(False, description="Also train on the mirrored images.")
+    gradient_checkpointing: bool = False
+    shuffle_captions: bool = False
+    keep_tokens: int = Field(0, ge=0)
+    sample_prompts: list[str] | None = Field(
+        None, description="Prompts drawn while training; default: the trigger and class word."
+    )
+    sample_every: int | None = Field(
+        None, ge=0, description="Draw samples every N steps (0: never); default: 4 times in the run."
+    )
+    sample_seed: int = Field(1, ge=0, le=2**32 - 1)
+    sample_steps: int = Field(20, ge=1, le=150)
+    sample_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    sample_sampler: str = "DPM++ 2M"
+    sample_scheduler: str = "Karras"
+
+
+class TrainImageUpload(BaseModel):
+    image: str = Field(description="The image as base64 or a data: URL.")
+    caption: str | None = Field(None, description="Its caption; the '<trigger> <class>' fallback if empty.")
+    name: str | None = Field(None, description="A file name to keep (the image is saved under it).")

@@ -1,0 +1,828 @@
+"""Training runs: the dataset staged, checked before anything loads, trained in a child process, followed.
+
+A run goes through the generation queue, so while it holds the device the generation requests wait behind
+it (the progress says "Training <name>: step s/t"), and it never runs beside another job. The trainer is
+``python -m webui.training.worker`` (protocol in its docstring): Cancel kills it, which frees all it used,
+and a crash there fails the run with its message while Easel keeps serving. A run's folder,
+``<data dir>/cache/training/<id>/``, holds ``run.json`` (settings and state, read back at the next start),
+the uploaded ``dataset/``, the ``samples/`` and the trainer's ``log.txt``.
+
+When a LoRA is saved, Easel's LoRA list is refreshed and an A1111 sidecar ``<name>.json`` (activation text:
+the trigger word; preferred weight 1) is written beside it, with the run's settings in
+``<name>.training.json`` so the run can be repeated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from webui.domain.models import CheckpointRecord, ModelFamily
+from webui.domain.training import TRAIN_OPTIMIZERS, TRAIN_SCHEDULES, RunState, TrainSettings
+from webui.services import limits
+from webui.training.dataset import (
+    IMAGE_EXTENSIONS,
+    Dataset,
+    DatasetError,
+    bucket_histogram,
+    load_dataset,
+    parse_folder_name,
+    plan_steps,
+)
+
+log = logging.getLogger(__name__)
+
+TRAINABLE = (ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL)
+MIN_SIDE = 64  # smaller images cannot fill the smallest bucket without being upscaled
+MAX_ZIP_BYTES = 2 * 2**30  # what a dataset zip may unpack to
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+_RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+class TrainingRequestError(ValueError):
+    """A run that cannot start as asked; the message says what to change."""
+
+
+class RunNotFoundError(KeyError):
+    def __str__(self) -> str:
+        return f"no training run {self.args[0]!r}; GET /easel/v1/train lists them"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image of an uploaded dataset: its file name, bytes and caption (``None``: the fallback)."""
+
+    name: str
+    data: bytes
+    caption: str | None = None
+
+
+@dataclass
+class DatasetSummary:
+    """The pre-flight: what the run will train on, before anything is loaded."""
+
+    images: int
+    samples_per_epoch: int
+    buckets: list[tuple[int, int, int]]  # (width, height, images)
+    readout: str
+    resolution: int
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    captions: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "samples_per_epoch": self.samples_per_epoch,
+            "buckets": [{"width": w, "height": h, "images": n} for w, h, n in self.buckets],
+            "readout": self.readout,
+            "resolution": self.resolution,
+            "skipped": self.skipped,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class TrainingRun:
+    id: str
+    settings: TrainSettings
+    model_title: str
+    family: str
+    run_dir: Path
+    dataset_dir: Path
+    state: RunState = RunState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    step: int = 0
+    total: int = 0
+    losses: list[float] = field(default_factory=list)
+    learning_rate: float | None = None
+    elapsed: float = 0.0  # seconds of training steps (loading and encoding not counted)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # {"step", "paths", "prompts"}
+    result: str | None = None  # the saved file's name
+    error: str | None = None
+    status: str = "Waiting for the device"
+    summary: dict[str, Any] = field(default_factory=dict)
+    peak_memory: int | None = None
+    _stop: bool = field(default=False, repr=False)
+    _cancel: bool = field(default=False, repr=False)
+    _process: Any = field(default=None, repr=False)
+    _future: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def smoothed_loss(self, window: int = 20) -> float | None:
+        if not self.losses:
+            return None
+        recent = self.losses[-window:]
+        return sum(recent) / len(recent)
+
+    def steps_per_second(self) -> float | None:
+        return self.step / self.elapsed if self.step and self.elapsed > 0 else None
+
+    def eta_seconds(self) -> float | None:
+        rate = self.steps_per_second()
+        return (self.total - self.step) / rate if rate and self.state is RunState.RUNNING else None
+
+    def progress_text(self) -> str:
+        """One line for the page: ``Step 12/100 · 3.1 it/s · ETA 0:28 · lr 1e-04 · loss 0.121 (0.118)``."""
+        if self.state is RunState.QUEUED:
+            return "Queued: waiting for the device"
+        parts = [f"Step {self.step}/{self.total}"]
+        rate = self.steps_per_second()
+        if rate:
+            parts.append(f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it")
+        eta = self.eta_seconds()
+        if eta is not None:
+            parts.append(f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
+        if self.learning_rate is not None:
+            parts.append(f"lr {self.learning_rate:.2e}")
+        smoothed = self.smoothed_loss()
+        if self.losses and smoothed is not None:
+            parts.append(f"loss {self.losses[-1]:.4f} (smoothed {smoothed:.4f})")
+        if self.peak_memory:
+            parts.append(f"peak memory {self.peak_memory / 2**30:.2f} GiB")
+        return " · ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "method": self.settings.method,
+            "model": self.model_title,
+            "family": self.family,
+            "state": self.state.value,
+            "status": self.status if not self.state.finished else self.state.value,
+            "step": self.step,
+            "total": self.total,
+            "loss": self.losses,
+            "loss_smoothed": self.smoothed_loss(),
+            "learning_rate": self.learning_rate,
+            "steps_per_second": self.steps_per_second(),
+            "eta_seconds": self.eta_seconds(),
+            "samples": [
+                {"step": sample["step"], "images": [Path(p).name for p in sample["paths"]]}
+                for sample in self.samples
+            ],
+            "result": self.result,
+            "error": self.error,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "peak_memory": self.peak_memory,
+            "dataset": self.summary,
+            "settings": self.settings.model_dump(mode="json"),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What ``run.json`` keeps (the API's fields, the sample paths and the folders)."""
+        data = self.to_json()
+        data["samples"] = self.samples
+        data["elapsed"] = self.elapsed
+        data["dataset_dir"] = str(self.dataset_dir)
+        return data
+
+
+class TrainingService:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        lora_dir: Path,
+        tokenizer_cache: Path,
+        models: Any,  # webui.services.models.ModelService
+        generation: Any,  # webui.services.generation.GenerationService: its queue and progress
+        networks: Any = None,  # webui.services.lora.NetworkService: refreshed when a LoRA is saved
+        device: str = "auto",
+        precision: str = "half",
+        worker_command: list[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.lora_dir = lora_dir
+        self.tokenizer_cache = tokenizer_cache
+        self.models = models
+        self.generation = generation
+        self.networks = networks
+        self.device = device
+        self.precision = precision
+        self.worker_command = worker_command or [sys.executable, "-m", "webui.training.worker"]
+        self.on_saved: list[Callable[[TrainingRun], None]] = []  # e.g. the UI's LoRA list
+        self._runs: dict[str, TrainingRun] = {}
+        self._lock = threading.RLock()
+        self._load_runs()
+
+    # -- runs on disk ---------------------------------------------------------------------------------------
+    def _load_runs(self) -> None:
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob("*/run.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                run = TrainingRun(
+                    id=data["id"],
+                    settings=TrainSettings.model_validate(data["settings"]),
+                    model_title=data["model"],
+                    family=data.get("family", ""),
+                    run_dir=path.parent,
+                    dataset_dir=Path(data.get("dataset_dir") or path.parent / "dataset"),
+                    state=RunState(data["state"]),
+                    created=float(data.get("created") or 0),
+                    started=data.get("started"),
+                    finished=data.get("finished"),
+                    step=int(data.get("step") or 0),
+                    total=int(data.get("total") or 0),
+                    losses=[float(x) for x in data.get("loss") or []],
+                    learning_rate=data.get("learning_rate"),
+                    elapsed=float(data.get("elapsed") or 0),
+                    samples=list(data.get("samples") or []),
+                    result=data.get("result"),
+                    error=data.get("error"),
+                    summary=dict(data.get("dataset") or {}),
+                    peak_memory=data.get("peak_memory"),
+                )
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring the training run in %s: %s", path.parent, exc)
+                continue
+            if not run.state.finished:  # the server stopped while it was queued or running
+                run.state = RunState.FAILED
+                run.error = "Easel stopped before this run finished; start it again"
+                run.finished = run.finished or time.time()
+                self._save(run)
+            self._runs[run.id] = run
+
+    def _save(self, run: TrainingRun) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        temp = run.run_dir / "run.json.tmp"
+        temp.write_text(json.dumps(run.record(), indent=1), encoding="utf-8")
+        os.replace(temp, run.run_dir / "run.json")
+
+    # -- lookup ---------------------------------------------------------------------------------------------
+    def list(self) -> list[TrainingRun]:
+        with self._lock:
+            return sorted(self._runs.values(), key=lambda run: run.created, reverse=True)
+
+    def get(self, run_id: str) -> TrainingRun:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    def sample_path(self, run_id: str, file_name: str) -> Path:
+        """A sample image of a run (``FileNotFoundError`` for a name that is not one of its samples)."""
+        run = self.get(run_id)
+        for sample in run.samples:
+            for path in sample["paths"]:
+                if Path(path).name == file_name and Path(path).is_file():
+                    return Path(path)
+        raise FileNotFoundError(f"run {run_id} has no sample {file_name!r}")
+
+    def active(self) -> TrainingRun | None:
+        with self._lock:
+            return next((run for run in self._runs.values() if run.state is RunState.RUNNING), None)
+
+    # -- checks ---------------------------------------------------------------------------------------------
+    def checkpoint(self, model: str | None) -> CheckpointRecord:
+        if model:
+            try:
+                record: CheckpointRecord = self.models.find(model)
+            except Exception as exc:
+                raise TrainingRequestError(str(exc)) from exc
+        else:
+            selected = self.generation.options.get().sd_model_checkpoint
+            found = self.models.default_checkpoint(selected)
+            if found is None:
+                raise TrainingRequestError(self.generation.no_model_message())
+            record = found
+        if record.family not in TRAINABLE:
+            family = record.family.label if record.family else "an unidentified model"
+            raise TrainingRequestError(
+                f"{record.name} is {family}; LoRA training needs an SD 1.x, SD 2.x or SDXL checkpoint "
+                "(choose one in the checkpoint list)"
+            )
+        return record
+
+    def default_resolution(self, record: CheckpointRecord) -> int:
+        from webui.services.model_defaults import checkpoint_defaults
+
+        values = checkpoint_defaults(record).values
+        side = min(values.width or 512, values.height or 512)
+        return max(64, side // 64 * 64)
+
+    def check_name(self, name: str, *, exclude: str | None = None) -> None:
+        if not _NAME.match(name or "") or name.strip() != name:
+            raise TrainingRequestError(
+                f"the name {name!r} cannot be a LoRA file name: use letters, digits, spaces, '.', '-' or '_' "
+                "(up to 100, starting with a letter or digit)"
+            )
+        target = self.lora_dir / f"{name}.safetensors"
+        if target.exists():
+            raise TrainingRequestError(
+                f"{target.name} already exists in {self.lora_dir}; choose another name "
+                "(nothing is overwritten)"
+            )
+        with self._lock:
+            for run in self._runs.values():
+                if run.id != exclude and run.name == name and not run.state.finished:
+                    raise TrainingRequestError(
+                        f"run {run.id} is already training {name!r}; choose another name"
+                    )
+
+    def check_settings(self, settings: TrainSettings) -> None:
+        if settings.schedule not in TRAIN_SCHEDULES:
+            raise TrainingRequestError(
+                f"unknown schedule {settings.schedule!r}; choose one of {', '.join(TRAIN_SCHEDULES)}"
+            )
+        if settings.optimizer not in TRAIN_OPTIMIZERS:
+            raise TrainingRequestError(
+                f"unknown optimizer {settings.optimizer!r}; choose one of {', '.join(TRAIN_OPTIMIZERS)}"
+            )
+        if settings.resolution is not None and settings.resolution % 64:
+            raise TrainingRequestError(f"the resolution must be a multiple of 64 (got {settings.resolution})")
+        if settings.warmup_steps >= settings.steps and settings.schedule != "constant":
+            raise TrainingRequestError(
+                f"{settings.warmup_steps} warm-up steps leave nothing of the {settings.steps} steps to train"
+            )
+
+    def summarize(self, folder: Path, settings: TrainSettings, resolution: int) -> DatasetSummary:
+        """The pre-flight of ``folder``: images, buckets, the step arithmetic, and what is wrong with it."""
+        try:
+            dataset = load_dataset(
+                folder, settings.trigger, settings.class_word, prepend_trigger=settings.prepend_trigger
+            )
+        except DatasetError as exc:
+            raise TrainingRequestError(str(exc)) from exc
+        dataset = _without_tiny(dataset)
+        if not dataset.images:
+            raise TrainingRequestError(
+                f"no usable image in the dataset: {'; '.join(dataset.skipped[:5])}. Images need at least "
+                f"{MIN_SIDE} pixels a side."
+            )
+        histogram = bucket_histogram(dataset, resolution)
+        plan = plan_steps(dataset, settings.steps, settings.batch_size)
+        warnings = []
+        single = sum(1 for count in histogram.values() if count == 1)
+        if len(histogram) > 4 and single * 2 > len(histogram):
+            warnings.append(
+                f"the images fall into {len(histogram)} size buckets, {single} of them with one image: "
+                "batches from those buckets hold that one image. Crop the images to a few aspect ratios."
+            )
+        if settings.batch_size > 1 and max(histogram.values()) < settings.batch_size:
+            warnings.append(
+                f"no bucket holds {settings.batch_size} images, so each batch repeats images; "
+                "a smaller batch size trains the same in fewer computations"
+            )
+        long_captions = [image.path.name for image in dataset.images if len(image.caption.split()) > 60]
+        if long_captions:
+            warnings.append(
+                f"{len(long_captions)} caption(s) have more than 60 words ({', '.join(long_captions[:3])}); "
+                "the text encoder reads 75 tokens, the rest is cut"
+            )
+        if not any(image.caption for image in dataset.images):
+            warnings.append("no image has a caption: type a trigger word, or add <image>.txt captions")
+        return DatasetSummary(
+            images=len(dataset.images),
+            samples_per_epoch=dataset.samples_per_epoch,
+            buckets=[(w, h, n) for (w, h), n in histogram.items()],
+            readout=plan.readout(),
+            resolution=resolution,
+            skipped=dataset.skipped,
+            warnings=warnings,
+            captions=[(image.path.name, image.caption) for image in dataset.images],
+        )
+
+    # -- datasets -------------------------------------------------------------------------------------------
+    def new_run_dir(self) -> tuple[str, Path]:
+        run_id = secrets.token_hex(6)
+        run_dir = self.root / run_id
+        (run_dir / "dataset").mkdir(parents=True)
+        return run_id, run_dir
+
+    def stage(self, dataset_dir: Path, uploads: Iterable[Upload] = (), zips: Iterable[Path] = ()) -> None:
+        """Put ``uploads`` (checked images, their captions as ``.txt``) and the contents of ``zips`` (kohya
+        folders kept) into ``dataset_dir``."""
+        active = limits.active()
+        used: set[str] = set()
+        for index, upload in enumerate(uploads):
+            active.check_upload_bytes(len(upload.data), f"Image {upload.name or index + 1}")
+            try:
+                with Image.open(io.BytesIO(upload.data)) as image:
+                    active.check_upload_pixels(image.width, image.height, f"Image {upload.name or index + 1}")
+                    image.verify()
+                    kind = (image.format or "png").lower()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                if isinstance(exc, limits.LimitError):
+                    raise
+                raise TrainingRequestError(
+                    f"image {upload.name or index + 1} is not a readable image ({type(exc).__name__})"
+                ) from exc
+            stem = _safe_stem(upload.name, index)
+            while stem in used:
+                stem = f"{stem}-{index}"
+            used.add(stem)
+            extension = {"jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp"}.get(kind, ".png")
+            (dataset_dir / f"{stem}{extension}").write_bytes(upload.data)
+            if upload.caption and upload.caption.strip():
+                (dataset_dir / f"{stem}.txt").write_text(" ".join(upload.caption.split()), encoding="utf-8")
+        for archive in zips:
+            _extract_zip(Path(archive), dataset_dir)
+
+    # -- running --------------------------------------------------------------------------------------------
+    def start(
+        self,
+        settings: TrainSettings,
+        *,
+        folder: Path | None = None,
+        uploads: Iterable[Upload] = (),
+        zips: Iterable[Path] = (),
+        run_dir: tuple[str, Path] | None = None,
+    ) -> TrainingRun:
+        """Check the request, stage its dataset and queue the run.
+
+        :class:`TrainingRequestError` when it cannot start (nothing is left behind then)."""
+        self.check_settings(settings)
+        record = self.checkpoint(settings.model)
+        self.check_name(settings.name)
+        uploads, zips = list(uploads), list(zips)
+        if folder is not None and (uploads or zips):
+            raise TrainingRequestError("give either a server folder or uploaded images, not both")
+        if folder is None and not uploads and not zips:
+            raise TrainingRequestError("no images: upload 10-30 images (or a zip), or give a server folder")
+        if folder is not None and not Path(folder).is_dir():
+            raise TrainingRequestError(f"the dataset folder {folder} does not exist on the server")
+        run_id, run_path = run_dir or self.new_run_dir()
+        try:
+            dataset_dir = Path(folder) if folder is not None else run_path / "dataset"
+            if folder is None:
+                self.stage(dataset_dir, uploads, zips)
+            resolution = settings.resolution or self.default_resolution(record)
+            summary = self.summarize(dataset_dir, settings, resolution)
+        except BaseException:
+            shutil.rmtree(run_path, ignore_errors=True)
+            raise
+        resolved = settings.model_copy(update={"resolution": resolution})
+        if resolved.train_text_encoder is None:
+            resolved.train_text_encoder = record.family is not ModelFamily.SDXL
+        if resolved.sample_prompts is None:
+            fallback = " ".join(w for w in (settings.trigger.strip(), settings.class_word.strip()) if w)
+            resolved.sample_prompts = [fallback or summary.captions[0][1]]
+        if resolved.sample_every is None:
+            resolved.sample_every = max(1, settings.steps // 4)
+        run = TrainingRun(
+            id=run_id,
+            settings=resolved,
+            model_title=record.title,
+            family=record.family.label if record.family else "",
+            run_dir=run_path,
+            dataset_dir=dataset_dir,
+            total=settings.steps,
+            summary=summary.to_json(),
+        )
+        with self._lock:
+            self._runs[run.id] = run
+            self._save(run)
+        run._future = self.generation.submit_call(lambda: self._execute(run, record))
+        log.info("training run %s queued: %s on %s, %d images", run.id, run.name, record.name, summary.images)
+        return run
+
+    def stop(self, run_id: str) -> TrainingRun:
+        """Stop a run and keep what it learnt (a queued run is cancelled: it has learnt nothing)."""
+        run = self.get(run_id)
+        with self._lock:
+            if run.state is RunState.QUEUED:
+                return self.cancel(run_id)
+            if run.state is RunState.RUNNING and not run._stop:
+                run._stop = True
+                run.status = "Stopping: saving what was learnt"
+                _send(run._process, "stop")
+        return run
+
+    def cancel(self, run_id: str) -> TrainingRun:
+        """Cancel a run: nothing it made is kept in ``models/``."""
+        run = self.get(run_id)
+        with self._lock:
+            if run.state is RunState.QUEUED:
+                run._cancel = True
+                if run._future is not None:
+                    run._future.cancel()
+                run.state, run.finished = RunState.CANCELLED, time.time()
+                self._save(run)
+            elif run.state is RunState.RUNNING:
+                run._cancel = True
+                run.status = "Cancelling"
+                process = run._process
+                if process is not None and process.poll() is None:
+                    process.kill()
+        return run
+
+    def _execute(self, run: TrainingRun, record: CheckpointRecord) -> None:
+        if run._cancel or run.state is not RunState.QUEUED:
+            return
+        progress = self.generation.progress
+        progress.begin_script(f"Training {run.name}")
+        run.state, run.started, run.status = RunState.RUNNING, time.time(), "Starting the trainer"
+        self._save(run)
+        try:
+            self._free_device()
+            self._run_worker(run, record)
+        except Exception as exc:  # the run fails with the reason; the queue goes on
+            log.exception("training run %s failed", run.id)
+            run.state, run.error = RunState.FAILED, run.error or f"{type(exc).__name__}: {exc}"
+        finally:
+            run.finished = time.time()
+            run._process = None
+            progress.end_script()
+            with self._lock:
+                self._save(run)
+            if run.result:
+                self._after_save(run)
+
+    def _free_device(self) -> None:
+        """On a GPU, unload the generation models while training (the trainer loads its own copy)."""
+        engine = getattr(self.generation, "_engine", None)
+        device = getattr(getattr(engine, "choice", None), "device", None)
+        if engine is not None and getattr(device, "type", "cpu") == "cuda":
+            engine.unload()
+            self.models.load_state.loaded_name = None
+
+    def _job(self, run: TrainingRun, record: CheckpointRecord) -> dict[str, Any]:
+        settings = run.settings
+        resolution = settings.resolution or 512
+        config = {
+            "name": settings.name,
+            "resolution": resolution,
+            "rank": settings.rank,
+            "alpha": settings.alpha,
+            "total_steps": settings.steps,
+            "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate,
+            "text_encoder_learning_rate": settings.text_encoder_learning_rate,
+            "train_text_encoder": bool(settings.train_text_encoder),
+            "schedule": settings.schedule,
+            "warmup_steps": settings.warmup_steps,
+            "seed": settings.seed,
+            "noise_offset": settings.noise_offset,
+            "min_snr_gamma": settings.min_snr_gamma or None,
+            "flip": settings.flip,
+            "gradient_checkpointing": settings.gradient_checkpointing,
+            "shuffle_captions": settings.shuffle_captions,
+            "keep_tokens": settings.keep_tokens,
+            "sample_every": settings.sample_every or 0,
+            "optimizer": settings.optimizer,
+            "base_model_hash": record.short_hash or "",
+        }
+        return {
+            "checkpoint": record.model_dump(mode="json"),
+            "dataset": str(run.dataset_dir),
+            "trigger": settings.trigger,
+            "class_word": settings.class_word,
+            "prepend_trigger": settings.prepend_trigger,
+            "config": config,
+            "out_dir": str(self.lora_dir),
+            "run_dir": str(run.run_dir),
+            "tokenizer_cache": str(self.tokenizer_cache),
+            "device": self.device,
+            "precision": self.precision,
+            "samples": {
+                "prompts": settings.sample_prompts or [],
+                "seed": settings.sample_seed,
+                "steps": settings.sample_steps,
+                "cfg_scale": settings.sample_cfg_scale,
+                "sampler": settings.sample_sampler,
+                "scheduler": settings.sample_scheduler,
+                "width": resolution,
+                "height": resolution,
+            },
+        }
+
+    def _run_worker(self, run: TrainingRun, record: CheckpointRecord) -> None:
+        progress = self.generation.progress
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        repo_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
+        with open(run.run_dir / "log.txt", "ab") as log_file:
+            process = subprocess.Popen(
+                self.worker_command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env=env,
+                text=True,
+                encoding="utf-8",
+            )
+            run._process = process
+            if run._cancel:
+                process.kill()
+            _send(process, json.dumps(self._job(run, record)))
+            assert process.stdout is not None
+            finished = False
+            for line in process.stdout:
+                if progress.script_interrupted and not run._stop:  # the page's Interrupt: stop and save
+                    self.stop(run.id)
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                finished = self._on_event(run, event) or finished
+                if run.state is RunState.RUNNING and run.total:
+                    progress.set_script_progress(
+                        f"Training {run.name}: {run.progress_text()}", run.step / run.total
+                    )
+            code = process.wait()
+        if run._cancel:
+            run.state, run.status = RunState.CANCELLED, "Cancelled"
+            self._discard(run)
+        elif run.state is RunState.RUNNING and not finished:
+            run.state = RunState.FAILED
+            run.error = run.error or (
+                f"the trainer stopped unexpectedly (exit code {code}); its log is {run.run_dir / 'log.txt'}"
+            )
+
+    def _on_event(self, run: TrainingRun, event: dict[str, Any]) -> bool:
+        kind = event.get("event")
+        with self._lock:
+            if kind == "status":
+                run.status = str(event.get("text", ""))
+            elif kind == "dataset":
+                run.summary["images"] = event.get("images")
+            elif kind == "step":
+                run.step, run.total = int(event["step"]), int(event["total"])
+                run.losses.append(float(event["loss"]))
+                run.learning_rate = float(event.get("lr") or 0)
+                run.elapsed = float(event.get("elapsed") or 0)
+                run.status = "Training"
+                if run.step % 25 == 0:
+                    self._save(run)
+            elif kind == "sample":
+                run.samples.append(
+                    {
+                        "step": int(event["step"]),
+                        "paths": list(event["paths"]),
+                        "prompts": event.get("prompts", []),
+                    }
+                )
+                self._save(run)
+            elif kind == "done":
+                run.peak_memory = event.get("peak_memory")
+                path = event.get("path")
+                if run._cancel:
+                    return True
+                run.result = Path(path).name if path else None
+                run.state = RunState.STOPPED if event.get("stopped") else RunState.DONE
+                run.status = (
+                    f"Saved {run.result}" if run.result else "Stopped before the first step: nothing to save"
+                )
+                return True
+            elif kind == "error":
+                run.state, run.error = RunState.FAILED, str(event.get("message"))
+                run.status = "Failed"
+                return True
+        return False
+
+    def _discard(self, run: TrainingRun) -> None:
+        """A cancelled run keeps nothing in ``models/``: a file it saved just before is removed too."""
+        from webui.metadata.image_io import sweep_temp_files
+
+        target = self.lora_dir / f"{run.name}.safetensors"
+        if run.result and target.is_file():
+            target.unlink()
+        run.result = None
+        sweep_temp_files(self.lora_dir)
+
+    def _after_save(self, run: TrainingRun) -> None:
+        """The A1111 sidecar and the run's settings beside the LoRA; Easel's LoRA list refreshed."""
+        target = self.lora_dir / (run.result or "")
+        settings = run.settings
+        sidecar = target.with_suffix(".json")
+        if not sidecar.exists():
+            sd_version = {"SD 1.x": "SD1", "SD 2.x": "SD2", "SDXL": "SDXL"}.get(run.family, "Unknown")
+            with contextlib.suppress(OSError):
+                sidecar.write_text(
+                    json.dumps(
+                        {
+                            "description": f"Trained in Easel on {run.model_title}, {run.step} steps.",
+                            "activation text": settings.trigger,
+                            "preferred weight": 1.0,
+                            "sd version": sd_version,
+                            "notes": f"Training run {run.id}; settings in {target.stem}.training.json",
+                        },
+                        indent=4,
+                    ),
+                    encoding="utf-8",
+                )
+        with contextlib.suppress(OSError):
+            target.with_suffix(".training.json").write_text(
+                json.dumps(
+                    {"run": run.id, "model": run.model_title, "steps_done": run.step,
+                     "dataset": str(run.dataset_dir), "settings": settings.model_dump(mode="json")},
+                    indent=1,
+                ),
+                encoding="utf-8",
+            )  # fmt: skip
+        if self.networks is not None:
+            try:
+                self.networks.refresh_loras()
+            except Exception as exc:  # the file is saved; the list catches up at the next refresh
+                log.warning("could not refresh the LoRA list after training: %s", exc)
+        for listener in list(self.on_saved):
+            with contextlib.suppress(Exception):
+                listener(run)
+
+    def shutdown(self) -> None:
+        """Stop the running trainer (it saves what it learnt) when Easel exits."""
+        run = self.active()
+        if run is not None:
+            self.stop(run.id)
+
+
+def _send(process: Any, line: str) -> None:
+    stdin: IO[str] | None = getattr(process, "stdin", None)
+    if stdin is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        stdin.write(line + "\n")
+        stdin.flush()
+
+
+def _without_tiny(dataset: Dataset) -> Dataset:
+    kept = []
+    for image in dataset.images:
+        if min(image.width, image.height) < MIN_SIDE:
+            dataset.skipped.append(
+                f"{image.path.name}: too small ({image.width}x{image.height}; at least {MIN_SIDE} px a side)"
+            )
+        else:
+            kept.append(image)
+    dataset.images = kept
+    return dataset
+
+
+def _safe_stem(name: str | None, index: int) -> str:
+    stem = Path(name or "").stem
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", stem).strip(" .")[:80]
+    return stem or f"image-{index + 1:03d}"
+
+
+def _extract_zip(archive: Path, target: Path) -> None:
+    """The images and captions of a zip into ``target``: its folders kept (kohya's ``10_zwx dog``), names that
+    would leave ``target`` refused, and no more than :data:`MAX_ZIP_BYTES` unpacked."""
+    try:
+        handle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TrainingRequestError(f"{archive.name} is not a readable zip file ({exc})") from exc
+    with handle:
+        members = [m for m in handle.infolist() if not m.is_dir()]
+        if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+            raise TrainingRequestError(f"{archive.name} unpacks to more than {MAX_ZIP_BYTES // 2**30} GiB")
+        root = target.resolve()
+        for member in members:
+            parts = Path(member.filename.replace("\\", "/")).parts
+            if any(part in ("..", "") for part in parts) or member.filename.startswith("/"):
+                raise TrainingRequestError(
+                    f"{archive.name} holds a path outside its folder: {member.filename!r}"
+                )
+            if parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts):
+                continue
+            if Path(parts[-1]).suffix.lower() not in (*IMAGE_EXTENSIONS, ".txt", ".caption"):
+                continue
+            # kohya's repeats folders (``10_zwx dog``) are kept, other folders around the files dropped
+            kohya = len(parts) > 1 and parse_folder_name(parts[-2]) is not None
+            destination = (root / parts[-2] / parts[-1] if kohya else root / parts[-1]).resolve()
+            if root not in destination.parents:
+                raise TrainingRequestError(
+                    f"{archive.name} holds a path outside its folder: {member.filename!r}"
+                )
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with handle.open(member) as source, open(destination, "wb") as out:
+                shutil.copyfileobj(source, out)
+
+
+def decode_image(data: str) -> bytes:
+    """The bytes of an API image: raw base64 or a ``data:`` URL."""
+    text = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        return base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise TrainingRequestError(f"an image is not valid base64 ({exc})") from exc

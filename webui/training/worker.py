@@ -1,0 +1,197 @@
+"""The training child process: ``python -m webui.training.worker``, driven by ``webui.services.training``.
+
+A run lives in its own process so that Cancel frees every byte it used and a crash in the trainer never
+takes the server down. The protocol is JSON, one object per line:
+
+- **stdin**: first the job (``checkpoint``: a ``CheckpointRecord`` as JSON, ``dataset``: a folder,
+  ``trigger``, ``class_word``, ``prepend_trigger``, ``config``: ``LoraTrainingConfig``'s fields, ``out_dir``,
+  ``run_dir``, ``tokenizer_cache``, ``device``, ``precision``, ``samples``: prompts and how to draw them);
+  then control lines: ``stop`` (save what was learnt and finish).
+- **stdout**: events, each with ``"event"``: ``status`` (``text``), ``dataset`` (``images``, ``buckets``,
+  ``skipped``), ``step`` (``step``, ``total``, ``loss``, ``lr``), ``sample`` (``step``, ``paths``),
+  ``done`` (``path``, ``steps``, ``stopped``, ``peak_memory``) or ``error`` (``message``).
+
+Anything else a library prints goes to stderr, which the service keeps as the run's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+
+class _Events:
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def send(self, event: str, **fields: Any) -> None:
+        with self.lock:
+            self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+            self.stream.flush()
+
+
+def _protocol_stdout() -> IO[str]:
+    """The real stdout, for events; fd 1 then points at stderr, so stray prints cannot break the protocol."""
+    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return events
+
+
+def _peak_memory(device: Any) -> int:
+    import resource
+
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def _sampler(job: dict[str, Any], model: Any, run_dir: Path, events: _Events) -> Any:
+    """``on_sample(step)``: the job's sample prompts at one fixed seed, as ``samples/step-NNNNNN-K.png``."""
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    spec = job.get("samples") or {}
+    prompts = [prompt for prompt in spec.get("prompts", []) if prompt.strip()]
+    sampler, schedule = resolve_sampler(spec.get("sampler", "Euler a"), spec.get("scheduler"))
+    folder = run_dir / "samples"
+
+    def sample(step: int) -> None:
+        if not prompts:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, prompt in enumerate(prompts):
+            diffusion = DiffusionJob(
+                prompt=prompt,
+                negative_prompt=spec.get("negative_prompt", ""),
+                steps=int(spec.get("steps", 20)),
+                cfg_scale=float(spec.get("cfg_scale", 7.0)),
+                width=int(spec["width"]),
+                height=int(spec["height"]),
+                seeds=[int(spec.get("seed", 1))],
+                subseeds=[0],
+                subseed_strength=0.0,
+                sampler=sampler,
+                schedule=schedule,
+            )
+            images, _finished = generate_batch(model, diffusion, on_step=None)
+            path = folder / f"step-{step:06d}-{index}.png"
+            images[0].save(path)
+            paths.append(str(path))
+        events.send("sample", step=step, paths=paths, prompts=prompts)
+
+    return sample
+
+
+def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
+    import torch
+
+    from webui.domain.models import CheckpointRecord
+    from webui.runtime.cache import choose_device
+    from webui.runtime.loader import load_checkpoint
+    from webui.training.dataset import bucket_histogram, load_dataset
+    from webui.training.lora import LoraTrainingConfig, learning_rate_factor, train_lora
+
+    torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
+    config = LoraTrainingConfig(**job["config"])
+    config.check()
+    dataset = load_dataset(
+        Path(job["dataset"]),
+        job.get("trigger", ""),
+        job.get("class_word", ""),
+        prepend_trigger=bool(job.get("prepend_trigger")),
+    )
+    histogram = bucket_histogram(dataset, config.resolution)
+    events.send(
+        "dataset",
+        images=len(dataset.images),
+        samples_per_epoch=dataset.samples_per_epoch,
+        buckets=[[width, height, count] for (width, height), count in histogram.items()],
+        skipped=dataset.skipped,
+    )
+    record = CheckpointRecord.model_validate(job["checkpoint"])
+    choice = choose_device(job.get("device", "auto"), job.get("precision", "half"), "sdpa", "normal")
+    dtype = choice.dtype
+    if dtype == torch.float16 and choice.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16  # fp16's range overflows in training; bf16 trains where the card has it
+    precision = str(dtype).removeprefix("torch.")
+    events.send("status", text=f"Loading {record.name} on {choice.device} ({precision})")
+    model = load_checkpoint(record, dtype=dtype, tokenizer_cache=Path(job["tokenizer_cache"]))
+    model.to(choice.device)
+    events.send("status", text="Encoding the images")
+    started = time.monotonic()
+
+    def on_step(step: int, total: int, loss: float) -> bool:
+        rate = config.learning_rate * learning_rate_factor(config, step - 1)
+        events.send("step", step=step, total=total, loss=loss, lr=rate, elapsed=time.monotonic() - started)
+        return not stop.is_set()
+
+    result = train_lora(
+        model,
+        dataset,
+        config,
+        Path(job["out_dir"]),
+        on_step=on_step,
+        on_sample=_sampler(job, model, Path(job["run_dir"]), events),
+    )
+    events.send(
+        "done",
+        path=str(result.path) if result.path else None,
+        steps=result.steps,
+        stopped=result.stopped,
+        peak_memory=_peak_memory(choice.device),
+    )
+
+
+def main() -> int:
+    events = _Events(_protocol_stdout())
+    first = sys.stdin.readline()
+    stop = threading.Event()
+
+    def listen() -> None:
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                stop.set()
+        stop.set()  # the service went away: save and finish rather than train for nobody
+
+    try:
+        job = json.loads(first)
+    except json.JSONDecodeError as exc:
+        events.send("error", message=f"the training job could not be read: {exc}")
+        return 2
+    threading.Thread(target=listen, name="easel-train-control", daemon=True).start()
+    try:
+        run(job, events, stop)
+    except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+        traceback.print_exc()
+        events.send("error", message=_message(exc))
+        return 1
+    except Exception as exc:  # the run fails with the reason; the server is another process
+        traceback.print_exc()
+        events.send("error", message=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text:
+        return (
+            "the device ran out of memory while training: lower the resolution or the batch size, or turn "
+            "on gradient checkpointing"
+        )
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
