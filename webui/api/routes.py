@@ -454,11 +454,13 @@ def build_router(services: Services) -> APIRouter:
     from webui.api.img2img_routes import add_image_routes
     from webui.api.merge_routes import add_merge_routes
     from webui.api.system_routes import add_system_routes
+    from webui.api.training_routes import add_training_routes
 
     add_merge_routes(router, services)
     add_image_routes(router, services)
     add_system_routes(router, services)
     add_history_routes(router, services)
+    add_training_routes(router, services)
     mount_extension_routers(router, services)  # routers of extensions (add_routes) under /ext/<name>
     if services.controlnet is not None:
         from webui.api.controlnet_routes import add_controlnet_routes

@@ -128,6 +128,9 @@ class TrainingRun:
     _cancel: bool = field(default=False, repr=False)
     _process: Any = field(default=None, repr=False)
     _future: Any = field(default=None, repr=False)
+    _outcome: RunState | None = field(
+        default=None, repr=False
+    )  # the trainer's "done", before it is published
 
     @property
     def name(self) -> str:
@@ -551,13 +554,15 @@ class TrainingService:
             log.exception("training run %s failed", run.id)
             run.state, run.error = RunState.FAILED, run.error or f"{type(exc).__name__}: {exc}"
         finally:
+            if run.result and run.state is RunState.RUNNING:
+                self._after_save(run)
+            if run._outcome is not None and run.state is RunState.RUNNING:
+                run.state = run._outcome
             run.finished = time.time()
             run._process = None
             progress.end_script()
             with self._lock:
                 self._save(run)
-            if run.result:
-                self._after_save(run)
 
     def _free_device(self) -> None:
         """On a GPU, unload the generation models while training (the trainer loads its own copy)."""
@@ -637,7 +642,6 @@ class TrainingService:
                 process.kill()
             _send(process, json.dumps(self._job(run, record)))
             assert process.stdout is not None
-            finished = False
             for line in process.stdout:
                 if progress.script_interrupted and not run._stop:  # the page's Interrupt: stop and save
                     self.stop(run.id)
@@ -645,7 +649,7 @@ class TrainingService:
                     event = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                finished = self._on_event(run, event) or finished
+                self._on_event(run, event)
                 if run.state is RunState.RUNNING and run.total:
                     progress.set_script_progress(
                         f"Training {run.name}: {run.progress_text()}", run.step / run.total
@@ -654,13 +658,13 @@ class TrainingService:
         if run._cancel:
             run.state, run.status = RunState.CANCELLED, "Cancelled"
             self._discard(run)
-        elif run.state is RunState.RUNNING and not finished:
+        elif run.state is RunState.RUNNING and run._outcome is None:
             run.state = RunState.FAILED
             run.error = run.error or (
                 f"the trainer stopped unexpectedly (exit code {code}); its log is {run.run_dir / 'log.txt'}"
             )
 
-    def _on_event(self, run: TrainingRun, event: dict[str, Any]) -> bool:
+    def _on_event(self, run: TrainingRun, event: dict[str, Any]) -> None:
         kind = event.get("event")
         with self._lock:
             if kind == "status":
@@ -687,19 +691,18 @@ class TrainingService:
             elif kind == "done":
                 run.peak_memory = event.get("peak_memory")
                 path = event.get("path")
+                run.result = Path(path).name if path else None  # a cancelled run's file is removed after
                 if run._cancel:
-                    return True
-                run.result = Path(path).name if path else None
-                run.state = RunState.STOPPED if event.get("stopped") else RunState.DONE
+                    return
+                # published once the LoRA is listed too (see _execute): a client that sees "done" can use it
+                run._outcome = RunState.STOPPED if event.get("stopped") else RunState.DONE
                 run.status = (
-                    f"Saved {run.result}" if run.result else "Stopped before the first step: nothing to save"
+                    f"Saved {run.result}" if run.result else "Stopped before the first step: nothing saved"
                 )
                 return True
             elif kind == "error":
                 run.state, run.error = RunState.FAILED, str(event.get("message"))
                 run.status = "Failed"
-                return True
-        return False
 
     def _discard(self, run: TrainingRun) -> None:
         """A cancelled run keeps nothing in ``models/``: a file it saved just before is removed too."""
