@@ -58,6 +58,19 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 _RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 
 
+def optimizer_problems(device: str) -> dict[str, str | None]:
+    """Each optimizer → why it cannot be used with ``--device`` ``device`` (``None``: usable), without
+    importing torch: 8-bit AdamW needs bitsandbytes and a CUDA GPU; AdamW and Adafactor work everywhere."""
+    import importlib.util
+
+    eight_bit: str | None = None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        eight_bit = "needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
+    elif device in ("cpu", "mps"):
+        eight_bit = "needs a CUDA GPU"
+    return {"AdamW": None, "AdamW8bit": eight_bit, "Adafactor": None}
+
+
 class TrainingRequestError(ValueError):
     """A run that cannot start as asked; the message says what to change."""
 
@@ -423,6 +436,13 @@ class TrainingService:
         (run_dir / "dataset").mkdir(parents=True)
         return run_id, run_dir
 
+    def discard_staged(self, run_id: str) -> None:
+        """Remove an upload staged by :meth:`new_run_dir` that no run used."""
+        with self._lock:
+            if run_id in self._runs or not _RUN_ID.match(run_id or ""):
+                return
+        shutil.rmtree(self.root / run_id, ignore_errors=True)
+
     def stage(self, dataset_dir: Path, uploads: Iterable[Upload] = (), zips: Iterable[Path] = ()) -> None:
         """Put ``uploads`` (checked images, their captions as ``.txt``) and the contents of ``zips`` (kohya
         folders kept) into ``dataset_dir``."""
@@ -460,7 +480,7 @@ class TrainingService:
         folder: Path | None = None,
         uploads: Iterable[Upload] = (),
         zips: Iterable[Path] = (),
-        run_dir: tuple[str, Path] | None = None,
+        staged: tuple[str, Path] | None = None,
     ) -> TrainingRun:
         """Check the request, stage its dataset and queue the run.
 
@@ -469,21 +489,24 @@ class TrainingService:
         record = self.checkpoint(settings.model)
         self.check_name(settings.name)
         uploads, zips = list(uploads), list(zips)
-        if folder is not None and (uploads or zips):
+        if folder is not None and (uploads or zips or staged):
             raise TrainingRequestError("give either a server folder or uploaded images, not both")
-        if folder is None and not uploads and not zips:
+        if folder is None and not uploads and not zips and staged is None:
             raise TrainingRequestError("no images: upload 10-30 images (or a zip), or give a server folder")
         if folder is not None and not Path(folder).is_dir():
             raise TrainingRequestError(f"the dataset folder {folder} does not exist on the server")
-        run_id, run_path = run_dir or self.new_run_dir()
+        if staged is not None and (staged[0] in self._runs or not _RUN_ID.match(staged[0])):
+            raise TrainingRequestError("this upload was used by another run already; upload the images again")
+        run_id, run_path = staged or self.new_run_dir()
         try:
             dataset_dir = Path(folder) if folder is not None else run_path / "dataset"
-            if folder is None:
+            if folder is None and staged is None:
                 self.stage(dataset_dir, uploads, zips)
             resolution = settings.resolution or self.default_resolution(record)
             summary = self.summarize(dataset_dir, settings, resolution)
         except BaseException:
-            shutil.rmtree(run_path, ignore_errors=True)
+            if staged is None:  # a staged upload stays for the next try (the Train tab keeps it)
+                shutil.rmtree(run_path, ignore_errors=True)
             raise
         resolved = settings.model_copy(update={"resolution": resolution})
         if resolved.train_text_encoder is None:

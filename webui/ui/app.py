@@ -28,6 +28,7 @@ from webui.ui.pnginfo import build_pnginfo
 from webui.ui.quicksettings import build_quicksettings, refresh_values, wire_load_status
 from webui.ui.send_to import add_send_buttons, wire_image_tabs
 from webui.ui.settings import build_settings
+from webui.ui.train import TRAIN_CSS, build_train_tab
 from webui.ui.txt2img import build_txt2img
 from webui.ui.ui_state import wire_ui_state
 
@@ -39,6 +40,7 @@ LORA_TAB = "lora"
 CONTROLNET_TAB = "controlnet"
 HISTORY_TAB = "history"
 SETTINGS_TAB = "settings"
+TRAIN_TAB = "train"
 
 CSS = """
 #txt2img_generate { min-height: 4.5em; }
@@ -83,6 +85,13 @@ def build_ui(services: Any) -> gr.Blocks:
                 )  # fmt: skip
             with gr.Tab("Networks", id=LORA_TAB, elem_id="tab_lora") as networks_tab:
                 build_networks_tab(services, txt2img.fields["prompt"], networks_tab, txt2img.gallery)
+            if services.training is not None:
+                with gr.Tab("Train", id=TRAIN_TAB, elem_id="tab_train"):
+                    pickers = [txt2img.extra["lora_picker"], img2img.extra["lora_picker"]]
+                    build_train_tab(
+                        services, tabs=tabs, txt2img_tab_id=TXT2IMG_TAB,
+                        txt2img_prompt=txt2img.fields["prompt"], lora_dropdowns=[p.dropdown for p in pickers],
+                    )  # fmt: skip
             build_extension_tabs(services)  # the extensions' own tabs, before Extensions and Settings
             if services.extensions is not None:
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
@@ -123,5 +132,5 @@ def launch_kwargs() -> dict[str, Any]:
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    css = CSS + PARAMS_CSS + icon_css() + frontend_css() + CLIP_CSS
+    css = CSS + PARAMS_CSS + icon_css() + frontend_css() + CLIP_CSS + TRAIN_CSS
     return {"theme": theme, "css": css, "js": frontend_js(), "footer_links": ["api", "settings"]}

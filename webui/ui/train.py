@@ -1,0 +1,462 @@
+"""The Train tab: a dataset (upload or server folder), its captions and buckets, LoRA settings, then a live
+run (progress, loss curve, samples by step) and "Try it" in txt2img. All work goes through
+``services.training``, as the ``/easel/v1/train`` API does."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from webui.domain.training import TRAIN_OPTIMIZERS, TRAIN_SCHEDULES, RunState, TrainSettings
+from webui.services.training import DatasetSummary, TrainingRequestError, optimizer_problems
+from webui.training.dataset import IMAGE_EXTENSIONS, StepPlan
+from webui.ui.user_errors import user_message
+
+POLL_SECONDS = 1.0
+TEXT_ENCODER_CHOICES = ["auto", "on", "off"]  # auto: on for SD 1.x/2.x, off for SDXL (cached outputs)
+
+TRAIN_CSS = """
+#train_summary table { width: auto; }
+#train_status { min-height: 1.5em; }
+"""
+
+
+@dataclass
+class TrainTab:
+    name: gr.Textbox
+    start: gr.Button
+    status: gr.Markdown
+    try_it: gr.Button
+
+
+def _model_line(services: Any) -> str:
+    try:
+        record = services.models.default_checkpoint(services.options.get().sd_model_checkpoint)
+    except Exception:
+        record = None
+    if record is None:
+        return "**Base model:** none. Put a checkpoint into models/Stable-diffusion first."
+    family = record.family.label if record.family else "unidentified"
+    return f"**Base model:** {record.title} ({family}), the checkpoint selected at the top of the page"
+
+
+def _summary_markdown(summary: DatasetSummary) -> str:
+    lines = [
+        f"**{summary.images} images** ({summary.samples_per_epoch} per epoch with repeats), "
+        f"trained at {summary.resolution}² buckets:",
+        "",
+        "| Bucket | Images |",
+        "|---|---|",
+        *[
+            f"| {width}×{height} | {'▇' * min(count, 30)} {count} |"
+            for width, height, count in summary.buckets
+        ],
+    ]
+    if summary.skipped:
+        lines += ["", f"**Skipped {len(summary.skipped)}:** " + "; ".join(summary.skipped[:8])]
+    lines += [f"\n⚠ {warning}" for warning in summary.warnings]
+    return "\n".join(lines)
+
+
+def _readout(images: int, samples_per_epoch: int, steps: Any, batch: Any) -> str:
+    try:
+        plan = StepPlan(int(steps), int(batch), samples_per_epoch, images)
+    except (TypeError, ValueError):
+        return ""
+    if not images or plan.total_steps < 1 or plan.batch_size < 1:
+        return ""
+    return plan.readout()
+
+
+def _loss_frame(losses: list[float]) -> Any:
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    window: list[float] = []
+    for index, loss in enumerate(losses, start=1):
+        if not math.isfinite(loss):
+            continue
+        window = [*window[-19:], loss]
+        rows.append({"step": index, "loss": loss, "curve": "loss"})
+        rows.append({"step": index, "loss": sum(window) / len(window), "curve": "smoothed"})
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
+
+
+def _sample_items(run: Any) -> list[tuple[str, str]]:
+    items = []
+    for sample in reversed(run.samples):  # newest first
+        for path, prompt in zip(
+            sample["paths"], sample.get("prompts") or [""] * len(sample["paths"]), strict=False
+        ):
+            label = "baseline (before training)" if sample["step"] == 0 else f"step {sample['step']}"
+            items.append((path, f"{label}: {prompt}"))
+    return items
+
+
+def _run_markdown(run: Any) -> str:
+    head = f"**{run.name}** · {run.state.value}"
+    if run.state is RunState.RUNNING:
+        return f"{head} · {run.status} · {run.progress_text()}"
+    if run.state is RunState.QUEUED:
+        return f"{head} · waiting for the device (a generation is running)"
+    if run.state is RunState.FAILED:
+        return f"{head}: {run.error}"
+    if run.state is RunState.CANCELLED:
+        return f"{head}: nothing was saved"
+    saved = f"saved **models/Lora/{run.result}**" if run.result else "nothing was saved"
+    return f"{head} after {run.step} steps: {saved}. {run.progress_text()}"
+
+
+def build_train_tab(
+    services: Any,
+    *,
+    tabs: gr.Tabs,
+    txt2img_tab_id: str,
+    txt2img_prompt: gr.Textbox,
+    lora_dropdowns: list[Any],
+) -> TrainTab:
+    training = services.training
+    problems = optimizer_problems(services.settings.device)
+    usable = [name for name in TRAIN_OPTIMIZERS if not problems[name]]
+    unusable = "; ".join(f"{name} {why}" for name, why in problems.items() if why)
+
+    staged = gr.State(None)  # (run id, folder) of the uploaded dataset, kept for the run
+    counts = gr.State((0, 0))  # (images, samples per epoch) of the checked dataset
+    run_id = gr.State(None)
+    gr.Markdown(
+        "Teach the selected checkpoint a character, a style or an object from 10-30 images. The result is a "
+        "LoRA in models/Lora, usable as `<lora:name:1>` here and in any UI that reads kohya's files.",
+        elem_id="train_intro",
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=320):
+            files = gr.File(
+                label="Images (PNG, JPEG, WebP) or a zip; <image>.txt captions and kohya folders come along",
+                file_count="multiple",
+                file_types=[*IMAGE_EXTENSIONS, ".txt", ".zip"],
+                elem_id="train_files",
+            )
+            folder = gr.Textbox(
+                label="…or a dataset folder on the server",
+                placeholder="/path/to/dataset  (folders like '10_zwx dog' = 10 repeats of 'zwx dog')",
+                elem_id="train_folder",
+            )
+            with gr.Row():
+                trigger = gr.Textbox(
+                    label="Trigger word", placeholder="zwx", elem_id="train_trigger", scale=1
+                )
+                class_word = gr.Textbox(label="Class word", placeholder="dog", elem_id="train_class", scale=1)
+            prepend = gr.Checkbox(label="Prepend the trigger word to every caption", elem_id="train_prepend")
+            check = gr.Button("Check dataset", elem_id="train_check")
+            summary = gr.Markdown(elem_id="train_summary")
+            captions = gr.Dataframe(
+                headers=["File", "Caption"],
+                datatype=["str", "str"],
+                column_count=(2, "fixed"),
+                interactive=True,
+                label="Captions (edit them here for uploaded images)",
+                elem_id="train_captions",
+            )
+            thumbnails = gr.Gallery(
+                label="Dataset", columns=6, height=220, object_fit="cover", elem_id="train_thumbnails"
+            )
+        with gr.Column(scale=2, min_width=320):
+            model_line = gr.Markdown(_model_line(services), elem_id="train_model")
+            name = gr.Textbox(label="LoRA name", placeholder="my-style", elem_id="train_name")
+            with gr.Row():
+                steps = gr.Number(1000, label="Total steps", precision=0, minimum=1, elem_id="train_steps")
+                batch = gr.Number(1, label="Batch size", precision=0, minimum=1, elem_id="train_batch")
+            readout = gr.Markdown(elem_id="train_readout")
+            with gr.Row():
+                resolution = gr.Number(
+                    None, label="Resolution (empty: the model's size)", precision=0, step=64,
+                    elem_id="train_resolution",
+                )  # fmt: skip
+                rank = gr.Number(16, label="Rank", precision=0, minimum=1, elem_id="train_rank")
+                alpha = gr.Number(8, label="Alpha", minimum=0.01, elem_id="train_alpha")
+            with gr.Row():
+                learning_rate = gr.Number(1e-4, label="Learning rate", elem_id="train_lr")
+                te_rate = gr.Number(5e-5, label="Text encoder learning rate", elem_id="train_te_lr")
+            with gr.Row():
+                schedule = gr.Dropdown(
+                    list(TRAIN_SCHEDULES),
+                    value="constant_with_warmup",
+                    label="Schedule",
+                    elem_id="train_schedule",
+                )
+                warmup = gr.Number(0, label="Warm-up steps", precision=0, minimum=0, elem_id="train_warmup")
+            with gr.Row():
+                optimizer = gr.Dropdown(
+                    usable, value="AdamW", label="Optimizer", elem_id="train_optimizer",
+                    info=f"Not here: {unusable}" if unusable else None,
+                )  # fmt: skip
+                text_encoder = gr.Radio(
+                    TEXT_ENCODER_CHOICES, value="auto", label="Train the text encoder",
+                    info="auto: on for SD 1.x/2.x, off for SDXL", elem_id="train_text_encoder",
+                )  # fmt: skip
+            sample_prompts = gr.Textbox(
+                label="Sample prompts, one per line (empty: the trigger and class word)",
+                lines=2,
+                elem_id="train_sample_prompts",
+            )
+            sample_every = gr.Number(
+                None, label="Sample every N steps (empty: 4 times; 0: never)", precision=0,
+                elem_id="train_sample_every",
+            )  # fmt: skip
+            with gr.Accordion("Advanced", open=False, elem_id="train_advanced"):
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="train_seed")
+                    sample_seed = gr.Number(1, label="Sample seed", precision=0, minimum=0)
+                    sample_steps = gr.Number(20, label="Sample steps", precision=0, minimum=1)
+                with gr.Row():
+                    noise_offset = gr.Number(0.0, label="Noise offset", minimum=0, maximum=1)
+                    min_snr = gr.Number(5.0, label="Min-SNR γ (0: off)", minimum=0)
+                    keep_tokens = gr.Number(0, label="Keep tokens", precision=0, minimum=0)
+                with gr.Row():
+                    shuffle = gr.Checkbox(label="Shuffle caption tags")
+                    flip = gr.Checkbox(label="Flip (mirror) augmentation")
+                    checkpointing = gr.Checkbox(label="Gradient checkpointing (less memory, slower)")
+            with gr.Row():
+                start = gr.Button("Train", variant="primary", elem_id="train_start")
+                stop = gr.Button("Stop and save", elem_id="train_stop", interactive=False)
+                cancel = gr.Button("Cancel", variant="stop", elem_id="train_cancel", interactive=False)
+            status = gr.Markdown(elem_id="train_status")
+            loss_plot = gr.LinePlot(
+                x="step", y="loss", color="curve", label="Loss", height=280, elem_id="train_loss",
+                x_title="step", y_title="loss",
+            )  # fmt: skip
+            samples = gr.Gallery(label="Samples by step", columns=4, height=260, elem_id="train_samples")
+            try_it = gr.Button("Try it in txt2img", visible=False, elem_id="train_try")
+    timer = gr.Timer(POLL_SECONDS, active=False)
+
+    settings_inputs = [
+        name, trigger, class_word, prepend, steps, batch, resolution, rank, alpha, learning_rate, te_rate,
+        schedule, warmup, optimizer, text_encoder, sample_prompts, sample_every, seed, sample_seed,
+        sample_steps, noise_offset, min_snr, keep_tokens, shuffle, flip, checkpointing,
+    ]  # fmt: skip
+
+    def make_settings(*values: Any) -> TrainSettings:
+        (
+            name_v, trigger_v, class_v, prepend_v, steps_v, batch_v, resolution_v, rank_v, alpha_v, lr_v,
+            te_lr_v, schedule_v, warmup_v, optimizer_v, te_v, prompts_v, every_v, seed_v, sample_seed_v,
+            sample_steps_v, noise_v, snr_v, keep_v, shuffle_v, flip_v, checkpointing_v,
+        ) = values  # fmt: skip
+        prompts = [line.strip() for line in (prompts_v or "").splitlines() if line.strip()]
+        return TrainSettings(
+            name=(name_v or "").strip(), trigger=trigger_v or "", class_word=class_v or "",
+            prepend_trigger=bool(prepend_v), steps=int(steps_v or 0), batch_size=int(batch_v or 0),
+            resolution=int(resolution_v) if resolution_v else None, rank=int(rank_v or 0),
+            alpha=float(alpha_v or 0), learning_rate=float(lr_v or 0),
+            text_encoder_learning_rate=float(te_lr_v or 0),
+            schedule=schedule_v, warmup_steps=int(warmup_v or 0), optimizer=optimizer_v,
+            train_text_encoder={"on": True, "off": False}.get(te_v), sample_prompts=prompts or None,
+            sample_every=None if every_v is None or every_v == "" else int(every_v), seed=int(seed_v or 0),
+            sample_seed=int(sample_seed_v or 0), sample_steps=int(sample_steps_v or 20),
+            noise_offset=float(noise_v or 0), min_snr_gamma=float(snr_v) if snr_v else None,
+            keep_tokens=int(keep_v or 0), shuffle_captions=bool(shuffle_v), flip=bool(flip_v),
+            gradient_checkpointing=bool(checkpointing_v),
+        )  # fmt: skip
+
+    def stage_files(paths: list[str], previous: Any) -> Any:
+        if previous:
+            training.discard_staged(previous[0])
+        if not paths:
+            return None
+        from webui.services.training import Upload
+
+        run_key, run_dir = training.new_run_dir()
+        images = [Path(p) for p in paths if Path(p).suffix.lower() in IMAGE_EXTENSIONS]
+        texts = {Path(p).stem: Path(p) for p in paths if Path(p).suffix.lower() == ".txt"}
+        uploads = [
+            Upload(
+                path.name,
+                path.read_bytes(),
+                texts[path.stem].read_text(encoding="utf-8", errors="replace")
+                if path.stem in texts
+                else None,
+            )
+            for path in images
+        ]
+        try:
+            training.stage(
+                run_dir / "dataset", uploads, [Path(p) for p in paths if p.lower().endswith(".zip")]
+            )
+        except BaseException:
+            training.discard_staged(run_key)
+            raise
+        return (run_key, str(run_dir / "dataset"))
+
+    def dataset_folder(staged_v: Any, folder_v: str) -> tuple[Path | None, bool]:
+        if (folder_v or "").strip():
+            return Path(folder_v.strip()).expanduser(), False
+        if staged_v:
+            return Path(staged_v[1]), True
+        return None, False
+
+    def do_check(paths: Any, staged_v: Any, folder_v: str, *values: Any) -> list[Any]:
+        nothing = [
+            staged_v,
+            (0, 0),
+            "",
+            gr.update(value=None),
+            gr.update(value=None),
+            "",
+            _model_line(services),
+        ]
+        try:
+            if paths and not (folder_v or "").strip():
+                current = [str(p) for p in paths]
+                staged_v = stage_files(current, staged_v)
+            settings = make_settings(*values) if values[0] else make_settings("check", *values[1:])
+            where, editable = dataset_folder(staged_v, folder_v)
+            if where is None:
+                nothing[2] = "Upload images or a zip, or type a server folder, then check the dataset."
+                nothing[0] = staged_v
+                return nothing
+            if not where.is_dir():
+                raise TrainingRequestError(f"the dataset folder {where} does not exist on the server")
+            record = training.checkpoint(None)
+            resolution = settings.resolution or training.default_resolution(record)
+            found = training.summarize(where, settings, resolution)
+        except Exception as exc:
+            nothing[0] = staged_v
+            nothing[2] = f"⚠ {user_message(exc)}"
+            return nothing
+        rows = [[file_name, caption] for file_name, caption in found.captions]
+        pictures = [
+            str(path) for path in sorted(where.rglob("*")) if path.suffix.lower() in IMAGE_EXTENSIONS
+        ][:60]
+        return [
+            staged_v,
+            (found.images, found.samples_per_epoch),
+            _summary_markdown(found),
+            gr.update(value=rows, interactive=editable),
+            gr.update(value=pictures),
+            _readout(found.images, found.samples_per_epoch, settings.steps, settings.batch_size),
+            _model_line(services),
+        ]
+
+    check_outputs = [staged, counts, summary, captions, thumbnails, readout, model_line]
+    check.click(
+        do_check, inputs=[files, staged, folder, *settings_inputs], outputs=check_outputs,
+        api_visibility="private",
+    )  # fmt: skip
+    files.upload(
+        do_check, inputs=[files, staged, folder, *settings_inputs], outputs=check_outputs,
+        api_visibility="private",
+    )  # fmt: skip
+
+    def live_readout(counts_v: Any, steps_v: Any, batch_v: Any) -> str:
+        images, per_epoch = counts_v or (0, 0)
+        return _readout(images, per_epoch, steps_v, batch_v)
+
+    for field in (steps, batch):
+        field.change(
+            live_readout,
+            inputs=[counts, steps, batch],
+            outputs=readout,
+            api_visibility="private",
+            queue=False,
+        )
+
+    def write_captions(where: Path, rows: Any) -> None:
+        """The caption grid's edits, as ``<image>.txt`` beside the uploaded copies."""
+        values = rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
+        for row in values:
+            if len(row) < 2 or not row[0]:
+                continue
+            for image in where.rglob(Path(str(row[0])).name):
+                text = " ".join(str(row[1] or "").split())
+                caption_file = image.with_suffix(".txt")
+                if text:
+                    caption_file.write_text(text, encoding="utf-8")
+                elif caption_file.exists():
+                    caption_file.unlink()
+
+    def do_start(paths: Any, staged_v: Any, folder_v: str, rows: Any, *values: Any) -> list[Any]:
+        try:
+            settings = make_settings(*values)
+            if paths and not staged_v and not (folder_v or "").strip():
+                staged_v = stage_files([str(p) for p in paths], None)
+            where, editable = dataset_folder(staged_v, folder_v)
+            if where is None:
+                raise TrainingRequestError("no images: upload 10-30 images or a zip, or type a server folder")
+            if editable:
+                write_captions(where, rows)
+                run = training.start(settings, staged=(staged_v[0], where.parent))
+                staged_v = None  # the run owns the upload now
+            else:
+                run = training.start(settings, folder=where)
+        except Exception as exc:
+            return [
+                staged_v, None, f"⚠ {user_message(exc)}", gr.update(), gr.update(), gr.update(),
+                gr.Timer(active=False), gr.update(visible=False), gr.update(), gr.update(),
+            ]  # fmt: skip
+        return [
+            staged_v, run.id, _run_markdown(run), gr.update(interactive=False), gr.update(interactive=True),
+            gr.update(interactive=True), gr.Timer(active=True), gr.update(visible=False),
+            None, gr.update(value=[]),
+        ]  # fmt: skip
+
+    start.click(
+        do_start,
+        inputs=[files, staged, folder, captions, *settings_inputs],
+        outputs=[staged, run_id, status, start, stop, cancel, timer, try_it, loss_plot, samples],
+        api_visibility="private",
+    )
+
+    def poll(run_key: Any, *chosen: Any) -> list[Any]:
+        if not run_key:
+            return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 4,
+                    *[gr.update() for _ in lora_dropdowns]]  # fmt: skip
+        run = training.get(run_key)
+        finished = run.state.finished
+        dropdowns = [gr.update() for _ in lora_dropdowns]
+        if finished and run.result and services.networks is not None:
+            names = services.networks.lora_names()
+            dropdowns = [gr.update(choices=sorted(set(names) | set(c or []))) for c in chosen]
+        return [
+            _run_markdown(run),
+            _loss_frame(run.losses) if run.losses else None,  # an empty frame would break the plot's updates
+            gr.update(value=_sample_items(run)),
+            gr.Timer(active=not finished),
+            gr.update(interactive=finished),
+            gr.update(interactive=not finished),
+            gr.update(interactive=not finished),
+            gr.update(visible=finished and bool(run.result)),
+            *dropdowns,
+        ]
+
+    timer.tick(
+        poll,
+        inputs=[run_id, *lora_dropdowns],
+        outputs=[status, loss_plot, samples, timer, start, stop, cancel, try_it, *lora_dropdowns],
+        api_visibility="private",
+        queue=False,
+    )
+
+    def do_stop(run_key: Any) -> str:
+        if not run_key:
+            return "No run to stop."
+        return _run_markdown(training.stop(run_key))
+
+    def do_cancel(run_key: Any) -> str:
+        if not run_key:
+            return "No run to cancel."
+        return _run_markdown(training.cancel(run_key))
+
+    stop.click(do_stop, inputs=run_id, outputs=status, api_visibility="private", queue=False)
+    cancel.click(do_cancel, inputs=run_id, outputs=status, api_visibility="private", queue=False)
+
+    def try_prompt(run_key: Any) -> list[Any]:
+        run = training.get(run_key)
+        stem = Path(run.result or run.name).stem
+        words = " ".join(w for w in (run.settings.trigger, run.settings.class_word) if w.strip())
+        return [f"{words} <lora:{stem}:1>".strip(), gr.Tabs(selected=txt2img_tab_id)]
+
+    try_it.click(try_prompt, inputs=run_id, outputs=[txt2img_prompt, tabs], api_visibility="private")
+    return TrainTab(name=name, start=start, status=status, try_it=try_it)
