@@ -29,7 +29,8 @@ def client(tmp_path: Path, tiny_model_files: dict[str, Path]) -> Iterator[tuple[
     from webui.server import build_app
     from webui.settings import Settings
 
-    _link_or_copy(tiny_model_files["sd15_single"], tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors")
+    checkpoint = tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors"
+    _link_or_copy(tiny_model_files["sd15_single"], checkpoint)
     services = build_services(Settings(data_dir=tmp_path, preload_model=False, nowebui=True))
     with TestClient(build_app(services)) as test_client:
         yield test_client, services

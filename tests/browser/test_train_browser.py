@@ -1,5 +1,5 @@
-"""The Train tab in chromium: upload images, check the dataset (captions, buckets, readout), train a few steps,
-watch the loss and samples come in, and use the new LoRA from txt2img."""
+"""The Train tab in chromium: upload images, check the dataset (captions, buckets, readout), train a few
+steps, watch the loss and samples come in, and use the new LoRA from txt2img."""
 
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ def test_a_zip_keeps_kohya_folders_and_captions(services: Any, tmp_path: Path) -
         handle.writestr("my set/10_zwx ball/a.txt", "zwx ball, shiny")
         handle.writestr("my set/b.png", _png((10, 10, 200)))
         handle.writestr("__MACOSX/._b.png", b"junk")
-    run_id, run_dir = services.training.new_run_dir()
+    _run_id, run_dir = services.training.new_run_dir()
     services.training.stage(run_dir / "dataset", zips=[archive])
     summary = services.training.summarize(run_dir / "dataset", _settings(), 64)
     assert summary.images == 2 and summary.samples_per_epoch == 11
