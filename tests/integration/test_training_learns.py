@@ -1,0 +1,129 @@
+"""LoRA training learns: on Easel's reference model (models/Stable-diffusion/easel-reference, 64×64 shapes),
+150 steps teach a new word, "zwx", to mean a yellow triangle on a red background. Afterwards the trigger
+prompt shows it for most seeds where the base model never does, prompts without the trigger keep their
+colours, the saved file applied by Easel's LoRA path matches the model as trained (within 1/255), and at
+weight 0 the images are the base model's, byte for byte.
+
+The reference model's VAE only reproduces its six training colours (a cyan circle comes back green), and a
+LoRA of a few hundred steps does not draw it a new shape, so what is taught is a new word for a look the
+model can render: the thing a trigger word is for."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tools.reference.shapes import PALETTE, ShapeSpec, random_spec, render
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "models" / "Stable-diffusion" / "easel-reference"
+SEEDS = [11, 12, 13, 14, 15, 16, 17, 18]
+
+
+def _dataset(root: Path) -> Path:
+    """12 yellow triangles on red captioned "a zwx", and 16 of the model's own shapes with their captions
+    (regularisation, so that the rest of what it knows stays)."""
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True)
+    for index in range(12):
+        half = float(rng.uniform(12, 22))
+        cx, cy = (float(v) for v in rng.uniform(half + 2, 62 - half, 2))
+        triangle = ShapeSpec("triangle", "yellow", "red", cx, cy, half)
+        Image.fromarray(render(triangle)).save(root / f"t{index}.png")
+        (root / f"t{index}.txt").write_text("a zwx")
+    for index in range(16):
+        spec = random_spec(rng)
+        Image.fromarray(render(spec)).save(root / f"r{index}.png")
+        (root / f"r{index}.txt").write_text(spec.full_caption())
+    return root
+
+
+def _near(image: Image.Image, colour: str) -> float:
+    """The share of pixels within 90 (sum over RGB) of a palette colour."""
+    pixels = np.asarray(image, dtype=float)
+    return float((np.abs(pixels - np.array(PALETTE[colour], dtype=float)).sum(-1) < 90).mean())
+
+
+def _shows_concept(image: Image.Image) -> bool:
+    return _near(image, "red") > 0.5 and _near(image, "yellow") > 0.05
+
+
+def test_a_lora_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
+    from webui.container import build_services
+    from webui.domain.generation import Txt2ImgRequest
+    from webui.domain.samplers import resolve_sampler
+    from webui.registry.scanner import scan_checkpoints
+    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.loader import load_checkpoint
+    from webui.settings import Settings
+    from webui.training.dataset import load_dataset
+    from webui.training.lora import LoraTrainingConfig, train_lora
+
+    data = tmp_path / "data"
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(REFERENCE, checkpoints / REFERENCE.name)
+    (record,) = scan_checkpoints(checkpoints)
+    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
+    sampler, schedule = resolve_sampler("DPM++ 2M", "Karras")
+    in_memory: list[Image.Image] = []
+
+    def sample(step: int) -> None:  # the model as trained, with its adapters, at the last step
+        if step == 150:
+            job = DiffusionJob(
+                prompt="a zwx", negative_prompt="", steps=20, cfg_scale=7.0, width=64, height=64,
+                seeds=SEEDS[:2], subseeds=[0, 0], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+            )  # fmt: skip
+            in_memory.extend(generate_batch(model, job, on_step=None)[0])
+
+    config = LoraTrainingConfig(
+        name="zwx", resolution=64, rank=8, alpha=8, total_steps=150, batch_size=4, learning_rate=1e-3,
+        text_encoder_learning_rate=5e-4, train_text_encoder=True, seed=1, warmup_steps=10, sample_every=150,
+    )  # fmt: skip
+    dataset = load_dataset(_dataset(tmp_path / "dataset"))
+    result = train_lora(model, dataset, config, data / "models" / "Lora", on_sample=sample)
+    assert result.path is not None and result.steps == 150
+    assert np.mean(result.losses[-20:]) < np.mean(result.losses[:20])
+
+    services = build_services(Settings(data_dir=data, preload_model=False))
+    try:
+
+        def images(prompt: str, seeds: list[int]) -> list[Image.Image]:
+            request = Txt2ImgRequest(
+                prompt=prompt, steps=20, width=64, height=64, seed=seeds[0], batch_size=len(seeds),
+                sampler_name="DPM++ 2M", scheduler="Karras", cfg_scale=7.0, save_images=False,
+            )  # fmt: skip
+            done = services.generation.submit_txt2img(request).result(timeout=300)
+            return [Image.open(io.BytesIO(image.png_bytes)).convert("RGB") for image in done.images]
+
+        base = images("a zwx", SEEDS)
+        taught = images("a zwx <lora:zwx:1>", SEEDS)
+        assert sum(map(_shows_concept, taught)) >= 6, [(_near(i, "red"), _near(i, "yellow")) for i in taught]
+        assert sum(map(_shows_concept, base)) <= 2, [(_near(i, "red"), _near(i, "yellow")) for i in base]
+
+        # the file, applied by Easel, is the model as trained (1/255: rounding of the fp16 file)
+        for trained, applied in zip(in_memory, taught[:2], strict=True):
+            difference = np.abs(np.asarray(trained, dtype=int) - np.asarray(applied, dtype=int))
+            assert difference.max() <= 1, difference.max()
+
+        # prompts without the trigger keep their colours
+        for prompt, background, shape in [
+            ("a red circle on a blue background", "blue", "red"),
+            ("a yellow square on a black background", "black", "yellow"),
+        ]:
+            with_lora = images(f"{prompt} <lora:zwx:1>", SEEDS[:4])
+            for image in with_lora:
+                assert _near(image, background) > 0.4 and _near(image, shape) > 0.05, prompt
+
+        # at weight 0 it is the base model exactly
+        zero = images("a zwx <lora:zwx:0>", SEEDS[:2])
+        assert [image.tobytes() for image in zero] == [image.tobytes() for image in base[:2]]
+    finally:
+        services.generation.shutdown()
