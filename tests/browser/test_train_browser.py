@@ -53,7 +53,7 @@ def test_train_a_lora_from_uploads_and_try_it(open_page: OpenPage, tmp_path: Pat
     # a wrong input first: a name that cannot be a file
     _fill(page, "train_name", "a/b")
     page.locator("#train_start").click()
-    wait_for_text(page, "#train_status", "cannot be a LoRA file name")
+    wait_for_text(page, "#train_status", "Error: The name")
 
     _fill(page, "train_name", "browser-ball")
     page.locator("#train_start").click()

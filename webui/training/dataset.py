@@ -176,8 +176,8 @@ class StepPlan:
         repeats = self.samples_per_epoch / self.images if self.images else 0
         shown = f"{repeats:g}" if repeats == int(repeats) else f"{repeats:.1f} (mean)"
         return (
-            f"{self.total_steps} steps = {self.epochs:.1f} epochs × {self.images} images × {shown} repeats "
-            f"/ batch {self.batch_size}"
+            f"{self.total_steps} steps = {self.epochs:.1f} epochs × {self.images} "
+            f"{'image' if self.images == 1 else 'images'} × {shown} repeats / batch {self.batch_size}"
         )
 
 

@@ -58,7 +58,7 @@ def _summary_markdown(summary: DatasetSummary) -> str:
     ]
     if summary.skipped:
         lines += ["", f"**Skipped {len(summary.skipped)}:** " + "; ".join(summary.skipped[:8])]
-    lines += [f"\n⚠ {warning}" for warning in summary.warnings]
+    lines += [f"\n**Warning:** {warning}" for warning in summary.warnings]
     return "\n".join(lines)
 
 
@@ -173,7 +173,7 @@ def build_train_tab(
             readout = gr.Markdown(elem_id="train_readout")
             with gr.Row():
                 resolution = gr.Number(
-                    None, label="Resolution (empty: the model's size)", precision=0, step=64,
+                    0, label="Resolution (0: the model's own size)", precision=0, step=64,
                     elem_id="train_resolution",
                 )  # fmt: skip
                 rank = gr.Number(16, label="Rank", precision=0, minimum=1, elem_id="train_rank")
@@ -204,7 +204,7 @@ def build_train_tab(
                 elem_id="train_sample_prompts",
             )
             sample_every = gr.Number(
-                None, label="Sample every N steps (empty: 4 times; 0: never)", precision=0,
+                0, label="Sample every N steps (0: four times in the run; -1: never)", precision=0,
                 elem_id="train_sample_every",
             )  # fmt: skip
             with gr.Accordion("Advanced", open=False, elem_id="train_advanced"):
@@ -254,7 +254,7 @@ def build_train_tab(
             text_encoder_learning_rate=float(te_lr_v or 0),
             schedule=schedule_v, warmup_steps=int(warmup_v or 0), optimizer=optimizer_v,
             train_text_encoder={"on": True, "off": False}.get(te_v), sample_prompts=prompts or None,
-            sample_every=None if every_v is None or every_v == "" else int(every_v), seed=int(seed_v or 0),
+            sample_every=None if not every_v else max(0, int(every_v)), seed=int(seed_v or 0),
             sample_seed=int(sample_seed_v or 0), sample_steps=int(sample_steps_v or 20),
             noise_offset=float(noise_v or 0), min_snr_gamma=float(snr_v) if snr_v else None,
             keep_tokens=int(keep_v or 0), shuffle_captions=bool(shuffle_v), flip=bool(flip_v),
@@ -324,7 +324,7 @@ def build_train_tab(
             found = training.summarize(where, settings, resolution)
         except Exception as exc:
             nothing[0] = staged_v
-            nothing[2] = f"⚠ {user_message(exc)}"
+            nothing[2] = f"**Error:** {user_message(exc)}"
             return nothing
         rows = [[file_name, caption] for file_name, caption in found.captions]
         pictures = [
@@ -393,7 +393,7 @@ def build_train_tab(
                 run = training.start(settings, folder=where)
         except Exception as exc:
             return [
-                staged_v, None, f"⚠ {user_message(exc)}", gr.update(), gr.update(), gr.update(),
+                staged_v, None, f"**Error:** {user_message(exc)}", gr.update(), gr.update(), gr.update(),
                 gr.Timer(active=False), gr.update(visible=False), gr.update(), gr.update(),
             ]  # fmt: skip
         return [
@@ -409,7 +409,7 @@ def build_train_tab(
         api_visibility="private",
     )
 
-    def poll(run_key: Any, *chosen: Any) -> list[Any]:
+    def poll_run(run_key: Any, *chosen: Any) -> list[Any]:
         if not run_key:
             return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 4,
                     *[gr.update() for _ in lora_dropdowns]]  # fmt: skip
@@ -432,7 +432,7 @@ def build_train_tab(
         ]
 
     timer.tick(
-        poll,
+        poll_run,
         inputs=[run_id, *lora_dropdowns],
         outputs=[status, loss_plot, samples, timer, start, stop, cancel, try_it, *lora_dropdowns],
         api_visibility="private",
