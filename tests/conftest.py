@@ -6,6 +6,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run in parallel workers (pytest -n): one OpenMP thread per process, set before torch loads and
+    # inherited by the apps and trainers the tests start. Two processes with two spinning OpenMP threads
+    # each on two cores run several times slower than one after the other; with one thread each, faster.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 
 from webui.ui.gradio_import import skip_stub_writing
