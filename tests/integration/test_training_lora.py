@@ -147,3 +147,25 @@ def test_sdxl_lora_is_written_with_ldm_names_and_both_text_encoders(
     )
     parsed = read_lora_file(result.path, name="xl", key="xl")
     assert len(parsed.layers) == len([key for key in keys if key.endswith(".alpha")])
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_and_saves_nothing(
+    tmp_path: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """A learning rate of 1e30 blows the adapters up after the first step: the next loss is not finite, the
+    run stops with advice, nothing is written, and the checkpoint is unchanged."""
+    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
+    config = LoraTrainingConfig(
+        name="blown", resolution=64, rank=2, total_steps=20, learning_rate=1e30, min_snr_gamma=None
+    )
+    seen: list[int] = []
+    with pytest.raises(TrainingError, match=r"nothing was saved.*learning rate.*bf16 or fp32"):
+        train_lora(
+            model, load_dataset(_dataset(tmp_path)), config, tmp_path / "out",
+            on_step=lambda step, _total, _loss: seen.append(step) or True,
+        )  # fmt: skip
+    assert seen and len(seen) < 20  # some steps ran before the loss went wrong
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    after = model.unet.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[name], before[name]) for name in before)

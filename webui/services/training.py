@@ -722,7 +722,6 @@ class TrainingService:
                 run.status = (
                     f"Saved {run.result}" if run.result else "Stopped before the first step: nothing saved"
                 )
-                return True
             elif kind == "error":
                 run.state, run.error = RunState.FAILED, str(event.get("message"))
                 run.status = "Failed"
