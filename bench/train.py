@@ -79,14 +79,16 @@ def reference(steps: int) -> dict[str, Any]:
     results: dict[str, Any] = {"setup": "reference", "threads": torch.get_num_threads(), "forward_s": forward}
     for label, text_encoder in (("unet", False), ("unet+te", True)):
         stamps: list[float] = []
+
+        def stamp(_step: int, _total: int, _loss: float, stamps: list[float] = stamps) -> bool:
+            stamps.append(time.perf_counter())
+            return True
+
         config = LoraTrainingConfig(
             name=f"bench-{label.replace('+', '-')}", resolution=64, rank=8, alpha=8, total_steps=steps + 5,
             batch_size=4, learning_rate=1e-4, train_text_encoder=text_encoder, seed=1,
         )  # fmt: skip
-        train_lora(
-            model, dataset, config, work / "out",
-            on_step=lambda step, _total, _loss: stamps.append(time.perf_counter()) or True,
-        )  # fmt: skip
+        train_lora(model, dataset, config, work / "out", on_step=stamp)
         per_step = (stamps[-1] - stamps[4]) / (len(stamps) - 5)  # the first 5 steps are warm-up
         results[label] = {"s_per_step": per_step, "ratio_to_forward": per_step / forward}
     results["peak_rss_gib"] = _rss_gib()
@@ -100,7 +102,8 @@ def _gpu_case(name: str, family: str, latent: int, steps: int) -> dict[str, Any]
 
     from webui.training.lora import UNET_TARGETS
 
-    config = json.loads((REPO / "webui" / "runtime" / "configs" / family / "unet" / "config.json").read_text())
+    config_path = REPO / "webui" / "runtime" / "configs" / family / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     unet = UNet2DConditionModel.from_config(config).to("cuda", torch.bfloat16)
@@ -141,8 +144,13 @@ def _gpu_case(name: str, family: str, latent: int, steps: int) -> dict[str, Any]
     per_step = (time.perf_counter() - started) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30
     del unet, optimizer
-    return {"case": name, "s_per_step": per_step, "forward_s": forward, "ratio_to_forward": per_step / forward,
-            "peak_vram_gib": peak}  # fmt: skip
+    return {
+        "case": name,
+        "s_per_step": per_step,
+        "forward_s": forward,
+        "ratio_to_forward": per_step / forward,
+        "peak_vram_gib": peak,
+    }
 
 
 def gpu(steps: int) -> dict[str, Any]:

@@ -85,7 +85,11 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     ):
         folder.mkdir(parents=True, exist_ok=True)
     install_limits(Limits.from_settings(settings))  # checked by every entry point's service call
-    leftovers = [*sweep_temp_files(settings.outputs_path), *sweep_temp_files(settings.lora_path)]
+    leftovers = [
+        *sweep_temp_files(settings.outputs_path),
+        *sweep_temp_files(settings.lora_path),
+        *sweep_temp_files(settings.embeddings_path),
+    ]
     for leftover in leftovers:  # saves cut short by a crash or kill (images; trained LoRAs)
         log.warning("removed %s, the temp file of a save that did not finish", leftover)
     options = OptionsStore(settings.config_file)
@@ -153,6 +157,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         training=TrainingService(
             root=cache / "training",
             lora_dir=settings.lora_path,
+            embeddings_dir=settings.embeddings_path,
             tokenizer_cache=tokenizer_cache,
             models=models,
             generation=generation,

@@ -105,3 +105,24 @@ def test_bad_requests_say_what_is_wrong(client: tuple[TestClient, Any]) -> None:
     assert not list(services.settings.lora_path.glob("*.safetensors"))
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/easel/v1/train", "/easel/v1/train/{run_id}", "/easel/v1/train/{run_id}/cancel"} <= set(paths)
+
+
+def test_an_embedding_run_lands_in_the_embedding_list(client: tuple[TestClient, Any]) -> None:
+    http, services = client
+    response = http.post(
+        "/easel/v1/train",
+        json={
+            "method": "embedding", "model": "tiny", "name": "api-word", "vectors": 2, "init_text": "ball",
+            "images": [{"image": _b64((220, 20, 20)), "caption": "a photo of api-word"}],
+            "steps": 2, "resolution": 64, "sample_every": 0,
+        },
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    body = _follow(http, response.json()["id"])
+    assert body["state"] == "done", body["error"]
+    assert body["result"] == "api-word.safetensors" and body["settings"]["learning_rate"] == 5e-3
+    assert (services.settings.embeddings_path / "api-word.safetensors").is_file()
+    assert not list(services.settings.lora_path.glob("*.safetensors"))
+    loaded = http.get("/sdapi/v1/embeddings").json()
+    listed = {**loaded.get("loaded", {}), **loaded.get("skipped", {})}
+    assert "api-word" in listed, loaded

@@ -25,13 +25,27 @@ class RunState(StrEnum):
         return self not in (RunState.QUEUED, RunState.RUNNING)
 
 
+DEFAULT_LEARNING_RATE = {"lora": 1e-4, "embedding": 5e-3}
+
+
 class TrainSettings(BaseModel):
     """A run's settings, with the Train tab's defaults. ``resolution`` ``None``: the checkpoint's own size
     (its per-model default width, else its family's: 512, 768 or 1024)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    method: Literal["lora"] = Field("lora", description="What to train. LoRA in this version.")
+    @property
+    def rate(self) -> float:
+        return self.learning_rate or DEFAULT_LEARNING_RATE[self.method]
+
+    @property
+    def word(self) -> str:
+        """What prompts use: an embedding's name, else the trigger word."""
+        return self.name if self.method == "embedding" else self.trigger
+
+    method: Literal["lora", "embedding"] = Field(
+        "lora", description="lora (models/Lora) or embedding: textual inversion (models/embeddings)."
+    )
     model: str | None = Field(None, description="Checkpoint title or name; the selected one when empty.")
     name: str = Field(description="Output name: models/Lora/<name>.safetensors, used as <lora:name:1>.")
     trigger: str = Field("", description="Trigger word, put in front of captions and used in the fallback.")
@@ -42,7 +56,9 @@ class TrainSettings(BaseModel):
     resolution: int | None = Field(None, ge=64, le=4096, description="Bucket area is resolution².")
     rank: int = Field(16, ge=1, le=1024)
     alpha: float = Field(8.0, gt=0)
-    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    learning_rate: float | None = Field(
+        None, gt=0, le=1.0, description="Default: 1e-4 (LoRA), 5e-3 (embedding)."
+    )
     text_encoder_learning_rate: float = Field(5e-5, gt=0, le=1.0)
     train_text_encoder: bool | None = Field(
         None, description="Also train the text encoder(s); default on for SD 1.x/2.x, off for SDXL."
@@ -57,6 +73,8 @@ class TrainSettings(BaseModel):
     gradient_checkpointing: bool = False
     shuffle_captions: bool = False
     keep_tokens: int = Field(0, ge=0)
+    vectors: int = Field(4, ge=1, le=75, description="Embedding: vectors per token (A1111's setting).")
+    init_text: str = Field("*", description="Embedding: the words its vectors start from.")
     sample_prompts: list[str] | None = Field(
         None, description="Prompts drawn while training; default: the trigger and class word."
     )

@@ -279,7 +279,7 @@ class PromptEncoder:
         for index, (encoder, chunks) in enumerate(zip(self.text_encoders, chunk_sets, strict=True)):
             device = execution_device(encoder)
             input_ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long, device=device)
-            with _substituted_embeddings(encoder, chunks, self.embeddings[index]):
+            with substituted_embeddings(encoder, chunks, self.embeddings[index]):
                 output = encoder(input_ids=input_ids, output_hidden_states=True)
             hidden.append(self._select_hidden(encoder, output, clip_skip))
             if self.is_sdxl and index == len(self.text_encoders) - 1:
@@ -403,7 +403,7 @@ def _apply_emphasis(z: torch.Tensor, chunks: Sequence[TokenChunk]) -> torch.Tens
 
 
 @contextmanager
-def _substituted_embeddings(
+def substituted_embeddings(
     encoder: torch.nn.Module, chunks: Sequence[TokenChunk], table: Mapping[str, torch.Tensor]
 ) -> Iterator[None]:
     """While encoding ``chunks``, the token-embedding output at their slots is the embedding's vectors.

@@ -228,6 +228,7 @@ class TrainingService:
         root: Path,
         lora_dir: Path,
         tokenizer_cache: Path,
+        embeddings_dir: Path | None = None,
         models: Any,  # webui.services.models.ModelService
         generation: Any,  # webui.services.generation.GenerationService: its queue and progress
         networks: Any = None,  # webui.services.lora.NetworkService: refreshed when a LoRA is saved
@@ -237,6 +238,7 @@ class TrainingService:
     ) -> None:
         self.root = root
         self.lora_dir = lora_dir
+        self.embeddings_dir = embeddings_dir or lora_dir.parent / "embeddings"
         self.tokenizer_cache = tokenizer_cache
         self.models = models
         self.generation = generation
@@ -347,16 +349,19 @@ class TrainingService:
         side = min(values.width or 512, values.height or 512)
         return max(64, side // 64 * 64)
 
-    def check_name(self, name: str, *, exclude: str | None = None) -> None:
+    def output_dir(self, method: str) -> Path:
+        return self.embeddings_dir if method == "embedding" else self.lora_dir
+
+    def check_name(self, name: str, *, exclude: str | None = None, method: str = "lora") -> None:
         if not _NAME.match(name or "") or name.strip() != name:
             raise TrainingRequestError(
                 f"the name {name!r} cannot be a LoRA file name: use letters, digits, spaces, '.', '-' or '_' "
                 "(up to 100, starting with a letter or digit)"
             )
-        target = self.lora_dir / f"{name}.safetensors"
-        if target.exists():
+        target = self.output_dir(method) / f"{name}.safetensors"
+        if target.exists() or (method == "embedding" and any(target.parent.glob(f"{name}.*"))):
             raise TrainingRequestError(
-                f"{target.name} already exists in {self.lora_dir}; choose another name "
+                f"{target.name} already exists in {target.parent}; choose another name "
                 "(nothing is overwritten)"
             )
         with self._lock:
@@ -487,7 +492,7 @@ class TrainingService:
         :class:`TrainingRequestError` when it cannot start (nothing is left behind then)."""
         self.check_settings(settings)
         record = self.checkpoint(settings.model)
-        self.check_name(settings.name)
+        self.check_name(settings.name, method=settings.method)
         uploads, zips = list(uploads), list(zips)
         if folder is not None and (uploads or zips or staged):
             raise TrainingRequestError("give either a server folder or uploaded images, not both")
@@ -508,11 +513,13 @@ class TrainingService:
             if staged is None:  # a staged upload stays for the next try (the Train tab keeps it)
                 shutil.rmtree(run_path, ignore_errors=True)
             raise
-        resolved = settings.model_copy(update={"resolution": resolution})
+        resolved = settings.model_copy(update={"resolution": resolution, "learning_rate": settings.rate})
+        if settings.method == "embedding" and not settings.trigger:
+            resolved.trigger = settings.name  # captions without one fall back to "<name> <class>"
         if resolved.train_text_encoder is None:
             resolved.train_text_encoder = record.family is not ModelFamily.SDXL
         if resolved.sample_prompts is None:
-            fallback = " ".join(w for w in (settings.trigger.strip(), settings.class_word.strip()) if w)
+            fallback = " ".join(w for w in (resolved.trigger.strip(), settings.class_word.strip()) if w)
             resolved.sample_prompts = [fallback or summary.captions[0][1]]
         if resolved.sample_every is None:
             resolved.sample_every = max(1, settings.steps // 4)
@@ -605,7 +612,7 @@ class TrainingService:
             "alpha": settings.alpha,
             "total_steps": settings.steps,
             "batch_size": settings.batch_size,
-            "learning_rate": settings.learning_rate,
+            "learning_rate": settings.rate,
             "text_encoder_learning_rate": settings.text_encoder_learning_rate,
             "train_text_encoder": bool(settings.train_text_encoder),
             "schedule": settings.schedule,
@@ -621,14 +628,17 @@ class TrainingService:
             "optimizer": settings.optimizer,
             "base_model_hash": record.short_hash or "",
         }
+        if settings.method == "embedding":
+            config.update({"vectors": settings.vectors, "init_text": settings.init_text})
         return {
+            "method": settings.method,
             "checkpoint": record.model_dump(mode="json"),
             "dataset": str(run.dataset_dir),
             "trigger": settings.trigger,
             "class_word": settings.class_word,
             "prepend_trigger": settings.prepend_trigger,
             "config": config,
-            "out_dir": str(self.lora_dir),
+            "out_dir": str(self.output_dir(settings.method)),
             "run_dir": str(run.run_dir),
             "tokenizer_cache": str(self.tokenizer_cache),
             "device": self.device,
@@ -730,14 +740,22 @@ class TrainingService:
         """A cancelled run keeps nothing in ``models/``: a file it saved just before is removed too."""
         from webui.metadata.image_io import sweep_temp_files
 
-        target = self.lora_dir / f"{run.name}.safetensors"
+        folder = self.output_dir(run.settings.method)
+        target = folder / f"{run.name}.safetensors"
         if run.result and target.is_file():
             target.unlink()
         run.result = None
-        sweep_temp_files(self.lora_dir)
+        sweep_temp_files(folder)
 
     def _after_save(self, run: TrainingRun) -> None:
-        """The A1111 sidecar and the run's settings beside the LoRA; Easel's LoRA list refreshed."""
+        """A LoRA gets its A1111 sidecar and settings file; Easel's LoRA or embedding list is refreshed."""
+        if run.settings.method == "embedding":
+            if self.networks is not None:
+                try:
+                    self.networks.refresh_embeddings()
+                except Exception as exc:  # saved; the list catches up at the next refresh
+                    log.warning("could not refresh the embeddings after training: %s", exc)
+            return
         target = self.lora_dir / (run.result or "")
         settings = run.settings
         sidecar = target.with_suffix(".json")

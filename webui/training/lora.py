@@ -279,7 +279,7 @@ def train_lora(
     device = next(model.unet.parameters()).device
     buckets = encode_dataset(model.vae, dataset, config.resolution, flip=config.flip)
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
-    v_prediction = scheduler.config.get("prediction_type") == "v_prediction"
+    v_prediction = scheduler.config.get("prediction_type") == "v_prediction"  # written in the metadata
 
     adapters: list[tuple[str, Any]] = []
     unet = get_peft_model(
@@ -308,10 +308,7 @@ def train_lora(
     optimizer = make_optimizer(config.optimizer, groups)
     base_rates = [group["lr"] for group in groups]
     encode = _TextEncoding(model)
-    keys = list(buckets)
-    weights = [float(sum(sample.repeats for sample in samples)) for samples in buckets.values()]
     result = TrainingResult(path=None, steps=0)
-    unet_dtype = next(model.unet.parameters()).dtype
 
     def sample(step: int) -> None:
         if on_sample is None or not config.sample_every:
@@ -326,65 +323,11 @@ def train_lora(
     try:
         unet.train()
         sample(0)
-        for step in range(config.total_steps):
-            bucket = rng.choices(keys, weights=weights)[0]
-            pool = buckets[bucket]
-            batch = rng.choices(pool, weights=[item.repeats for item in pool], k=config.batch_size)
-            latents = torch.stack([item.latents for item in batch]).to(device)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            if config.noise_offset:
-                noise = noise + config.noise_offset * torch.randn(
-                    (len(batch), latents.shape[1], 1, 1), generator=generator
-                ).to(device)
-            timesteps = torch.randint(
-                0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator
-            ).to(device)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            captions = [item.caption for item in batch]
-            if config.shuffle_captions:
-                captions = [shuffled_caption(caption, config.keep_tokens, rng) for caption in captions]
-            with torch.set_grad_enabled(config.train_text_encoder):
-                context, pooled = encode(captions, device)
-            extra: dict[str, Any] = {}
-            if pooled is not None:
-                height, width = bucket[1], bucket[0]
-                time_ids = torch.tensor(
-                    [[*item.original_size, *item.crop, height, width] for item in batch],
-                    dtype=context.dtype,
-                    device=device,
-                )
-                extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-            prediction = unet(noisy.to(unet_dtype), timesteps, context.to(unet_dtype), **extra).sample.float()
-            wanted = scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
-            per_item = F.mse_loss(prediction, wanted.float(), reduction="none").mean(dim=(1, 2, 3))
-            if config.min_snr_gamma:
-                per_item = per_item * _min_snr_weights(
-                    scheduler, timesteps, config.min_snr_gamma, v_prediction
-                )
-            loss = per_item.mean()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"the loss became {value} at step {step + 1}, so the training stopped and nothing was "
-                    "saved. Lower the learning rate; if the model runs in fp16, train in bf16 or fp32 "
-                    "(--precision bf16 or full)."
-                )
-            factor = learning_rate_factor(config, step)
-            for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
-                group["lr"] = rate * factor
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            result.losses.append(value)
-            result.steps = step + 1
-            keep_going = on_step is None or on_step(step + 1, config.total_steps, value)
-            if config.sample_every and (
-                not keep_going or step + 1 == config.total_steps or (step + 1) % config.sample_every == 0
-            ):
-                sample(step + 1)
-            if not keep_going:
-                result.stopped = True
-                break
+        result = run_steps(
+            model, unet, buckets, config, scheduler, encode=lambda captions: encode(captions, device),
+            optimizer=optimizer, base_rates=base_rates, rng=rng, generator=generator, on_step=on_step,
+            sample=sample, grad_text=config.train_text_encoder,
+        )  # fmt: skip
         if result.steps:
             tensors: dict[str, torch.Tensor] = {}
             for attribute, wrapped in adapters:
@@ -450,3 +393,110 @@ def _sdxl_namer(model: Any) -> Callable[[str], str | None]:
 def _text_model_path(path: str) -> str:
     """kohya names text-encoder modules from ``text_model.`` down, whichever object holds the encoder."""
     return path if path.startswith("text_model.") else f"text_model.{path}"
+
+
+def run_steps(
+    model: Any,
+    unet: Any,
+    buckets: dict[tuple[int, int], list[_Sample]],
+    config: LoraTrainingConfig,
+    scheduler: Any,
+    *,
+    encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None]],
+    optimizer: torch.optim.Optimizer,
+    base_rates: list[float],
+    rng: random.Random,
+    generator: torch.Generator,
+    on_step: StepCallback | None,
+    sample: Callable[[int], None],
+    grad_text: bool,
+) -> TrainingResult:
+    """The denoising steps every method shares: draw a batch from a bucket (weighted by repeats), noise its
+    latents at random timesteps, condition on its captions (``encode``; with ``grad_text`` its result keeps
+    gradients), and step ``optimizer`` on the scheduler's target (noise, or velocity for v-models), min-SNR
+    weighted. Raises :class:`TrainingError` at the first loss that is not finite."""
+    device = next(unet.parameters()).device
+    unet_dtype = next(model.unet.parameters()).dtype
+    v_prediction = scheduler.config.get("prediction_type") == "v_prediction"
+    keys = list(buckets)
+    weights = [float(sum(item.repeats for item in items)) for items in buckets.values()]
+    result = TrainingResult(path=None, steps=0)
+    # A frozen text encoder gives a caption the same output at every step: each caption is encoded once.
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def cached(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        missing = [caption for caption in dict.fromkeys(captions) if caption not in outputs]
+        if missing:
+            context, pooled = encode(missing)
+            for index, caption in enumerate(missing):
+                outputs[caption] = (
+                    context[index : index + 1],
+                    None if pooled is None else pooled[index : index + 1],
+                )
+        context = torch.cat([outputs[caption][0] for caption in captions])
+        pooled_parts = [outputs[caption][1] for caption in captions]
+        pooled = None if pooled_parts[0] is None else torch.cat([p for p in pooled_parts if p is not None])
+        return context, pooled
+
+    for step in range(config.total_steps):
+        bucket = rng.choices(keys, weights=weights)[0]
+        pool = buckets[bucket]
+        batch = rng.choices(pool, weights=[item.repeats for item in pool], k=config.batch_size)
+        latents = torch.stack([item.latents for item in batch]).to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        if config.noise_offset:
+            noise = noise + config.noise_offset * torch.randn(
+                (len(batch), latents.shape[1], 1, 1), generator=generator
+            ).to(device)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator
+        ).to(device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        captions = [item.caption for item in batch]
+        if config.shuffle_captions:
+            captions = [shuffled_caption(caption, config.keep_tokens, rng) for caption in captions]
+        with torch.set_grad_enabled(grad_text):
+            fresh = grad_text or config.shuffle_captions  # shuffled captions rarely repeat: not kept
+            context, pooled = encode(captions) if fresh else cached(captions)
+        extra: dict[str, Any] = {}
+        if pooled is not None:
+            height, width = bucket[1], bucket[0]
+            time_ids = torch.tensor(
+                [[*item.original_size, *item.crop, height, width] for item in batch],
+                dtype=context.dtype,
+                device=device,
+            )
+            extra["added_cond_kwargs"] = {
+                "text_embeds": pooled.to(unet_dtype),
+                "time_ids": time_ids.to(unet_dtype),
+            }
+        prediction = unet(noisy.to(unet_dtype), timesteps, context.to(unet_dtype), **extra).sample.float()
+        wanted = scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+        per_item = F.mse_loss(prediction, wanted.float(), reduction="none").mean(dim=(1, 2, 3))
+        if config.min_snr_gamma:
+            per_item = per_item * _min_snr_weights(scheduler, timesteps, config.min_snr_gamma, v_prediction)
+        loss = per_item.mean()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the loss became {value} at step {step + 1}, so the training stopped and nothing was "
+                "saved. Lower the learning rate; if the model runs in fp16, train in bf16 or fp32 "
+                "(--precision bf16 or full)."
+            )
+        factor = learning_rate_factor(config, step)
+        for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
+            group["lr"] = rate * factor
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        result.losses.append(value)
+        result.steps = step + 1
+        keep_going = on_step is None or on_step(step + 1, config.total_steps, value)
+        if config.sample_every and (
+            not keep_going or step + 1 == config.total_steps or (step + 1) % config.sample_every == 0
+        ):
+            sample(step + 1)
+        if not keep_going:
+            result.stopped = True
+            break
+    return result

@@ -65,7 +65,7 @@ def _sampler(job: dict[str, Any], model: Any, run_dir: Path, events: _Events) ->
     sampler, schedule = resolve_sampler(spec.get("sampler", "Euler a"), spec.get("scheduler"))
     folder = run_dir / "samples"
 
-    def sample(step: int) -> None:
+    def sample(step: int, tables: list[dict[str, Any]] | None = None) -> None:
         if not prompts:
             return
         folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,7 @@ def _sampler(job: dict[str, Any], model: Any, run_dir: Path, events: _Events) ->
                 subseed_strength=0.0,
                 sampler=sampler,
                 schedule=schedule,
+                extra={"embeddings": tables} if tables else {},
             )
             images, _finished = generate_batch(model, diffusion, on_step=None)
             path = folder / f"step-{step:06d}-{index}.png"
@@ -100,10 +101,12 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     from webui.runtime.cache import choose_device
     from webui.runtime.loader import load_checkpoint
     from webui.training.dataset import bucket_histogram, load_dataset
+    from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
     from webui.training.lora import LoraTrainingConfig, learning_rate_factor, train_lora
 
     torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
-    config = LoraTrainingConfig(**job["config"])
+    embedding = job.get("method") == "embedding"
+    config = (EmbeddingTrainingConfig if embedding else LoraTrainingConfig)(**job["config"])
     config.check()
     dataset = load_dataset(
         Path(job["dataset"]),
@@ -136,14 +139,13 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
         events.send("step", step=step, total=total, loss=loss, lr=rate, elapsed=time.monotonic() - started)
         return not stop.is_set()
 
-    result = train_lora(
-        model,
-        dataset,
-        config,
-        Path(job["out_dir"]),
-        on_step=on_step,
-        on_sample=_sampler(job, model, Path(job["run_dir"]), events),
-    )
+    sampler = _sampler(job, model, Path(job["run_dir"]), events)
+    if isinstance(config, EmbeddingTrainingConfig):
+        result = train_embedding(
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler
+        )
+    else:
+        result = train_lora(model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler)
     events.send(
         "done",
         path=str(result.path) if result.path else None,

@@ -166,7 +166,19 @@ def build_train_tab(
             )
         with gr.Column(scale=2, min_width=320):
             model_line = gr.Markdown(_model_line(services), elem_id="train_model")
-            name = gr.Textbox(label="LoRA name", placeholder="my-style", elem_id="train_name")
+            method = gr.Radio(
+                [("LoRA", "lora"), ("Embedding (textual inversion)", "embedding")], value="lora",
+                label="Train", elem_id="train_method",
+                info="A LoRA changes the model's weights (models/Lora); an embedding learns a new word "
+                "(models/embeddings), small and slower to learn",
+            )  # fmt: skip
+            name = gr.Textbox(
+                label="Name (the file; an embedding's name is the word prompts use)", placeholder="my-style",
+                elem_id="train_name",
+            )  # fmt: skip
+            with gr.Row(visible=False) as embedding_row:
+                vectors = gr.Number(4, label="Vectors per token", precision=0, minimum=1, maximum=75)
+                init_text = gr.Textbox("*", label="Initialization text", elem_id="train_init_text")
             with gr.Row():
                 steps = gr.Number(1000, label="Total steps", precision=0, minimum=1, elem_id="train_steps")
                 batch = gr.Number(1, label="Batch size", precision=0, minimum=1, elem_id="train_batch")
@@ -176,11 +188,10 @@ def build_train_tab(
                     0, label="Resolution (0: the model's own size)", precision=0, step=64,
                     elem_id="train_resolution",
                 )  # fmt: skip
+                learning_rate = gr.Number(1e-4, label="Learning rate", elem_id="train_lr")
+            with gr.Row() as rank_row:
                 rank = gr.Number(16, label="Rank", precision=0, minimum=1, elem_id="train_rank")
                 alpha = gr.Number(8, label="Alpha", minimum=0.01, elem_id="train_alpha")
-            with gr.Row():
-                learning_rate = gr.Number(1e-4, label="Learning rate", elem_id="train_lr")
-                te_rate = gr.Number(5e-5, label="Text encoder learning rate", elem_id="train_te_lr")
             with gr.Row():
                 schedule = gr.Dropdown(
                     list(TRAIN_SCHEDULES),
@@ -189,15 +200,16 @@ def build_train_tab(
                     elem_id="train_schedule",
                 )
                 warmup = gr.Number(0, label="Warm-up steps", precision=0, minimum=0, elem_id="train_warmup")
-            with gr.Row():
-                optimizer = gr.Dropdown(
-                    usable, value="AdamW", label="Optimizer", elem_id="train_optimizer",
-                    info=f"Not here: {unusable}" if unusable else None,
-                )  # fmt: skip
+            optimizer = gr.Dropdown(
+                usable, value="AdamW", label="Optimizer", elem_id="train_optimizer",
+                info=f"Not here: {unusable}" if unusable else None,
+            )  # fmt: skip
+            with gr.Row() as text_encoder_row:
                 text_encoder = gr.Radio(
                     TEXT_ENCODER_CHOICES, value="auto", label="Train the text encoder",
                     info="auto: on for SD 1.x/2.x, off for SDXL", elem_id="train_text_encoder",
                 )  # fmt: skip
+                te_rate = gr.Number(5e-5, label="Text encoder learning rate", elem_id="train_te_lr")
             sample_prompts = gr.Textbox(
                 label="Sample prompts, one per line (empty: the trigger and class word)",
                 lines=2,
@@ -234,19 +246,23 @@ def build_train_tab(
     timer = gr.Timer(POLL_SECONDS, active=False)
 
     settings_inputs = [
-        name, trigger, class_word, prepend, steps, batch, resolution, rank, alpha, learning_rate, te_rate,
+        method, vectors, init_text, name, trigger, class_word, prepend, steps, batch, resolution, rank, alpha,
+        learning_rate, te_rate,
         schedule, warmup, optimizer, text_encoder, sample_prompts, sample_every, seed, sample_seed,
         sample_steps, noise_offset, min_snr, keep_tokens, shuffle, flip, checkpointing,
     ]  # fmt: skip
 
     def make_settings(*values: Any) -> TrainSettings:
         (
-            name_v, trigger_v, class_v, prepend_v, steps_v, batch_v, resolution_v, rank_v, alpha_v, lr_v,
+            method_v, vectors_v, init_v, name_v, trigger_v, class_v, prepend_v, steps_v, batch_v,
+            resolution_v,
+            rank_v, alpha_v, lr_v,
             te_lr_v, schedule_v, warmup_v, optimizer_v, te_v, prompts_v, every_v, seed_v, sample_seed_v,
             sample_steps_v, noise_v, snr_v, keep_v, shuffle_v, flip_v, checkpointing_v,
         ) = values  # fmt: skip
         prompts = [line.strip() for line in (prompts_v or "").splitlines() if line.strip()]
         return TrainSettings(
+            method=method_v or "lora", vectors=int(vectors_v or 4), init_text=init_v or "*",
             name=(name_v or "").strip(), trigger=trigger_v or "", class_word=class_v or "",
             prepend_trigger=bool(prepend_v), steps=int(steps_v or 0), batch_size=int(batch_v or 0),
             resolution=int(resolution_v) if resolution_v else None, rank=int(rank_v or 0),
@@ -311,7 +327,8 @@ def build_train_tab(
             if paths and not (folder_v or "").strip():
                 current = [str(p) for p in paths]
                 staged_v = stage_files(current, staged_v)
-            settings = make_settings(*values) if values[0] else make_settings("check", *values[1:])
+            named = (*values[:3], values[3] or "check", *values[4:])  # the dataset can be checked unnamed
+            settings = make_settings(*named)
             where, editable = dataset_folder(staged_v, folder_v)
             if where is None:
                 nothing[2] = "Upload images or a zip, or type a server folder, then check the dataset."
@@ -455,8 +472,23 @@ def build_train_tab(
     def try_prompt(run_key: Any) -> list[Any]:
         run = training.get(run_key)
         stem = Path(run.result or run.name).stem
-        words = " ".join(w for w in (run.settings.trigger, run.settings.class_word) if w.strip())
-        return [f"{words} <lora:{stem}:1>".strip(), gr.Tabs(selected=txt2img_tab_id)]
+        words = " ".join(w for w in (run.settings.word, run.settings.class_word) if w.strip())
+        prompt = words if run.settings.method == "embedding" else f"{words} <lora:{stem}:1>"
+        return [prompt.strip(), gr.Tabs(selected=txt2img_tab_id)]
+
+    def method_changed(chosen: str) -> list[Any]:
+        embedding = chosen == "embedding"
+        return [
+            gr.update(visible=embedding),
+            gr.update(value=5e-3 if embedding else 1e-4),
+            gr.update(visible=not embedding),
+            gr.update(visible=not embedding),
+        ]
+
+    method.change(
+        method_changed, inputs=method, outputs=[embedding_row, learning_rate, rank_row, text_encoder_row],
+        api_visibility="private", queue=False,
+    )  # fmt: skip
 
     try_it.click(try_prompt, inputs=run_id, outputs=[txt2img_prompt, tabs], api_visibility="private")
     return TrainTab(name=name, start=start, status=status, try_it=try_it)

@@ -1,0 +1,86 @@
+"""Textual inversion on tiny SD 1.5 and SDXL checkpoints: the file is an A1111 embedding (``emb_params``, or
+``clip_l``/``clip_g`` for SDXL) that Easel lists and uses by name in a prompt; the checkpoint is unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from tests.conftest import _link_or_copy
+from webui.domain.generation import Txt2ImgRequest
+from webui.training.dataset import load_dataset
+from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
+from webui.training.lora import TrainingError
+
+
+def _dataset(root: Path) -> Path:
+    folder = root / "dataset"
+    folder.mkdir(parents=True)
+    for index, colour in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20)]):
+        Image.new("RGB", (64, 64), colour).save(folder / f"ball-{index}.png")
+    (folder / "ball-0.txt").write_text("a photo of zwx-ball")
+    return folder
+
+
+def _load(tmp_path: Path, files: dict[str, Path], key: str) -> Any:
+    from webui.registry.scanner import scan_checkpoints
+    from webui.runtime.loader import load_checkpoint
+
+    checkpoint = tmp_path / "models" / "Stable-diffusion" / files[key].name
+    _link_or_copy(files[key], checkpoint)
+    (record,) = [r for r in scan_checkpoints(checkpoint.parent) if Path(r.path) == checkpoint]
+    return load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
+
+
+@pytest.mark.parametrize(
+    ("key", "keys"), [("sd15_single", {"emb_params"}), ("sdxl_single", {"clip_l", "clip_g"})]
+)
+def test_an_embedding_trains_saves_in_a1111_layout_and_is_used_by_name(
+    tmp_path: Path, tiny_model_files: dict[str, Path], key: str, keys: set[str]
+) -> None:
+    from webui.container import build_services
+    from webui.settings import Settings
+
+    model = _load(tmp_path, tiny_model_files, key)
+    before = {name: t.clone() for name, t in model.text_encoder.state_dict().items()}
+    samples: list[tuple[int, list[dict[str, torch.Tensor]]]] = []
+    config = EmbeddingTrainingConfig(
+        name="zwx-ball", resolution=64, total_steps=4, batch_size=2, vectors=3, init_text="ball",
+        learning_rate=5e-2, seed=2, sample_every=2,
+    )  # fmt: skip
+    out = tmp_path / "models" / "embeddings"
+    result = train_embedding(
+        model, load_dataset(_dataset(tmp_path)), config, out,
+        on_sample=lambda step, tables: samples.append((step, tables)),
+    )  # fmt: skip
+    assert result.path == out / "zwx-ball.safetensors" and result.steps == 4 and len(result.losses) == 4
+    assert [step for step, _ in samples] == [0, 2, 4]
+    first, last = samples[0][1][0]["zwx-ball"], samples[-1][1][0]["zwx-ball"]
+    assert first.shape[0] == 3 and not torch.equal(first, last)  # the vectors moved
+    with safe_open(str(result.path), framework="pt") as handle:
+        assert set(handle.keys()) == keys
+        assert handle.get_tensor(sorted(keys)[0]).shape[0] == 3
+        assert handle.metadata()["step"] == "4"
+    after = model.text_encoder.state_dict()
+    assert all(torch.equal(after[name], before[name]) for name in before)  # only the new vectors learnt
+    with pytest.raises(TrainingError, match="already exists"):
+        train_embedding(model, load_dataset(tmp_path / "dataset"), config, out)
+
+    services = build_services(Settings(data_dir=tmp_path, preload_model=False))
+    try:
+        services.generation.load_model(Path(tiny_model_files[key]).name)
+        plain, named = (
+            services.generation.txt2img(
+                Txt2ImgRequest(prompt=prompt, steps=3, width=64, height=64, seed=5, save_images=False)
+            )
+            for prompt in ("a photo of a ball", "a photo of zwx-ball")
+        )
+        assert "TI hashes" in named.images[0].infotext and "zwx-ball" in named.images[0].infotext
+        assert plain.images[0].png_bytes != named.images[0].png_bytes
+    finally:
+        services.generation.shutdown()
