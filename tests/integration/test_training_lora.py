@@ -169,3 +169,35 @@ def test_a_loss_that_is_not_finite_stops_the_run_and_saves_nothing(
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     after = model.unet.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_a_stopped_and_resumed_run_equals_one_that_never_stopped(
+    tmp_path: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """fp32, the same seed: 6 steps in one go against 3 steps, a stop, and a resume to 6 (adapters, optimizer
+    moments, data order and noise all come back from the state file)."""
+    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    dataset = load_dataset(_dataset(tmp_path))
+
+    def config() -> LoraTrainingConfig:
+        return LoraTrainingConfig(
+            name="same", resolution=64, rank=4, total_steps=6, batch_size=2, learning_rate=1e-2,
+            train_text_encoder=True, schedule="cosine", warmup_steps=2, seed=9,
+        )  # fmt: skip
+
+    whole = train_lora(model, dataset, config(), tmp_path / "a", state_file=tmp_path / "a.pt")
+    first = train_lora(
+        model, dataset, config(), tmp_path / "b", state_file=tmp_path / "b.pt",
+        on_step=lambda step, _total, _loss: step < 3,
+    )  # fmt: skip
+    assert first.stopped and first.steps == 3
+    with pytest.raises(TrainingError, match="no saved state"):
+        train_lora(model, dataset, config(), tmp_path / "c", state_file=tmp_path / "c.pt", resume=True)
+    rest = train_lora(model, dataset, config(), tmp_path / "b", state_file=tmp_path / "b.pt", resume=True)
+    assert rest.steps == 6 and not rest.stopped
+    assert first.losses + rest.losses == pytest.approx(whole.losses, abs=1e-6)
+    one, two = (torch.load(tmp_path / f"{k}.pt", weights_only=True)["adapters"] for k in "ab")
+    for part in one:
+        for key, tensor in one[part].items():
+            assert torch.allclose(tensor, two[part][key], atol=1e-6), key
+    assert _keys(tmp_path / "b" / "same.safetensors")[1]["ss_steps"] == "6"  # the stop's file was replaced

@@ -185,3 +185,21 @@ def test_a_zip_keeps_kohya_folders_and_captions(services: Any, tmp_path: Path) -
     summary = services.training.summarize(run_dir / "dataset", _settings(), 64)
     assert summary.images == 2 and summary.samples_per_epoch == 11
     assert dict(summary.captions) == {"b.png": "zwx ball", "a.png": "zwx ball, shiny"}
+
+
+def test_a_stopped_run_resumes_to_the_end(services: Any) -> None:
+    training = services.training
+    run = training.start(_settings(name="resumed", steps=40, sample_every=0), uploads=UPLOADS)
+    _wait_for_step(run, 2)
+    training.stop(run.id)
+    _wait(run)
+    assert run.state is RunState.STOPPED and run.step < 40
+    stopped_at = run.step
+    with pytest.raises(TrainingRequestError, match="only a stopped run"):
+        training.resume(training.start(_settings(name="other", steps=1, sample_every=0), uploads=UPLOADS).id)
+    training.resume(run.id)
+    _wait(run)
+    assert run.state is RunState.DONE, run.error
+    assert run.step == 40 and len(run.losses) == 40 and stopped_at < 40
+    with safe_open(str(services.settings.lora_path / "resumed.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["ss_steps"] == "40"

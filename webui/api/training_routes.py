@@ -110,6 +110,16 @@ def add_training_routes(router: APIRouter, services: Any) -> None:
         run_or_404(run_id)
         return service().stop(run_id).to_json()  # type: ignore[no-any-return]
 
+    @router.post("/easel/v1/train/{run_id}/resume", response_model=TrainRun, tags=["Easel"])
+    def resume(run_id: str) -> dict[str, Any]:
+        """Go on with a stopped LoRA run from the step it stopped at (optimizer, schedule and data order as
+        if it had never stopped); its file is replaced when it ends."""
+        run_or_404(run_id)
+        try:
+            return service().resume(run_id).to_json()  # type: ignore[no-any-return]
+        except TrainingRequestError as exc:
+            raise ApiError(422, "TrainingRequestError", str(exc)) from exc
+
     @router.post("/easel/v1/train/{run_id}/cancel", response_model=TrainRun, tags=["Easel"])
     def cancel(run_id: str) -> dict[str, Any]:
         """Cancel: the run ends and nothing of it is kept in models/."""

@@ -144,6 +144,7 @@ class TrainingRun:
     _outcome: RunState | None = field(
         default=None, repr=False
     )  # the trainer's "done", before it is published
+    _resume: bool = field(default=False, repr=False)  # the next start goes on from the saved state
 
     @property
     def name(self) -> str:
@@ -552,6 +553,39 @@ class TrainingService:
                 _send(run._process, "stop")
         return run
 
+    def resume(self, run_id: str) -> TrainingRun:
+        """Queue a stopped LoRA run again; it goes on from the step it stopped at, as if never stopped."""
+        run = self.get(run_id)
+        with self._lock:
+            if run.state is not RunState.STOPPED:
+                raise TrainingRequestError(
+                    f"run {run.id} is {run.state.value}; only a stopped run can resume"
+                )
+            if run.settings.method != "lora" or not (run.run_dir / "state.pt").is_file():
+                raise TrainingRequestError(f"run {run.id} has no saved training state to resume from")
+            if not run.dataset_dir.is_dir():
+                raise TrainingRequestError(f"the dataset of run {run.id} is gone ({run.dataset_dir})")
+            record = self.checkpoint(run.settings.model or run.model_title)
+            family = record.family.label if record.family else ""
+            if family != run.family:
+                raise TrainingRequestError(
+                    f"run {run.id} trained on {run.family} and {record.name} is {family}: a LoRA resumes on "
+                    "its own base model"
+                )
+            run.state, run.status, run.error, run.finished = (
+                RunState.QUEUED,
+                "Waiting for the device",
+                None,
+                None,
+            )
+            run._stop = run._cancel = False
+            run._outcome = None
+            run._resume = True
+            run.result = None  # the file the stop saved stays until the resumed run saves its own
+            self._save(run)
+        run._future = self.generation.submit_call(lambda: self._execute(run, record))
+        return run
+
     def cancel(self, run_id: str) -> TrainingRun:
         """Cancel a run: nothing it made is kept in ``models/``."""
         run = self.get(run_id)
@@ -631,6 +665,7 @@ class TrainingService:
         if settings.method == "embedding":
             config.update({"vectors": settings.vectors, "init_text": settings.init_text})
         return {
+            "resume": run._resume,
             "method": settings.method,
             "checkpoint": record.model_dump(mode="json"),
             "dataset": str(run.dataset_dir),

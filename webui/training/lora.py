@@ -247,8 +247,15 @@ def train_lora(
     *,
     on_step: StepCallback | None = None,
     on_sample: SampleCallback | None = None,
+    state_file: Path | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
     """Train ``config.name`` on ``model`` (a ``webui.runtime.loader.LoadedModel``); write it to ``out_dir``.
+
+    With ``state_file``, the training state (the adapters, the optimizer, the step, and the random states
+    that decide the data order and the noise) is written there when the training stops or ends; ``resume``
+    reads it back and goes on from that step, so that a stopped and resumed run equals one that was not
+    stopped. A resumed run replaces the file its stop saved.
 
     ``on_step(step, total, loss)`` is called after each step; returning False stops the training, and what
     was learnt so far is saved. With ``config.sample_every``, ``on_sample(step)`` is called before the first
@@ -269,7 +276,9 @@ def train_lora(
             f"LoRA training needs an SD 1.x, SD 2.x or SDXL checkpoint, not {model.family.value}"
         )
     target = Path(out_dir) / f"{config.name}.safetensors"
-    if target.exists():
+    if resume and (state_file is None or not state_file.is_file()):
+        raise TrainingError("there is no saved state to resume from; start a new run")
+    if target.exists() and not resume:
         raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -321,14 +330,18 @@ def train_lora(
             unet.train()
 
     try:
+        start = _load_state(state_file, adapters, optimizer, rng, generator) if resume and state_file else 0
         unet.train()
-        sample(0)
+        if not start:
+            sample(0)
         result = run_steps(
             model, unet, buckets, config, scheduler, encode=lambda captions: encode(captions, device),
             optimizer=optimizer, base_rates=base_rates, rng=rng, generator=generator, on_step=on_step,
-            sample=sample, grad_text=config.train_text_encoder,
+            sample=sample, grad_text=config.train_text_encoder, start=start,
         )  # fmt: skip
-        if result.steps:
+        if state_file is not None and result.steps > start:
+            _save_state(state_file, result.steps, adapters, optimizer, rng, generator)
+        if result.steps > start:
             tensors: dict[str, torch.Tensor] = {}
             for attribute, wrapped in adapters:
                 if attribute == "unet":
@@ -337,6 +350,8 @@ def train_lora(
                 else:
                     prefix = dict(encoders)[attribute]
                     tensors.update(lora_tensors(wrapped, prefix, config.alpha, _text_model_path))
+            if resume and target.exists():
+                target.unlink()  # the file this run's stop saved; the resumed run's replaces it
             save_kohya_lora(
                 target,
                 tensors,
@@ -384,6 +399,43 @@ def train_lora(
     return result
 
 
+def _save_state(
+    path: Path, step: int, adapters: list[tuple[str, Any]], optimizer: Any, rng: random.Random, generator: Any
+) -> None:
+    from peft import get_peft_model_state_dict
+
+    state = {
+        "step": step,
+        "adapters": {name: get_peft_model_state_dict(wrapped) for name, wrapped in adapters},
+        "optimizer": optimizer.state_dict(),
+        "rng": json.dumps(rng.getstate()),
+        "generator": generator.get_state(),
+    }
+    temp = path.with_suffix(".tmp")
+    torch.save(state, temp)
+    temp.replace(path)
+
+
+def _load_state(
+    path: Path, adapters: list[tuple[str, Any]], optimizer: Any, rng: random.Random, generator: Any
+) -> int:
+    from peft import set_peft_model_state_dict
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if set(state["adapters"]) != {name for name, _ in adapters}:
+        raise TrainingError(
+            "the saved state trained other parts of the model (the text encoder setting changed); "
+            "resume with the run's own settings"
+        )
+    for name, wrapped in adapters:
+        set_peft_model_state_dict(wrapped, state["adapters"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    version, internal, gauss = json.loads(state["rng"])
+    rng.setstate((version, tuple(internal), gauss))
+    generator.set_state(state["generator"])
+    return int(state["step"])
+
+
 def _sdxl_namer(model: Any) -> Callable[[str], str | None]:
     from webui.runtime.lora import ldm_namer
 
@@ -410,6 +462,7 @@ def run_steps(
     on_step: StepCallback | None,
     sample: Callable[[int], None],
     grad_text: bool,
+    start: int = 0,
 ) -> TrainingResult:
     """The denoising steps every method shares: draw a batch from a bucket (weighted by repeats), noise its
     latents at random timesteps, condition on its captions (``encode``; with ``grad_text`` its result keeps
@@ -438,7 +491,8 @@ def run_steps(
         pooled = None if pooled_parts[0] is None else torch.cat([p for p in pooled_parts if p is not None])
         return context, pooled
 
-    for step in range(config.total_steps):
+    result.steps = start
+    for step in range(start, config.total_steps):
         bucket = rng.choices(keys, weights=weights)[0]
         pool = buckets[bucket]
         batch = rng.choices(pool, weights=[item.repeats for item in pool], k=config.batch_size)

@@ -145,7 +145,10 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler
         )
     else:
-        result = train_lora(model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler)
+        result = train_lora(
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
+            state_file=Path(job["run_dir"]) / "state.pt", resume=bool(job.get("resume")),
+        )  # fmt: skip
     events.send(
         "done",
         path=str(result.path) if result.path else None,

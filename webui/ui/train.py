@@ -236,6 +236,7 @@ def build_train_tab(
                 start = gr.Button("Train", variant="primary", elem_id="train_start")
                 stop = gr.Button("Stop and save", elem_id="train_stop", interactive=False)
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train_cancel", interactive=False)
+                resume = gr.Button("Resume", elem_id="train_resume", interactive=False)
             status = gr.Markdown(elem_id="train_status")
             loss_plot = gr.LinePlot(
                 x="step", y="loss", color="curve", label="Loss", height=280, elem_id="train_loss",
@@ -428,7 +429,7 @@ def build_train_tab(
 
     def poll_run(run_key: Any, *chosen: Any) -> list[Any]:
         if not run_key:
-            return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 4,
+            return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 5,
                     *[gr.update() for _ in lora_dropdowns]]  # fmt: skip
         run = training.get(run_key)
         finished = run.state.finished
@@ -445,13 +446,14 @@ def build_train_tab(
             gr.update(interactive=not finished),
             gr.update(interactive=not finished),
             gr.update(visible=finished and bool(run.result)),
+            gr.update(interactive=run.state is RunState.STOPPED and run.settings.method == "lora"),
             *dropdowns,
         ]
 
     timer.tick(
         poll_run,
         inputs=[run_id, *lora_dropdowns],
-        outputs=[status, loss_plot, samples, timer, start, stop, cancel, try_it, *lora_dropdowns],
+        outputs=[status, loss_plot, samples, timer, start, stop, cancel, try_it, resume, *lora_dropdowns],
         api_visibility="private",
         queue=False,
     )
@@ -466,6 +468,16 @@ def build_train_tab(
             return "No run to cancel."
         return _run_markdown(training.cancel(run_key))
 
+    def do_resume(run_key: Any) -> list[Any]:
+        try:
+            run = training.resume(run_key)
+        except Exception as exc:
+            return [f"**Error:** {user_message(exc)}", gr.Timer(active=False), gr.update()]
+        return [_run_markdown(run), gr.Timer(active=True), gr.update(interactive=False)]
+
+    resume.click(
+        do_resume, inputs=run_id, outputs=[status, timer, resume], api_visibility="private", queue=False
+    )
     stop.click(do_stop, inputs=run_id, outputs=status, api_visibility="private", queue=False)
     cancel.click(do_cancel, inputs=run_id, outputs=status, api_visibility="private", queue=False)
 
