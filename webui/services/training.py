@@ -391,8 +391,9 @@ class TrainingService:
     def summarize(self, folder: Path, settings: TrainSettings, resolution: int) -> DatasetSummary:
         """The pre-flight of ``folder``: images, buckets, the step arithmetic, and what is wrong with it."""
         try:
+            trigger = settings.trigger or (settings.name if settings.method == "embedding" else "")
             dataset = load_dataset(
-                folder, settings.trigger, settings.class_word, prepend_trigger=settings.prepend_trigger
+                folder, trigger, settings.class_word, prepend_trigger=settings.prepend_trigger
             )
         except DatasetError as exc:
             raise TrainingRequestError(str(exc)) from exc

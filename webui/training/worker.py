@@ -132,14 +132,24 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     model = load_checkpoint(record, dtype=dtype, tokenizer_cache=Path(job["tokenizer_cache"]))
     model.to(choice.device)
     events.send("status", text="Encoding the images")
-    started = time.monotonic()
+    # Seconds spent in training steps only: the time between two steps, less the samples drawn between them
+    # (the first step also carries the images' encoding), so it/s and the ETA describe the steps.
+    clock = {"last": time.monotonic(), "spent": 0.0}
 
     def on_step(step: int, total: int, loss: float) -> bool:
+        now = time.monotonic()
+        clock["spent"] += now - clock["last"]
+        clock["last"] = now
         rate = config.learning_rate * learning_rate_factor(config, step - 1)
-        events.send("step", step=step, total=total, loss=loss, lr=rate, elapsed=time.monotonic() - started)
+        events.send("step", step=step, total=total, loss=loss, lr=rate, elapsed=clock["spent"])
         return not stop.is_set()
 
-    sampler = _sampler(job, model, Path(job["run_dir"]), events)
+    draw = _sampler(job, model, Path(job["run_dir"]), events)
+
+    def sampler(step: int, tables: list[dict[str, Any]] | None = None) -> None:
+        draw(step, tables)
+        clock["last"] = time.monotonic()
+
     if isinstance(config, EmbeddingTrainingConfig):
         result = train_embedding(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler

@@ -107,7 +107,8 @@ def _run_markdown(run: Any) -> str:
         return f"{head}: {run.error}"
     if run.state is RunState.CANCELLED:
         return f"{head}: nothing was saved"
-    saved = f"saved **models/Lora/{run.result}**" if run.result else "nothing was saved"
+    folder = "models/embeddings" if run.settings.method == "embedding" else "models/Lora"
+    saved = f"saved **{folder}/{run.result}**" if run.result else "nothing was saved"
     return f"{head} after {run.step} steps: {saved}. {run.progress_text()}"
 
 
