@@ -19,7 +19,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -414,6 +414,23 @@ def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path
     if not ext or "/" in ext or os.sep in ext:
         raise ValueError(f"invalid file extension {ext!r}")
     directory = Path(directory)
+
+    def claim_next_number(temp_path: str) -> Path:
+        with _directory_lock(directory):
+            number = next_sequence_number(directory)
+            while True:
+                target = directory / f"{number:05d}-{seed}.{ext}"
+                if _claim(temp_path, target):
+                    return target
+                number += 1
+
+    return _write_then_claim(data, directory, ext, claim_next_number)
+
+
+def _write_then_claim(data: bytes, directory: Path, ext: str, claim: Callable[[str], Path]) -> Path:
+    """``data`` into a locked, fsync-ed temp file in ``directory`` with the user's file permissions, then
+    ``claim(temp path)`` gives it its final name (and returns it). The temp file is gone afterwards, and a
+    full disk raises ``OSError`` naming ``directory``."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, temp_path = open_locked_temp(directory, ext)
@@ -426,16 +443,10 @@ def save_image_atomic(data: bytes, directory: Path, seed: int, ext: str) -> Path
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp creates 0600; the image gets the permissions of any file the user writes (umask applied),
-        # so a web server or another account serving outputs/ can read it.
+        # mkstemp creates 0600; the file gets the permissions of any file the user writes (umask applied),
+        # so a web server or another account serving the folder can read it.
         os.chmod(temp_path, user_file_mode())
-        with _directory_lock(directory):
-            number = next_sequence_number(directory)
-            while True:
-                target = directory / f"{number:05d}-{seed}.{ext}"
-                if _claim(temp_path, target):
-                    break
-                number += 1
+        target = claim(temp_path)
         _fsync_directory(directory)
         return target
     except OSError as exc:
@@ -457,32 +468,13 @@ def save_new_file(data: bytes, target: Path) -> Path:
     naming the folder, and leaves nothing behind. Used for files in ``models/`` that Easel trains.
     """
     target = Path(target)
-    directory = target.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, temp_path = open_locked_temp(directory, target.suffix.lstrip(".") or "tmp")
-    except OSError as exc:
-        if exc.errno in DISK_FULL_ERRNOS:
-            raise _disk_full(exc, directory) from exc
-        raise
-    try:
-        with os.fdopen(os.dup(fd), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_path, user_file_mode())
+
+    def claim_name(temp_path: str) -> Path:
         if not _claim(temp_path, target):
             raise FileExistsError(errno.EEXIST, f"{target.name} already exists", str(target))
-        _fsync_directory(directory)
         return target
-    except OSError as exc:
-        if exc.errno in DISK_FULL_ERRNOS:
-            raise _disk_full(exc, directory) from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_path)
-        os.close(fd)
+
+    return _write_then_claim(data, target.parent, target.suffix.lstrip(".") or "tmp", claim_name)
 
 
 def sweep_temp_files(root: Path) -> list[Path]:

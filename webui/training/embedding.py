@@ -21,14 +21,13 @@ import torch
 from webui.domain.models import ModelFamily
 from webui.training.dataset import Dataset
 from webui.training.lora import (
-    KOHYA_BASE,
     LoraTrainingConfig,
     StepCallback,
     TrainingError,
     TrainingResult,
+    checked_target,
     encode_dataset,
     make_optimizer,
-    optimizer_problems,
     run_steps,
 )
 
@@ -84,17 +83,7 @@ def train_embedding(
     from webui.metadata.image_io import save_new_file
     from webui.runtime.conditioning import build_chunks, substituted_embeddings
 
-    config.check()
-    problem = optimizer_problems()[config.optimizer]
-    if problem:
-        raise TrainingError(f"the optimizer {config.optimizer} cannot be used: {problem}")
-    if model.family not in KOHYA_BASE:
-        raise TrainingError(
-            f"embeddings are trained on SD 1.x, SD 2.x or SDXL checkpoints, not {model.family.value}"
-        )
-    target = Path(out_dir) / f"{config.name}.safetensors"
-    if target.exists():
-        raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
+    target = checked_target(config, model, out_dir, "Training an embedding")
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     device = next(model.unet.parameters()).device

@@ -239,6 +239,23 @@ class _TextEncoding:
         return hidden, second.text_embeds
 
 
+def checked_target(
+    config: LoraTrainingConfig, model: Any, out_dir: Path, what: str, *, existing_allowed: bool = False
+) -> Path:
+    """The file a run will write, once the settings, the optimizer and the model's family are usable and
+    the name is free (:class:`TrainingError` saying what to change otherwise)."""
+    config.check()
+    problem = optimizer_problems()[config.optimizer]
+    if problem:
+        raise TrainingError(f"the optimizer {config.optimizer} cannot be used: {problem}")
+    if model.family not in KOHYA_BASE:
+        raise TrainingError(f"{what} needs an SD 1.x, SD 2.x or SDXL checkpoint, not {model.family.value}")
+    target = Path(out_dir) / f"{config.name}.safetensors"
+    if target.exists() and not existing_allowed:
+        raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
+    return target
+
+
 def train_lora(
     model: Any,
     dataset: Dataset,
@@ -267,19 +284,9 @@ def train_lora(
     from diffusers import DDPMScheduler
     from peft import LoraConfig, get_peft_model
 
-    config.check()
-    problem = optimizer_problems()[config.optimizer]
-    if problem:
-        raise TrainingError(f"the optimizer {config.optimizer} cannot be used: {problem}")
-    if model.family not in KOHYA_BASE:
-        raise TrainingError(
-            f"LoRA training needs an SD 1.x, SD 2.x or SDXL checkpoint, not {model.family.value}"
-        )
-    target = Path(out_dir) / f"{config.name}.safetensors"
+    target = checked_target(config, model, out_dir, "LoRA training", existing_allowed=resume)
     if resume and (state_file is None or not state_file.is_file()):
         raise TrainingError("there is no saved state to resume from; start a new run")
-    if target.exists() and not resume:
-        raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     global_rng = torch.get_rng_state()  # seeded for the adapters' initial weights, given back afterwards
