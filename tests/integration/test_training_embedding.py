@@ -74,13 +74,16 @@ def test_an_embedding_trains_saves_in_a1111_layout_and_is_used_by_name(
     services = build_services(Settings(data_dir=tmp_path, preload_model=False))
     try:
         services.generation.load_model(Path(tiny_model_files[key]).name)
-        plain, named = (
-            services.generation.txt2img(
-                Txt2ImgRequest(prompt=prompt, steps=3, width=64, height=64, seed=5, save_images=False)
-            )
-            for prompt in ("a photo of a ball", "a photo of zwx-ball")
+        request = Txt2ImgRequest(
+            prompt="a photo of zwx-ball", steps=3, width=64, height=64, seed=5, save_images=False
         )
+        named = services.generation.txt2img(request)
         assert "TI hashes" in named.images[0].infotext and "zwx-ball" in named.images[0].infotext
+        # the same request once the embedding is gone: the name is plain text again, and the image changes
+        result.path.rename(tmp_path / "away.safetensors")
+        services.networks.refresh_embeddings()
+        plain = services.generation.txt2img(request)
+        assert "TI hashes" not in plain.images[0].infotext
         assert plain.images[0].png_bytes != named.images[0].png_bytes
     finally:
         services.generation.shutdown()

@@ -324,8 +324,6 @@ def train_lora(
     optimizer = make_optimizer(config.optimizer, groups)
     base_rates = [group["lr"] for group in groups]
     encode = _TextEncoding(model)
-    result = TrainingResult(path=None, steps=0)
-
     def sample(step: int) -> None:
         if on_sample is None or not config.sample_every:
             return
