@@ -101,12 +101,7 @@ def test_options_get_everything_post_it_back_unknown_keys_kept(client: TestClien
 
 
 def test_unsupported_endpoints_say_so_in_a1111_error_shape(client: TestClient) -> None:
-    for path in (
-        "create/embedding",
-        "create/hypernetwork",
-        "train/embedding",
-        "train/hypernetwork",
-    ):
+    for path in ("create/hypernetwork", "train/hypernetwork"):  # embeddings: tests/api/test_training_api.py
         response = client.post(f"/sdapi/v1/{path}", json={"image": "", "model": "clip"})
         assert response.status_code == 501, path
         body = response.json()

@@ -41,12 +41,7 @@ def easel_app(tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[s
 CHEAP_TXT2IMG = {"width": 64, "height": 64, "steps": 2, "batch_size": 1, "n_iter": 1, "enable_hr": False}
 
 
-UNSUPPORTED = {
-    "/sdapi/v1/create/embedding",
-    "/sdapi/v1/create/hypernetwork",
-    "/sdapi/v1/train/embedding",
-    "/sdapi/v1/train/hypernetwork",
-}
+UNSUPPORTED = {"/sdapi/v1/create/hypernetwork", "/sdapi/v1/train/hypernetwork"}
 
 
 def _check(case: Any, client: TestClient) -> None:

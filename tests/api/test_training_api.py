@@ -126,3 +126,61 @@ def test_an_embedding_run_lands_in_the_embedding_list(client: tuple[TestClient, 
     loaded = http.get("/sdapi/v1/embeddings").json()
     listed = {**loaded.get("loaded", {}), **loaded.get("skipped", {})}
     assert "api-word" in listed, loaded
+
+
+def test_a1111_create_and_train_embedding(client: tuple[TestClient, Any], tmp_path: Path) -> None:
+    """A1111 clients create an embedding, train it on a server folder (the call answers when the run ends)
+    and use it; the previous versions are kept; mistakes come back in A1111's ``info`` text."""
+    from safetensors import safe_open
+
+    http, services = client
+    made = http.post(
+        "/sdapi/v1/create/embedding",
+        json={"name": "api-ball", "num_vectors_per_token": 2, "init_text": "ball"},
+    )
+    assert made.status_code == 200, made.text
+    path = Path(made.json()["info"].removeprefix("create embedding filename: "))
+    assert path == services.training.embeddings_dir / "api-ball.safetensors" and path.is_file()
+    created = path.read_bytes()
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.get_tensor("emb_params").shape[0] == 2 and handle.metadata()["step"] == "0"
+    listed = http.get("/sdapi/v1/embeddings").json()["loaded"]
+    assert listed["api-ball"]["vectors"] == 2  # usable at once
+    again = http.post("/sdapi/v1/create/embedding", json={"name": "api-ball"}).json()["info"]
+    assert again.startswith("create embedding error: ") and "already exists" in again
+
+    folder = tmp_path / "balls"
+    folder.mkdir()
+    for index, colour in enumerate([(220, 20, 20), (20, 20, 220)]):
+        Image.new("RGB", (64, 64), colour).save(folder / f"ball-{index}.png")
+    body = {
+        "embedding_name": "api-ball", "learn_rate": "0.05", "batch_size": 1, "gradient_step": 2,
+        "data_root": str(folder), "log_directory": "textual_inversion", "training_width": 64,
+        "training_height": 64, "varsize": True, "steps": 3, "clip_grad_mode": "disabled",
+        "clip_grad_value": "0.1", "shuffle_tags": False, "tag_drop_out": 0, "latent_sampling_method": "once",
+        "use_weight": False, "create_image_every": 0, "save_embedding_every": 500,
+        "template_filename": "style_filewords.txt", "preview_from_txt2img": False,
+    }  # fmt: skip
+    trained = http.post("/sdapi/v1/train/embedding", json=body)
+    assert trained.json() == {"info": f"train embedding complete: filename: {path} error: None"}
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["step"] == "3" and handle.get_tensor("emb_params").shape[0] == 2
+    (run,) = [r for r in http.get("/easel/v1/train").json()["runs"] if r["name"] == "api-ball"]
+    assert run["state"] == "done" and run["settings"]["gradient_accumulation"] == 2
+    assert (services.training.root / run["id"] / "previous" / "api-ball.safetensors").read_bytes() == created
+
+    schedule = http.post("/sdapi/v1/train/embedding", json={**body, "learn_rate": "0.005:100, 0.001"})
+    assert (
+        schedule.json()["info"].startswith("train embedding error: ")
+        and "one learning rate" in (schedule.json()["info"])
+    )
+    missing = http.post("/sdapi/v1/train/embedding", json={**body, "embedding_name": "nobody"}).json()
+    assert "there is no embedding 'nobody'" in missing["info"]
+    replaced = http.post(
+        "/sdapi/v1/create/embedding", json={"name": "api-ball", "overwrite_old": True, "init_text": "red"}
+    ).json()["info"]
+    assert replaced == f"create embedding filename: {path}"
+    kept = list((services.training.root / "replaced").glob("*/api-ball.safetensors"))
+    assert len(kept) == 1  # the trained one, moved aside rather than overwritten
+    with safe_open(str(kept[0]), framework="pt") as handle:
+        assert handle.metadata()["step"] == "3"

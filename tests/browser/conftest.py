@@ -56,13 +56,27 @@ def set_size_steps_seed(
     """Fill a tab's width, height, steps (and seed) the way a user types them: value, then Tab."""
     values = ((f"{tab}_width", size), (f"{tab}_height", size), (f"{tab}_steps", steps))
     for elem_id, value in values:
-        field = page.locator(f"#{elem_id} input[type=number]")
-        field.fill(str(value))
-        field.press("Tab")
+        fill_number(page, elem_id, value)
     if seed is not None:
         box = page.locator(f"#{tab}_seed input, #{tab}_seed textarea").first
         box.fill(str(seed))
         box.press("Tab")
+
+
+def fill_number(page: Any, elem_id: str, value: float) -> None:
+    """Type ``value`` into a number field or a slider's box, press Tab, and wait until the component took it
+    (a slider's range handle moves only once the value is committed; a Generate click sent before that
+    would carry the old value)."""
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.press("Tab")
+    page.wait_for_function(
+        "([id, v]) => { const el = document.querySelector(`#${id} input[type=range]`)"
+        " || document.querySelector(`#${id} input[type=number]`);"
+        " return el && parseFloat(el.value) === v; }",
+        arg=[elem_id, float(value)],
+        timeout=30_000,
+    )
 
 
 def wait_for_text(page: Any, selector: str, text: str, timeout: int = 120_000) -> None:

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed, wait_for_text
+from tests.browser.conftest import (
+    OpenPage,
+    draw_init_png,
+    fill_number,
+    generate,
+    set_size_steps_seed,
+    wait_for_text,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -61,8 +68,7 @@ def test_clip_scores_alignment_and_interrogate(open_page: OpenPage, tmp_path: Pa
     page = open_page(height=1600)
     page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
     page.fill("#txt2img_prompt textarea", "a red circle, blue background")
-    page.locator("#txt2img_batch_size input[type=number]").fill("2")
-    page.locator("#txt2img_batch_size input[type=number]").press("Tab")
+    fill_number(page, "txt2img_batch_size", 2)
     set_size_steps_seed(page, "txt2img", steps=8, seed=11)
     generate(page, "txt2img", "Seed: 11")
     # the follow-up event adds the score to the parameters and the gallery captions
@@ -98,9 +104,7 @@ def test_clip_scores_alignment_and_interrogate(open_page: OpenPage, tmp_path: Pa
     # best of N: 4 made, the 2 best kept and shown, every score in the parameters
     page.locator("#txt2img_clip").get_by_text("CLIP").first.click()
     for elem_id, value in (("txt2img_clip_best_of", 4), ("txt2img_clip_keep", 2)):
-        field = page.locator(f"#{elem_id} input[type=number]")
-        field.fill(str(value))
-        field.press("Tab")
+        fill_number(page, elem_id, value)
     set_size_steps_seed(page, "txt2img", steps=8, seed=21)
     page.click("#txt2img_generate")
     wait_for_text(page, "#txt2img_infotext textarea", "CLIP scores: ")

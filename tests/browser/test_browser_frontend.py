@@ -239,53 +239,61 @@ def _contrast(page: Any, selector: str) -> float:
     )
 
 
-@pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_layout_fits_phone_tablet_and_desktop(running_app: str, tmp_path: Path, scheme: str) -> None:
+def test_layout_fits_phone_tablet_and_desktop(running_app: str, tmp_path: Path) -> None:
+    """Both colour schemes on one app: the layout at three sizes (it does not depend on the scheme, so
+    the light one is looked at on the desktop only), the theme following the browser, readable text and
+    errors, and icons that draw."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            for width, height in ((1280, 800), (1024, 768), (390, 844)):
-                viewport = {"width": width, "height": height}
-                context = browser.new_context(viewport=viewport, color_scheme=scheme)
-                page = context.new_page()
-                page.goto(running_app)
-                page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
-                for tab in ("txt2img", "img2img"):
-                    page.get_by_role("tab", name=tab).first.click()
-                    page.wait_for_selector(f"#{tab}_generate", state="visible")
-                    scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-                    shot = tmp_path / f"{tab}-{width}x{height}-{scheme}.png"
-                    page.screenshot(path=str(shot), full_page=True)
-                    assert scroll[0] <= scroll[1], f"{tab} scrolls sideways at {width}x{height}: {scroll}"
-                    assert page.locator(f"#{tab}_generate").bounding_box()["width"] > 0
-                dark = page.evaluate("document.body.classList.contains('dark')")
-                assert dark is (scheme == "dark"), "the theme does not follow the browser"
-                context.close()
-
-            # Readable in this scheme: page text and an error message against the page background.
-            context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
-            page = context.new_page()
-            page.goto(running_app)
-            page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
-            set_number(page, "txt2img_width", 100)
-            page.click("#txt2img_generate")
-            wait_for_text(page, "#txt2img_error", "multiple of 8", timeout=30_000)
-            assert _contrast(page, "#txt2img_error") >= 4.5
-            assert _contrast(page, "#txt2img_steps label, #txt2img_steps span") >= 4.5
-            page.screenshot(path=str(tmp_path / f"error-{scheme}.png"))
-
-            # Every icon button draws its icon (pixels of two colours at least), with its label as tooltip.
-            icons = page.locator("#tab_txt2img button.easel-icon")
-            assert icons.count() >= 4
-            for index in range(icons.count()):
-                button = icons.nth(index)
-                shot = tmp_path / f"icon-{index}-{scheme}.png"
-                button.screenshot(path=str(shot))
-                colours = Image.open(shot).convert("L").getextrema()
-                assert colours[1] - colours[0] > 60, f"icon {button.get_attribute('id')} draws nothing"
-                assert button.get_attribute("title"), "an icon button has no tooltip"
-            context.close()
+            for scheme in ("dark", "light"):
+                _check_scheme(browser, running_app, tmp_path, scheme)
         finally:
             browser.close()
+
+
+def _check_scheme(browser: Any, running_app: str, tmp_path: Path, scheme: str) -> None:
+    sizes = ((1280, 800), (1024, 768), (390, 844)) if scheme == "dark" else ((1280, 800),)
+    for width, height in sizes:
+        viewport = {"width": width, "height": height}
+        context = browser.new_context(viewport=viewport, color_scheme=scheme)
+        page = context.new_page()
+        page.goto(running_app)
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+        for tab in ("txt2img", "img2img"):
+            page.get_by_role("tab", name=tab).first.click()
+            page.wait_for_selector(f"#{tab}_generate", state="visible")
+            scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            shot = tmp_path / f"{tab}-{width}x{height}-{scheme}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert scroll[0] <= scroll[1], f"{tab} scrolls sideways at {width}x{height}: {scroll}"
+            assert page.locator(f"#{tab}_generate").bounding_box()["width"] > 0
+        dark = page.evaluate("document.body.classList.contains('dark')")
+        assert dark is (scheme == "dark"), "the theme does not follow the browser"
+        context.close()
+
+    # Readable in this scheme: page text and an error message against the page background.
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+    page = context.new_page()
+    page.goto(running_app)
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+    set_number(page, "txt2img_width", 100)
+    page.click("#txt2img_generate")
+    wait_for_text(page, "#txt2img_error", "multiple of 8", timeout=30_000)
+    assert _contrast(page, "#txt2img_error") >= 4.5
+    assert _contrast(page, "#txt2img_steps label, #txt2img_steps span") >= 4.5
+    page.screenshot(path=str(tmp_path / f"error-{scheme}.png"))
+
+    # Every icon button draws its icon (pixels of two colours at least), with its label as tooltip.
+    icons = page.locator("#tab_txt2img button.easel-icon")
+    assert icons.count() >= 4
+    for index in range(icons.count()):
+        button = icons.nth(index)
+        shot = tmp_path / f"icon-{index}-{scheme}.png"
+        button.screenshot(path=str(shot))
+        colours = Image.open(shot).convert("L").getextrema()
+        assert colours[1] - colours[0] > 60, f"icon {button.get_attribute('id')} draws nothing"
+        assert button.get_attribute("title"), "an icon button has no tooltip"
+    context.close()

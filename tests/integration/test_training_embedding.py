@@ -87,3 +87,50 @@ def test_an_embedding_trains_saves_in_a1111_layout_and_is_used_by_name(
         assert plain.images[0].png_bytes != named.images[0].png_bytes
     finally:
         services.generation.shutdown()
+
+
+def test_training_goes_on_from_an_embedding_file_and_keeps_the_previous_one(
+    tmp_path: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """A1111's "train this embedding": the vectors start from the file (not from an initialization text),
+    the step count goes on, the file is replaced and its previous version moved aside; a file made for
+    another text encoder is refused by name."""
+    from safetensors.torch import save_file
+
+    model = _load(tmp_path, tiny_model_files, "sd15_single")
+    dataset = load_dataset(_dataset(tmp_path))
+    out = tmp_path / "models" / "embeddings"
+    first = train_embedding(
+        model, dataset,
+        EmbeddingTrainingConfig(name="zwx-ball", resolution=64, total_steps=2, vectors=2, init_text="ball",
+                                learning_rate=5e-2, seed=1),
+        out,
+    )  # fmt: skip
+    assert first.path is not None
+    original = first.path.read_bytes()
+    with safe_open(str(first.path), framework="pt") as handle:
+        start = handle.get_tensor("emb_params")
+    on_from_file = EmbeddingTrainingConfig(
+        name="zwx-ball", resolution=64, total_steps=3, vectors=7, init_text="something else",
+        learning_rate=1e-9, seed=2, init_file=str(first.path),
+    )  # fmt: skip
+    with pytest.raises(TrainingError, match="previous version"):
+        train_embedding(model, dataset, on_from_file, out)  # replacing needs somewhere to keep the old one
+    keep = tmp_path / "run" / "previous"
+    second = train_embedding(model, dataset, on_from_file, out, keep_previous=keep)
+    assert second.path == first.path and second.steps == 3
+    assert (keep / "zwx-ball.safetensors").read_bytes() == original  # nothing lost
+    with safe_open(str(second.path), framework="pt") as handle:
+        went_on = handle.get_tensor("emb_params")
+        assert handle.metadata()["step"] == "5"  # 2 before + 3 now
+    assert went_on.shape == start.shape  # the file's 2 vectors, not the config's 7
+    assert torch.allclose(went_on, start, atol=1e-5)  # a tiny rate: still the file's vectors, not new ones
+
+    foreign = out / "wide.safetensors"
+    save_file({"emb_params": torch.zeros(2, start.shape[1] + 8)}, str(foreign))
+    with pytest.raises(TrainingError, match="does not fit"):
+        train_embedding(
+            model, dataset,
+            EmbeddingTrainingConfig(name="wide-2", resolution=64, total_steps=1, init_file=str(foreign)),
+            out,
+        )  # fmt: skip

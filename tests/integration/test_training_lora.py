@@ -171,6 +171,36 @@ def test_a_loss_that_is_not_finite_stops_the_run_and_saves_nothing(
     assert set(after) == set(before) and all(torch.equal(after[name], before[name]) for name in before)
 
 
+def test_gradient_accumulation_steps_once_per_k_batches(
+    tmp_path: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """With 3 batches per step, 2 steps run the UNet on 6 batches, report 2 losses and tell the step
+    callback 2 steps; 0 batches per step is refused."""
+    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    batches: list[int] = []
+    hook = model.unet.register_forward_hook(lambda _module, _args, _output: batches.append(1))
+    steps: list[int] = []
+    dataset = load_dataset(_dataset(tmp_path))
+    config = LoraTrainingConfig(
+        name="accumulated", resolution=64, rank=2, total_steps=2, gradient_accumulation=3,
+        min_snr_gamma=None, train_text_encoder=False,
+    )  # fmt: skip
+    try:
+        result = train_lora(
+            model, dataset, config, tmp_path / "out",
+            on_step=lambda step, _total, _loss: steps.append(step) or True,
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(batches) == 6 and steps == [1, 2] and len(result.losses) == 2
+    assert result.path is not None and result.path.is_file()
+    with pytest.raises(TrainingError, match="gradient accumulation"):
+        train_lora(
+            model, dataset,
+            LoraTrainingConfig(name="zero", resolution=64, gradient_accumulation=0), tmp_path / "out",
+        )  # fmt: skip
+
+
 def test_a_stopped_and_resumed_run_equals_one_that_never_stopped(
     tmp_path: Path, tiny_model_files: dict[str, Path]
 ) -> None:

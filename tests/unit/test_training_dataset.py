@@ -116,5 +116,10 @@ def test_histogram_and_step_readout(tmp_path: Path) -> None:
     plan = plan_steps(dataset, total_steps=100, batch_size=2)
     assert plan.steps_per_epoch == 8  # 4 images x 4 repeats / batch 2
     assert plan.readout() == "100 steps = 12.5 epochs × 4 images × 4 repeats / batch 2"
+    accumulated = plan_steps(dataset, total_steps=100, batch_size=2, accumulation=4)
+    assert accumulated.steps_per_epoch == 2  # 16 samples / (batch 2 × 4 batches per step)
+    assert accumulated.readout() == "100 steps = 50.0 epochs × 4 images × 4 repeats / batch 2 × 4 accumulated"
     with pytest.raises(DatasetError, match="batch size"):
         plan_steps(dataset, total_steps=100, batch_size=0)
+    with pytest.raises(DatasetError, match="gradient accumulation"):
+        plan_steps(dataset, total_steps=100, batch_size=1, accumulation=0)

@@ -1,7 +1,7 @@
 """The rest of ``/sdapi/v1``: flags, styles, lists of things Easel has (or has none of), model
 unload/reload, scripts, server control, ``/internal/*``, and A1111 endpoints Easel cannot back.
 
-The endpoints Easel cannot back (training) answer 501 in A1111's error shape with a
+The endpoints Easel cannot back (hypernetworks) answer 501 in A1111's error shape with a
 message saying so, so a client shows a clear error instead of guessing.
 """
 
@@ -130,12 +130,16 @@ def add_system_routes(router: APIRouter, services: Any) -> None:
         def interrogate(body: dict[str, Any] | None = None) -> dict[str, Any]:
             raise _not_available("Interrogation (CLIP / DeepDanbooru captions)")
 
-    for path, what in (
-        ("/sdapi/v1/create/embedding", "Creating embeddings"),
+    unbacked = [
         ("/sdapi/v1/create/hypernetwork", "Creating hypernetworks"),
-        ("/sdapi/v1/train/embedding", "Training embeddings"),
         ("/sdapi/v1/train/hypernetwork", "Training hypernetworks"),
-    ):
+    ]
+    if getattr(services, "training", None) is None:  # else webui.api.training_routes serves them
+        unbacked += [
+            ("/sdapi/v1/create/embedding", "Creating embeddings"),
+            ("/sdapi/v1/train/embedding", "Training embeddings"),
+        ]
+    for path, what in unbacked:
 
         def unavailable(body: dict[str, Any] | None = None, what: str = what) -> dict[str, Any]:
             raise _not_available(what)

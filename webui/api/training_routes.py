@@ -1,4 +1,5 @@
-"""``/easel/v1/train``: start, follow, stop and cancel training runs (LoRA), the Train tab's service."""
+"""``/easel/v1/train``: start, follow, stop and cancel training runs (LoRA, embedding), the Train tab's
+service; and A1111's ``/sdapi/v1/create/embedding`` and ``/sdapi/v1/train/embedding`` over the same runs."""
 
 from __future__ import annotations
 
@@ -62,6 +63,69 @@ class TrainRun(BaseModel):
 
 class TrainRuns(BaseModel):
     runs: list[TrainRun]
+
+
+class CreateEmbeddingRequest(BaseModel):
+    """A1111's ``/sdapi/v1/create/embedding`` body."""
+
+    name: str
+    num_vectors_per_token: int = Field(1, ge=1, le=75)
+    overwrite_old: bool = Field(False, description="Replace an embedding of that name (kept in the cache).")
+    init_text: str = "*"
+
+
+class TrainEmbeddingRequest(BaseModel):
+    """A1111's ``/sdapi/v1/train/embedding`` body. Easel always buckets by aspect ratio (``varsize``) and
+    saves once at the end; fields it has no use for (``log_directory``, ``clip_grad_*``, ``tag_drop_out``,
+    ``latent_sampling_method``, ``use_weight``, ``save_embedding_every``, ``template_filename``, ...) are
+    accepted and ignored."""
+
+    model_config = {"extra": "ignore"}
+
+    embedding_name: str
+    learn_rate: str | float = Field("0.005", description="One rate (A1111's rate schedules are refused).")
+    batch_size: int = Field(1, ge=1, le=64)
+    gradient_step: int = Field(1, ge=1, le=1024, description="Batches per optimizer step.")
+    data_root: str = Field(description="The image folder on the server (<image>.txt captions).")
+    training_width: int = Field(512, ge=64, le=4096)
+    training_height: int = Field(512, ge=64, le=4096)
+    steps: int = Field(100, ge=1, le=100_000)
+    shuffle_tags: bool = False
+    create_image_every: int = Field(0, ge=0, description="A sample every N steps (0: none).")
+    preview_from_txt2img: bool = False
+    preview_prompt: str = ""
+    preview_negative_prompt: str = ""
+    preview_steps: int = Field(20, ge=1, le=150)
+    preview_sampler_name: str = "DPM++ 2M"
+    preview_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    preview_seed: int = -1
+
+
+def embedding_settings(request: TrainEmbeddingRequest) -> TrainSettings:
+    """The Easel run an A1111 ``train/embedding`` call asks for (:class:`TrainingRequestError` if none)."""
+    try:
+        rate = float(request.learn_rate)
+    except ValueError:
+        raise TrainingRequestError(
+            f"learn_rate {request.learn_rate!r}: Easel trains with one learning rate (e.g. 0.005) and a "
+            "schedule of its own (POST /easel/v1/train: schedule, warmup_steps), not A1111's rate:step lists"
+        ) from None
+    side = round((request.training_width * request.training_height) ** 0.5 / 64) * 64
+    samples: dict[str, Any] = {"sample_every": request.create_image_every}
+    if request.preview_from_txt2img and request.preview_prompt.strip():
+        samples.update(
+            sample_prompts=[request.preview_prompt],
+            sample_steps=request.preview_steps,
+            sample_cfg_scale=request.preview_cfg_scale,
+            sample_sampler=request.preview_sampler_name,
+            sample_seed=max(0, request.preview_seed),
+        )
+    return TrainSettings(
+        method="embedding", name=request.embedding_name, init_from=request.embedding_name,
+        learning_rate=rate, batch_size=request.batch_size, gradient_accumulation=request.gradient_step,
+        resolution=max(64, side), steps=request.steps, shuffle_captions=request.shuffle_tags,
+        schedule="constant", **samples,
+    )  # fmt: skip
 
 
 def add_training_routes(router: APIRouter, services: Any) -> None:
@@ -135,3 +199,32 @@ def add_training_routes(router: APIRouter, services: Any) -> None:
         except FileNotFoundError as exc:
             raise ApiError(404, "NotFound", str(exc)) from exc
         return FileResponse(path, media_type="image/png")
+
+    @router.post("/sdapi/v1/create/embedding", tags=["A1111"])
+    def create_embedding(request: CreateEmbeddingRequest) -> dict[str, Any]:
+        """A new embedding from the selected checkpoint's token embeddings of ``init_text`` (A1111's answer:
+        ``{"info": "create embedding filename: ..."}``, or ``"create embedding error: ..."``)."""
+        try:
+            path = service().create_embedding(
+                request.name, vectors=request.num_vectors_per_token, init_text=request.init_text,
+                overwrite=request.overwrite_old,
+            )  # fmt: skip
+        except TrainingRequestError as exc:
+            return {"info": f"create embedding error: {exc}"}
+        return {"info": f"create embedding filename: {path}"}
+
+    @router.post("/sdapi/v1/train/embedding", tags=["A1111"])
+    def train_embedding(request: TrainEmbeddingRequest) -> dict[str, Any]:
+        """Train an existing embedding on a server folder and answer when it ends, as A1111 does
+        (``{"info": "train embedding complete: filename: ... error: ..."}``). The run is an ordinary training
+        run meanwhile: in ``GET /easel/v1/train``, in the progress, stoppable; the previous file is kept in
+        the run's folder."""
+        try:
+            settings = embedding_settings(request)
+            run = service().start(settings, folder=Path(request.data_root))
+        except (TrainingRequestError, ValueError) as exc:
+            return {"info": f"train embedding error: {exc}"}
+        run = service().wait(run.id)
+        filename = service().embeddings_dir / run.result if run.result else ""
+        error = run.error or (None if run.state.value in ("done", "stopped") else run.state.value)
+        return {"info": f"train embedding complete: filename: {filename} error: {error}"}

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TRAIN_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 TRAIN_OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor")
+# auto: bf16 on a GPU that has it, else the server's --precision (fp32 on the CPU). No plain fp16: its
+# updates underflow in the trained weights and its range overflows in the loss.
+TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class RunState(StrEnum):
@@ -71,10 +74,22 @@ class TrainSettings(BaseModel):
     min_snr_gamma: float | None = Field(5.0, ge=0.0)
     flip: bool = Field(False, description="Also train on the mirrored images.")
     gradient_checkpointing: bool = False
+    gradient_accumulation: int = Field(
+        1, ge=1, le=1024, description="Batches per optimizer step (their gradients averaged)."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPUs that have it, else the server's precision."
+    )
     shuffle_captions: bool = False
     keep_tokens: int = Field(0, ge=0)
     vectors: int = Field(4, ge=1, le=75, description="Embedding: vectors per token (A1111's setting).")
     init_text: str = Field("*", description="Embedding: the words its vectors start from.")
+    init_from: str | None = Field(
+        None,
+        description="Embedding: go on training this embedding of models/embeddings (its vectors and step "
+        "count; vectors and init_text are then unused). With name equal to it, the trained file replaces it "
+        "and the previous version is kept in the run's folder.",
+    )
     sample_prompts: list[str] | None = Field(
         None, description="Prompts drawn while training; default: the trigger and class word."
     )

@@ -240,6 +240,11 @@ class GenerationService(ImageModesMixin):
 
         return self.submit_call(run).result()
 
+    def submit_with_model(self, record: Any, func: Callable[[Any], Any]) -> Future[Any]:
+        """Queue ``func(model)`` with checkpoint ``record`` loaded (and made the active one, as a generation
+        with it would), for work that reads the model itself, e.g. creating an embedding."""
+        return self.submit_call(lambda: func(self._activate(record, self.options.get().sd_vae)))
+
     def no_model_message(self) -> str:
         return (
             f"No checkpoint found. Put a Stable Diffusion model (.safetensors file or diffusers folder) "

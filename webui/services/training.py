@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 TRAINABLE = (ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL)
 MIN_SIDE = 64  # smaller images cannot fill the smallest bucket without being upscaled
 MAX_ZIP_BYTES = 2 * 2**30  # what a dataset zip may unpack to
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")  # the embedding files Easel reads, by preference
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 _RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 
@@ -315,6 +316,22 @@ class TrainingService:
                     return Path(path)
         raise FileNotFoundError(f"run {run_id} has no sample {file_name!r}")
 
+    def wait(self, run_id: str, timeout: float | None = None) -> TrainingRun:
+        """Block until run ``run_id`` has finished (done, stopped, failed or cancelled); return it."""
+        run = self.get(run_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not run.state.finished:
+            future = run._future
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if future is not None:
+                with contextlib.suppress(Exception):
+                    future.result(timeout=min(left, 1.0) if left is not None else 1.0)
+            else:
+                time.sleep(0.2)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return run
+
     def active(self) -> TrainingRun | None:
         with self._lock:
             return next((run for run in self._runs.values() if run.state is RunState.RUNNING), None)
@@ -350,17 +367,84 @@ class TrainingService:
     def output_dir(self, method: str) -> Path:
         return self.embeddings_dir if method == "embedding" else self.lora_dir
 
-    def check_name(self, name: str, *, exclude: str | None = None, method: str = "lora") -> None:
+    def embedding_file(self, name: str) -> Path:
+        """The file of embedding ``name`` in ``models/embeddings`` (:class:`TrainingRequestError` if none)."""
+        for suffix in EMBEDDING_SUFFIXES:
+            path = self.embeddings_dir / f"{name}{suffix}"
+            if path.is_file():
+                return path
+        raise TrainingRequestError(
+            f"there is no embedding {name!r} in {self.embeddings_dir}; create it first or check the name"
+        )
+
+    def create_embedding(
+        self,
+        name: str,
+        *,
+        vectors: int = 1,
+        init_text: str = "*",
+        overwrite: bool = False,
+        model: str | None = None,
+    ) -> Path:
+        """A1111's "Create embedding": ``models/embeddings/<name>.safetensors`` whose ``vectors`` start as
+        the token embeddings of ``init_text`` in the checkpoint ``model`` (the selected one by default),
+        ready to be trained on (:meth:`start` with ``init_from``). With ``overwrite`` an existing ``<name>``
+        is moved to ``cache/training/replaced/`` first; without, it is an error."""
+        self.check_name(name, method="embedding", replacing=True)
+        if not 1 <= vectors <= 75:
+            raise TrainingRequestError(f"an embedding has 1 to 75 vectors per token (got {vectors})")
+        existing = [self.embeddings_dir / f"{name}{x}" for x in EMBEDDING_SUFFIXES]
+        existing = [path for path in existing if path.exists()]
+        if existing and not overwrite:
+            raise TrainingRequestError(
+                f"{existing[0].name} already exists in {self.embeddings_dir}; choose another name, or "
+                "overwrite it (the old file is kept in the cache folder)"
+            )
+        record = self.checkpoint(model)
+        target = self.embeddings_dir / f"{name}.safetensors"
+
+        def make(loaded: Any) -> Path:
+            from webui.metadata.image_io import save_new_file
+            from webui.training.embedding import embedding_file_bytes, starting_vectors
+
+            data = embedding_file_bytes(
+                loaded, starting_vectors(loaded, init_text, vectors),
+                {"name": name, "step": "0", "sd_checkpoint": record.short_hash or "",
+                 "sd_checkpoint_name": record.name, "init_text": init_text, "trained_in": "Easel"},
+            )  # fmt: skip
+            if existing:
+                keep = self.root / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+                keep.mkdir(parents=True, exist_ok=True)
+                for path in existing:
+                    path.replace(keep / path.name)
+                log.info("embedding %s replaced; the previous file is in %s", name, keep)
+            self.embeddings_dir.mkdir(parents=True, exist_ok=True)
+            save_new_file(data, target)
+            return target
+
+        path: Path = self.generation.submit_with_model(record, make).result()
+        if self.networks is not None:
+            try:
+                self.networks.refresh_embeddings()
+            except Exception as exc:  # written; the list catches up at the next refresh
+                log.warning("could not refresh the embeddings after creating %s: %s", name, exc)
+        return path
+
+    def check_name(
+        self, name: str, *, exclude: str | None = None, method: str = "lora", replacing: bool = False
+    ) -> None:
+        """``name`` can be written (``replacing``: an embedding trained on from its own file may exist)."""
         if not _NAME.match(name or "") or name.strip() != name:
             raise TrainingRequestError(
                 f"the name {name!r} cannot be a LoRA file name: use letters, digits, spaces, '.', '-' or '_' "
                 "(up to 100, starting with a letter or digit)"
             )
-        target = self.output_dir(method) / f"{name}.safetensors"
-        if target.exists() or (method == "embedding" and any(target.parent.glob(f"{name}.*"))):
+        folder = self.output_dir(method)
+        suffixes = EMBEDDING_SUFFIXES if method == "embedding" else (".safetensors",)
+        taken = next((folder / f"{name}{x}" for x in suffixes if (folder / f"{name}{x}").exists()), None)
+        if taken is not None and not replacing:
             raise TrainingRequestError(
-                f"{target.name} already exists in {target.parent}; choose another name "
-                "(nothing is overwritten)"
+                f"{taken.name} already exists in {folder}; choose another name (nothing is overwritten)"
             )
         with self._lock:
             for run in self._runs.values():
@@ -484,7 +568,13 @@ class TrainingService:
         :class:`TrainingRequestError` when it cannot start (nothing is left behind then)."""
         self.check_settings(settings)
         record = self.checkpoint(settings.model)
-        self.check_name(settings.name, method=settings.method)
+        replacing = False
+        if settings.init_from:
+            if settings.method != "embedding":
+                raise TrainingRequestError("init_from continues an embedding; a LoRA run resumes instead")
+            self.embedding_file(settings.init_from)
+            replacing = settings.init_from == settings.name
+        self.check_name(settings.name, method=settings.method, replacing=replacing)
         uploads, zips = list(uploads), list(zips)
         if folder is not None and (uploads or zips or staged):
             raise TrainingRequestError("give either a server folder or uploaded images, not both")
@@ -652,9 +742,12 @@ class TrainingService:
             "sample_every": settings.sample_every or 0,
             "optimizer": settings.optimizer,
             "base_model_hash": record.short_hash or "",
+            "gradient_accumulation": settings.gradient_accumulation,
         }
         if settings.method == "embedding":
             config.update({"vectors": settings.vectors, "init_text": settings.init_text})
+            if settings.init_from:
+                config["init_file"] = str(self.embedding_file(settings.init_from))
         return {
             "resume": run._resume,
             "method": settings.method,
@@ -669,6 +762,7 @@ class TrainingService:
             "tokenizer_cache": str(self.tokenizer_cache),
             "device": self.device,
             "precision": self.precision,
+            "train_precision": settings.precision,
             "samples": {
                 "prompts": settings.sample_prompts or [],
                 "seed": settings.sample_seed,

@@ -162,10 +162,11 @@ class StepPlan:
     batch_size: int
     samples_per_epoch: int  # images × repeats
     images: int
+    accumulation: int = 1  # batches per optimizer step
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(self.samples_per_epoch / self.batch_size))
+        return max(1, math.ceil(self.samples_per_epoch / (self.batch_size * self.accumulation)))
 
     @property
     def epochs(self) -> float:
@@ -175,15 +176,19 @@ class StepPlan:
         """A1111/kohya users' arithmetic: ``= 6.7 epochs × 12 images × 10 repeats / batch 2``."""
         repeats = self.samples_per_epoch / self.images if self.images else 0
         shown = f"{repeats:g}" if repeats == int(repeats) else f"{repeats:.1f} (mean)"
+        accumulated = f" × {self.accumulation} accumulated" if self.accumulation > 1 else ""
         return (
             f"{self.total_steps} steps = {self.epochs:.1f} epochs × {self.images} "
             f"{'image' if self.images == 1 else 'images'} × {shown} repeats / batch {self.batch_size}"
+            f"{accumulated}"
         )
 
 
-def plan_steps(dataset: Dataset, total_steps: int, batch_size: int) -> StepPlan:
+def plan_steps(dataset: Dataset, total_steps: int, batch_size: int, accumulation: int = 1) -> StepPlan:
     if total_steps < 1:
         raise DatasetError(f"total steps must be at least 1, got {total_steps}")
     if batch_size < 1:
         raise DatasetError(f"batch size must be at least 1, got {batch_size}")
-    return StepPlan(total_steps, batch_size, dataset.samples_per_epoch, len(dataset.images))
+    if accumulation < 1:
+        raise DatasetError(f"gradient accumulation must be at least 1, got {accumulation}")
+    return StepPlan(total_steps, batch_size, dataset.samples_per_epoch, len(dataset.images), accumulation)

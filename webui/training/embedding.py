@@ -41,6 +41,7 @@ class EmbeddingTrainingConfig(LoraTrainingConfig):
     vectors: int = 4  # A1111's "number of vectors per token"
     init_text: str = "*"
     learning_rate: float = 5e-3
+    init_file: str = ""  # go on from this embedding file (its vectors and step count) instead of init_text
 
     def check(self) -> None:
         super().check()
@@ -60,6 +61,58 @@ def _token_rows(tokenizer: Any, encoder: Any, text: str, count: int) -> torch.Te
     return torch.stack([table[ids[index % len(ids)]] for index in range(count)]).float().clone()
 
 
+def starting_vectors(model: Any, text: str, count: int) -> list[torch.Tensor]:
+    """A new embedding's vectors, one ``[count, width]`` table per text encoder, from the token embeddings
+    of ``text`` (A1111's "initialization text"; cycled to fill ``count``)."""
+    return [
+        _token_rows(tokenizer, encoder, text, count)
+        for tokenizer, encoder in zip(model.tokenizers, model.text_encoders, strict=True)
+    ]
+
+
+def file_vectors(model: Any, path: Path) -> tuple[list[torch.Tensor], int]:
+    """The vectors of an embedding file that fit ``model``'s text encoders, and the steps it was trained.
+
+    :class:`TrainingError` when the file cannot be read or was made for another family."""
+    from webui.runtime.embeddings import EmbeddingError, read_embedding_file
+
+    try:
+        embedding = read_embedding_file(path)
+    except EmbeddingError as exc:
+        raise TrainingError(str(exc)) from exc
+    encoders = model.text_encoders
+    tables = []
+    for index, encoder in enumerate(encoders):
+        width = int(encoder.get_input_embeddings().weight.shape[-1])
+        table = embedding.for_encoder(index, len(encoders), width)
+        if table is None:
+            raise TrainingError(
+                f"the embedding {path.name} does not fit {model.family.value} (its vectors are "
+                f"{embedding.shape} wide, this checkpoint's text encoder takes {width}); train it on the "
+                "checkpoint family it was made for"
+            )
+        tables.append(table.float().clone())
+    step = embedding.step
+    if step is None and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("step", "")
+        step = int(recorded) if recorded.isdigit() else None
+    return tables, step or 0
+
+
+def embedding_file_bytes(model: Any, tables: list[torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """An embedding in A1111's ``.safetensors`` layout: ``emb_params``, or ``clip_l``/``clip_g`` (SDXL)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    cpu = [table.detach().float().cpu().contiguous() for table in tables]
+    tensors = (
+        {"clip_l": cpu[0], "clip_g": cpu[1]} if model.family is ModelFamily.SDXL else {"emb_params": cpu[0]}
+    )
+    return safetensors_bytes(tensors, metadata)
+
+
 def _with_name(caption: str, name: str) -> str:
     return caption if name in caption else f"{name}, {caption}" if caption else name
 
@@ -72,18 +125,38 @@ def train_embedding(
     *,
     on_step: StepCallback | None = None,
     on_sample: EmbeddingSampleCallback | None = None,
+    keep_previous: Path | None = None,
 ) -> TrainingResult:
     """Train the embedding ``config.name`` on ``model``; write ``out_dir/<name>.safetensors``.
 
     ``on_step`` and the sample steps are as in :func:`webui.training.lora.train_lora`; ``on_sample(step,
     tables)`` gets the vectors as trained so far. A loss that is not finite raises :class:`TrainingError`
-    and saves nothing; the checkpoint's weights are not changed."""
+    and saves nothing; the checkpoint's weights are not changed.
+
+    With ``config.init_file`` the vectors start from that file and its step count goes on. When that file
+    is ``out_dir``'s own ``<name>.*`` (A1111's "train this embedding"), the trained file replaces it and the
+    previous one is moved into ``keep_previous`` (required then), so nothing is lost."""
     from diffusers import DDPMScheduler
 
     from webui.metadata.image_io import save_new_file
     from webui.runtime.conditioning import build_chunks, substituted_embeddings
 
-    target = checked_target(config, model, out_dir, "Training an embedding")
+    init_file = Path(config.init_file) if config.init_file else None
+    replaced = (
+        init_file
+        if init_file is not None and init_file.stem == config.name and init_file.parent == Path(out_dir)
+        else None
+    )
+    if replaced is not None and keep_previous is None:
+        raise TrainingError(f"training {replaced.name} on replaces it: say where its previous version goes")
+    target = checked_target(
+        config, model, out_dir, "Training an embedding", existing_allowed=replaced is not None
+    )
+    if init_file is not None:
+        initial, previous_steps = file_vectors(model, init_file)
+        config.vectors = int(initial[0].shape[0])
+    else:
+        initial, previous_steps = starting_vectors(model, config.init_text, config.vectors), 0
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     device = next(model.unet.parameters()).device
@@ -94,10 +167,7 @@ def train_embedding(
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
     encoders = model.text_encoders
     tokenizers = model.tokenizers
-    vectors = [
-        torch.nn.Parameter(_token_rows(tokenizer, encoder, config.init_text, config.vectors).to(device))
-        for tokenizer, encoder in zip(tokenizers, encoders, strict=True)
-    ]
+    vectors = [torch.nn.Parameter(table.to(device)) for table in initial]
     optimizer = make_optimizer(config.optimizer, [{"params": vectors, "lr": config.learning_rate}])
     sdxl = model.family is ModelFamily.SDXL
     counts = {config.name: config.vectors}
@@ -133,25 +203,37 @@ def train_embedding(
             grad_text=True,
         )  # fmt: skip
         if result.steps:
-            from safetensors.torch import save as safetensors_bytes
-
-            tensors = (
-                {"clip_l": vectors[0].detach().float().cpu(), "clip_g": vectors[1].detach().float().cpu()}
-                if sdxl
-                else {"emb_params": vectors[0].detach().float().cpu()}
-            )
             metadata = {
                 "name": config.name,
-                "step": str(result.steps),
+                "step": str(previous_steps + result.steps),
                 "sd_checkpoint": config.base_model_hash,
                 "sd_checkpoint_name": str(getattr(model.record, "name", "")),
-                "init_text": config.init_text,
+                "init_text": init_file.name if init_file is not None else config.init_text,
                 "trained_in": "Easel",
             }
-            save_new_file(
-                safetensors_bytes({k: t.contiguous() for k, t in tensors.items()}, metadata), target
-            )
+            data = embedding_file_bytes(model, list(vectors), metadata)
+            if replaced is not None and keep_previous is not None:
+                _save_replacing(data, target, replaced, keep_previous)
+            else:
+                save_new_file(data, target)
             result.path = target
     finally:
         torch.set_rng_state(global_rng)
     return result
+
+
+def _save_replacing(data: bytes, target: Path, previous: Path, keep: Path) -> None:
+    """Write ``target`` in place of ``previous`` (which may be ``target`` itself, or ``<name>.pt``), moving
+    ``previous`` into the folder ``keep`` first and back if the write fails."""
+    from webui.metadata.image_io import save_new_file
+
+    keep.mkdir(parents=True, exist_ok=True)
+    kept = keep / previous.name
+    if kept.exists():
+        raise TrainingError(f"{kept} exists already; nothing was replaced")
+    previous.replace(kept)
+    try:
+        save_new_file(data, target)
+    except BaseException:
+        kept.replace(previous)
+        raise

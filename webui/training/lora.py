@@ -94,6 +94,7 @@ class LoraTrainingConfig:
     sample_every: int = 0  # call ``on_sample`` every this many steps (and before the first, and at the end)
     optimizer: str = "AdamW"
     base_model_hash: str = ""  # the checkpoint's short hash, written as ss_sd_model_hash
+    gradient_accumulation: int = 1  # batches per optimizer step (their gradients averaged)
 
     def check(self) -> None:
         if not self.name or any(char in self.name for char in '/\\:*?"<>|') or self.name.startswith("."):
@@ -104,8 +105,8 @@ class LoraTrainingConfig:
             raise TrainingError(f"rank must be at least 1 and alpha above 0 (got {self.rank}, {self.alpha})")
         if self.resolution < 64 or self.resolution % 64:
             raise TrainingError(f"resolution must be a multiple of 64, at least 64 (got {self.resolution})")
-        if self.total_steps < 1 or self.batch_size < 1:
-            raise TrainingError("total steps and batch size must be at least 1")
+        if self.total_steps < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise TrainingError("total steps, batch size and gradient accumulation must be at least 1")
         if self.learning_rate <= 0:
             raise TrainingError(f"the learning rate must be above 0 (got {self.learning_rate})")
         if self.keep_tokens < 0 or self.sample_every < 0 or self.warmup_steps < 0:
@@ -324,6 +325,7 @@ def train_lora(
     optimizer = make_optimizer(config.optimizer, groups)
     base_rates = [group["lr"] for group in groups]
     encode = _TextEncoding(model)
+
     def sample(step: int) -> None:
         if on_sample is None or not config.sample_every:
             return
@@ -496,8 +498,8 @@ def run_steps(
         pooled = None if pooled_parts[0] is None else torch.cat([p for p in pooled_parts if p is not None])
         return context, pooled
 
-    result.steps = start
-    for step in range(start, config.total_steps):
+    def micro_batch(step: int) -> torch.Tensor:
+        """One batch's loss (a finite tensor with gradients; :class:`TrainingError` otherwise)."""
         bucket = rng.choices(keys, weights=weights)[0]
         pool = buckets[bucket]
         batch = rng.choices(pool, weights=[item.repeats for item in pool], k=config.batch_size)
@@ -542,11 +544,20 @@ def run_steps(
                 "saved. Lower the learning rate; if the model runs in fp16, train in bf16 or fp32 "
                 "(--precision bf16 or full)."
             )
+        return loss
+
+    accumulate = max(1, config.gradient_accumulation)
+    result.steps = start
+    for step in range(start, config.total_steps):
         factor = learning_rate_factor(config, step)
         for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
             group["lr"] = rate * factor
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value = 0.0
+        for _ in range(accumulate):  # one optimizer step over ``accumulate`` batches: their mean gradient
+            loss = micro_batch(step)
+            (loss / accumulate).backward()
+            value += float(loss.detach()) / accumulate
         optimizer.step()
         result.losses.append(value)
         result.steps = step + 1

@@ -5,7 +5,8 @@ takes the server down. The protocol is JSON, one object per line:
 
 - **stdin**: first the job (``checkpoint``: a ``CheckpointRecord`` as JSON, ``dataset``: a folder,
   ``trigger``, ``class_word``, ``prepend_trigger``, ``config``: ``LoraTrainingConfig``'s fields, ``out_dir``,
-  ``run_dir``, ``tokenizer_cache``, ``device``, ``precision``, ``samples``: prompts and how to draw them);
+  ``run_dir``, ``tokenizer_cache``, ``device``, ``precision`` (the server's), ``train_precision`` (auto, bf16
+  or fp32), ``samples``: prompts and how to draw them);
   then control lines: ``stop`` (save what was learnt and finish).
 - **stdout**: events, each with ``"event"``: ``status`` (``text``), ``dataset`` (``images``, ``buckets``,
   ``skipped``), ``step`` (``step``, ``total``, ``loss``, ``lr``), ``sample`` (``step``, ``paths``),
@@ -125,7 +126,12 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     record = CheckpointRecord.model_validate(job["checkpoint"])
     choice = choose_device(job.get("device", "auto"), job.get("precision", "half"), "sdpa", "normal")
     dtype = choice.dtype
-    if dtype == torch.float16 and choice.device.type == "cuda" and torch.cuda.is_bf16_supported():
+    wanted = job.get("train_precision") or "auto"
+    if wanted == "fp32":
+        dtype = torch.float32
+    elif wanted == "bf16":
+        dtype = torch.bfloat16
+    elif dtype == torch.float16 and choice.device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16  # fp16's range overflows in training; bf16 trains where the card has it
     precision = str(dtype).removeprefix("torch.")
     events.send("status", text=f"Loading {record.name} on {choice.device} ({precision})")
@@ -152,8 +158,9 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
 
     if isinstance(config, EmbeddingTrainingConfig):
         result = train_embedding(
-            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler
-        )
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
+            keep_previous=Path(job["run_dir"]) / "previous",
+        )  # fmt: skip
     else:
         result = train_lora(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,

@@ -11,7 +11,13 @@ from typing import Any
 
 import gradio as gr
 
-from webui.domain.training import TRAIN_OPTIMIZERS, TRAIN_SCHEDULES, RunState, TrainSettings
+from webui.domain.training import (
+    TRAIN_OPTIMIZERS,
+    TRAIN_PRECISIONS,
+    TRAIN_SCHEDULES,
+    RunState,
+    TrainSettings,
+)
 from webui.services.training import DatasetSummary, TrainingRequestError, optimizer_problems
 from webui.training.dataset import IMAGE_EXTENSIONS, StepPlan
 from webui.ui.user_errors import user_message
@@ -62,12 +68,27 @@ def _summary_markdown(summary: DatasetSummary) -> str:
     return "\n".join(lines)
 
 
-def _readout(images: int, samples_per_epoch: int, steps: Any, batch: Any) -> str:
+NEW_EMBEDDING = "(a new one, from the initialization text)"
+
+
+def _embedding_choices(services: Any) -> list[str]:
+    """The "Start from" choices: a new embedding, or one of ``models/embeddings`` to go on training."""
+    networks = getattr(services, "networks", None)
+    names: list[str] = []
+    if networks is not None:
+        try:
+            names = sorted({record.name for record in networks.embeddings.records()}, key=str.lower)
+        except Exception:  # an unreadable folder leaves only "new"; the embeddings tab says why
+            names = []
+    return [NEW_EMBEDDING, *names]
+
+
+def _readout(images: int, samples_per_epoch: int, steps: Any, batch: Any, accumulation: Any = 1) -> str:
     try:
-        plan = StepPlan(int(steps), int(batch), samples_per_epoch, images)
+        plan = StepPlan(int(steps), int(batch), samples_per_epoch, images, int(accumulation or 1))
     except (TypeError, ValueError):
         return ""
-    if not images or plan.total_steps < 1 or plan.batch_size < 1:
+    if not images or plan.total_steps < 1 or plan.batch_size < 1 or plan.accumulation < 1:
         return ""
     return plan.readout()
 
@@ -178,6 +199,12 @@ def build_train_tab(
                 elem_id="train_name",
             )  # fmt: skip
             with gr.Row(visible=False) as embedding_row:
+                init_from = gr.Dropdown(
+                    _embedding_choices(services), value=NEW_EMBEDDING, label="Start from",
+                    elem_id="train_init_from",
+                    info="an existing embedding goes on from its vectors and step count; under its own name "
+                    "its file is replaced and the old one kept in the run's folder",
+                )  # fmt: skip
                 vectors = gr.Number(4, label="Vectors per token", precision=0, minimum=1, maximum=75)
                 init_text = gr.Textbox("*", label="Initialization text", elem_id="train_init_text")
             with gr.Row():
@@ -233,6 +260,15 @@ def build_train_tab(
                     shuffle = gr.Checkbox(label="Shuffle caption tags")
                     flip = gr.Checkbox(label="Flip (mirror) augmentation")
                     checkpointing = gr.Checkbox(label="Gradient checkpointing (less memory, slower)")
+                with gr.Row():
+                    accumulation = gr.Number(
+                        1, label="Gradient accumulation (batches per step)", precision=0, minimum=1,
+                        elem_id="train_accumulation",
+                    )  # fmt: skip
+                    precision = gr.Dropdown(
+                        list(TRAIN_PRECISIONS), value="auto", label="Precision", elem_id="train_precision",
+                        info="auto: bf16 on GPUs that have it, else the server's precision; fp32 on the CPU",
+                    )  # fmt: skip
             with gr.Row():
                 start = gr.Button("Train", variant="primary", elem_id="train_start")
                 stop = gr.Button("Stop and save", elem_id="train_stop", interactive=False)
@@ -251,7 +287,8 @@ def build_train_tab(
         method, vectors, init_text, name, trigger, class_word, prepend, steps, batch, resolution, rank, alpha,
         learning_rate, te_rate,
         schedule, warmup, optimizer, text_encoder, sample_prompts, sample_every, seed, sample_seed,
-        sample_steps, noise_offset, min_snr, keep_tokens, shuffle, flip, checkpointing,
+        sample_steps, noise_offset, min_snr, keep_tokens, shuffle, flip, checkpointing, accumulation,
+        precision, init_from,
     ]  # fmt: skip
 
     def make_settings(*values: Any) -> TrainSettings:
@@ -260,7 +297,8 @@ def build_train_tab(
             resolution_v,
             rank_v, alpha_v, lr_v,
             te_lr_v, schedule_v, warmup_v, optimizer_v, te_v, prompts_v, every_v, seed_v, sample_seed_v,
-            sample_steps_v, noise_v, snr_v, keep_v, shuffle_v, flip_v, checkpointing_v,
+            sample_steps_v, noise_v, snr_v, keep_v, shuffle_v, flip_v, checkpointing_v, accumulation_v,
+            precision_v, init_from_v,
         ) = values  # fmt: skip
         prompts = [line.strip() for line in (prompts_v or "").splitlines() if line.strip()]
         return TrainSettings(
@@ -277,6 +315,8 @@ def build_train_tab(
             noise_offset=float(noise_v or 0), min_snr_gamma=float(snr_v) if snr_v else None,
             keep_tokens=int(keep_v or 0), shuffle_captions=bool(shuffle_v), flip=bool(flip_v),
             gradient_checkpointing=bool(checkpointing_v),
+            gradient_accumulation=int(accumulation_v or 1), precision=precision_v or "auto",
+            init_from=init_from_v if method_v == "embedding" and init_from_v != NEW_EMBEDDING else None,
         )  # fmt: skip
 
     def stage_files(paths: list[str], previous: Any) -> Any:
@@ -355,7 +395,13 @@ def build_train_tab(
             _summary_markdown(found),
             gr.update(value=rows, interactive=editable),
             gr.update(value=pictures),
-            _readout(found.images, found.samples_per_epoch, settings.steps, settings.batch_size),
+            _readout(
+                found.images,
+                found.samples_per_epoch,
+                settings.steps,
+                settings.batch_size,
+                settings.gradient_accumulation,
+            ),
             _model_line(services),
         ]
 
@@ -369,14 +415,14 @@ def build_train_tab(
         api_visibility="private",
     )  # fmt: skip
 
-    def live_readout(counts_v: Any, steps_v: Any, batch_v: Any) -> str:
+    def live_readout(counts_v: Any, steps_v: Any, batch_v: Any, accumulation_v: Any) -> str:
         images, per_epoch = counts_v or (0, 0)
-        return _readout(images, per_epoch, steps_v, batch_v)
+        return _readout(images, per_epoch, steps_v, batch_v, accumulation_v)
 
-    for field in (steps, batch):
+    for field in (steps, batch, accumulation):
         field.change(
             live_readout,
-            inputs=[counts, steps, batch],
+            inputs=[counts, steps, batch, accumulation],
             outputs=readout,
             api_visibility="private",
             queue=False,
@@ -496,10 +542,25 @@ def build_train_tab(
             gr.update(value=5e-3 if embedding else 1e-4),
             gr.update(visible=not embedding),
             gr.update(visible=not embedding),
+            gr.update(choices=_embedding_choices(services)),  # one trained a moment ago is there too
         ]
 
     method.change(
-        method_changed, inputs=method, outputs=[embedding_row, learning_rate, rank_row, text_encoder_row],
+        method_changed, inputs=method,
+        outputs=[embedding_row, learning_rate, rank_row, text_encoder_row, init_from],
+        api_visibility="private", queue=False,
+    )  # fmt: skip
+
+    def start_from_changed(chosen: str, current_name: str) -> list[Any]:
+        fresh = chosen in (None, NEW_EMBEDDING)
+        return [
+            gr.update(visible=fresh),  # the file decides how many vectors, and where they start
+            gr.update(visible=fresh),
+            current_name if fresh else chosen,  # going on under its own name; rename to keep both
+        ]
+
+    init_from.change(
+        start_from_changed, inputs=[init_from, name], outputs=[vectors, init_text, name],
         api_visibility="private", queue=False,
     )  # fmt: skip
 
