@@ -189,17 +189,19 @@ def test_a_zip_keeps_kohya_folders_and_captions(services: Any, tmp_path: Path) -
 
 def test_a_stopped_run_resumes_to_the_end(services: Any) -> None:
     training = services.training
-    run = training.start(_settings(name="resumed", steps=40, sample_every=0), uploads=UPLOADS)
+    run = training.start(_settings(name="resumed", steps=16, sample_every=0), uploads=UPLOADS)
     _wait_for_step(run, 2)
     training.stop(run.id)
     _wait(run)
-    assert run.state is RunState.STOPPED and run.step < 40
+    assert run.state is RunState.STOPPED and run.step < 16
     stopped_at = run.step
+    other = training.start(_settings(name="other", steps=1, sample_every=0), uploads=UPLOADS)
     with pytest.raises(TrainingRequestError, match="only a stopped run"):
-        training.resume(training.start(_settings(name="other", steps=1, sample_every=0), uploads=UPLOADS).id)
+        training.resume(other.id)  # still queued
+    training.cancel(other.id)
     training.resume(run.id)
     _wait(run)
     assert run.state is RunState.DONE, run.error
-    assert run.step == 40 and len(run.losses) == 40 and stopped_at < 40
+    assert run.step == 16 and len(run.losses) == 16 and stopped_at < 16
     with safe_open(str(services.settings.lora_path / "resumed.safetensors"), framework="pt") as handle:
-        assert handle.metadata()["ss_steps"] == "40"
+        assert handle.metadata()["ss_steps"] == "16"
