@@ -35,8 +35,8 @@ from tests import app_process  # noqa: E402  (the same start-and-wait as the tes
 
 def make_sources(folder: Path) -> tuple[Path, Path]:
     """One tiny SD 1.5 LoRA (the shipped reference LoRA) and one tiny SD 1.5 single-file checkpoint."""
-    from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file
     from tests.fixtures.tiny_models import tiny_sd15_components
+    from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file
 
     lora = folder / "source-lora.safetensors"
     shutil.copy2(ROOT / "models" / "Lora" / "easel-reference-grayscale.safetensors", lora)

@@ -83,7 +83,7 @@ def write_checkpoint() -> None:
     import torch
     from sd15_random import sd15_components
 
-    from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file
+    from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file
 
     parts = sd15_components()
     state = diffusers_to_ldm_state_dict(

@@ -26,8 +26,8 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     """A tiny SD 1.5 as a diffusers folder and as an A1111 single file, and a tiny SDXL single file."""
     from diffusers import StableDiffusionPipeline
 
-    from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file
     from tests.fixtures.tiny_models import tiny_sd15_components, tiny_sdxl_components
+    from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file
 
     root = tmp_path_factory.mktemp("tiny-models")
     components = tiny_sd15_components()

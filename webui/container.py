@@ -89,8 +89,9 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         *sweep_temp_files(settings.outputs_path),
         *sweep_temp_files(settings.lora_path),
         *sweep_temp_files(settings.embeddings_path),
+        *sweep_temp_files(settings.checkpoint_dir),
     ]
-    for leftover in leftovers:  # saves cut short by a crash or kill (images; trained LoRAs)
+    for leftover in leftovers:  # saves cut short by a crash or kill (images; trained models)
         log.warning("removed %s, the temp file of a save that did not finish", leftover)
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)

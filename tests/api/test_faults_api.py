@@ -245,8 +245,8 @@ def test_a_checkpoint_replaced_after_loading_is_reloaded_and_rehashed_on_refresh
 def _other_sd15(path: Path, *, half: bool) -> Path:
     import torch
 
-    from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file
     from tests.fixtures.tiny_models import tiny_sd15_components
+    from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file
 
     torch.manual_seed(1919)
     components = tiny_sd15_components()

@@ -184,3 +184,52 @@ def test_a1111_create_and_train_embedding(client: tuple[TestClient, Any], tmp_pa
     assert len(kept) == 1  # the trained one, moved aside rather than overwritten
     with safe_open(str(kept[0]), framework="pt") as handle:
         assert handle.metadata()["step"] == "3"
+
+
+def test_dreambooth_makes_a_checkpoint_that_is_listed_and_generates(
+    client: tuple[TestClient, Any], tiny_model_files: dict[str, Path]
+) -> None:
+    """A DreamBooth run with prior preservation: the class images are drawn into the run's folder, the new
+    single-file checkpoint is in the model list at once and generates; a diffusers-folder base and a taken
+    name are refused."""
+    http, services = client
+    response = http.post(
+        "/easel/v1/train",
+        json={
+            "method": "dreambooth", "model": "tiny", "name": "api-db", "trigger": "zwx", "class_word": "ball",
+            "images": [{"image": _b64((220, 20, 20))}, {"image": _b64((20, 20, 220))}],
+            "steps": 2, "resolution": 64, "sample_every": 0, "sample_steps": 2, "seed": 1,
+            "prior_preservation": True, "class_images": 2,
+        },
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    body = _follow(http, response.json()["id"])
+    assert body["state"] == "done", body["error"]
+    assert body["result"] == "api-db.safetensors" and body["settings"]["learning_rate"] == 2e-6
+    assert body["settings"]["class_prompt"] == "a photo of ball"
+    assert len(list((services.training.root / body["id"] / "class_images").glob("*.png"))) == 2
+    titles = [model["title"] for model in http.get("/sdapi/v1/sd-models").json()]
+    assert any(title.startswith("api-db.safetensors") for title in titles), titles
+    made = http.post(
+        "/sdapi/v1/txt2img",
+        json={"prompt": "zwx ball", "steps": 2, "width": 64, "height": 64, "seed": 1,
+              "override_settings": {"sd_model_checkpoint": "api-db"}},
+    )  # fmt: skip
+    assert made.status_code == 200, made.text
+    assert "Model: api-db" in made.json()["info"]
+
+    folder = services.settings.checkpoint_dir / "tiny-folder"
+    _link_or_copy(tiny_model_files["sd15_folder"], folder)
+    services.models.refresh()
+    folder_base = http.post(
+        "/easel/v1/train",
+        json={"method": "dreambooth", "model": "tiny-folder", "name": "db-2", "steps": 1,
+              "images": [{"image": _b64((20, 200, 20))}]},
+    )  # fmt: skip
+    assert folder_base.status_code == 422 and "diffusers folder" in folder_base.json()["detail"]
+    taken = http.post(
+        "/easel/v1/train",
+        json={"method": "dreambooth", "model": "tiny", "name": "api-db", "steps": 1,
+              "images": [{"image": _b64((20, 200, 20))}]},
+    )  # fmt: skip
+    assert taken.status_code == 422 and "already exists" in taken.json()["detail"]

@@ -70,10 +70,13 @@ def fill_number(page: Any, elem_id: str, value: float) -> None:
     field = page.locator(f"#{elem_id} input[type=number]")
     field.fill(str(value))
     field.press("Tab")
-    page.wait_for_function(
+    page.wait_for_function(  # a slider clamps to its range: then the clamped value is what it took
         "([id, v]) => { const el = document.querySelector(`#${id} input[type=range]`)"
         " || document.querySelector(`#${id} input[type=number]`);"
-        " return el && parseFloat(el.value) === v; }",
+        " if (!el) return false;"
+        " const hi = el.max === '' ? Infinity : parseFloat(el.max);"
+        " const lo = el.min === '' ? -Infinity : parseFloat(el.min);"
+        " return parseFloat(el.value) === Math.min(Math.max(v, lo), hi); }",
         arg=[elem_id, float(value)],
         timeout=30_000,
     )

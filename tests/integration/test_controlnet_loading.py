@@ -27,7 +27,6 @@ from tests.fixtures.controlnet_files import (  # noqa: E402
     write_folder,
     write_ldm_file,
 )
-from tests.fixtures.ldm_convert import convert_controlnet, save_single_file  # noqa: E402
 from webui.domain.controlnet_models import (  # noqa: E402
     ControlNetKind,
     ControlNetLayout,
@@ -42,6 +41,7 @@ from webui.runtime.controlnet.models import (  # noqa: E402
     LoadedControlNet,
     load_controlnet,
 )
+from webui.runtime.ldm_layout import convert_controlnet, save_single_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "models" / "ControlNet"

@@ -235,8 +235,8 @@ def test_vae_override_from_models_vae(services, data_dir: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
 
-    from tests.fixtures.ldm_convert import convert_vae, save_single_file
     from tests.fixtures.tiny_models import tiny_vae
+    from webui.runtime.ldm_layout import convert_vae, save_single_file
 
     torch.manual_seed(5)
     other = AutoencoderKL.from_config(tiny_vae().config)

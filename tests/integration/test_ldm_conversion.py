@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file  # noqa: E402
 from tests.fixtures.tiny_models import tiny_sd15_components, tiny_sdxl_components  # noqa: E402
+from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +109,7 @@ def test_fp16_file_keeps_layout(tmp_path: Path) -> None:
 
 
 def test_unplaced_tensors_are_reported() -> None:
-    from tests.fixtures.ldm_convert import ConversionError, convert_unet
+    from webui.runtime.ldm_layout import ConversionError, convert_unet
 
     components = tiny_sd15_components()
     unet = components["unet"]

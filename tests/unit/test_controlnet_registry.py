@@ -85,7 +85,7 @@ def controlnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_controlnet_layouts,
         write_folder,
     )
-    from tests.fixtures.ldm_convert import save_single_file
+    from webui.runtime.ldm_layout import save_single_file
 
     root = tmp_path_factory.mktemp("ControlNet")
     write_controlnet_layouts(tiny_sd15_controlnet(), root, "Tiny-sd15")
@@ -201,8 +201,8 @@ def _real_layouts(base: str) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]
     """The bundled config of ``base`` and the LDM / diffusers key → shape maps of a published model."""
     pytest.importorskip("accelerate")
     from tests.fixtures.controlnet_files import meta_controlnet
-    from tests.fixtures.ldm_convert import convert_controlnet
     from webui.registry.controlnet import bundled_controlnet_config
+    from webui.runtime.ldm_layout import convert_controlnet
 
     config = bundled_controlnet_config(base)
     model = meta_controlnet(config)
@@ -256,8 +256,8 @@ def test_bare_ldm_keys_and_full_checkpoints_with_a_controlnet_inside() -> None:
 )
 def test_sdxl_variants_with_fewer_transformer_layers(depths: list[int], down_types: list[str]) -> None:
     from tests.fixtures.controlnet_files import meta_controlnet
-    from tests.fixtures.ldm_convert import convert_controlnet
     from webui.registry.controlnet import bundled_controlnet_config, infer_controlnet_config
+    from webui.runtime.ldm_layout import convert_controlnet
 
     config = bundled_controlnet_config("sdxl")
     config.update(transformer_layers_per_block=depths, down_block_types=down_types)
@@ -276,12 +276,12 @@ def test_sdxl_variants_with_fewer_transformer_layers(depths: list[int], down_typ
 
 def test_miniature_sizes_are_read_from_shapes() -> None:
     from tests.fixtures.controlnet_files import meta_controlnet
-    from tests.fixtures.ldm_convert import convert_controlnet
     from webui.registry.controlnet import (
         bundled_controlnet_config,
         conditioning_downscale,
         infer_controlnet_config,
     )
+    from webui.runtime.ldm_layout import convert_controlnet
 
     config = bundled_controlnet_config("sdxl")
     config.update(

@@ -206,8 +206,8 @@ def test_scan_with_real_architecture_rules(tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
     import torch
 
-    from tests.fixtures.ldm_convert import diffusers_to_ldm_state_dict, save_single_file
     from tests.fixtures.tiny_models import tiny_sd15_components, tiny_sdxl_components
+    from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file
 
     sd15 = tiny_sd15_components(tokenizer=object())
     sdxl = tiny_sdxl_components(tokenizer=object(), tokenizer_2=object())

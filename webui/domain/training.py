@@ -28,7 +28,7 @@ class RunState(StrEnum):
         return self not in (RunState.QUEUED, RunState.RUNNING)
 
 
-DEFAULT_LEARNING_RATE = {"lora": 1e-4, "embedding": 5e-3}
+DEFAULT_LEARNING_RATE = {"lora": 1e-4, "embedding": 5e-3, "dreambooth": 2e-6}
 
 
 class TrainSettings(BaseModel):
@@ -46,8 +46,10 @@ class TrainSettings(BaseModel):
         """What prompts use: an embedding's name, else the trigger word."""
         return self.name if self.method == "embedding" else self.trigger
 
-    method: Literal["lora", "embedding"] = Field(
-        "lora", description="lora (models/Lora) or embedding: textual inversion (models/embeddings)."
+    method: Literal["lora", "embedding", "dreambooth"] = Field(
+        "lora",
+        description="lora (models/Lora), embedding: textual inversion (models/embeddings), or dreambooth: "
+        "a full fine-tune saved as a new checkpoint (models/Stable-diffusion).",
     )
     model: str | None = Field(None, description="Checkpoint title or name; the selected one when empty.")
     name: str = Field(description="Output name: models/Lora/<name>.safetensors, used as <lora:name:1>.")
@@ -90,6 +92,14 @@ class TrainSettings(BaseModel):
         "count; vectors and init_text are then unused). With name equal to it, the trained file replaces it "
         "and the previous version is kept in the run's folder.",
     )
+    prior_preservation: bool = Field(
+        False, description="DreamBooth: keep the class with images of it drawn by the checkpoint first."
+    )
+    class_prompt: str = Field(
+        "", description="DreamBooth: the class images' prompt; default 'a photo of <class word>'."
+    )
+    class_images: int = Field(50, ge=1, le=10_000, description="DreamBooth: how many class images.")
+    prior_loss_weight: float = Field(1.0, gt=0, le=10.0, description="DreamBooth: the class loss's weight.")
     sample_prompts: list[str] | None = Field(
         None, description="Prompts drawn while training; default: the trigger and class word."
     )

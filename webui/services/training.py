@@ -365,6 +365,8 @@ class TrainingService:
         return max(64, side // 64 * 64)
 
     def output_dir(self, method: str) -> Path:
+        if method == "dreambooth":
+            return Path(self.models.settings.checkpoint_dir)
         return self.embeddings_dir if method == "embedding" else self.lora_dir
 
     def embedding_file(self, name: str) -> Path:
@@ -440,7 +442,9 @@ class TrainingService:
                 "(up to 100, starting with a letter or digit)"
             )
         folder = self.output_dir(method)
-        suffixes = EMBEDDING_SUFFIXES if method == "embedding" else (".safetensors",)
+        suffixes = {"embedding": EMBEDDING_SUFFIXES, "dreambooth": (".safetensors", ".ckpt", "")}.get(
+            method, (".safetensors",)
+        )  # a checkpoint's name is also taken by a diffusers folder of that name
         taken = next((folder / f"{name}{x}" for x in suffixes if (folder / f"{name}{x}").exists()), None)
         if taken is not None and not replacing:
             raise TrainingRequestError(
@@ -596,10 +600,24 @@ class TrainingService:
                 shutil.rmtree(run_path, ignore_errors=True)
             raise
         resolved = settings.model_copy(update={"resolution": resolution, "learning_rate": settings.rate})
+        if settings.method == "dreambooth":
+            if not Path(record.path).is_file():
+                raise TrainingRequestError(
+                    f"{record.name} is a diffusers folder; DreamBooth saves a single-file checkpoint and "
+                    "starts from one: choose a .safetensors or .ckpt checkpoint"
+                )
+            if settings.prior_preservation and not (
+                settings.class_prompt.strip() or settings.class_word.strip()
+            ):
+                raise TrainingRequestError(
+                    "prior preservation needs a class prompt or a class word (e.g. 'dog')"
+                )
         if settings.method == "embedding" and not settings.trigger:
             resolved.trigger = settings.name  # captions without one fall back to "<name> <class>"
-        if resolved.train_text_encoder is None:
-            resolved.train_text_encoder = record.family is not ModelFamily.SDXL
+        if resolved.train_text_encoder is None:  # DreamBooth: the UNet only, unless asked (memory)
+            resolved.train_text_encoder = record.family is not ModelFamily.SDXL and settings.method == "lora"
+        if settings.method == "dreambooth" and not resolved.class_prompt.strip():
+            resolved.class_prompt = f"a photo of {settings.class_word.strip()}".strip()
         if resolved.sample_prompts is None:
             fallback = " ".join(w for w in (resolved.trigger.strip(), settings.class_word.strip()) if w)
             resolved.sample_prompts = [fallback or summary.captions[0][1]]
@@ -744,6 +762,15 @@ class TrainingService:
             "base_model_hash": record.short_hash or "",
             "gradient_accumulation": settings.gradient_accumulation,
         }
+        if settings.method == "dreambooth":
+            config.update(
+                {
+                    "prior_preservation": settings.prior_preservation,
+                    "class_prompt": settings.class_prompt,
+                    "class_images": settings.class_images,
+                    "prior_loss_weight": settings.prior_loss_weight,
+                }
+            )
         if settings.method == "embedding":
             config.update({"vectors": settings.vectors, "init_text": settings.init_text})
             if settings.init_from:
@@ -867,8 +894,26 @@ class TrainingService:
         run.result = None
         sweep_temp_files(folder)
 
+    def _after_checkpoint(self, run: TrainingRun) -> None:
+        """A DreamBooth checkpoint takes its base's sidecars (per-model defaults, an LDM ``.yaml``) and is
+        listed at once."""
+        from webui.services.merge import copy_sidecars
+
+        target = self.output_dir("dreambooth") / (run.result or "")
+        try:
+            copy_sidecars(target, [self.models.find(run.model_title)])
+        except LookupError as exc:  # the base went away meanwhile; the checkpoint is saved all the same
+            log.warning("could not copy the base model's sidecars to %s: %s", target.name, exc)
+        try:
+            self.models.refresh()
+        except Exception as exc:  # saved; the list catches up at the next refresh
+            log.warning("could not refresh the checkpoints after training: %s", exc)
+
     def _after_save(self, run: TrainingRun) -> None:
         """A LoRA gets its A1111 sidecar and settings file; Easel's LoRA or embedding list is refreshed."""
+        if run.settings.method == "dreambooth":
+            self._after_checkpoint(run)
+            return
         if run.settings.method == "embedding":
             if self.networks is not None:
                 try:

@@ -470,16 +470,17 @@ def run_steps(
     sample: Callable[[int], None],
     grad_text: bool,
     start: int = 0,
+    prior: tuple[dict[tuple[int, int], list[_Sample]], float] | None = None,
 ) -> TrainingResult:
     """The denoising steps every method shares: draw a batch from a bucket (weighted by repeats), noise its
     latents at random timesteps, condition on its captions (``encode``; with ``grad_text`` its result keeps
     gradients), and step ``optimizer`` on the scheduler's target (noise, or velocity for v-models), min-SNR
-    weighted. Raises :class:`TrainingError` at the first loss that is not finite."""
+    weighted. With ``prior`` (DreamBooth's prior preservation: class images and a weight), every batch of
+    the dataset is followed by one of the class images, whose loss counts ``weight`` times. Raises
+    :class:`TrainingError` at the first loss that is not finite."""
     device = next(unet.parameters()).device
     unet_dtype = next(model.unet.parameters()).dtype
     v_prediction = scheduler.config.get("prediction_type") == "v_prediction"
-    keys = list(buckets)
-    weights = [float(sum(item.repeats for item in items)) for items in buckets.values()]
     result = TrainingResult(path=None, steps=0)
     # A frozen text encoder gives a caption the same output at every step: each caption is encoded once.
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -498,10 +499,12 @@ def run_steps(
         pooled = None if pooled_parts[0] is None else torch.cat([p for p in pooled_parts if p is not None])
         return context, pooled
 
-    def micro_batch(step: int) -> torch.Tensor:
+    def micro_batch(step: int, source: dict[tuple[int, int], list[_Sample]]) -> torch.Tensor:
         """One batch's loss (a finite tensor with gradients; :class:`TrainingError` otherwise)."""
+        keys = list(source)
+        weights = [float(sum(item.repeats for item in items)) for items in source.values()]
         bucket = rng.choices(keys, weights=weights)[0]
-        pool = buckets[bucket]
+        pool = source[bucket]
         batch = rng.choices(pool, weights=[item.repeats for item in pool], k=config.batch_size)
         latents = torch.stack([item.latents for item in batch]).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -555,7 +558,9 @@ def run_steps(
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
         for _ in range(accumulate):  # one optimizer step over ``accumulate`` batches: their mean gradient
-            loss = micro_batch(step)
+            loss = micro_batch(step, buckets)
+            if prior is not None:
+                loss = loss + prior[1] * micro_batch(step, prior[0])
             (loss / accumulate).backward()
             value += float(loss.detach()) / accumulate
         optimizer.step()

@@ -95,6 +95,50 @@ def _sampler(job: dict[str, Any], model: Any, run_dir: Path, events: _Events) ->
     return sample
 
 
+def _free_memory(device: Any, model: Any) -> int | None:
+    """Bytes the training can use on ``device``: free CUDA memory, or on the CPU the available RAM plus
+    what the loaded model already takes (it is counted in the estimate). ``None`` when unknown."""
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if getattr(device, "type", "") != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    loaded = sum(
+        p.numel() * p.element_size()
+        for module in (model.unet, model.vae, model.text_encoder, model.text_encoder_2)
+        if module is not None
+        for p in module.parameters()
+    )
+    return available + loaded
+
+
+def _class_drawer(job: dict[str, Any], model: Any, config: Any) -> Any:
+    """``draw(prompt, seed)``: one class image by the checkpoint, as the samples are drawn."""
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    spec = job.get("samples") or {}
+    sampler, schedule = resolve_sampler(spec.get("sampler", "Euler a"), spec.get("scheduler"))
+
+    def draw(prompt: str, seed: int) -> Any:
+        diffusion = DiffusionJob(
+            prompt=prompt, negative_prompt="", steps=int(spec.get("steps", 20)),
+            cfg_scale=float(spec.get("cfg_scale", 7.0)), width=config.resolution, height=config.resolution,
+            seeds=[seed], subseeds=[0], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+        )  # fmt: skip
+        images, _finished = generate_batch(model, diffusion, on_step=None)
+        return images[0]
+
+    return draw
+
+
 def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     import torch
 
@@ -102,12 +146,14 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     from webui.runtime.cache import choose_device
     from webui.runtime.loader import load_checkpoint
     from webui.training.dataset import bucket_histogram, load_dataset
+    from webui.training.dreambooth import DreamBoothConfig, check_memory, memory_estimate, train_dreambooth
     from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
     from webui.training.lora import LoraTrainingConfig, learning_rate_factor, train_lora
 
     torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
-    embedding = job.get("method") == "embedding"
-    config = (EmbeddingTrainingConfig if embedding else LoraTrainingConfig)(**job["config"])
+    method = job.get("method") or "lora"
+    kinds = {"embedding": EmbeddingTrainingConfig, "dreambooth": DreamBoothConfig}
+    config = kinds.get(method, LoraTrainingConfig)(**job["config"])
     config.check()
     dataset = load_dataset(
         Path(job["dataset"]),
@@ -136,6 +182,8 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     precision = str(dtype).removeprefix("torch.")
     events.send("status", text=f"Loading {record.name} on {choice.device} ({precision})")
     model = load_checkpoint(record, dtype=dtype, tokenizer_cache=Path(job["tokenizer_cache"]))
+    if isinstance(config, DreamBoothConfig):  # refused before anything is on the device when it cannot fit
+        check_memory(memory_estimate(model, config), _free_memory(choice.device, model), str(choice.device))
     model.to(choice.device)
     events.send("status", text="Encoding the images")
     # Seconds spent in training steps only: the time between two steps, less the samples drawn between them
@@ -156,7 +204,13 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
         draw(step, tables)
         clock["last"] = time.monotonic()
 
-    if isinstance(config, EmbeddingTrainingConfig):
+    if isinstance(config, DreamBoothConfig):
+        result = train_dreambooth(
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
+            class_folder=Path(job["run_dir"]) / "class_images", draw=_class_drawer(job, model, config),
+            status=lambda text: events.send("status", text=text),
+        )  # fmt: skip
+    elif isinstance(config, EmbeddingTrainingConfig):
         result = train_embedding(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
             keep_previous=Path(job["run_dir"]) / "previous",

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from webui.domain.training import (
+    DEFAULT_LEARNING_RATE,
     TRAIN_OPTIMIZERS,
     TRAIN_PRECISIONS,
     TRAIN_SCHEDULES,
@@ -128,7 +129,9 @@ def _run_markdown(run: Any) -> str:
         return f"{head}: {run.error}"
     if run.state is RunState.CANCELLED:
         return f"{head}: nothing was saved"
-    folder = "models/embeddings" if run.settings.method == "embedding" else "models/Lora"
+    folder = {"embedding": "models/embeddings", "dreambooth": "models/Stable-diffusion"}.get(
+        run.settings.method, "models/Lora"
+    )
     saved = f"saved **{folder}/{run.result}**" if run.result else "nothing was saved"
     return f"{head} after {run.step} steps: {saved}. {run.progress_text()}"
 
@@ -140,6 +143,7 @@ def build_train_tab(
     txt2img_tab_id: str,
     txt2img_prompt: gr.Textbox,
     lora_dropdowns: list[Any],
+    checkpoint_dropdown: Any = None,
 ) -> TrainTab:
     training = services.training
     problems = optimizer_problems(services.settings.device)
@@ -150,8 +154,9 @@ def build_train_tab(
     counts = gr.State((0, 0))  # (images, samples per epoch) of the checked dataset
     run_id = gr.State(None)
     gr.Markdown(
-        "Teach the selected checkpoint a character, a style or an object from 10-30 images. The result is a "
-        "LoRA in models/Lora, usable as `<lora:name:1>` here and in any UI that reads kohya's files.",
+        "Teach the selected checkpoint a character, a style or an object from 10-30 images: as a LoRA "
+        "(models/Lora, `<lora:name:1>` here and in any UI that reads kohya's files), an embedding "
+        "(models/embeddings, a new word) or a DreamBooth checkpoint (models/Stable-diffusion).",
         elem_id="train_intro",
     )
     with gr.Row(equal_height=False):
@@ -189,10 +194,12 @@ def build_train_tab(
         with gr.Column(scale=2, min_width=320):
             model_line = gr.Markdown(_model_line(services), elem_id="train_model")
             method = gr.Radio(
-                [("LoRA", "lora"), ("Embedding (textual inversion)", "embedding")], value="lora",
+                [("LoRA", "lora"), ("Embedding (textual inversion)", "embedding"),
+                 ("DreamBooth (a new checkpoint)", "dreambooth")], value="lora",
                 label="Train", elem_id="train_method",
                 info="A LoRA changes the model's weights (models/Lora); an embedding learns a new word "
-                "(models/embeddings), small and slower to learn",
+                "(models/embeddings), small and slower to learn; DreamBooth fine-tunes the whole UNet into a "
+                "new checkpoint (models/Stable-diffusion; needs memory for the full model)",
             )  # fmt: skip
             name = gr.Textbox(
                 label="Name (the file; an embedding's name is the word prompts use)", placeholder="my-style",
@@ -207,6 +214,16 @@ def build_train_tab(
                 )  # fmt: skip
                 vectors = gr.Number(4, label="Vectors per token", precision=0, minimum=1, maximum=75)
                 init_text = gr.Textbox("*", label="Initialization text", elem_id="train_init_text")
+            with gr.Row(visible=False) as dreambooth_row:
+                prior = gr.Checkbox(
+                    label="Prior preservation", elem_id="train_prior",
+                    info="first draw class images with the checkpoint, and keep training on them too",
+                )  # fmt: skip
+                class_prompt = gr.Textbox(
+                    label="Class prompt", placeholder="a photo of <class word>", elem_id="train_class_prompt"
+                )
+                class_images = gr.Number(50, label="Class images", precision=0, minimum=1, maximum=10_000)
+                prior_weight = gr.Number(1.0, label="Prior loss weight", minimum=0.01, maximum=10)
             with gr.Row():
                 steps = gr.Number(1000, label="Total steps", precision=0, minimum=1, elem_id="train_steps")
                 batch = gr.Number(1, label="Batch size", precision=0, minimum=1, elem_id="train_batch")
@@ -235,7 +252,8 @@ def build_train_tab(
             with gr.Row() as text_encoder_row:
                 text_encoder = gr.Radio(
                     TEXT_ENCODER_CHOICES, value="auto", label="Train the text encoder",
-                    info="auto: on for SD 1.x/2.x, off for SDXL", elem_id="train_text_encoder",
+                    info="auto: on for a LoRA of SD 1.x/2.x; off for SDXL and DreamBooth",
+                    elem_id="train_text_encoder",
                 )  # fmt: skip
                 te_rate = gr.Number(5e-5, label="Text encoder learning rate", elem_id="train_te_lr")
             sample_prompts = gr.Textbox(
@@ -288,7 +306,7 @@ def build_train_tab(
         learning_rate, te_rate,
         schedule, warmup, optimizer, text_encoder, sample_prompts, sample_every, seed, sample_seed,
         sample_steps, noise_offset, min_snr, keep_tokens, shuffle, flip, checkpointing, accumulation,
-        precision, init_from,
+        precision, init_from, prior, class_prompt, class_images, prior_weight,
     ]  # fmt: skip
 
     def make_settings(*values: Any) -> TrainSettings:
@@ -298,7 +316,7 @@ def build_train_tab(
             rank_v, alpha_v, lr_v,
             te_lr_v, schedule_v, warmup_v, optimizer_v, te_v, prompts_v, every_v, seed_v, sample_seed_v,
             sample_steps_v, noise_v, snr_v, keep_v, shuffle_v, flip_v, checkpointing_v, accumulation_v,
-            precision_v, init_from_v,
+            precision_v, init_from_v, prior_v, class_prompt_v, class_images_v, prior_weight_v,
         ) = values  # fmt: skip
         prompts = [line.strip() for line in (prompts_v or "").splitlines() if line.strip()]
         return TrainSettings(
@@ -317,6 +335,8 @@ def build_train_tab(
             gradient_checkpointing=bool(checkpointing_v),
             gradient_accumulation=int(accumulation_v or 1), precision=precision_v or "auto",
             init_from=init_from_v if method_v == "embedding" and init_from_v != NEW_EMBEDDING else None,
+            prior_preservation=bool(prior_v), class_prompt=class_prompt_v or "",
+            class_images=int(class_images_v or 50), prior_loss_weight=float(prior_weight_v or 1.0),
         )  # fmt: skip
 
     def stage_files(paths: list[str], previous: Any) -> Any:
@@ -532,22 +552,30 @@ def build_train_tab(
         run = training.get(run_key)
         stem = Path(run.result or run.name).stem
         words = " ".join(w for w in (run.settings.word, run.settings.class_word) if w.strip())
-        prompt = words if run.settings.method == "embedding" else f"{words} <lora:{stem}:1>"
-        return [prompt.strip(), gr.Tabs(selected=txt2img_tab_id)]
+        lora = run.settings.method == "lora"
+        prompt = f"{words} <lora:{stem}:1>" if lora else words
+        checkpoint = gr.update()
+        if run.settings.method == "dreambooth" and run.result:  # the new checkpoint is selected (and loads)
+            try:
+                checkpoint = gr.update(value=services.models.find(stem).title)
+            except LookupError:
+                checkpoint = gr.update()
+        return [prompt.strip(), gr.Tabs(selected=txt2img_tab_id), checkpoint]
 
     def method_changed(chosen: str) -> list[Any]:
-        embedding = chosen == "embedding"
+        embedding, dreambooth = chosen == "embedding", chosen == "dreambooth"
         return [
             gr.update(visible=embedding),
-            gr.update(value=5e-3 if embedding else 1e-4),
-            gr.update(visible=not embedding),
+            gr.update(value=DEFAULT_LEARNING_RATE.get(chosen, 1e-4)),
+            gr.update(visible=chosen == "lora"),
             gr.update(visible=not embedding),
             gr.update(choices=_embedding_choices(services)),  # one trained a moment ago is there too
+            gr.update(visible=dreambooth),
         ]
 
     method.change(
         method_changed, inputs=method,
-        outputs=[embedding_row, learning_rate, rank_row, text_encoder_row, init_from],
+        outputs=[embedding_row, learning_rate, rank_row, text_encoder_row, init_from, dreambooth_row],
         api_visibility="private", queue=False,
     )  # fmt: skip
 
@@ -564,5 +592,10 @@ def build_train_tab(
         api_visibility="private", queue=False,
     )  # fmt: skip
 
-    try_it.click(try_prompt, inputs=run_id, outputs=[txt2img_prompt, tabs], api_visibility="private")
+    try_outputs = [
+        txt2img_prompt,
+        tabs,
+        checkpoint_dropdown if checkpoint_dropdown is not None else gr.State(),
+    ]
+    try_it.click(try_prompt, inputs=run_id, outputs=try_outputs, api_visibility="private")
     return TrainTab(name=name, start=start, status=status, try_it=try_it)
