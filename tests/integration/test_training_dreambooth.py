@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.conftest import _link_or_copy
+from tests.fixtures.training import load_checkpoint_at, load_tiny
 from webui.training.dataset import load_dataset
 from webui.training.dreambooth import (
     DreamBoothConfig,
@@ -22,20 +23,6 @@ from webui.training.dreambooth import (
     train_dreambooth,
 )
 from webui.training.lora import TrainingError
-
-
-def _load(path: Path, data_dir: Path) -> Any:
-    from webui.registry.scanner import scan_checkpoints
-    from webui.runtime.loader import load_checkpoint
-
-    (record,) = [record for record in scan_checkpoints(path.parent) if Path(record.path) == path]
-    return load_checkpoint(record, dtype=torch.float32, tokenizer_cache=data_dir / "tokenizers")
-
-
-def _tiny(data_dir: Path, files: dict[str, Path], key: str) -> Any:
-    checkpoint = data_dir / "models" / "Stable-diffusion" / files[key].name
-    _link_or_copy(files[key], checkpoint)
-    return _load(checkpoint, data_dir)
 
 
 def _dataset(root: Path) -> Path:
@@ -53,7 +40,7 @@ def test_trained_tensors_go_back_to_the_base_files_keys_exactly(
     from webui.runtime.loader import TensorSource
     from webui.training.checkpoint_file import trained_tensors
 
-    model = _tiny(tmp_path, tiny_model_files, key)
+    model = load_tiny(tmp_path, tiny_model_files, key)
     base = TensorSource.for_file(tiny_model_files[key])
     stored = base.tensors(("",))
     placed = trained_tensors(model, set(stored), text_encoder=True)
@@ -92,7 +79,7 @@ def test_dreambooth_with_prior_preservation_saves_a_checkpoint_easel_loads(
 ) -> None:
     from webui.registry.scanner import scan_checkpoints
 
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     before = {name: t.clone() for name, t in model.unet.state_dict().items()}
     out = tmp_path / "models" / "Stable-diffusion"
     config = DreamBoothConfig(
@@ -119,10 +106,10 @@ def test_dreambooth_with_prior_preservation_saves_a_checkpoint_easel_loads(
         assert handle.get_tensor("first_stage_model.decoder.conv_out.weight").dtype == torch.float16
     (record,) = [r for r in scan_checkpoints(out) if Path(r.path) == result.path]
     assert record.family is not None and record.family.value == "sd1"
-    loaded = _load(result.path, tmp_path)
+    loaded = load_checkpoint_at(result.path, tmp_path)
     for name, tensor in loaded.unet.state_dict().items():  # what was trained, at fp16's precision
         assert torch.allclose(tensor, trained[name], atol=2e-3, rtol=1e-3), name
-    base_vae = _load(out / tiny_model_files["sd15_single"].name, tmp_path).vae.state_dict()
+    base_vae = load_checkpoint_at(out / tiny_model_files["sd15_single"].name, tmp_path).vae.state_dict()
     for name, tensor in loaded.vae.state_dict().items():  # copied from the base, untouched
         assert torch.allclose(tensor, base_vae[name], atol=2e-3, rtol=1e-3), name
 
@@ -141,7 +128,7 @@ def test_dreambooth_with_prior_preservation_saves_a_checkpoint_easel_loads(
 def test_a_run_that_cannot_fit_is_refused_with_the_numbers(
     tmp_path: Path, tiny_model_files: dict[str, Path]
 ) -> None:
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     config = DreamBoothConfig(name="big", resolution=512, batch_size=2)
     estimate = memory_estimate(model, config)
     unet_params = sum(p.numel() for p in model.unet.parameters())
@@ -164,7 +151,7 @@ def test_a_diffusers_folder_base_is_refused(tmp_path: Path, tiny_model_files: di
     """Its configs need not be the family's, and a single LDM file cannot carry them."""
     folder = tmp_path / "models" / "Stable-diffusion" / "tiny-folder"
     _link_or_copy(tiny_model_files["sd15_folder"], folder)
-    model = _load(folder, tmp_path)
+    model = load_checkpoint_at(folder, tmp_path)
     with pytest.raises(TrainingError, match="diffusers folder"):
         train_dreambooth(
             model, load_dataset(_dataset(tmp_path)), DreamBoothConfig(name="x", resolution=64), folder.parent

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tests.conftest import _link_or_copy
+from tests.fixtures.training import load_tiny
 from webui.domain.generation import Txt2ImgRequest
 from webui.training.dataset import load_dataset
 from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
@@ -27,16 +26,6 @@ def _dataset(root: Path) -> Path:
     return folder
 
 
-def _load(tmp_path: Path, files: dict[str, Path], key: str) -> Any:
-    from webui.registry.scanner import scan_checkpoints
-    from webui.runtime.loader import load_checkpoint
-
-    checkpoint = tmp_path / "models" / "Stable-diffusion" / files[key].name
-    _link_or_copy(files[key], checkpoint)
-    (record,) = [r for r in scan_checkpoints(checkpoint.parent) if Path(r.path) == checkpoint]
-    return load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
-
-
 @pytest.mark.parametrize(
     ("key", "keys"), [("sd15_single", {"emb_params"}), ("sdxl_single", {"clip_l", "clip_g"})]
 )
@@ -46,7 +35,7 @@ def test_an_embedding_trains_saves_in_a1111_layout_and_is_used_by_name(
     from webui.container import build_services
     from webui.settings import Settings
 
-    model = _load(tmp_path, tiny_model_files, key)
+    model = load_tiny(tmp_path, tiny_model_files, key)
     before = {name: t.clone() for name, t in model.text_encoder.state_dict().items()}
     samples: list[tuple[int, list[dict[str, torch.Tensor]]]] = []
     config = EmbeddingTrainingConfig(
@@ -97,7 +86,7 @@ def test_training_goes_on_from_an_embedding_file_and_keeps_the_previous_one(
     another text encoder is refused by name."""
     from safetensors.torch import save_file
 
-    model = _load(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     dataset = load_dataset(_dataset(tmp_path))
     out = tmp_path / "models" / "embeddings"
     first = train_embedding(

@@ -4,14 +4,13 @@ layout, Easel's LoRA list and patcher take it, it changes the images, and the ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tests.conftest import _link_or_copy
+from tests.fixtures.training import load_tiny
 from webui.domain.generation import Txt2ImgRequest
 from webui.training.dataset import load_dataset
 from webui.training.lora import LoraTrainingConfig, TrainingError, train_lora
@@ -28,21 +27,6 @@ def _dataset(root: Path) -> Path:
     return root / "dataset"
 
 
-def _load(path: Path, data_dir: Path) -> Any:
-    from webui.registry.scanner import scan_checkpoints
-    from webui.runtime.loader import load_checkpoint
-
-    (record,) = [record for record in scan_checkpoints(path.parent) if Path(record.path) == path]
-    return load_checkpoint(record, dtype=torch.float32, tokenizer_cache=data_dir / "tokenizers")
-
-
-def _tiny(data_dir: Path, files: dict[str, Path], key: str) -> Any:
-    """``files[key]`` linked into ``data_dir``'s checkpoint folder and loaded as Easel loads it."""
-    checkpoint = data_dir / "models" / "Stable-diffusion" / files[key].name
-    _link_or_copy(files[key], checkpoint)
-    return _load(checkpoint, data_dir)
-
-
 def _keys(path: Path) -> tuple[list[str], dict[str, str]]:
     with safe_open(str(path), framework="pt") as handle:
         return list(handle.keys()), dict(handle.metadata() or {})
@@ -54,7 +38,7 @@ def test_sd15_lora_trains_saves_in_kohya_layout_and_changes_easels_images(
     from webui.container import build_services
     from webui.settings import Settings
 
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
     dataset = load_dataset(_dataset(tmp_path))
     config = LoraTrainingConfig(
@@ -107,7 +91,7 @@ def test_sd15_lora_trains_saves_in_kohya_layout_and_changes_easels_images(
 def test_stopping_early_saves_what_was_learnt_and_bad_settings_are_refused(
     tmp_path: Path, tiny_model_files: dict[str, Path]
 ) -> None:
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     dataset = load_dataset(_dataset(tmp_path))
     config = LoraTrainingConfig(name="early", resolution=64, rank=2, total_steps=50, schedule="cosine")
     result = train_lora(
@@ -130,7 +114,7 @@ def test_sdxl_lora_is_written_with_ldm_names_and_both_text_encoders(
 ) -> None:
     from webui.runtime.lora import read_lora_file
 
-    model = _tiny(tmp_path, tiny_model_files, "sdxl_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sdxl_single")
     assert model.family.value == "sdxl"
     config = LoraTrainingConfig(
         name="xl", resolution=64, rank=2, total_steps=2, learning_rate=1e-3, train_text_encoder=True
@@ -154,7 +138,7 @@ def test_a_loss_that_is_not_finite_stops_the_run_and_saves_nothing(
 ) -> None:
     """A learning rate of 1e30 blows the adapters up after the first step: the next loss is not finite, the
     run stops with advice, nothing is written, and the checkpoint is unchanged."""
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
     config = LoraTrainingConfig(
         name="blown", resolution=64, rank=2, total_steps=20, learning_rate=1e30, min_snr_gamma=None
@@ -176,7 +160,7 @@ def test_gradient_accumulation_steps_once_per_k_batches(
 ) -> None:
     """With 3 batches per step, 2 steps run the UNet on 6 batches, report 2 losses and tell the step
     callback 2 steps; 0 batches per step is refused."""
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     batches: list[int] = []
     hook = model.unet.register_forward_hook(lambda _module, _args, _output: batches.append(1))
     steps: list[int] = []
@@ -194,6 +178,7 @@ def test_gradient_accumulation_steps_once_per_k_batches(
         hook.remove()
     assert len(batches) == 6 and steps == [1, 2] and len(result.losses) == 2
     assert result.path is not None and result.path.is_file()
+    assert _keys(result.path)[1]["ss_gradient_accumulation_steps"] == "3"
     with pytest.raises(TrainingError, match="gradient accumulation"):
         train_lora(
             model, dataset,
@@ -206,7 +191,7 @@ def test_a_stopped_and_resumed_run_equals_one_that_never_stopped(
 ) -> None:
     """fp32, the same seed: 6 steps in one go against 3 steps, a stop, and a resume to 6 (adapters, optimizer
     moments, data order and noise all come back from the state file)."""
-    model = _tiny(tmp_path, tiny_model_files, "sd15_single")
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     dataset = load_dataset(_dataset(tmp_path))
 
     def config() -> LoraTrainingConfig:

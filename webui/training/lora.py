@@ -382,6 +382,7 @@ def train_lora(
                     "ss_min_snr_gamma": str(config.min_snr_gamma or 0),
                     "ss_noise_offset": str(config.noise_offset),
                     "ss_batch_size_per_device": str(config.batch_size),
+                    "ss_gradient_accumulation_steps": str(config.gradient_accumulation),
                     "ss_shuffle_caption": str(config.shuffle_captions),
                     "ss_keep_tokens": str(config.keep_tokens),
                     "ss_flip_aug": str(config.flip),
