@@ -70,13 +70,16 @@ def fill_number(page: Any, elem_id: str, value: float) -> None:
     field = page.locator(f"#{elem_id} input[type=number]")
     field.fill(str(value))
     field.press("Tab")
-    page.wait_for_function(  # a slider clamps to its range: then the clamped value is what it took
+    # A range input clamps and snaps what it is given: compare with what a probe of the same range makes
+    # of the typed value (a plain number field holds it as typed).
+    page.wait_for_function(
         "([id, v]) => { const el = document.querySelector(`#${id} input[type=range]`)"
         " || document.querySelector(`#${id} input[type=number]`);"
         " if (!el) return false;"
-        " const hi = el.max === '' ? Infinity : parseFloat(el.max);"
-        " const lo = el.min === '' ? -Infinity : parseFloat(el.min);"
-        " return parseFloat(el.value) === Math.min(Math.max(v, lo), hi); }",
+        " if (el.type !== 'range') return parseFloat(el.value) === v;"
+        " const probe = document.createElement('input'); probe.type = 'range';"
+        " probe.min = el.min; probe.max = el.max; probe.step = el.step; probe.value = String(v);"
+        " return el.value === probe.value; }",
         arg=[elem_id, float(value)],
         timeout=30_000,
     )

@@ -18,6 +18,7 @@ from tests.browser.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,
     OpenPage,
+    fill_number,
     set_size_steps_seed,
     wait_for_text,
 )
@@ -48,9 +49,7 @@ def wait_number(page: Any, elem_id: str, value: str) -> None:
 
 
 def set_number(page: Any, elem_id: str, value: int) -> None:
-    field = page.locator(f"#{elem_id} input[type=number]")
-    field.fill(str(value))
-    field.press("Tab")
+    fill_number(page, elem_id, value)
 
 
 def select(page: Any, selector: str, start: int, end: int) -> None:

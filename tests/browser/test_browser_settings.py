@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ROOT, OpenPage, wait_for_text
+from tests.browser.conftest import ROOT, OpenPage, fill_number, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -109,9 +109,7 @@ def test_a_setting_changed_in_the_tab_is_seen_by_the_api(
 ) -> None:
     page = open_page(height=1100)
     page.get_by_role("tab", name="Settings").click()
-    quality = page.locator("#settings_jpeg_quality input[type=number]")
-    quality.fill("81")
-    quality.press("Tab")
+    fill_number(page, "settings_jpeg_quality", 81)  # taken by the slider before Apply reads it
     page.locator("#settings_samples_format input").click()
     page.get_by_role("option", name="webp", exact=True).click()
     page.click("#settings_submit")
