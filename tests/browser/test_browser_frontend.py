@@ -151,6 +151,10 @@ def test_shortcuts_emphasis_progress_and_notification(open_page: OpenPage, runni
 
     # A long job with the sound on (and "long" = 0 s): Esc interrupts it, and the end is notified.
     post_options(running_app, {"notification_audio": True, "easel_notification_min_seconds": 0})
+    # The page reads changed options when a job starts; a loaded machine can answer that refresh after a short
+    # interrupted job has ended, so the test has the page hold the new options before it starts one.
+    page.evaluate("document.getElementById('easel_frontend_refresh').click()")
+    page.wait_for_function("window.easel.options().easel_notification_min_seconds === 0", timeout=SLOW)
     before = page.evaluate("window.easel.notices.length")  # the first job may have been long already
     set_number(page, "txt2img_batch_count", 30)
     page.click("#tabs")  # focus outside the prompt: the shortcut works anywhere in the tab
