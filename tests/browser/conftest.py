@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(
                     pytest.mark.skip(reason="Debian chromium is not installed (apt-get install chromium)")
                 )
+
+
+def post_options(url: str, values: dict[str, Any]) -> None:
+    """Change options through the app's A1111 API (``POST /sdapi/v1/options``)."""
+    request = urllib.request.Request(
+        f"{url}/sdapi/v1/options",
+        data=json.dumps(values).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()

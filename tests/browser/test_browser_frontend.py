@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from tests.browser.conftest import (
     CHROMIUM_ARGS,
     OpenPage,
     fill_number,
+    post_options,
     set_size_steps_seed,
     wait_for_text,
 )
@@ -55,16 +54,6 @@ def set_number(page: Any, elem_id: str, value: int) -> None:
 def select(page: Any, selector: str, start: int, end: int) -> None:
     page.locator(selector).focus()
     page.evaluate("([s, a, b]) => document.querySelector(s).setSelectionRange(a, b)", [selector, start, end])
-
-
-def post_options(url: str, values: dict[str, Any]) -> None:
-    request = urllib.request.Request(
-        f"{url}/sdapi/v1/options",
-        data=json.dumps(values).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(request, timeout=10).close()
 
 
 def png_with_parameters(infotext: str) -> bytes:

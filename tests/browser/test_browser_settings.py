@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ROOT, OpenPage, fill_number, wait_for_text
+from tests.browser.conftest import ROOT, OpenPage, fill_number, post_options, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -108,7 +108,14 @@ def test_a_setting_changed_in_the_tab_is_seen_by_the_api(
     open_page: OpenPage, running_app: str, tmp_path: Path
 ) -> None:
     page = open_page(height=1100)
+    # Opening the tab reads the current options into it. A value typed before that read has arrived would
+    # be overwritten by it (a loaded machine answers late), so the test waits for a value only the read
+    # brings, set through the API before the tab is opened.
+    post_options(running_app, {"jpeg_quality": 79})
     page.get_by_role("tab", name="Settings").click()
+    page.wait_for_function(
+        "document.querySelector('#settings_jpeg_quality input[type=number]').value == '79'", timeout=30_000
+    )
     fill_number(page, "settings_jpeg_quality", 81)  # taken by the slider before Apply reads it
     page.locator("#settings_samples_format input").click()
     page.get_by_role("option", name="webp", exact=True).click()
@@ -119,12 +126,7 @@ def test_a_setting_changed_in_the_tab_is_seen_by_the_api(
     assert (options["jpeg_quality"], options["samples_format"]) == (81, "webp")
 
     # And the other way: a change through the API shows when the tab is opened again.
-    request = urllib.request.Request(
-        f"{running_app}/sdapi/v1/options",
-        data=json.dumps({"jpeg_quality": 55}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).close()
+    post_options(running_app, {"jpeg_quality": 55})
     page.get_by_role("tab", name="txt2img").click()
     page.get_by_role("tab", name="Settings").click()
     page.wait_for_function(
