@@ -4,6 +4,7 @@ layout, Easel's LoRA list and patcher take it, it changes the images, and the ch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -156,13 +157,25 @@ def test_a_loss_that_is_not_finite_stops_the_run_and_saves_nothing(
 
 
 def test_gradient_accumulation_steps_once_per_k_batches(
-    tmp_path: Path, tiny_model_files: dict[str, Path]
+    tmp_path: Path, tiny_model_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With 3 batches per step, 2 steps run the UNet on 6 batches, report 2 losses and tell the step
-    callback 2 steps; 0 batches per step is refused."""
+    """With 3 batches per step, 2 steps run the UNet on 6 batches, report 2 losses (each the mean of its
+    3 batches' losses), backpropagate each batch's loss divided by 3 (the step's gradient is their mean, not
+    their sum) and tell the step callback 2 steps; 0 batches per step is refused."""
     model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     batches: list[int] = []
     hook = model.unet.register_forward_hook(lambda _module, _args, _output: batches.append(1))
+    mse_loss = torch.nn.functional.mse_loss
+    batch_losses: list[float] = []
+    upstream: list[torch.Tensor] = []  # d(what is backpropagated) / d(each squared error)
+
+    def recorded(*args: Any, **kwargs: Any) -> torch.Tensor:
+        errors = mse_loss(*args, **kwargs)
+        batch_losses.append(float(errors.detach().mean()))
+        errors.register_hook(upstream.append)
+        return errors
+
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", recorded)
     steps: list[int] = []
     dataset = load_dataset(_dataset(tmp_path))
     config = LoraTrainingConfig(
@@ -177,6 +190,12 @@ def test_gradient_accumulation_steps_once_per_k_batches(
     finally:
         hook.remove()
     assert len(batches) == 6 and steps == [1, 2] and len(result.losses) == 2
+    for step in range(2):
+        assert result.losses[step] == pytest.approx(sum(batch_losses[3 * step : 3 * step + 3]) / 3, rel=1e-6)
+    assert len(upstream) == 6
+    for grad in upstream:  # mean over the batch's elements, then over the 3 batches
+        assert torch.allclose(grad, torch.full_like(grad, 1 / (grad.numel() * 3)))
+    monkeypatch.undo()
     assert result.path is not None and result.path.is_file()
     assert _keys(result.path)[1]["ss_gradient_accumulation_steps"] == "3"
     with pytest.raises(TrainingError, match="gradient accumulation"):

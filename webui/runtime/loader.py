@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from webui.registry.architecture import (
     infer_vae_config,
 )
 from webui.registry.safetensors_header import SafetensorsError, read_header
+from webui.runtime.merge import SAFETENSORS_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -175,34 +176,49 @@ class TensorSource:
             self._pickle = load_pickle_checkpoint(self.path)
         return self._pickle
 
+    def layout(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(key, dtype, shape) of every tensor, in the order :meth:`iter_tensors` yields them."""
+        if self.format is not ModelFormat.SAFETENSORS:
+            return [(key, t.dtype, tuple(t.shape)) for key, t in self._load_pickle().items()]
+        header = read_header(self.path)
+        out = []
+        for key, info in sorted(header.tensors.items(), key=lambda item: item[1].start):
+            dtype = SAFETENSORS_DTYPES.get(info.dtype)
+            if dtype is None:
+                raise ModelFileError(f"{self.path.name}: tensor {key} has unsupported dtype {info.dtype}")
+            out.append((key, dtype, info.shape))
+        return out
+
     def tensors(
         self, prefixes: tuple[str, ...], cast_to: torch.dtype | None = None
     ) -> dict[str, torch.Tensor]:
-        """All tensors whose key starts with one of ``prefixes`` (keys unchanged).
+        """All tensors whose key starts with one of ``prefixes`` (keys unchanged): :meth:`iter_tensors`."""
+        return dict(self.iter_tensors(prefixes, cast_to))
+
+    def iter_tensors(
+        self, prefixes: tuple[str, ...], cast_to: torch.dtype | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, tensor) for each key that starts with one of ``prefixes``, in file order.
 
         Safetensors files are read tensor by tensor into their own buffers at the offsets in the header
         (no memory map of the whole file: mapped pages would stay counted in RSS until the component is
-        done). With ``cast_to`` each floating tensor is converted right after it is read, so the file's
-        half-precision copy never outlives its own tensor and the peak stays near the loaded size.
+        done), so a caller that keeps none of them holds one tensor at a time. With ``cast_to`` each
+        floating tensor is converted right after it is read, so the file's half-precision copy never
+        outlives its own tensor and the peak stays near the loaded size.
         """
         if self.format is not ModelFormat.SAFETENSORS:
-            found = {k: v for k, v in self._load_pickle().items() if k.startswith(prefixes)}
-            if cast_to is not None:
-                found = {k: v.to(cast_to) if v.is_floating_point() else v for k, v in found.items()}
-            return found
+            for key, value in self._load_pickle().items():
+                if key.startswith(prefixes):
+                    cast = cast_to is not None and value.is_floating_point()
+                    yield key, value.to(cast_to) if cast else value
+            return
         name = self.path.name
         header = read_header(self.path)
-        wanted = sorted(
-            ((key, info) for key, info in header.tensors.items() if key.startswith(prefixes)),
-            key=lambda item: item[1].start,  # file order: sequential reads
-        )
-        out: dict[str, torch.Tensor] = {}
+        wanted = [(key, dtype, shape) for key, dtype, shape in self.layout() if key.startswith(prefixes)]
         try:
             with self.path.open("rb", buffering=0) as handle:
-                for key, info in wanted:
-                    dtype = _SAFETENSORS_DTYPES.get(info.dtype)
-                    if dtype is None:
-                        raise ModelFileError(f"{name}: tensor {key} has unsupported dtype {info.dtype}")
+                for key, dtype, shape in wanted:
+                    info = header.tensors[key]
                     size = info.end - info.start
                     raw = torch.empty(size, dtype=torch.uint8)
                     handle.seek(header.data_offset + info.start)
@@ -215,27 +231,12 @@ class TensorSource:
                                 f"{name}: the file ends inside tensor {key}; download it again"
                             )
                         done += count
-                    tensor = raw.view(dtype).reshape(info.shape)
+                    tensor = raw.view(dtype).reshape(shape)
                     if cast_to is not None and tensor.is_floating_point() and tensor.dtype != cast_to:
                         tensor = tensor.to(cast_to)
-                    out[key] = tensor
+                    yield key, tensor
         except OSError as exc:
             raise ModelLoadError(f"{name}: cannot read tensors ({exc})") from exc
-        return out
-
-
-_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 def resolve_family(record: CheckpointRecord, shapes: dict[str, tuple[int, ...]]) -> ModelFamily:

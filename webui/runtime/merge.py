@@ -50,7 +50,7 @@ SKIP_SUFFIXES = ("embeddings.position_ids",)
 
 ProgressFn = Callable[[str, float], None]
 
-_DTYPES: dict[str, torch.dtype] = {
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {  # safetensors dtype names → torch
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -63,8 +63,8 @@ _DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-_SIZES = {name: torch.empty((), dtype=dtype).element_size() for name, dtype in _DTYPES.items()}
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+_SIZES = {name: torch.empty((), dtype=dtype).element_size() for name, dtype in SAFETENSORS_DTYPES.items()}
 _COPY_CHUNK = 16 * 1024 * 1024
 
 
@@ -298,7 +298,7 @@ class _TensorFile:
     def tensor(self, key: str) -> torch.Tensor:
         """The tensor, in a scratch buffer of this file that the next call overwrites."""
         info = self.header.tensors[key]
-        tensor = self.scratch.get(self.role, _DTYPES[info.dtype], info.shape)
+        tensor = self.scratch.get(self.role, SAFETENSORS_DTYPES[info.dtype], info.shape)
         size = info.end - info.start
         self.handle.seek(self.header.data_offset + info.start)
         view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
@@ -478,7 +478,7 @@ def _write_entry(
         return
     else:
         tensor = primary.tensor(entry.key)
-    dtype = _DTYPES[entry.dtype]
+    dtype = SAFETENSORS_DTYPES[entry.dtype]
     if tensor.dtype != dtype:
         tensor = scratch.get("out", dtype, entry.shape).copy_(tensor)
     write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))

@@ -29,12 +29,14 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from webui.domain.models import CheckpointRecord, ModelFamily
 from webui.domain.training import TRAIN_OPTIMIZERS, TRAIN_SCHEDULES, RunState, TrainSettings
+from webui.registry.scanner import EMBEDDING_EXTENSIONS
 from webui.services import limits
 from webui.training.dataset import (
     IMAGE_EXTENSIONS,
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 TRAINABLE = (ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL)
 MIN_SIDE = 64  # smaller images cannot fill the smallest bucket without being upscaled
 MAX_ZIP_BYTES = 2 * 2**30  # what a dataset zip may unpack to
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")  # the embedding files Easel reads, by preference
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 _RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 
@@ -317,19 +318,12 @@ class TrainingService:
         raise FileNotFoundError(f"run {run_id} has no sample {file_name!r}")
 
     def wait(self, run_id: str, timeout: float | None = None) -> TrainingRun:
-        """Block until run ``run_id`` has finished (done, stopped, failed or cancelled); return it."""
+        """Block until run ``run_id`` has finished (done, stopped, failed or cancelled) or ``timeout`` seconds
+        have passed; return it. The run's state is final when its queued job ends (``_execute`` sets it)."""
         run = self.get(run_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not run.state.finished:
-            future = run._future
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if future is not None:
-                with contextlib.suppress(Exception):
-                    future.result(timeout=min(left, 1.0) if left is not None else 1.0)
-            else:
-                time.sleep(0.2)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        if run._future is not None and not run.state.finished:
+            with contextlib.suppress(CancelledError, TimeoutError):
+                run._future.result(timeout=timeout)
         return run
 
     def active(self) -> TrainingRun | None:
@@ -371,7 +365,7 @@ class TrainingService:
 
     def embedding_file(self, name: str) -> Path:
         """The file of embedding ``name`` in ``models/embeddings`` (:class:`TrainingRequestError` if none)."""
-        for suffix in EMBEDDING_SUFFIXES:
+        for suffix in EMBEDDING_EXTENSIONS:
             path = self.embeddings_dir / f"{name}{suffix}"
             if path.is_file():
                 return path
@@ -395,7 +389,7 @@ class TrainingService:
         self.check_name(name, method="embedding", replacing=True)
         if not 1 <= vectors <= 75:
             raise TrainingRequestError(f"an embedding has 1 to 75 vectors per token (got {vectors})")
-        existing = [self.embeddings_dir / f"{name}{x}" for x in EMBEDDING_SUFFIXES]
+        existing = [self.embeddings_dir / f"{name}{x}" for x in EMBEDDING_EXTENSIONS]
         existing = [path for path in existing if path.exists()]
         if existing and not overwrite:
             raise TrainingRequestError(
@@ -442,7 +436,7 @@ class TrainingService:
                 "(up to 100, starting with a letter or digit)"
             )
         folder = self.output_dir(method)
-        suffixes = {"embedding": EMBEDDING_SUFFIXES, "dreambooth": (".safetensors", ".ckpt", "")}.get(
+        suffixes = {"embedding": EMBEDDING_EXTENSIONS, "dreambooth": (".safetensors", ".ckpt", "")}.get(
             method, (".safetensors",)
         )  # a checkpoint's name is also taken by a diffusers folder of that name
         taken = next((folder / f"{name}{x}" for x in suffixes if (folder / f"{name}{x}").exists()), None)

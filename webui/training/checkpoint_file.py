@@ -14,8 +14,11 @@ drop.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,39 +84,58 @@ def write_checkpoint(
 ) -> Path:
     """``target``: the base file's tensors with ``replacements``, floating tensors in ``dtype``, EMA left out.
 
-    Written to a temporary file beside ``target`` and linked into place only when complete; an existing
-    ``target`` is never replaced (:class:`TrainingError`)."""
-    from safetensors.torch import save_file
-
+    Streamed: the header is built from the base file's layout, then each tensor is read, converted and
+    written in turn, so the save holds one base tensor at a time (not a second copy of an SDXL checkpoint
+    beside the trained model). Written to a temporary file beside ``target`` and linked into place only when
+    complete; an existing ``target`` is never replaced (:class:`TrainingError`)."""
     from webui.metadata.image_io import open_locked_temp, user_file_mode
+    from webui.runtime.merge import SAFETENSORS_DTYPES
 
+    names = {value: name for name, value in SAFETENSORS_DTYPES.items()}
     target = Path(target)
     if target.exists():
         raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
-    tensors: dict[str, torch.Tensor] = {}
-    for key, tensor in base.tensors(("",)).items():
+    entries: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+    for key, stored, shape in base.layout():
         if key.startswith(EMA_PREFIX):
             continue
-        value = replacements.get(key, tensor).detach().cpu()
-        if value.is_floating_point():
-            value = value.to(dtype)
-        tensors[key] = value.contiguous()
-    missing = [key for key in replacements if key not in tensors]
+        new = replacements.get(key)
+        if new is not None and tuple(new.shape) != tuple(shape):
+            raise TrainingError(f"the trained tensor {key} is {tuple(new.shape)}; the base file's is {shape}")
+        entries.append((key, dtype if stored.is_floating_point else stored, tuple(shape)))
+    placed = {key for key, _, _ in entries}
+    missing = [key for key in replacements if key not in placed]
     if missing:
         raise TrainingError(f"{len(missing)} trained tensors are not in the base file (e.g. {missing[0]})")
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    offset = 0
+    for key, kind, shape in entries:
+        size = math.prod(shape) * kind.itemsize
+        header[key] = {"dtype": names[kind], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
     target.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
     free = shutil.disk_usage(target.parent).free
-    if free < size:
+    if free < offset + len(raw) + 8:
         raise TrainingError(
-            f"not enough disk space in {target.parent}: the checkpoint needs {size / 2**30:.2f} GiB and "
+            f"not enough disk space in {target.parent}: the checkpoint needs {offset / 2**30:.2f} GiB and "
             f"{free / 2**30:.2f} GiB are free; nothing was saved"
         )
     # Easel's locked temp name: a save killed midway is swept at the next start, a live one never is.
     handle, temp_name = open_locked_temp(target.parent, "safetensors")
     temp = Path(temp_name)
     try:
-        save_file(tensors, str(temp), metadata=dict(metadata))
+        with os.fdopen(handle, "wb", closefd=False) as out:
+            out.write(struct.pack("<Q", len(raw)) + raw)
+            kinds = {key: kind for key, kind, _ in entries}
+            for key, tensor in base.iter_tensors(("",)):
+                if key not in kinds:
+                    continue
+                value = replacements.get(key, tensor).detach().to("cpu", kinds[key]).contiguous()
+                out.write(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+            out.flush()
+            os.fsync(out.fileno())
         os.chmod(temp, user_file_mode())
         try:
             os.link(temp, target)  # fails, rather than replaces, when the name was taken meanwhile
@@ -123,7 +145,3 @@ def write_checkpoint(
         temp.unlink(missing_ok=True)
         os.close(handle)
     return target
-
-
-def keys_of(base: Any) -> set[str]:
-    return set(base.shapes())

@@ -86,7 +86,7 @@ class MemoryEstimate:
         return ", ".join(f"{name} {value / GIB:.1f}" for name, value in parts)
 
 
-def _count(module: Any) -> tuple[int, int]:
+def module_size(module: Any) -> tuple[int, int]:
     """(parameters, bytes) of a module as loaded."""
     if module is None:
         return 0, 0
@@ -104,9 +104,9 @@ def trained_modules(model: Any, config: DreamBoothConfig) -> list[Any]:
 def memory_estimate(model: Any, config: DreamBoothConfig) -> MemoryEstimate:
     """What a DreamBooth run of ``config`` on ``model`` needs on its device, before any of it is there."""
     trained = trained_modules(model, config)
-    trained_params = sum(_count(module)[0] for module in trained)
+    trained_params = sum(module_size(module)[0] for module in trained)
     frozen_bytes = sum(
-        _count(module)[1]
+        module_size(module)[1]
         for module in (model.unet, model.vae, model.text_encoder, model.text_encoder_2)
         if module is not None and not any(module is t for t in trained)
     )
@@ -181,7 +181,7 @@ def train_dreambooth(
     from diffusers import DDPMScheduler
 
     from webui.runtime.loader import TensorSource
-    from webui.training.checkpoint_file import keys_of, trained_tensors, write_checkpoint
+    from webui.training.checkpoint_file import trained_tensors, write_checkpoint
 
     target = checked_target(config, model, out_dir, "DreamBooth")
     base_path = Path(str(getattr(model.record, "path", "")))
@@ -193,7 +193,7 @@ def train_dreambooth(
             ".ckpt) file of this checkpoint as the base, not its diffusers folder"
         )
     base = TensorSource.for_file(base_path)
-    base_keys = keys_of(base)
+    base_keys = set(base.shapes())
     prior_buckets = None
     if config.prior_preservation:
         if class_folder is None or draw is None:

@@ -110,12 +110,9 @@ def _free_memory(device: Any, model: Any) -> int | None:
         available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None
-    loaded = sum(
-        p.numel() * p.element_size()
-        for module in (model.unet, model.vae, model.text_encoder, model.text_encoder_2)
-        if module is not None
-        for p in module.parameters()
-    )
+    from webui.training.dreambooth import module_size
+
+    loaded = sum(module_size(m)[1] for m in (model.unet, model.vae, model.text_encoder, model.text_encoder_2))
     return available + loaded
 
 
