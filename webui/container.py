@@ -165,6 +165,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
             networks=networks,
             device=settings.device,
             precision=settings.precision,
+            device_memory=lambda: _training_memory(settings.device),
         ),
     )
     from webui.extensions.hooks import HookRunner
@@ -187,3 +188,9 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
 
     connect_registrations(services)  # extensions' upscalers join Easel's list
     return services
+
+
+def _training_memory(device: str) -> tuple[str, int | None]:
+    from webui.runtime.devices import training_memory  # torch is imported when a run is checked
+
+    return training_memory(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_train_follow_fetch_a_sample_and_use_the_lora(client: tuple[TestClient, 
     body = _follow(http, started["id"])
     assert body["state"] == "done", body["error"]
     assert body["step"] == body["total"] == 3 and len(body["loss"]) == 3
+    # the eval loss on the fixed set: before the first step and after each (about ten over a run)
+    assert [step for step, _ in body["eval_loss"]] == [0, 1, 2, 3]
+    assert all(math.isfinite(loss) and loss > 0 for _, loss in body["eval_loss"])
     assert body["result"] == "api-ball.safetensors" and body["family"] == "SD 1.x"
     assert [sample["step"] for sample in body["samples"]] == [0, 3]
     image = http.get(f"/easel/v1/train/{started['id']}/samples/{body['samples'][-1]['images'][0]}")

@@ -49,6 +49,7 @@ def test_train_a_lora_from_uploads_and_try_it(open_page: OpenPage, tmp_path: Pat
     page.locator("#train_check").click()
     wait_for_text(page, "#train_summary", "64×64")
     wait_for_text(page, "#train_readout", "4 steps = ")
+    wait_for_text(page, "#train_summary", "Memory: about")  # estimated from the checkpoint's shapes
 
     # a wrong input first: a name that cannot be a file
     _fill(page, "train_name", "a/b")

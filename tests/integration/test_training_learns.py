@@ -91,6 +91,10 @@ def test_a_lora_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
     result = train_lora(model, dataset, config, data / "models" / "Lora", on_sample=sample)
     assert result.path is not None and result.steps == 150
     assert np.mean(result.losses[-20:]) < np.mean(result.losses[:20])
+    # the eval loss, on the same images, noise and timesteps every 15 steps, drops
+    assert [step for step, _ in result.eval_losses] == list(range(0, 151, 15))
+    evals = [loss for _, loss in result.eval_losses]
+    assert evals[-1] < 0.9 * evals[0] and np.mean(evals[-3:]) < 0.9 * np.mean(evals[:3]), evals
 
     services = build_services(Settings(data_dir=data, preload_model=False))
     try:
@@ -126,5 +130,56 @@ def test_a_lora_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
         # at weight 0 it is the base model exactly
         zero, plain = images("a zwx <lora:zwx:0>", SEEDS[:2]), images("a zwx", SEEDS[:2])  # same shapes
         assert [image.tobytes() for image in zero] == [image.tobytes() for image in plain]
+    finally:
+        services.generation.shutdown()
+
+
+def test_an_embedding_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
+    """Textual inversion: only the new word's vectors learn "a yellow triangle on a red background"; the
+    prompt naming the embedding shows it for most seeds, the same words without the file do not."""
+    from webui.container import build_services
+    from webui.domain.generation import Txt2ImgRequest
+    from webui.registry.scanner import scan_checkpoints
+    from webui.runtime.loader import load_checkpoint
+    from webui.settings import Settings
+    from webui.training.dataset import load_dataset
+    from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
+
+    data = tmp_path / "data"
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(REFERENCE, checkpoints / REFERENCE.name)
+    (record,) = scan_checkpoints(checkpoints)
+    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
+    folder = _dataset(tmp_path / "dataset")
+    for path in folder.glob("r*"):  # the model's own shapes would get the new word in front: left out
+        path.unlink()
+    config = EmbeddingTrainingConfig(
+        name="zwx", resolution=64, total_steps=100, batch_size=4, vectors=2, init_text="shape",
+        learning_rate=2e-2, seed=1,
+    )  # fmt: skip
+    result = train_embedding(model, load_dataset(folder), config, data / "models" / "embeddings")
+    assert result.path is not None and result.steps == 100
+    evals = [loss for _, loss in result.eval_losses]
+    assert evals[-1] < evals[0], evals
+
+    services = build_services(Settings(data_dir=data, preload_model=False))
+    try:
+
+        def images(named: bool) -> list[Image.Image]:
+            request = Txt2ImgRequest(
+                prompt="a zwx", steps=20, width=64, height=64, seed=SEEDS[0], batch_size=len(SEEDS),
+                sampler_name="DPM++ 2M", scheduler="Karras", cfg_scale=7.0, save_images=False,
+            )  # fmt: skip
+            done = services.generation.submit_txt2img(request).result(timeout=300)
+            assert ('TI hashes: "zwx' in done.images[0].infotext) is named, done.images[0].infotext
+            return [Image.open(io.BytesIO(image.png_bytes)).convert("RGB") for image in done.images]
+
+        taught = images(named=True)
+        assert sum(map(_shows_concept, taught)) >= 6, [(_near(i, "red"), _near(i, "yellow")) for i in taught]
+        result.path.rename(tmp_path / "away.safetensors")
+        services.networks.refresh_embeddings()
+        base = images(named=False)
+        assert sum(map(_shows_concept, base)) <= 2, [(_near(i, "red"), _near(i, "yellow")) for i in base]
     finally:
         services.generation.shutdown()

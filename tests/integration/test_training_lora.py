@@ -164,15 +164,18 @@ def test_gradient_accumulation_steps_once_per_k_batches(
     their sum) and tell the step callback 2 steps; 0 batches per step is refused."""
     model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
     batches: list[int] = []
-    hook = model.unet.register_forward_hook(lambda _module, _args, _output: batches.append(1))
+    hook = model.unet.register_forward_hook(  # the training batches (not the eval loss's forward passes)
+        lambda _module, _args, _output: batches.append(1) if torch.is_grad_enabled() else None
+    )
     mse_loss = torch.nn.functional.mse_loss
     batch_losses: list[float] = []
     upstream: list[torch.Tensor] = []  # d(what is backpropagated) / d(each squared error)
 
     def recorded(*args: Any, **kwargs: Any) -> torch.Tensor:
         errors = mse_loss(*args, **kwargs)
-        batch_losses.append(float(errors.detach().mean()))
-        errors.register_hook(upstream.append)
+        if errors.requires_grad:  # a training batch (the eval loss is measured without gradients)
+            batch_losses.append(float(errors.detach().mean()))
+            errors.register_hook(upstream.append)
         return errors
 
     monkeypatch.setattr(torch.nn.functional, "mse_loss", recorded)

@@ -45,6 +45,12 @@ class TrainRun(BaseModel):
     total: int
     loss: list[float] = Field(description="The loss of every step so far.")
     loss_smoothed: float | None
+    eval_loss: list[tuple[int, float]] = Field(
+        default_factory=list,
+        description="[step, loss] pairs: the loss on a fixed set of the run's images, noise and timesteps, "
+        "measured before the first step, about ten times over the run and at its end; it drops as the "
+        "model learns (the per-step loss is too noisy to show that).",
+    )
     learning_rate: float | None
     steps_per_second: float | None
     eta_seconds: float | None

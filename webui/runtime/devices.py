@@ -19,3 +19,20 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     for parameter in module.parameters():
         return parameter.device if parameter.device.type != "meta" else torch.device("cpu")
     return torch.device("cpu")
+
+
+def training_memory(device: str) -> tuple[str, int | None]:
+    """Where a training run with ``--device device`` computes, and the bytes it may use there: a CUDA card's
+    whole memory less a margin for the CUDA context (the run unloads the generation model first), or the RAM
+    available now on the CPU; ``None`` where unknown (MPS)."""
+    from webui.runtime.cache import choose_device
+    from webui.runtime.lora import available_ram_bytes
+
+    chosen = choose_device(device, "half", "sdpa", "normal").device
+    if chosen.type == "cuda":
+        index = chosen.index if chosen.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        return f"cuda:{index}", int(total - max(total * 0.05, 2**30))
+    if chosen.type == "cpu":
+        return "cpu", available_ram_bytes()
+    return str(chosen), None

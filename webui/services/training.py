@@ -47,6 +47,7 @@ from webui.training.dataset import (
     parse_folder_name,
     plan_steps,
 )
+from webui.training.memory import GIB, MemoryEstimate, checkpoint_sizes, does_not_fit, estimate
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,45 @@ class Upload:
     caption: str | None = None
 
 
+@dataclass(frozen=True)
+class MemoryCheck:
+    """The pre-flight's memory estimate against what the device has (webui/training/memory.py)."""
+
+    method: str
+    device: str
+    available: int | None
+    needed: MemoryEstimate
+    with_checkpointing: MemoryEstimate  # the same run with gradient checkpointing on
+    checkpointing: bool  # whether the run has it on already
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.needed.total <= self.available
+
+    @property
+    def fits_with_checkpointing(self) -> bool:
+        return self.available is None or self.with_checkpointing.total <= self.available
+
+    def line(self) -> str:
+        """``Memory: about 9.8 GiB of 22.8 GiB on cuda:0 (weights 2.0, ...)``."""
+        where = f" of {self.available / GIB:.1f} GiB" if self.available is not None else ""
+        return (
+            f"Memory: about {self.needed.total / GIB:.1f} GiB{where} on {self.device} "
+            f"({self.needed.describe()} GiB)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        parts = ("weights", "gradients", "optimizer", "activations")
+        return {
+            "device": self.device,
+            "available": self.available,
+            "needed": self.needed.total,
+            "parts": {part: getattr(self.needed, part) for part in parts},
+            "with_gradient_checkpointing": self.with_checkpointing.total,
+            "fits": self.fits,
+        }
+
+
 @dataclass
 class DatasetSummary:
     """The pre-flight: what the run will train on, before anything is loaded."""
@@ -100,9 +140,11 @@ class DatasetSummary:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     captions: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    memory: MemoryCheck | None = None  # None: the checkpoint's or the device's size is not known
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "memory": self.memory.to_json() if self.memory else None,
             "images": self.images,
             "samples_per_epoch": self.samples_per_epoch,
             "buckets": [{"width": w, "height": h, "images": n} for w, h, n in self.buckets],
@@ -128,6 +170,7 @@ class TrainingRun:
     step: int = 0
     total: int = 0
     losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss on the fixed eval set)
     learning_rate: float | None = None
     elapsed: float = 0.0  # seconds of training steps (loading and encoding not counted)
     samples: list[dict[str, Any]] = field(default_factory=list)  # {"step", "paths", "prompts"}
@@ -163,7 +206,8 @@ class TrainingRun:
         return (self.total - self.step) / rate if rate and self.state is RunState.RUNNING else None
 
     def progress_text(self) -> str:
-        """One line for the page: ``Step 12/100 · 3.1 it/s · ETA 0:28 · lr 1e-04 · loss 0.121 (0.118)``."""
+        """One line for the page: ``Step 12/100 · 3.1 it/s · ETA 0:28 · lr 1e-04 · loss 0.121 (smoothed
+        0.118) · eval loss 0.109``."""
         if self.state is RunState.QUEUED:
             return "Queued: waiting for the device"
         parts = [f"Step {self.step}/{self.total}"]
@@ -178,6 +222,8 @@ class TrainingRun:
         smoothed = self.smoothed_loss()
         if self.losses and smoothed is not None:
             parts.append(f"loss {self.losses[-1]:.4f} (smoothed {smoothed:.4f})")
+        if self.eval_losses:
+            parts.append(f"eval loss {self.eval_losses[-1][1]:.4f}")
         if self.peak_memory:
             parts.append(f"peak memory {self.peak_memory / 2**30:.2f} GiB")
         return " · ".join(parts)
@@ -194,6 +240,7 @@ class TrainingRun:
             "step": self.step,
             "total": self.total,
             "loss": self.losses,
+            "eval_loss": [[step, loss] for step, loss in self.eval_losses],
             "loss_smoothed": self.smoothed_loss(),
             "learning_rate": self.learning_rate,
             "steps_per_second": self.steps_per_second(),
@@ -235,6 +282,7 @@ class TrainingService:
         device: str = "auto",
         precision: str = "half",
         worker_command: list[str] | None = None,
+        device_memory: Callable[[], tuple[str, int | None]] | None = None,
     ) -> None:
         self.root = root
         self.lora_dir = lora_dir
@@ -246,6 +294,8 @@ class TrainingService:
         self.device = device
         self.precision = precision
         self.worker_command = worker_command or [sys.executable, "-m", "webui.training.worker"]
+        # () -> (device, bytes a run may use there): the pre-flight's memory check (None: not checked)
+        self.device_memory = device_memory
         self.on_saved: list[Callable[[TrainingRun], None]] = []  # e.g. the UI's LoRA list
         self._runs: dict[str, TrainingRun] = {}
         self._lock = threading.RLock()
@@ -272,6 +322,7 @@ class TrainingService:
                     step=int(data.get("step") or 0),
                     total=int(data.get("total") or 0),
                     losses=[float(x) for x in data.get("loss") or []],
+                    eval_losses=[(int(step), float(loss)) for step, loss in data.get("eval_loss") or []],
                     learning_rate=data.get("learning_rate"),
                     elapsed=float(data.get("elapsed") or 0),
                     samples=list(data.get("samples") or []),
@@ -467,8 +518,43 @@ class TrainingService:
                 f"{settings.warmup_steps} warm-up steps leave nothing of the {settings.steps} steps to train"
             )
 
-    def summarize(self, folder: Path, settings: TrainSettings, resolution: int) -> DatasetSummary:
-        """The pre-flight of ``folder``: images, buckets, the step arithmetic, and what is wrong with it."""
+    def memory_check(
+        self, record: CheckpointRecord, settings: TrainSettings, resolution: int
+    ) -> MemoryCheck | None:
+        """What a run of ``settings`` on ``record`` needs against what the device has, from the checkpoint's
+        tensor shapes (nothing is loaded); ``None`` when either is unknown (a ``.ckpt``, no device probe)."""
+        if self.device_memory is None:
+            return None
+        sizes = checkpoint_sizes(Path(record.path))
+        if sizes is None:
+            return None
+        device, available = self.device_memory()
+        text = settings.train_text_encoder
+        if text is None:
+            text = record.family is not ModelFamily.SDXL and settings.method == "lora"
+
+        def needs(checkpointing: bool) -> MemoryEstimate:
+            return estimate(
+                settings.method, sizes, resolution=resolution, batch_size=settings.batch_size,
+                optimizer=settings.optimizer, gradient_checkpointing=checkpointing, train_text_encoder=text,
+                rank=settings.rank, weight_bytes=4 if device == "cpu" or settings.precision == "fp32" else 2,
+                sdxl=record.family is ModelFamily.SDXL,
+            )  # fmt: skip
+
+        return MemoryCheck(
+            settings.method, device, available, needs(settings.gradient_checkpointing), needs(True),
+            settings.gradient_checkpointing,
+        )  # fmt: skip
+
+    def summarize(
+        self,
+        folder: Path,
+        settings: TrainSettings,
+        resolution: int,
+        record: CheckpointRecord | None = None,
+    ) -> DatasetSummary:
+        """The pre-flight of ``folder``: images, buckets, the step arithmetic, and what is wrong with it;
+        with ``record``, the memory the run needs against what the device has."""
         try:
             trigger = settings.trigger or (settings.name if settings.method == "embedding" else "")
             dataset = load_dataset(
@@ -483,8 +569,20 @@ class TrainingService:
                 f"{MIN_SIDE} pixels a side."
             )
         histogram = bucket_histogram(dataset, resolution)
-        plan = plan_steps(dataset, settings.steps, settings.batch_size)
+        plan = plan_steps(dataset, settings.steps, settings.batch_size, settings.gradient_accumulation)
         warnings = []
+        memory = self.memory_check(record, settings, resolution) if record is not None else None
+        if memory is not None and not memory.fits:
+            if memory.fits_with_checkpointing and not memory.checkpointing:
+                warnings.append(
+                    f"the run needs about {memory.needed.total / GIB:.1f} GiB and the {memory.device} has "
+                    f"{(memory.available or 0) / GIB:.1f} GiB: gradient checkpointing is turned on for it "
+                    f"(about {memory.with_checkpointing.total / GIB:.1f} GiB, a little slower)"
+                )
+            else:
+                warnings.append(
+                    str(does_not_fit(settings.method, memory.needed, memory.available, memory.device))
+                )
         single = sum(1 for count in histogram.values() if count == 1)
         if len(histogram) > 4 and single * 2 > len(histogram):
             warnings.append(
@@ -513,6 +611,7 @@ class TrainingService:
             skipped=dataset.skipped,
             warnings=warnings,
             captions=[(image.path.name, image.caption) for image in dataset.images],
+            memory=memory,
         )
 
     # -- datasets -------------------------------------------------------------------------------------------
@@ -588,12 +687,19 @@ class TrainingService:
             if folder is None and staged is None:
                 self.stage(dataset_dir, uploads, zips)
             resolution = settings.resolution or self.default_resolution(record)
-            summary = self.summarize(dataset_dir, settings, resolution)
+            summary = self.summarize(dataset_dir, settings, resolution, record)
+            memory = summary.memory
+            if memory is not None and not memory.fits and not memory.fits_with_checkpointing:
+                raise TrainingRequestError(
+                    str(does_not_fit(settings.method, memory.needed, memory.available, memory.device))
+                )
         except BaseException:
             if staged is None:  # a staged upload stays for the next try (the Train tab keeps it)
                 shutil.rmtree(run_path, ignore_errors=True)
             raise
         resolved = settings.model_copy(update={"resolution": resolution, "learning_rate": settings.rate})
+        if memory is not None and not memory.fits:  # it fits with checkpointing (checked above)
+            resolved.gradient_checkpointing = True
         if settings.method == "dreambooth":
             if not Path(record.path).is_file():
                 raise TrainingRequestError(
@@ -853,6 +959,8 @@ class TrainingService:
                 run.status = "Training"
                 if run.step % 25 == 0:
                     self._save(run)
+            elif kind == "eval":
+                run.eval_losses.append((int(event["step"]), float(event["loss"])))
             elif kind == "sample":
                 run.samples.append(
                     {

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from webui.domain.models import ModelFamily
-from webui.training.lora import TrainingError
+from webui.training.loop import TrainingError
 
 EMA_PREFIX = "model_ema."
 _BASE = {ModelFamily.SD1: "sd1", ModelFamily.SD2: "sd2", ModelFamily.SDXL: "sdxl"}

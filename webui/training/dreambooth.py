@@ -23,26 +23,19 @@ import torch
 
 from webui.domain.models import ModelFamily
 from webui.training.dataset import Dataset, TrainImage
-from webui.training.lora import (
+from webui.training.loop import (
+    EvalCallback,
     LoraTrainingConfig,
     StepCallback,
+    TextEncoding,
     TrainingError,
     TrainingResult,
-    _TextEncoding,
     checked_target,
     encode_dataset,
     make_optimizer,
     run_steps,
 )
-
-GIB = 2**30
-# Bytes of optimizer state per trained parameter (fp32 moments; 8-bit AdamW keeps two bytes, Adafactor
-# factored second moments: a fraction of one value per parameter).
-OPTIMIZER_BYTES = {"AdamW": 8.0, "AdamW8bit": 2.0, "Adafactor": 0.5}
-# Activations kept for the backward pass of one 512² SD 1.x image in fp32 without gradient checkpointing:
-# a deliberately high rule of thumb (not measured here: no GPU), scaled by the pixels and the batch;
-# checkpointing is taken to keep a third of them.
-ACTIVATION_BYTES_512 = 3 * GIB
+from webui.training.memory import MemoryEstimate, ModelSizes, does_not_fit, estimate
 
 
 @dataclass
@@ -67,25 +60,6 @@ class DreamBoothConfig(LoraTrainingConfig):
                 raise TrainingError("the prior loss weight must be above 0")
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    weights: int  # the whole model as trained (fp32 where trained, its own dtype elsewhere)
-    gradients: int
-    optimizer: int
-    activations: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
-
-    def describe(self) -> str:
-        parts = (
-            ("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
-            ("activations", self.activations),
-        )  # fmt: skip
-        return ", ".join(f"{name} {value / GIB:.1f}" for name, value in parts)
-
-
 def module_size(module: Any) -> tuple[int, int]:
     """(parameters, bytes) of a module as loaded."""
     if module is None:
@@ -103,36 +77,24 @@ def trained_modules(model: Any, config: DreamBoothConfig) -> list[Any]:
 
 def memory_estimate(model: Any, config: DreamBoothConfig) -> MemoryEstimate:
     """What a DreamBooth run of ``config`` on ``model`` needs on its device, before any of it is there."""
-    trained = trained_modules(model, config)
-    trained_params = sum(module_size(module)[0] for module in trained)
-    frozen_bytes = sum(
-        module_size(module)[1]
-        for module in (model.unet, model.vae, model.text_encoder, model.text_encoder_2)
-        if module is not None and not any(module is t for t in trained)
+    sizes = ModelSizes(
+        unet=module_size(model.unet)[0],
+        text_encoders=module_size(model.text_encoder)[0] + module_size(model.text_encoder_2)[0],
+        vae=module_size(model.vae)[0],
     )
-    pixels = config.resolution * config.resolution / (512 * 512)
-    family = 1.5 if model.family is ModelFamily.SDXL else 1.0  # SDXL's deeper transformer stacks
-    activations = ACTIVATION_BYTES_512 * pixels * config.batch_size * family
-    if config.gradient_checkpointing:
-        activations /= 3
-    return MemoryEstimate(
-        weights=int(trained_params * 4 + frozen_bytes),
-        gradients=int(trained_params * 4),
-        optimizer=int(trained_params * OPTIMIZER_BYTES.get(config.optimizer, 8.0)),
-        activations=int(activations),
-    )
+    return estimate(
+        "dreambooth", sizes, resolution=config.resolution, batch_size=config.batch_size,
+        optimizer=config.optimizer, gradient_checkpointing=config.gradient_checkpointing,
+        train_text_encoder=config.train_text_encoder,
+        weight_bytes=next(model.vae.parameters()).element_size(), sdxl=model.family is ModelFamily.SDXL,
+    )  # fmt: skip
 
 
-def check_memory(estimate: MemoryEstimate, available: int | None, device: str) -> None:
-    """:class:`TrainingError` when ``estimate`` does not fit in ``available`` bytes (``None``: unknown)."""
-    if available is None or estimate.total <= available:
-        return
-    raise TrainingError(
-        f"DreamBooth of this checkpoint needs about {estimate.total / GIB:.1f} GiB on the {device} "
-        f"({estimate.describe()} GiB) and {available / GIB:.1f} GiB are free. Turn on gradient "
-        "checkpointing, choose Adafactor (or 8-bit AdamW on a CUDA GPU), lower the resolution or the batch "
-        "size, leave the text encoder frozen, or train a LoRA instead: it needs a fraction of this"
-    )
+def check_memory(needed: MemoryEstimate, available: int | None, device: str) -> None:
+    """:class:`TrainingError` when ``needed`` does not fit in ``available`` bytes (``None``: unknown)."""
+    problem = does_not_fit("dreambooth", needed, available, device)
+    if problem:
+        raise TrainingError(problem)
 
 
 ClassDrawer = Callable[[str, int], Any]  # (prompt, seed) -> a PIL image drawn by the checkpoint
@@ -168,6 +130,7 @@ def train_dreambooth(
     out_dir: Path,
     *,
     on_step: StepCallback | None = None,
+    on_eval: EvalCallback | None = None,
     on_sample: Callable[[int], None] | None = None,
     class_folder: Path | None = None,
     draw: ClassDrawer | None = None,
@@ -221,7 +184,7 @@ def train_dreambooth(
     if config.gradient_checkpointing and hasattr(model.unet, "enable_gradient_checkpointing"):
         model.unet.enable_gradient_checkpointing()
     optimizer = make_optimizer(config.optimizer, groups)
-    encoding = _TextEncoding(model)
+    encoding = TextEncoding(model)
     device = next(model.unet.parameters()).device
 
     def sample(step: int) -> None:
@@ -242,7 +205,7 @@ def train_dreambooth(
             model, model.unet, buckets, config, scheduler,
             encode=lambda captions: encoding(captions, device), optimizer=optimizer,
             base_rates=[group["lr"] for group in groups], rng=rng, generator=generator, on_step=on_step,
-            sample=sample, grad_text=config.train_text_encoder,
+            on_eval=on_eval, sample=sample, grad_text=config.train_text_encoder,
             prior=(prior_buckets, config.prior_loss_weight) if prior_buckets else None,
         )  # fmt: skip
         if result.steps:

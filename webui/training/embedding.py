@@ -20,7 +20,8 @@ import torch
 
 from webui.domain.models import ModelFamily
 from webui.training.dataset import Dataset
-from webui.training.lora import (
+from webui.training.loop import (
+    EvalCallback,
     LoraTrainingConfig,
     StepCallback,
     TrainingError,
@@ -124,6 +125,7 @@ def train_embedding(
     out_dir: Path,
     *,
     on_step: StepCallback | None = None,
+    on_eval: EvalCallback | None = None,
     on_sample: EmbeddingSampleCallback | None = None,
     keep_previous: Path | None = None,
 ) -> TrainingResult:
@@ -199,8 +201,8 @@ def train_embedding(
         sample(0)
         result = run_steps(
             model, model.unet, buckets, config, scheduler, encode=encode, optimizer=optimizer,
-            base_rates=[config.learning_rate], rng=rng, generator=generator, on_step=on_step, sample=sample,
-            grad_text=True,
+            base_rates=[config.learning_rate], rng=rng, generator=generator, on_step=on_step,
+            on_eval=on_eval, sample=sample, grad_text=True,
         )  # fmt: skip
         if result.steps:
             metadata = {

@@ -9,7 +9,8 @@ takes the server down. The protocol is JSON, one object per line:
   or fp32), ``samples``: prompts and how to draw them);
   then control lines: ``stop`` (save what was learnt and finish).
 - **stdout**: events, each with ``"event"``: ``status`` (``text``), ``dataset`` (``images``, ``buckets``,
-  ``skipped``), ``step`` (``step``, ``total``, ``loss``, ``lr``), ``sample`` (``step``, ``paths``),
+  ``skipped``), ``step`` (``step``, ``total``, ``loss``, ``lr``), ``eval`` (``step``, ``loss``: the eval
+  loss on the fixed set), ``sample`` (``step``, ``paths``),
   ``done`` (``path``, ``steps``, ``stopped``, ``peak_memory``) or ``error`` (``message``).
 
 Anything else a library prints goes to stderr, which the service keeps as the run's log.
@@ -104,11 +105,10 @@ def _free_memory(device: Any, model: Any) -> int | None:
         return int(torch.cuda.mem_get_info(device)[0])
     if getattr(device, "type", "") != "cpu":
         return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            fields = dict(line.split(":", 1) for line in handle)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+    from webui.runtime.lora import available_ram_bytes
+
+    available = available_ram_bytes()
+    if available is None:
         return None
     from webui.training.dreambooth import module_size
 
@@ -145,7 +145,8 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     from webui.training.dataset import bucket_histogram, load_dataset
     from webui.training.dreambooth import DreamBoothConfig, check_memory, memory_estimate, train_dreambooth
     from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
-    from webui.training.lora import LoraTrainingConfig, learning_rate_factor, train_lora
+    from webui.training.loop import LoraTrainingConfig, learning_rate_factor
+    from webui.training.lora import train_lora
 
     torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
     method = job.get("method") or "lora"
@@ -195,6 +196,10 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
         events.send("step", step=step, total=total, loss=loss, lr=rate, elapsed=clock["spent"])
         return not stop.is_set()
 
+    def on_eval(step: int, loss: float) -> None:
+        events.send("eval", step=step, loss=loss)
+        clock["last"] = time.monotonic()  # measuring it is not a training step's time
+
     draw = _sampler(job, model, Path(job["run_dir"]), events)
 
     def sampler(step: int, tables: list[dict[str, Any]] | None = None) -> None:
@@ -203,18 +208,18 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
 
     if isinstance(config, DreamBoothConfig):
         result = train_dreambooth(
-            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             class_folder=Path(job["run_dir"]) / "class_images", draw=_class_drawer(job, model, config),
             status=lambda text: events.send("status", text=text),
         )  # fmt: skip
     elif isinstance(config, EmbeddingTrainingConfig):
         result = train_embedding(
-            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             keep_previous=Path(job["run_dir"]) / "previous",
         )  # fmt: skip
     else:
         result = train_lora(
-            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_sample=sampler,
+            model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             state_file=Path(job["run_dir"]) / "state.pt", resume=bool(job.get("resume")),
         )  # fmt: skip
     events.send(

@@ -5,6 +5,7 @@ run (progress, loss curve, samples by step) and "Try it" in txt2img. All work go
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ def _summary_markdown(summary: DatasetSummary) -> str:
             for width, height, count in summary.buckets
         ],
     ]
+    if summary.memory is not None:
+        lines += ["", summary.memory.line()]
     if summary.skipped:
         lines += ["", f"**Skipped {len(summary.skipped)}:** " + "; ".join(summary.skipped[:8])]
     lines += [f"\n**Warning:** {warning}" for warning in summary.warnings]
@@ -94,7 +97,8 @@ def _readout(images: int, samples_per_epoch: int, steps: Any, batch: Any, accumu
     return plan.readout()
 
 
-def _loss_frame(losses: list[float]) -> Any:
+def _loss_frame(losses: list[float], eval_losses: Sequence[tuple[int, float]] = ()) -> Any:
+    """The plot's rows: the training loss, its 20-step mean, and the eval loss at the steps measured."""
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
@@ -105,6 +109,7 @@ def _loss_frame(losses: list[float]) -> Any:
         window = [*window[-19:], loss]
         rows.append({"step": index, "loss": loss, "curve": "loss"})
         rows.append({"step": index, "loss": sum(window) / len(window), "curve": "smoothed"})
+    rows += [{"step": at, "loss": loss, "curve": "eval"} for at, loss in eval_losses if math.isfinite(loss)]
     return pd.DataFrame(rows, columns=["step", "loss", "curve"])
 
 
@@ -400,7 +405,7 @@ def build_train_tab(
                 raise TrainingRequestError(f"the dataset folder {where} does not exist on the server")
             record = training.checkpoint(None)
             resolution = settings.resolution or training.default_resolution(record)
-            found = training.summarize(where, settings, resolution)
+            found = training.summarize(where, settings, resolution, record)
         except Exception as exc:
             nothing[0] = staged_v
             nothing[2] = f"**Error:** {user_message(exc)}"
@@ -506,7 +511,8 @@ def build_train_tab(
             dropdowns = [gr.update(choices=sorted(set(names) | set(c or []))) for c in chosen]
         return [
             _run_markdown(run),
-            _loss_frame(run.losses) if run.losses else None,  # an empty frame would break the plot's updates
+            # an empty frame would break the plot's updates
+            _loss_frame(run.losses, run.eval_losses) if run.losses or run.eval_losses else None,
             gr.update(value=_sample_items(run)),
             gr.Timer(active=not finished),
             gr.update(interactive=finished),
