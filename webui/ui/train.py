@@ -4,6 +4,7 @@ run (progress, loss curve, samples by step) and "Try it" in txt2img. All work go
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ def _summary_markdown(summary: DatasetSummary) -> str:
     if summary.memory is not None:
         lines += ["", summary.memory.line()]
     if summary.skipped:
-        lines += ["", f"**Skipped {len(summary.skipped)}:** " + "; ".join(summary.skipped[:8])]
-    lines += [f"\n**Warning:** {warning}" for warning in summary.warnings]
+        skipped = "; ".join(html.escape(reason, quote=False) for reason in summary.skipped[:8])
+        lines += ["", f"**Skipped {len(summary.skipped)}:** {skipped}"]
+    # "<image>.txt" is text, not an HTML tag
+    lines += [f"\n**Warning:** {html.escape(warning, quote=False)}" for warning in summary.warnings]
     return "\n".join(lines)
 
 
