@@ -247,30 +247,30 @@ def test_layout_fits_phone_tablet_and_desktop(running_app: str, tmp_path: Path) 
 
 
 def _check_scheme(browser: Any, running_app: str, tmp_path: Path, scheme: str) -> None:
+    # One page per scheme, resized to each size (the layout follows the window through CSS, as when a user
+    # resizes it or turns a tablet): a page load costs more than every check made on it.
     sizes = ((1280, 800), (1024, 768), (390, 844)) if scheme == "dark" else ((1280, 800),)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme=scheme)
+    page = context.new_page()
+    page.goto(running_app)
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+    dark = page.evaluate("document.body.classList.contains('dark')")
+    assert dark is (scheme == "dark"), "the theme does not follow the browser"
     for width, height in sizes:
-        viewport = {"width": width, "height": height}
-        context = browser.new_context(viewport=viewport, color_scheme=scheme)
-        page = context.new_page()
-        page.goto(running_app)
-        page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+        page.set_viewport_size({"width": width, "height": height})
         for tab in ("txt2img", "img2img"):
             page.get_by_role("tab", name=tab).first.click()
             page.wait_for_selector(f"#{tab}_generate", state="visible")
+            page.wait_for_function(f"window.innerWidth === {width}")
             scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             shot = tmp_path / f"{tab}-{width}x{height}-{scheme}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert scroll[0] <= scroll[1], f"{tab} scrolls sideways at {width}x{height}: {scroll}"
             assert page.locator(f"#{tab}_generate").bounding_box()["width"] > 0
-        dark = page.evaluate("document.body.classList.contains('dark')")
-        assert dark is (scheme == "dark"), "the theme does not follow the browser"
-        context.close()
 
     # Readable in this scheme: page text and an error message against the page background.
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
-    page = context.new_page()
-    page.goto(running_app)
-    page.wait_for_selector("#txt2img_prompt textarea", timeout=30_000)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.get_by_role("tab", name="txt2img").first.click()
     set_number(page, "txt2img_width", 100)
     page.click("#txt2img_generate")
     wait_for_text(page, "#txt2img_error", "multiple of 8", timeout=30_000)

@@ -44,7 +44,10 @@ def test_train_a_lora_from_uploads_and_try_it(open_page: OpenPage, tmp_path: Pat
     _fill(page, "train_class", "ball")
     _fill(page, "train_name", "browser-ball")
     _fill(page, "train_steps", "4")
+    _fill(page, "train_resolution", "128")  # the pre-flight follows a changed setting without a new check
+    wait_for_text(page, "#train_summary", "trained at 128² buckets")
     _fill(page, "train_resolution", "64")
+    wait_for_text(page, "#train_summary", "trained at 64² buckets")
     _fill(page, "train_sample_every", "2")
     page.locator("#train_check").click()
     wait_for_text(page, "#train_summary", "64×64")

@@ -434,6 +434,29 @@ def build_train_tab(
         ]
 
     check_outputs = [staged, counts, summary, captions, thumbnails, readout, model_line]
+
+    def refresh_summary(staged_v: Any, folder_v: str, *values: Any) -> Any:
+        """The pre-flight again for the dataset already checked, when a setting it depends on changes (the
+        buckets follow the resolution, the memory estimate the method, batch, optimizer...): nothing is
+        staged again, so captions edited in the grid stay."""
+        where, _ = dataset_folder(staged_v, folder_v)
+        if where is None or not where.is_dir():
+            return gr.update()
+        try:
+            named = (*values[:3], values[3] or "check", *values[4:])
+            settings = make_settings(*named)
+            record = training.checkpoint(None)
+            resolution = settings.resolution or training.default_resolution(record)
+            return _summary_markdown(training.summarize(where, settings, resolution, record))
+        except Exception as exc:
+            return f"**Error:** {user_message(exc)}"
+
+    summary_inputs = [staged, folder, *settings_inputs]
+    for changed in (method, optimizer, text_encoder, checkpointing, precision):
+        changed.change(refresh_summary, summary_inputs, summary, api_visibility="private", queue=False)
+    for typed in (batch, resolution, rank):
+        typed.blur(refresh_summary, summary_inputs, summary, api_visibility="private", queue=False)
+        typed.submit(refresh_summary, summary_inputs, summary, api_visibility="private", queue=False)
     check.click(
         do_check, inputs=[files, staged, folder, *settings_inputs], outputs=check_outputs,
         api_visibility="private",
