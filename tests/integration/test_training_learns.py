@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,6 +52,19 @@ def _near(image: Image.Image, colour: str) -> float:
     return float((np.abs(pixels - np.array(PALETTE[colour], dtype=float)).sum(-1) < 90).mean())
 
 
+def _reference_model(tmp_path: Path) -> tuple[Path, Any]:
+    """A data dir holding a copy of the reference model, and that model loaded in fp32 for training."""
+    from webui.registry.scanner import scan_checkpoints
+    from webui.runtime.loader import load_checkpoint
+
+    data = tmp_path / "data"
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(REFERENCE, checkpoints / REFERENCE.name)
+    (record,) = scan_checkpoints(checkpoints)
+    return data, load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
+
+
 def _shows_concept(image: Image.Image) -> bool:
     return _near(image, "red") > 0.5 and _near(image, "yellow") > 0.05
 
@@ -59,19 +73,12 @@ def test_a_lora_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
     from webui.container import build_services
     from webui.domain.generation import Txt2ImgRequest
     from webui.domain.samplers import resolve_sampler
-    from webui.registry.scanner import scan_checkpoints
     from webui.runtime.generate import DiffusionJob, generate_batch
-    from webui.runtime.loader import load_checkpoint
     from webui.settings import Settings
     from webui.training.dataset import load_dataset
     from webui.training.lora import LoraTrainingConfig, train_lora
 
-    data = tmp_path / "data"
-    checkpoints = data / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    shutil.copytree(REFERENCE, checkpoints / REFERENCE.name)
-    (record,) = scan_checkpoints(checkpoints)
-    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
+    data, model = _reference_model(tmp_path)
     sampler, schedule = resolve_sampler("DPM++ 2M", "Karras")
     in_memory: list[Image.Image] = []
 
@@ -139,18 +146,11 @@ def test_an_embedding_teaches_the_reference_model_a_new_word(tmp_path: Path) -> 
     prompt naming the embedding shows it for most seeds, the same words without the file do not."""
     from webui.container import build_services
     from webui.domain.generation import Txt2ImgRequest
-    from webui.registry.scanner import scan_checkpoints
-    from webui.runtime.loader import load_checkpoint
     from webui.settings import Settings
     from webui.training.dataset import load_dataset
     from webui.training.embedding import EmbeddingTrainingConfig, train_embedding
 
-    data = tmp_path / "data"
-    checkpoints = data / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    shutil.copytree(REFERENCE, checkpoints / REFERENCE.name)
-    (record,) = scan_checkpoints(checkpoints)
-    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tokenizers")
+    data, model = _reference_model(tmp_path)
     folder = _dataset(tmp_path / "dataset")
     for path in folder.glob("r*"):  # the model's own shapes would get the new word in front: left out
         path.unlink()

@@ -180,13 +180,16 @@ class TensorSource:
         """(key, dtype, shape) of every tensor, in the order :meth:`iter_tensors` yields them."""
         if self.format is not ModelFormat.SAFETENSORS:
             return [(key, t.dtype, tuple(t.shape)) for key, t in self._load_pickle().items()]
-        header = read_header(self.path)
+        return [(key, dtype, info.shape) for key, dtype, info in self._file_order(read_header(self.path))]
+
+    def _file_order(self, header: Any) -> list[tuple[str, torch.dtype, Any]]:
+        """(key, dtype, TensorInfo) of a safetensors header's tensors, by offset (sequential reads)."""
         out = []
         for key, info in sorted(header.tensors.items(), key=lambda item: item[1].start):
             dtype = SAFETENSORS_DTYPES.get(info.dtype)
             if dtype is None:
                 raise ModelFileError(f"{self.path.name}: tensor {key} has unsupported dtype {info.dtype}")
-            out.append((key, dtype, info.shape))
+            out.append((key, dtype, info))
         return out
 
     def tensors(
@@ -214,11 +217,10 @@ class TensorSource:
             return
         name = self.path.name
         header = read_header(self.path)
-        wanted = [(key, dtype, shape) for key, dtype, shape in self.layout() if key.startswith(prefixes)]
+        wanted = [entry for entry in self._file_order(header) if entry[0].startswith(prefixes)]
         try:
             with self.path.open("rb", buffering=0) as handle:
-                for key, dtype, shape in wanted:
-                    info = header.tensors[key]
+                for key, dtype, info in wanted:
                     size = info.end - info.start
                     raw = torch.empty(size, dtype=torch.uint8)
                     handle.seek(header.data_offset + info.start)
@@ -231,7 +233,7 @@ class TensorSource:
                                 f"{name}: the file ends inside tensor {key}; download it again"
                             )
                         done += count
-                    tensor = raw.view(dtype).reshape(shape)
+                    tensor = raw.view(dtype).reshape(info.shape)
                     if cast_to is not None and tensor.is_floating_point() and tensor.dtype != cast_to:
                         tensor = tensor.to(cast_to)
                     yield key, tensor

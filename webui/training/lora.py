@@ -36,10 +36,11 @@ from webui.training.loop import (
     make_optimizer,
     run_steps,
 )
+from webui.training.memory import UNET_LORA_TARGETS
 
 __all__ = ["LoraTrainingConfig", "TrainingError", "TrainingResult", "learning_rate_factor", "train_lora"]
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+UNET_TARGETS = list(UNET_LORA_TARGETS)  # the layers the memory estimate counts are the ones adapted
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 

@@ -12,6 +12,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,7 @@ class ModelSizes:
 
 
 def _count(shape: Iterable[int]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
+    return math.prod(shape)
 
 
 def _lora_layers(shapes: Mapping[str, tuple[int, ...]], targets: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -74,7 +72,15 @@ def sizes_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> ModelSizes:
     def part(prefixes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
         return {key: shape for key, shape in shapes.items() if key.startswith(prefixes)}
 
-    unet, text, vae = part(_UNET_PREFIXES), part(_TEXT_PREFIXES), part(_VAE_PREFIXES)
+    return _sizes(part(_UNET_PREFIXES), part(_TEXT_PREFIXES), part(_VAE_PREFIXES))
+
+
+def _sizes(
+    unet: Mapping[str, tuple[int, ...]],
+    text: Mapping[str, tuple[int, ...]],
+    vae: Mapping[str, tuple[int, ...]],
+) -> ModelSizes:
+    """The sizes from each part's tensor shapes, whatever their key names (LDM or diffusers)."""
     return ModelSizes(
         unet=sum(_count(shape) for shape in unet.values()),
         text_encoders=sum(_count(shape) for shape in text.values()),
@@ -106,15 +112,7 @@ def checkpoint_sizes(path: Path) -> ModelSizes | None:
         vae = _folder_shapes(path / "vae")
     except (OSError, SafetensorsError):
         return None
-    if not unet:
-        return None
-    return ModelSizes(
-        unet=sum(_count(shape) for shape in unet.values()),
-        text_encoders=sum(_count(shape) for shape in text.values()),
-        vae=sum(_count(shape) for shape in vae.values()),
-        unet_lora_layers=tuple(_lora_layers(unet, UNET_LORA_TARGETS)),
-        text_lora_layers=tuple(_lora_layers(text, TEXT_LORA_TARGETS)),
-    )
+    return _sizes(unet, text, vae) if unet else None
 
 
 @dataclass(frozen=True)
