@@ -147,13 +147,91 @@ def test_a_run_that_cannot_fit_is_refused_with_the_numbers(
         check_memory(estimate, 2**30, "cuda")
 
 
-def test_a_diffusers_folder_base_is_refused(tmp_path: Path, tiny_model_files: dict[str, Path]) -> None:
-    """Its configs need not be the family's, and a single LDM file cannot carry them."""
-    folder = tmp_path / "models" / "Stable-diffusion" / "tiny-folder"
-    _link_or_copy(tiny_model_files["sd15_folder"], folder)
-    model = load_checkpoint_at(folder, tmp_path)
-    with pytest.raises(TrainingError, match="diffusers folder"):
-        train_dreambooth(
-            model, load_dataset(_dataset(tmp_path)), DreamBoothConfig(name="x", resolution=64), folder.parent
-        )
-    assert not (folder.parent / "x.safetensors").exists()
+def test_a_diffusers_folder_base_gives_a_folder_easel_loads(
+    tmp_path: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """Its configs need not be the family's and a single LDM file cannot carry them: the result is a
+    diffusers folder with the base's configs, tokenizer and untouched components, and the trained weights."""
+    from webui.domain.models import ModelFormat
+    from webui.registry.scanner import scan_checkpoints
+
+    base = tmp_path / "models" / "Stable-diffusion" / "tiny.folder"  # a dot in a folder's name is kept
+    _link_or_copy(tiny_model_files["sd15_folder"], base)
+    model = load_checkpoint_at(base, tmp_path)
+    config = DreamBoothConfig(
+        name="zwx.db", resolution=64, total_steps=2, learning_rate=1e-3, train_text_encoder=True, seed=2
+    )
+    result = train_dreambooth(model, load_dataset(_dataset(tmp_path)), config, base.parent)
+    target = base.parent / "zwx.db"
+    assert result.path == target and target.is_dir()
+    assert not [p for p in base.parent.iterdir() if p.name.startswith(".")]  # no partial folder is left
+    for same in ("model_index.json", "unet/config.json", "text_encoder/config.json", "scheduler"):
+        assert sorted(_files(target / same)) == sorted(_files(base / same)), same
+    for name, data in _files(base / "vae").items():  # untouched: copied byte for byte
+        assert _files(target / "vae")[name] == data, name
+    assert _files(target / "tokenizer") == _files(base / "tokenizer")
+    assert sorted(p.name for p in (target / "unet").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors"
+    ]  # fmt: skip
+    with safe_open(str(target / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["easel.training"] == "dreambooth"
+        assert handle.metadata()["easel.steps"] == "2"
+    (record,) = [r for r in scan_checkpoints(base.parent) if Path(r.path) == target]
+    assert record.format is ModelFormat.DIFFUSERS and record.family is not None
+    loaded = load_checkpoint_at(target, tmp_path)
+    for part in ("unet", "text_encoder"):
+        trained = getattr(model, part).state_dict()
+        for name, tensor in getattr(loaded, part).state_dict().items():  # fp16's precision
+            assert torch.allclose(tensor, trained[name].float(), atol=2e-3, rtol=1e-3), (part, name)
+    changed = load_checkpoint_at(base, tmp_path).unet.state_dict()
+    assert any(not torch.equal(changed[n], t) for n, t in loaded.unet.state_dict().items())
+    with pytest.raises(TrainingError, match="already exists"):
+        train_dreambooth(model, load_dataset(tmp_path / "dataset"), config, base.parent)
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_stopped_and_resumed_dreambooth_run_equals_one_that_never_stopped(
+    tmp_path: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """fp32, the same seed: 4 steps in one go against 2, a stop (checkpoint and state saved), and a resume
+    to 4 whose checkpoint replaces the stop's; the state file is removed once the run has finished."""
+    model = load_tiny(tmp_path, tiny_model_files, "sd15_single")
+    base = Path(model.record.path)
+    dataset = load_dataset(_dataset(tmp_path))
+
+    def config(name: str) -> DreamBoothConfig:
+        return DreamBoothConfig(
+            name=name, resolution=64, total_steps=4, batch_size=2, learning_rate=1e-3, seed=5,
+            schedule="cosine", warmup_steps=1, train_text_encoder=True,
+        )  # fmt: skip
+
+    out = base.parent
+    whole = train_dreambooth(model, dataset, config("whole"), out)
+    model = load_checkpoint_at(base, tmp_path)  # each run starts from the base, as a new worker does
+    state = tmp_path / "run" / "state.pt"
+    state.parent.mkdir()
+    with pytest.raises(TrainingError, match="no saved state"):
+        train_dreambooth(model, dataset, config("parted"), out, state_file=state, resume=True)
+    first = train_dreambooth(
+        model, dataset, config("parted"), out, state_file=state,
+        on_step=lambda step, _total, _loss: step < 2,
+    )  # fmt: skip
+    assert first.stopped and first.steps == 2 and state.is_file()
+    with safe_open(str(out / "parted.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["easel.steps"] == "2"
+    model = load_checkpoint_at(base, tmp_path)  # the resumed run's weights come from the state
+    rest = train_dreambooth(model, dataset, config("parted"), out, state_file=state, resume=True)
+    assert rest.steps == 4 and not rest.stopped and not state.exists()
+    assert first.losses + rest.losses == pytest.approx(whole.losses, abs=1e-6)
+    with safe_open(str(out / "parted.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["easel.steps"] == "4"  # the stop's file was replaced
+        one = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    with safe_open(str(out / "whole.safetensors"), framework="pt") as handle:
+        # the same arithmetic; fp16 rounding may differ in the last place
+        for key in handle.keys():  # noqa: SIM118
+            assert torch.allclose(handle.get_tensor(key).float(), one[key].float(), atol=1e-3), key

@@ -183,3 +183,48 @@ def test_an_embedding_teaches_the_reference_model_a_new_word(tmp_path: Path) -> 
         assert sum(map(_shows_concept, base)) <= 2, [(_near(i, "red"), _near(i, "yellow")) for i in base]
     finally:
         services.generation.shutdown()
+
+
+def test_dreambooth_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
+    """A full fine-tune of the reference model (a diffusers folder, so the result is one too): the new
+    checkpoint draws "a zwx" as a yellow triangle on red for most seeds where the base never does, and a
+    prompt without the word keeps its colours (the model's own shapes are in the dataset)."""
+    from webui.container import build_services
+    from webui.domain.generation import Txt2ImgRequest
+    from webui.settings import Settings
+    from webui.training.dataset import load_dataset
+    from webui.training.dreambooth import DreamBoothConfig, train_dreambooth
+
+    data, model = _reference_model(tmp_path)
+    checkpoints = data / "models" / "Stable-diffusion"
+    config = DreamBoothConfig(
+        name="zwx-db", resolution=64, total_steps=100, batch_size=4, learning_rate=1e-4,
+        train_text_encoder=True, text_encoder_learning_rate=1e-4, seed=1,
+    )  # fmt: skip
+    result = train_dreambooth(model, load_dataset(_dataset(tmp_path / "dataset")), config, checkpoints)
+    assert result.path == checkpoints / "zwx-db" and result.steps == 100
+    del model
+
+    services = build_services(Settings(data_dir=data, preload_model=False))
+    try:
+
+        def images(checkpoint: str, prompt: str) -> list[Image.Image]:
+            request = Txt2ImgRequest(
+                prompt=prompt, steps=20, width=64, height=64, seed=SEEDS[0], batch_size=len(SEEDS),
+                sampler_name="DPM++ 2M", scheduler="Karras", cfg_scale=7.0, save_images=False,
+                override_settings={"sd_model_checkpoint": checkpoint},
+            )  # fmt: skip
+            done = services.generation.submit_txt2img(request).result(timeout=300)
+            assert f"Model: {checkpoint}," in done.images[0].infotext, done.images[0].infotext
+            return [Image.open(io.BytesIO(image.png_bytes)).convert("RGB") for image in done.images]
+
+        taught = images("zwx-db", "a zwx")
+        assert sum(map(_shows_concept, taught)) >= 6, [(_near(i, "red"), _near(i, "yellow")) for i in taught]
+        kept = images("zwx-db", "a red circle on a blue background")
+        assert sum(_near(i, "blue") > 0.5 and _near(i, "red") > 0.04 for i in kept) >= 6, [
+            (_near(i, "blue"), _near(i, "red")) for i in kept
+        ]
+        base = images("easel-reference", "a zwx")
+        assert sum(map(_shows_concept, base)) <= 2, [(_near(i, "red"), _near(i, "yellow")) for i in base]
+    finally:
+        services.generation.shutdown()

@@ -233,7 +233,7 @@ def test_a_stopped_and_resumed_run_equals_one_that_never_stopped(
     rest = train_lora(model, dataset, config(), tmp_path / "b", state_file=tmp_path / "b.pt", resume=True)
     assert rest.steps == 6 and not rest.stopped
     assert first.losses + rest.losses == pytest.approx(whole.losses, abs=1e-6)
-    one, two = (torch.load(tmp_path / f"{k}.pt", weights_only=True)["adapters"] for k in "ab")
+    one, two = (torch.load(tmp_path / f"{k}.pt", weights_only=True)["weights"] for k in "ab")
     for part in one:
         for key, tensor in one[part].items():
             assert torch.allclose(tensor, two[part][key], atol=1e-6), key

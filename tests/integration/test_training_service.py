@@ -193,7 +193,7 @@ def test_a_stopped_run_resumes_to_the_end(services: Any) -> None:
     _wait_for_step(run, 2)
     training.stop(run.id)
     _wait(run)
-    assert run.state is RunState.STOPPED and run.step < 16
+    assert run.state is RunState.STOPPED and run.step < 16 and run.resumable
     stopped_at = run.step
     other = training.start(_settings(name="other", steps=1, sample_every=0), uploads=UPLOADS)
     with pytest.raises(TrainingRequestError, match="only a stopped run"):
@@ -202,6 +202,6 @@ def test_a_stopped_run_resumes_to_the_end(services: Any) -> None:
     training.resume(run.id)
     _wait(run)
     assert run.state is RunState.DONE, run.error
-    assert run.step == 16 and len(run.losses) == 16 and stopped_at < 16
+    assert run.step == 16 and len(run.losses) == 16 and stopped_at < 16 and not run.resumable
     with safe_open(str(services.settings.lora_path / "resumed.safetensors"), framework="pt") as handle:
         assert handle.metadata()["ss_steps"] == "16"

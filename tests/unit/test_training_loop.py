@@ -41,6 +41,14 @@ def test_the_eval_set_is_fixed_spread_over_the_dataset_and_leaves_the_random_sta
 
 
 def test_about_ten_measurements_over_a_run_unless_asked() -> None:
-    assert eval_every(LoraTrainingConfig(name="x", total_steps=1000)) == 100
-    assert eval_every(LoraTrainingConfig(name="x", total_steps=7)) == 1
+    assert eval_every(LoraTrainingConfig(name="x", total_steps=1000, batch_size=4)) == 100
+    assert eval_every(LoraTrainingConfig(name="x", total_steps=7, batch_size=4), forwards=1) == 1
+    # a short run measures less often: 24 eval forwards against 4 images × ~3 passes a step
+    short = LoraTrainingConfig(name="x", total_steps=60, batch_size=4)
+    every = eval_every(short)
+    assert every == 20
+    measurements = short.total_steps // every + 1
+    assert measurements * 24 <= 0.15 * short.total_steps * 3 * short.batch_size
+    accumulated = LoraTrainingConfig(name="x", total_steps=60, batch_size=4, gradient_accumulation=2)
+    assert eval_every(accumulated) == 10  # twice the images a step: twice as many measurements
     assert eval_every(LoraTrainingConfig(name="x", total_steps=1000, eval_every=25)) == 25

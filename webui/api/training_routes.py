@@ -57,7 +57,14 @@ class TrainRun(BaseModel):
     samples: list[dict[str, Any]] = Field(
         description="{'step': n, 'images': [file names]}; fetch one at /easel/v1/train/{id}/samples/{file}."
     )
-    result: str | None = Field(description="The saved file's name in models/Lora, once there is one.")
+    result: str | None = Field(
+        description="The saved file's name (models/Lora, models/embeddings or models/Stable-diffusion; a "
+        "DreamBooth of a diffusers folder is a folder), once there is one."
+    )
+    resumable: bool = Field(
+        default=False,
+        description="A stopped LoRA or DreamBooth run that kept its training state: POST .../resume goes on.",
+    )
     error: str | None
     created: float
     started: float | None

@@ -235,6 +235,12 @@ def merge_metadata(
     return metadata
 
 
+def _sidecar(path: Path, suffix: str) -> Path:
+    """``<name><suffix>`` beside a checkpoint; a diffusers folder's name is whole (``sd-v1.5/`` ->
+    ``sd-v1.5.json``, not ``sd-v1.json``)."""
+    return path.parent / f"{path.name}{suffix}" if path.is_dir() else path.with_suffix(suffix)
+
+
 def copy_sidecars(target: Path, records: list[CheckpointRecord]) -> list[Path]:
     """Copy ``<name>.yaml`` and ``<name>.json`` from the first input that has one (A, else B, else C).
 
@@ -242,11 +248,11 @@ def copy_sidecars(target: Path, records: list[CheckpointRecord]) -> list[Path]:
     """
     copied: list[Path] = []
     for suffix in SIDECAR_SUFFIXES:
-        destination = target.with_suffix(suffix)
+        destination = _sidecar(target, suffix)
         if destination.exists():
             continue
         for record in records:
-            source = Path(record.path).with_suffix(suffix)
+            source = _sidecar(Path(record.path), suffix)
             if source.is_file():
                 try:
                     shutil.copyfile(source, destination)

@@ -113,6 +113,16 @@ class TrainingRun:
         default=None, repr=False
     )  # the trainer's "done", before it is published
     _resume: bool = field(default=False, repr=False)  # the next start goes on from the saved state
+    _warning: str | None = field(default=None, repr=False)  # said again in the final status
+
+    @property
+    def resumable(self) -> bool:
+        """A stopped LoRA or DreamBooth run whose training state was kept can go on from where it stopped."""
+        return (
+            self.state is RunState.STOPPED
+            and self.settings.method in ("lora", "dreambooth")
+            and (self.run_dir / "state.pt").is_file()
+        )
 
     @property
     def name(self) -> str:
@@ -176,6 +186,7 @@ class TrainingRun:
                 for sample in self.samples
             ],
             "result": self.result,
+            "resumable": self.resumable,
             "error": self.error,
             "created": self.created,
             "started": self.started,
@@ -552,18 +563,12 @@ class TrainingService:
         resolved = settings.model_copy(update={"resolution": resolution, "learning_rate": settings.rate})
         if memory is not None and not memory.fits:  # it fits with checkpointing (checked above)
             resolved.gradient_checkpointing = True
-        if settings.method == "dreambooth":
-            if not Path(record.path).is_file():
-                raise TrainingRequestError(
-                    f"{record.name} is a diffusers folder; DreamBooth saves a single-file checkpoint and "
-                    "starts from one: choose a .safetensors or .ckpt checkpoint"
-                )
-            if settings.prior_preservation and not (
-                settings.class_prompt.strip() or settings.class_word.strip()
-            ):
-                raise TrainingRequestError(
-                    "prior preservation needs a class prompt or a class word (e.g. 'dog')"
-                )
+        if (
+            settings.method == "dreambooth"
+            and settings.prior_preservation
+            and not (settings.class_prompt.strip() or settings.class_word.strip())
+        ):
+            raise TrainingRequestError("prior preservation needs a class prompt or a class word (e.g. 'dog')")
         if settings.method == "embedding" and not settings.trigger:
             resolved.trigger = settings.name  # captions without one fall back to "<name> <class>"
         if resolved.train_text_encoder is None:  # DreamBooth: the UNet only, unless asked (memory)
@@ -605,23 +610,27 @@ class TrainingService:
         return run
 
     def resume(self, run_id: str) -> TrainingRun:
-        """Queue a stopped LoRA run again; it goes on from the step it stopped at, as if never stopped."""
+        """Queue a stopped LoRA or DreamBooth run again; it goes on from the step it stopped at, as if never
+        stopped."""
         run = self.get(run_id)
         with self._lock:
             if run.state is not RunState.STOPPED:
                 raise TrainingRequestError(
                     f"run {run.id} is {run.state.value}; only a stopped run can resume"
                 )
-            if run.settings.method != "lora" or not (run.run_dir / "state.pt").is_file():
-                raise TrainingRequestError(f"run {run.id} has no saved training state to resume from")
+            if not run.resumable:
+                raise TrainingRequestError(
+                    f"run {run.id} has no saved training state to resume from (an embedding run, or a stop "
+                    "that could not keep it); start a new run"
+                )
             if not run.dataset_dir.is_dir():
                 raise TrainingRequestError(f"the dataset of run {run.id} is gone ({run.dataset_dir})")
             record = self.checkpoint(run.settings.model or run.model_title)
             family = record.family.label if record.family else ""
             if family != run.family:
                 raise TrainingRequestError(
-                    f"run {run.id} trained on {run.family} and {record.name} is {family}: a LoRA resumes on "
-                    "its own base model"
+                    f"run {run.id} trained on {run.family} and {record.name} is {family}: a run resumes "
+                    "on its own base model"
                 )
             run.state, run.status, run.error, run.finished = (
                 RunState.QUEUED,
@@ -630,7 +639,7 @@ class TrainingService:
                 None,
             )
             run._stop = run._cancel = False
-            run._outcome = None
+            run._outcome = run._warning = None
             run._resume = True
             run.result = None  # the file the stop saved stays until the resumed run saves its own
             self._save(run)
@@ -801,6 +810,8 @@ class TrainingService:
         with self._lock:
             if kind == "status":
                 run.status = str(event.get("text", ""))
+                if run.status.startswith("Warning: "):
+                    run._warning = run.status
             elif kind == "dataset":
                 run.summary["images"] = event.get("images")
             elif kind == "step":
@@ -833,6 +844,8 @@ class TrainingService:
                 run.status = (
                     f"Saved {run.result}" if run.result else "Stopped before the first step: nothing saved"
                 )
+                if run._warning:
+                    run.status += f". {run._warning}"
             elif kind == "error":
                 run.state, run.error = RunState.FAILED, str(event.get("message"))
                 run.status = "Failed"
@@ -845,6 +858,8 @@ class TrainingService:
         target = folder / f"{run.name}.safetensors"
         if run.result and target.is_file():
             target.unlink()
+        elif run.result and run.settings.method == "dreambooth" and (folder / run.name).is_dir():
+            shutil.rmtree(folder / run.name)  # a DreamBooth of a diffusers folder is a folder
         run.result = None
         sweep_temp_files(folder)
 

@@ -19,7 +19,8 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +82,18 @@ def write_checkpoint(
     target: Path,
     metadata: Mapping[str, str],
     dtype: torch.dtype = torch.float16,
+    *,
+    replace: bool = False,
 ) -> Path:
     """``target``: the base file's tensors with ``replacements``, floating tensors in ``dtype``, EMA left out.
 
     Streamed: the header is built from the base file's layout, then each tensor is read, converted and
     written in turn, so the save holds one base tensor at a time (not a second copy of an SDXL checkpoint
     beside the trained model). Written to a temporary file beside ``target`` and linked into place only when
-    complete; an existing ``target`` is never replaced (:class:`TrainingError`)."""
-    from webui.metadata.image_io import open_locked_temp, user_file_mode
-    from webui.runtime.merge import SAFETENSORS_DTYPES
-
-    names = {value: name for name, value in SAFETENSORS_DTYPES.items()}
+    complete; an existing ``target`` is never replaced (:class:`TrainingError`), except with ``replace``
+    (a resumed run's file takes the place of the one its stop saved)."""
     target = Path(target)
-    if target.exists():
+    if target.exists() and not replace:
         raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
     entries: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
     for key, stored, shape in base.layout():
@@ -107,6 +107,26 @@ def write_checkpoint(
     missing = [key for key in replacements if key not in placed]
     if missing:
         raise TrainingError(f"{len(missing)} trained tensors are not in the base file (e.g. {missing[0]})")
+    tensors = (
+        (key, replacements.get(key, tensor)) for key, tensor in base.iter_tensors(("",)) if key in placed
+    )
+    return _stream_safetensors(target, entries, tensors, metadata, replace=replace)
+
+
+def _stream_safetensors(
+    target: Path,
+    entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, str],
+    *,
+    replace: bool = False,
+) -> Path:
+    """Write ``tensors`` (in the order of ``entries``: key, stored dtype, shape) to ``target`` one at a time
+    through a locked temp file beside it; link it into place (``replace``: move it over ``target``)."""
+    from webui.metadata.image_io import open_locked_temp, user_file_mode
+    from webui.runtime.merge import SAFETENSORS_DTYPES
+
+    names = {value: name for name, value in SAFETENSORS_DTYPES.items()}
     header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
     offset = 0
     for key, kind, shape in entries:
@@ -129,14 +149,19 @@ def write_checkpoint(
         with os.fdopen(handle, "wb", closefd=False) as out:
             out.write(struct.pack("<Q", len(raw)) + raw)
             kinds = {key: kind for key, kind, _ in entries}
-            for key, tensor in base.iter_tensors(("",)):
-                if key not in kinds:
-                    continue
-                value = replacements.get(key, tensor).detach().to("cpu", kinds[key]).contiguous()
+            written = 0
+            for key, tensor in tensors:
+                value = tensor.detach().to("cpu", kinds[key]).contiguous()
                 out.write(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+                written += 1
+            if written != len(entries):
+                raise TrainingError(f"{target.name}: only {written} of {len(entries)} tensors were written")
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp, user_file_mode())
+        if replace:
+            os.replace(temp, target)
+            return target
         try:
             os.link(temp, target)  # fails, rather than replaces, when the name was taken meanwhile
         except FileExistsError:
@@ -144,4 +169,114 @@ def write_checkpoint(
     finally:
         temp.unlink(missing_ok=True)
         os.close(handle)
+    return target
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx")
+
+
+def _weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
+
+
+def folder_components(base: Path) -> list[str]:
+    """The component folders a diffusers folder's ``model_index.json`` names (``unet``, ``vae``, ...)."""
+    try:
+        index = json.loads((base / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{base.name}: its model_index.json cannot be read ({exc})") from exc
+    return [
+        name
+        for name, value in index.items()
+        if not name.startswith("_")
+        and isinstance(value, list)
+        and len(value) == 2
+        and value[1] is not None
+        and (base / name).is_dir()
+    ]
+
+
+def write_folder(
+    base: Path,
+    trained: Mapping[str, Any],
+    target: Path,
+    metadata: Mapping[str, str],
+    dtype: torch.dtype = torch.float16,
+    *,
+    replace: bool = False,
+) -> Path:
+    """``target``: a diffusers folder like ``base`` with the modules in ``trained`` (component name, e.g.
+    ``unet``, -> module) saved from memory, floating tensors in ``dtype``.
+
+    Everything else of the base (its configs, scheduler, tokenizers, the untouched VAE and text encoders) is
+    copied as it is, so a folder whose configs are not the family's (head counts, norm groups, a small
+    VAE...) keeps them; a trained component keeps its ``config.json`` and gets one safetensors file with
+    ``metadata``. Built in a hidden folder beside ``target`` and renamed into place when complete; an
+    existing ``target`` is never replaced (:class:`TrainingError`), except with ``replace`` (a resumed run's
+    folder takes the place of the one its stop saved)."""
+    from transformers import PreTrainedModel
+
+    base, target = Path(base), Path(target)
+    if target.exists() and not replace:
+        raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
+    components = folder_components(base)
+    unknown = [name for name in trained if name not in components]
+    if unknown:
+        raise TrainingError(f"{base.name} has no {unknown[0]} folder to save the trained weights in")
+    copied = [path for name in components if name not in trained for path in (base / name).rglob("*")]
+    needed = sum(path.stat().st_size for path in copied if path.is_file()) + sum(
+        value.numel() * (dtype.itemsize if value.is_floating_point() else value.element_size())
+        for module in trained.values()
+        for value in module.state_dict().values()
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if free < needed:
+        raise TrainingError(
+            f"not enough disk space in {target.parent}: the checkpoint folder needs {needed / 2**30:.2f} GiB "
+            f"and {free / 2**30:.2f} GiB are free; nothing was saved"
+        )
+    from webui.metadata.image_io import user_file_mode
+
+    building = Path(tempfile.mkdtemp(prefix=".easel-partial-", dir=target.parent))  # hidden: not listed
+    try:
+        mode = user_file_mode()
+        os.chmod(building, mode | (mode & 0o444) >> 2)  # a folder the user made: 0o755 under umask 022
+        shutil.copy2(base / "model_index.json", building / "model_index.json")
+        for name in components:
+            if name not in trained:
+                shutil.copytree(base / name, building / name)
+                continue
+            (building / name).mkdir()
+            for path in (base / name).iterdir():  # config.json and the like, not the base's weights
+                if path.is_file() and not _weight_file(path.name):
+                    shutil.copy2(path, building / name / path.name)
+            module = trained[name]
+            file_name = "model.safetensors" if isinstance(module, PreTrainedModel) else (
+                "diffusion_pytorch_model.safetensors"
+            )  # fmt: skip
+            state = module.state_dict()  # views of the module's own tensors: converted one at a time
+            entries = [
+                (key, dtype if value.is_floating_point() else value.dtype, tuple(value.shape))
+                for key, value in state.items()
+            ]
+            _stream_safetensors(
+                building / name / file_name, entries, state.items(), {"format": "pt", **metadata}
+            )
+        old: Path | None = None
+        if target.exists():  # only with replace (checked above): set aside until the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=".easel-replaced-", dir=target.parent))
+            os.rename(target, old / target.name)
+        try:
+            os.rename(building, target)
+        except OSError:
+            if old is not None:
+                os.rename(old / target.name, target)
+            if target.exists():
+                raise TrainingError(f"{target.name} appeared in {target.parent} meanwhile; kept it") from None
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return target

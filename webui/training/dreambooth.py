@@ -32,8 +32,10 @@ from webui.training.loop import (
     TrainingResult,
     checked_target,
     encode_dataset,
+    load_training_state,
     make_optimizer,
     run_steps,
+    save_training_state,
 )
 from webui.training.memory import MemoryEstimate, ModelSizes, does_not_fit, estimate
 
@@ -68,10 +70,13 @@ def module_size(module: Any) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
-def trained_modules(model: Any, config: DreamBoothConfig) -> list[Any]:
-    modules = [model.unet]
+def trained_modules(model: Any, config: DreamBoothConfig) -> dict[str, Any]:
+    """The modules a run trains, by their diffusers component name (the UNet first)."""
+    modules = {"unet": model.unet}
     if config.train_text_encoder:
-        modules += [m for m in (model.text_encoder, model.text_encoder_2) if m is not None]
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(model, name) is not None:
+                modules[name] = getattr(model, name)
     return modules
 
 
@@ -135,28 +140,39 @@ def train_dreambooth(
     class_folder: Path | None = None,
     draw: ClassDrawer | None = None,
     status: Callable[[str], None] = lambda text: None,
+    state_file: Path | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
-    """Fine-tune ``model`` (loaded from a single-file checkpoint) on ``dataset``; write
-    ``out_dir/<name>.safetensors`` in fp16: the base file's layout and every tensor training did not change.
+    """Fine-tune ``model`` on ``dataset`` and save it in fp16 in the base's form: a single-file base gives
+    ``out_dir/<name>.safetensors`` in its LDM layout with every tensor training did not change; a diffusers
+    folder gives the folder ``out_dir/<name>`` with its configs (which need not be the family's: a single
+    LDM file could not carry them), tokenizers and untouched components copied.
 
     ``class_folder`` and ``draw`` are needed with prior preservation. The caller checks the memory first
-    (:func:`memory_estimate`, :func:`check_memory`) while the model is still off the device."""
+    (:func:`memory_estimate`, :func:`check_memory`) while the model is still off the device.
+
+    With ``state_file``, a stopped run writes its state there (the trained weights in fp32, the optimizer
+    moments, the step and the random states: several times the checkpoint's size, so only when stopped);
+    ``resume`` goes on from it, as if never stopped, and the finished run's checkpoint replaces the one its
+    stop saved and the state file is removed."""
     from diffusers import DDPMScheduler
 
     from webui.runtime.loader import TensorSource
-    from webui.training.checkpoint_file import trained_tensors, write_checkpoint
+    from webui.training.checkpoint_file import trained_tensors, write_checkpoint, write_folder
 
-    target = checked_target(config, model, out_dir, "DreamBooth")
+    target = checked_target(config, model, out_dir, "DreamBooth", existing_allowed=resume)
     base_path = Path(str(getattr(model.record, "path", "")))
-    if not base_path.is_file():
-        # A diffusers folder's configs (head counts, norm groups, the VAE's scaling, ...) need not be the
-        # family's, and a single LDM file cannot say otherwise: its loaders infer them from the shapes.
-        raise TrainingError(
-            "DreamBooth saves a single-file checkpoint and starts from one: choose the .safetensors (or "
-            ".ckpt) file of this checkpoint as the base, not its diffusers folder"
-        )
-    base = TensorSource.for_file(base_path)
-    base_keys = set(base.shapes())
+    folder_base = base_path.is_dir()
+    if folder_base:
+        target = Path(out_dir) / config.name
+    elif not base_path.is_file():
+        raise TrainingError(f"the base checkpoint {base_path} is gone; refresh the checkpoint list")
+    for taken in (Path(out_dir) / config.name, Path(out_dir) / f"{config.name}.safetensors"):
+        if taken.exists() and not (resume and taken == target):
+            raise TrainingError(f"{taken.name} already exists in {taken.parent}; choose another name")
+    if resume and (state_file is None or not state_file.is_file()):
+        raise TrainingError("there is no saved state to resume from; start a new run")
+    base = None if folder_base else TensorSource.for_file(base_path)
     prior_buckets = None
     if config.prior_preservation:
         if class_folder is None or draw is None:
@@ -171,7 +187,8 @@ def train_dreambooth(
     rng = random.Random(config.seed)
     buckets = encode_dataset(model.vae, dataset, config.resolution, flip=config.flip)
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
-    modules = trained_modules(model, config)
+    parts = trained_modules(model, config)
+    modules = list(parts.values())
     dtypes = [next(module.parameters()).dtype for module in modules]
     for module in modules:  # fp32 weights: updates of 2e-6 vanish in half precision
         module.float().requires_grad_(True).train()
@@ -199,18 +216,25 @@ def train_dreambooth(
 
     global_rng = torch.get_rng_state()
     try:
-        sample(0)
+        start = 0
+        if resume and state_file is not None:
+            status("Loading the saved training state")
+            start, weights = load_training_state(state_file, set(parts), optimizer, rng, generator)
+            for name, module in parts.items():
+                module.load_state_dict(weights[name])
+            del weights
+        else:
+            sample(0)
         status("Training")
         result = run_steps(
             model, model.unet, buckets, config, scheduler,
             encode=lambda captions: encoding(captions, device), optimizer=optimizer,
             base_rates=[group["lr"] for group in groups], rng=rng, generator=generator, on_step=on_step,
-            on_eval=on_eval, sample=sample, grad_text=config.train_text_encoder,
+            on_eval=on_eval, sample=sample, grad_text=config.train_text_encoder, start=start,
             prior=(prior_buckets, config.prior_loss_weight) if prior_buckets else None,
         )  # fmt: skip
-        if result.steps:
+        if result.steps > start:
             status("Saving the checkpoint")
-            replacements = trained_tensors(model, base_keys, text_encoder=config.train_text_encoder)
             metadata = {
                 "modelspec.title": config.name,
                 "modelspec.architecture": {
@@ -223,7 +247,21 @@ def train_dreambooth(
                 "easel.steps": str(result.steps),
                 "easel.prior_preservation": str(config.prior_preservation),
             }  # fmt: skip
-            result.path = write_checkpoint(base, replacements, target, metadata)
+            if base is None:
+                result.path = write_folder(base_path, parts, target, metadata, replace=resume)
+            else:
+                keys = set(base.shapes())
+                replacements = trained_tensors(model, keys, text_encoder=config.train_text_encoder)
+                result.path = write_checkpoint(base, replacements, target, metadata, replace=resume)
+        if state_file is not None and result.stopped and result.steps > start:
+            # after the checkpoint, which matters more when the disk is nearly full
+            status("Saving the training state")
+            weights = {name: module.state_dict() for name, module in parts.items()}
+            problem = save_training_state(state_file, result.steps, weights, optimizer, rng, generator)
+            if problem:
+                status(f"Warning: {problem}")
+        elif resume and state_file is not None and not result.stopped:
+            state_file.unlink(missing_ok=True)  # finished: gigabytes no run will read again
     finally:
         torch.set_rng_state(global_rng)
         if config.gradient_checkpointing and hasattr(model.unet, "disable_gradient_checkpointing"):

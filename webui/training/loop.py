@@ -10,8 +10,10 @@ the optimizer over the parameters it chose.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,9 +260,21 @@ def checked_target(
     return target
 
 
-def eval_every(config: LoraTrainingConfig) -> int:
-    """Steps between two evaluations of the eval loss: ``config.eval_every``, or about ten over the run."""
-    return config.eval_every or max(1, config.total_steps // 10)
+EVAL_SHARE = 0.1  # the most of the training's compute the automatic eval interval spends measuring
+
+
+def eval_every(config: LoraTrainingConfig, forwards: int = EVAL_IMAGES * len(EVAL_TIMESTEPS)) -> int:
+    """Steps between two evaluations of the eval loss: ``config.eval_every``, or about ten over the run,
+    spaced further apart when that would cost more than :data:`EVAL_SHARE` of the training.
+
+    One measurement is ``forwards`` UNet passes without gradients; a step is ``batch × accumulation``
+    images, each a forward and a backward pass (about three forwards). Ten measurements of 24 images would
+    be a third of a 60-step run at batch 4; spaced out, they stay near a tenth of it."""
+    if config.eval_every:
+        return config.eval_every
+    per_step = 3 * config.batch_size * config.gradient_accumulation
+    spacing = math.ceil(forwards / (EVAL_SHARE * per_step))
+    return max(1, config.total_steps // 10, spacing)
 
 
 def eval_set(
@@ -397,7 +411,7 @@ def run_steps(
         return loss
 
     fixed = eval_set(buckets, scheduler, config.seed)
-    every = eval_every(config)
+    every = eval_every(config, sum(len(items) for _, items, _, _ in fixed))
 
     def evaluate(step: int) -> None:
         total, count = 0.0, 0
@@ -452,3 +466,70 @@ def run_steps(
             result.stopped = True
             break
     return result
+
+
+def save_training_state(
+    path: Path,
+    step: int,
+    weights: dict[str, dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    generator: torch.Generator,
+) -> str | None:
+    """Write what a resumed run needs to go on as if it never stopped: the trained ``weights`` (part name ->
+    state dict), the optimizer's state, the step, and the random states that decide the data order and the
+    noise. Through a temp file renamed over ``path``.
+
+    Returns ``None``, or why nothing was written (not enough disk space: a full fine-tune's state is its
+    fp32 weights and optimizer moments, gigabytes; the run's result is saved all the same)."""
+    optimizer_state = optimizer.state_dict()
+    moments = [value for state in optimizer_state["state"].values() for value in state.values()]
+    tensors = [t for part in weights.values() for t in part.values()] + [
+        t for t in moments if isinstance(t, torch.Tensor)
+    ]
+    needed = sum(t.numel() * t.element_size() for t in tensors) + 2**20
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        return (
+            f"the training state needs {needed / 2**30:.2f} GiB and {path.parent} has {free / 2**30:.2f} GiB "
+            "free, so it was not kept and this run cannot resume"
+        )
+    state = {
+        "step": step,
+        "weights": weights,
+        "optimizer": optimizer_state,
+        "rng": json.dumps(rng.getstate()),
+        "generator": generator.get_state(),
+    }
+    temp = path.with_suffix(".tmp")
+    try:
+        torch.save(state, temp)
+        temp.replace(path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return None
+
+
+def load_training_state(
+    path: Path,
+    parts: set[str],
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    generator: torch.Generator,
+) -> tuple[int, dict[str, dict[str, torch.Tensor]]]:
+    """The step and trained weights :func:`save_training_state` wrote; the optimizer and random states are
+    restored in place. :class:`TrainingError` when the state trained other ``parts`` than this run."""
+    if not path.is_file():
+        raise TrainingError("there is no saved state to resume from; start a new run")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state.get("weights", state.get("adapters"))  # "adapters": the name before DreamBooth resumed
+    if set(weights) != parts:
+        raise TrainingError(
+            "the saved state trained other parts of the model (the text encoder setting changed); "
+            "resume with the run's own settings"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    version, internal, gauss = json.loads(state["rng"])
+    rng.setstate((version, tuple(internal), gauss))
+    generator.set_state(state["generator"])
+    return int(state["step"]), weights

@@ -33,8 +33,10 @@ from webui.training.loop import (
     checked_target,
     encode_dataset,
     learning_rate_factor,
+    load_training_state,
     make_optimizer,
     run_steps,
+    save_training_state,
 )
 from webui.training.memory import UNET_LORA_TARGETS
 
@@ -55,6 +57,7 @@ def train_lora(
     on_sample: SampleCallback | None = None,
     state_file: Path | None = None,
     resume: bool = False,
+    on_status: Callable[[str], None] | None = None,
 ) -> TrainingResult:
     """Train ``config.name`` on ``model`` (a ``webui.runtime.loader.LoadedModel``); write it to ``out_dir``.
 
@@ -71,7 +74,7 @@ def train_lora(
     afterwards (the adapters are removed).
     """
     from diffusers import DDPMScheduler
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     target = checked_target(config, model, out_dir, "LoRA training", existing_allowed=resume)
     if resume and (state_file is None or not state_file.is_file()):
@@ -125,7 +128,13 @@ def train_lora(
             unet.train()
 
     try:
-        start = _load_state(state_file, adapters, optimizer, rng, generator) if resume and state_file else 0
+        start = 0
+        if resume and state_file:
+            start, weights = load_training_state(
+                state_file, {name for name, _ in adapters}, optimizer, rng, generator
+            )
+            for name, wrapped in adapters:
+                set_peft_model_state_dict(wrapped, weights[name])
         unet.train()
         if not start:
             sample(0)
@@ -135,7 +144,10 @@ def train_lora(
             on_eval=on_eval, sample=sample, grad_text=config.train_text_encoder, start=start,
         )  # fmt: skip
         if state_file is not None and result.steps > start:
-            _save_state(state_file, result.steps, adapters, optimizer, rng, generator)
+            weights = {name: get_peft_model_state_dict(wrapped) for name, wrapped in adapters}
+            problem = save_training_state(state_file, result.steps, weights, optimizer, rng, generator)
+            if problem and on_status is not None:
+                on_status(problem)
         if result.steps > start:
             tensors: dict[str, torch.Tensor] = {}
             for attribute, wrapped in adapters:
@@ -193,43 +205,6 @@ def train_lora(
             model.unet.disable_gradient_checkpointing()
         model.unet.eval()
     return result
-
-
-def _save_state(
-    path: Path, step: int, adapters: list[tuple[str, Any]], optimizer: Any, rng: random.Random, generator: Any
-) -> None:
-    from peft import get_peft_model_state_dict
-
-    state = {
-        "step": step,
-        "adapters": {name: get_peft_model_state_dict(wrapped) for name, wrapped in adapters},
-        "optimizer": optimizer.state_dict(),
-        "rng": json.dumps(rng.getstate()),
-        "generator": generator.get_state(),
-    }
-    temp = path.with_suffix(".tmp")
-    torch.save(state, temp)
-    temp.replace(path)
-
-
-def _load_state(
-    path: Path, adapters: list[tuple[str, Any]], optimizer: Any, rng: random.Random, generator: Any
-) -> int:
-    from peft import set_peft_model_state_dict
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if set(state["adapters"]) != {name for name, _ in adapters}:
-        raise TrainingError(
-            "the saved state trained other parts of the model (the text encoder setting changed); "
-            "resume with the run's own settings"
-        )
-    for name, wrapped in adapters:
-        set_peft_model_state_dict(wrapped, state["adapters"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    version, internal, gauss = json.loads(state["rng"])
-    rng.setstate((version, tuple(internal), gauss))
-    generator.set_state(state["generator"])
-    return int(state["step"])
 
 
 def _sdxl_namer(model: Any) -> Callable[[str], str | None]:

@@ -206,11 +206,14 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
         draw(step, tables)
         clock["last"] = time.monotonic()
 
+    def status(text: str) -> None:
+        events.send("status", text=text)
+
     if isinstance(config, DreamBoothConfig):
         result = train_dreambooth(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             class_folder=Path(job["run_dir"]) / "class_images", draw=_class_drawer(job, model, config),
-            status=lambda text: events.send("status", text=text),
+            status=status, state_file=Path(job["run_dir"]) / "state.pt", resume=bool(job.get("resume")),
         )  # fmt: skip
     elif isinstance(config, EmbeddingTrainingConfig):
         result = train_embedding(
@@ -221,6 +224,7 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
         result = train_lora(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             state_file=Path(job["run_dir"]) / "state.pt", resume=bool(job.get("resume")),
+            on_status=lambda text: status(f"Warning: {text}"),
         )  # fmt: skip
     events.send(
         "done",

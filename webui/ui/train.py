@@ -545,7 +545,7 @@ def build_train_tab(
             gr.update(interactive=not finished),
             gr.update(interactive=not finished),
             gr.update(visible=finished and bool(run.result)),
-            gr.update(interactive=run.state is RunState.STOPPED and run.settings.method == "lora"),
+            gr.update(interactive=run.resumable),
             *dropdowns,
         ]
 
