@@ -20,3 +20,35 @@ def test_the_summary_shows_angle_brackets_and_the_memory_line() -> None:
     assert "add &lt;image&gt;.txt captions" in text and "<image>" not in text
     assert "smaller than 64 &lt;px&gt;" in text
     assert "Memory: about 3.0 GiB of 8.0 GiB on cuda:0 (weights 2.0, gradients 0.0" in text
+
+
+def test_try_it_loads_a_dreambooth_checkpoint_and_tags_a_lora() -> None:
+    """A dropdown value set by code loads nothing, so Try it starts the DreamBooth checkpoint's load itself,
+    by the run's whole name (a folder's name may have a dot)."""
+    from types import SimpleNamespace
+
+    from webui.ui.train import try_in_txt2img
+
+    titles = {"zwx.db": "zwx.db [0123456789]"}
+
+    def find(name: str) -> SimpleNamespace:
+        if name not in titles:
+            raise LookupError(name)
+        return SimpleNamespace(title=titles[name])
+
+    services = SimpleNamespace(models=SimpleNamespace(find=find))
+
+    def run(method: str, name: str, result: str | None) -> SimpleNamespace:
+        settings = SimpleNamespace(method=method, word="zwx", class_word="ball")
+        return SimpleNamespace(settings=settings, name=name, result=result)
+
+    loads: list[str] = []
+    assert try_in_txt2img(services, run("dreambooth", "zwx.db", "zwx.db"), loads.append) == (
+        "zwx ball", "zwx.db [0123456789]"
+    )  # fmt: skip
+    assert loads == ["zwx.db [0123456789]"]
+    assert try_in_txt2img(services, run("lora", "style", "style.safetensors"), loads.append) == (
+        "zwx ball <lora:style:1>", None
+    )  # fmt: skip
+    assert try_in_txt2img(services, run("dreambooth", "gone", "gone"), loads.append) == ("zwx ball", None)
+    assert loads == ["zwx.db [0123456789]"]  # nothing else was loaded

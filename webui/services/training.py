@@ -205,6 +205,9 @@ class TrainingRun:
         return data
 
 
+_WHAT_IS_SAVED = {"lora": "LoRA file", "embedding": "embedding file", "dreambooth": "checkpoint"}
+
+
 class TrainingService:
     def __init__(
         self,
@@ -420,8 +423,8 @@ class TrainingService:
         """``name`` can be written (``replacing``: an embedding trained on from its own file may exist)."""
         if not _NAME.match(name or "") or name.strip() != name:
             raise TrainingRequestError(
-                f"the name {name!r} cannot be a LoRA file name: use letters, digits, spaces, '.', '-' or '_' "
-                "(up to 100, starting with a letter or digit)"
+                f"the name {name!r} cannot be a {_WHAT_IS_SAVED.get(method, 'file')} name: use letters, "
+                "digits, spaces, '.', '-' or '_' (up to 100, starting with a letter or digit)"
             )
         folder = self.output_dir(method)
         suffixes = {"embedding": EMBEDDING_EXTENSIONS, "dreambooth": (".safetensors", ".ckpt", "")}.get(
@@ -430,7 +433,8 @@ class TrainingService:
         taken = next((folder / f"{name}{x}" for x in suffixes if (folder / f"{name}{x}").exists()), None)
         if taken is not None and not replacing:
             raise TrainingRequestError(
-                f"{taken.name} already exists in {folder}; choose another name (nothing is overwritten)"
+                f"the name {name!r} is taken: {taken.name} already exists in {folder}; choose another name "
+                "(nothing is overwritten)"
             )
         with self._lock:
             for run in self._runs.values():

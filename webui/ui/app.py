@@ -91,7 +91,7 @@ def build_ui(services: Any) -> gr.Blocks:
                     build_train_tab(
                         services, tabs=tabs, txt2img_tab_id=TXT2IMG_TAB,
                         txt2img_prompt=txt2img.fields["prompt"], lora_dropdowns=[p.dropdown for p in pickers],
-                        checkpoint_dropdown=bar.checkpoint,
+                        checkpoint_dropdown=bar.checkpoint, switch_checkpoint=bar.switcher.request,
                     )  # fmt: skip
             build_extension_tabs(services)  # the extensions' own tabs, before Extensions and Settings
             if services.extensions is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from webui.domain.training import (
 )
 from webui.services.training import DatasetSummary, TrainingRequestError, optimizer_problems
 from webui.training.dataset import IMAGE_EXTENSIONS, StepPlan
+from webui.ui.choices import checkpoint_titles
 from webui.ui.user_errors import user_message
 
 POLL_SECONDS = 1.0
@@ -144,6 +145,24 @@ def _run_markdown(run: Any) -> str:
     return f"{head} after {run.step} steps: {saved}. {run.progress_text()}"
 
 
+def try_in_txt2img(services: Any, run: Any, switch: Callable[[str], Any] | None) -> tuple[str, str | None]:
+    """What **Try it in txt2img** does with a finished run: the prompt (its words, with the LoRA's tag for a
+    LoRA) and, for a DreamBooth run, the title of its checkpoint, whose load ``switch`` starts (a dropdown
+    value set by code is not a choice the user made: nothing would load it)."""
+    words = " ".join(w for w in (run.settings.word, run.settings.class_word) if w.strip())
+    if run.settings.method == "lora":
+        words = f"{words} <lora:{Path(run.result or run.name).stem}:1>"
+    title = None
+    if run.settings.method == "dreambooth" and run.result:
+        try:
+            title = services.models.find(run.name).title  # the name, whole: a folder's may have a dot
+        except LookupError:
+            return words.strip(), None
+        if switch is not None:
+            switch(title)
+    return words.strip(), title
+
+
 def build_train_tab(
     services: Any,
     *,
@@ -152,6 +171,7 @@ def build_train_tab(
     txt2img_prompt: gr.Textbox,
     lora_dropdowns: list[Any],
     checkpoint_dropdown: Any = None,
+    switch_checkpoint: Callable[[str], Any] | None = None,
 ) -> TrainTab:
     training = services.training
     problems = optimizer_problems(services.settings.device)
@@ -581,18 +601,11 @@ def build_train_tab(
     cancel.click(do_cancel, inputs=run_id, outputs=status, api_visibility="private", queue=False)
 
     def try_prompt(run_key: Any) -> list[Any]:
-        run = training.get(run_key)
-        stem = Path(run.result or run.name).stem
-        words = " ".join(w for w in (run.settings.word, run.settings.class_word) if w.strip())
-        lora = run.settings.method == "lora"
-        prompt = f"{words} <lora:{stem}:1>" if lora else words
+        prompt, title = try_in_txt2img(services, training.get(run_key), switch_checkpoint)
         checkpoint = gr.update()
-        if run.settings.method == "dreambooth" and run.result:  # the new checkpoint is selected (and loads)
-            try:
-                checkpoint = gr.update(value=services.models.find(stem).title)
-            except LookupError:
-                checkpoint = gr.update()
-        return [prompt.strip(), gr.Tabs(selected=txt2img_tab_id), checkpoint]
+        if title is not None:  # the list did not have it when the page was made
+            checkpoint = gr.update(choices=checkpoint_titles(services), value=title)
+        return [prompt, gr.Tabs(selected=txt2img_tab_id), checkpoint]
 
     def method_changed(chosen: str) -> list[Any]:
         embedding, dreambooth = chosen == "embedding", chosen == "dreambooth"
