@@ -49,7 +49,7 @@ def _follow(client: TestClient, run_id: str, timeout: float = 240) -> dict[str, 
 
 
 def test_train_follow_fetch_a_sample_and_use_the_lora(client: tuple[TestClient, Any]) -> None:
-    http, _services = client
+    http, services = client
     response = http.post(
         "/easel/v1/train",
         json={
@@ -86,6 +86,15 @@ def test_train_follow_fetch_a_sample_and_use_the_lora(client: tuple[TestClient, 
     )
     assert made.status_code == 200, made.text
     assert "Lora hashes" in made.json()["info"]
+
+    # deleting the run frees its folder (dataset copy, samples); the LoRA it saved stays
+    run_dir = services.training.root / started["id"]
+    assert run_dir.is_dir()
+    deleted = http.delete(f"/easel/v1/train/{started['id']}")
+    assert deleted.status_code == 200 and deleted.json()["freed_bytes"] > 0, deleted.text
+    assert not run_dir.exists() and http.get(f"/easel/v1/train/{started['id']}").status_code == 404
+    assert "api-ball" in {lora["name"] for lora in http.get("/sdapi/v1/loras").json()}
+    assert http.delete(f"/easel/v1/train/{started['id']}").status_code == 404
 
 
 def test_bad_requests_say_what_is_wrong(client: tuple[TestClient, Any]) -> None:

@@ -93,6 +93,7 @@ def test_a_lora_teaches_the_reference_model_a_new_word(tmp_path: Path) -> None:
     config = LoraTrainingConfig(
         name="zwx", resolution=64, rank=8, alpha=8, total_steps=150, batch_size=4, learning_rate=1e-3,
         text_encoder_learning_rate=5e-4, train_text_encoder=True, seed=1, warmup_steps=10, sample_every=150,
+        eval_every=15,
     )  # fmt: skip
     dataset = load_dataset(_dataset(tmp_path / "dataset"))
     result = train_lora(model, dataset, config, data / "models" / "Lora", on_sample=sample)

@@ -191,6 +191,8 @@ def test_a_stopped_run_resumes_to_the_end(services: Any) -> None:
     training = services.training
     run = training.start(_settings(name="resumed", steps=16, sample_every=0), uploads=UPLOADS)
     _wait_for_step(run, 2)
+    with pytest.raises(TrainingRequestError, match="stop or cancel it before deleting"):
+        training.delete(run.id)
     training.stop(run.id)
     _wait(run)
     assert run.state is RunState.STOPPED and run.step < 16 and run.resumable

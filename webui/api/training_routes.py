@@ -78,6 +78,11 @@ class TrainRuns(BaseModel):
     runs: list[TrainRun]
 
 
+class TrainDeleted(BaseModel):
+    deleted: str = Field(description="The run's id.")
+    freed_bytes: int = Field(description="What its folder took on disk.")
+
+
 class CreateEmbeddingRequest(BaseModel):
     """A1111's ``/sdapi/v1/create/embedding`` body."""
 
@@ -189,8 +194,8 @@ def add_training_routes(router: APIRouter, services: Any) -> None:
 
     @router.post("/easel/v1/train/{run_id}/resume", response_model=TrainRun, tags=["Easel"])
     def resume(run_id: str) -> dict[str, Any]:
-        """Go on with a stopped LoRA run from the step it stopped at (optimizer, schedule and data order as
-        if it had never stopped); its file is replaced when it ends."""
+        """Go on with a stopped LoRA or DreamBooth run from the step it stopped at (optimizer, schedule and
+        data order as if it had never stopped); its file is replaced when it ends."""
         run_or_404(run_id)
         try:
             return service().resume(run_id).to_json()  # type: ignore[no-any-return]
@@ -202,6 +207,16 @@ def add_training_routes(router: APIRouter, services: Any) -> None:
         """Cancel: the run ends and nothing of it is kept in models/."""
         run_or_404(run_id)
         return service().cancel(run_id).to_json()  # type: ignore[no-any-return]
+
+    @router.delete("/easel/v1/train/{run_id}", response_model=TrainDeleted, tags=["Easel"])
+    def delete(run_id: str) -> dict[str, Any]:
+        """Delete a finished run's folder (its dataset copy, samples and saved training state); the LoRA,
+        embedding or checkpoint it saved stays in models/. A queued or running run is refused (422)."""
+        run_or_404(run_id)
+        try:
+            return {"deleted": run_id, "freed_bytes": service().delete(run_id)}
+        except TrainingRequestError as exc:
+            raise ApiError(422, "TrainingRequestError", str(exc)) from exc
 
     @router.get("/easel/v1/train/{run_id}/samples/{file_name}", tags=["Easel"])
     def sample(run_id: str, file_name: str) -> FileResponse:

@@ -326,7 +326,11 @@ def build_train_tab(
                 x_title="step", y_title="loss",
             )  # fmt: skip
             samples = gr.Gallery(label="Samples by step", columns=4, height=260, elem_id="train_samples")
-            try_it = gr.Button("Try it in txt2img", visible=False, elem_id="train_try")
+            with gr.Row():
+                try_it = gr.Button("Try it in txt2img", visible=False, elem_id="train_try")
+                forget = gr.Button(
+                    "Delete the run's files", visible=False, elem_id="train_forget", variant="secondary"
+                )  # the dataset copy, samples and training state; the saved model stays
     timer = gr.Timer(POLL_SECONDS, active=False)
 
     settings_inputs = [
@@ -547,7 +551,7 @@ def build_train_tab(
 
     def poll_run(run_key: Any, *chosen: Any) -> list[Any]:
         if not run_key:
-            return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 5,
+            return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 6,
                     *[gr.update() for _ in lora_dropdowns]]  # fmt: skip
         run = training.get(run_key)
         finished = run.state.finished
@@ -566,13 +570,26 @@ def build_train_tab(
             gr.update(interactive=not finished),
             gr.update(visible=finished and bool(run.result)),
             gr.update(interactive=run.resumable),
+            gr.update(visible=finished),
             *dropdowns,
         ]
 
     timer.tick(
         poll_run,
         inputs=[run_id, *lora_dropdowns],
-        outputs=[status, loss_plot, samples, timer, start, stop, cancel, try_it, resume, *lora_dropdowns],
+        outputs=[
+            status,
+            loss_plot,
+            samples,
+            timer,
+            start,
+            stop,
+            cancel,
+            try_it,
+            resume,
+            forget,
+            *lora_dropdowns,
+        ],
         api_visibility="private",
         queue=False,
     )
@@ -586,6 +603,22 @@ def build_train_tab(
         if not run_key:
             return "No run to cancel."
         return _run_markdown(training.cancel(run_key))
+
+    def do_forget(run_key: Any) -> list[Any]:
+        hidden = gr.update(visible=False)
+        try:
+            run = training.get(run_key)
+            freed = training.delete(run_key)
+        except Exception as exc:
+            return [f"**Error:** {user_message(exc)}", run_key, gr.update(), gr.update(), gr.update()]
+        kept = f"; {run.result} stays in models/" if run.result else ""
+        text = f"Deleted the files of run {run.name} ({freed / 2**20:.1f} MiB freed){kept}."
+        return [text, None, hidden, hidden, gr.update(interactive=False)]
+
+    forget.click(
+        do_forget, inputs=run_id, outputs=[status, run_id, try_it, forget, resume], api_visibility="private",
+        queue=False,
+    )  # fmt: skip
 
     def do_resume(run_key: Any) -> list[Any]:
         try:
