@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from webui.metadata.image_io import sweep_temp_files
+from webui.metadata.image_io import sweep_partial_folders, sweep_temp_files
 from webui.services.clip import ClipService
 from webui.services.controlnet import ControlNetService
 from webui.services.extras import ExtrasService, UpscalerService
@@ -93,6 +93,8 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     ]
     for leftover in leftovers:  # saves cut short by a crash or kill (images; trained models)
         log.warning("removed %s, the temp file of a save that did not finish", leftover)
+    for swept in sweep_partial_folders(settings.checkpoint_dir):  # a DreamBooth folder's save, cut short
+        log.warning("cleared %s, left by a checkpoint folder's save that did not finish", swept)
     options = OptionsStore(settings.config_file)
     models = ModelService(settings)
     networks = NetworkService(settings, models.hashes)

@@ -160,3 +160,41 @@ def test_disk_full_midway_leaves_nothing_and_names_the_folder(tmp_path: Path, mo
     assert sorted(p.name for p in folder.iterdir()) == ["00000-1.png"]
     monkeypatch.undo()
     assert save_image_atomic(b"second", folder, 2, "png").name == "00001-2.png"
+
+
+def test_folder_saves_cut_short_are_cleared_and_a_set_aside_checkpoint_comes_back(tmp_path: Path) -> None:
+    """A DreamBooth of a diffusers folder is built in a hidden, locked folder and renamed into place; a
+    resumed run's sets the stop's folder aside first. After a kill, the next start removes what was being
+    built and puts a set-aside folder back when nothing took its name; a live save (locked) is kept."""
+    from webui.metadata.image_io import (
+        PARTIAL_FOLDER_PREFIX,
+        REPLACED_FOLDER_PREFIX,
+        locked_temp_folder,
+        sweep_partial_folders,
+    )
+
+    root = tmp_path / "Stable-diffusion"
+    root.mkdir()
+    killed = root / f"{PARTIAL_FOLDER_PREFIX}abc"
+    (killed / "unet").mkdir(parents=True)
+    (killed / "unet" / "config.json").write_text("{}")
+    lost = root / f"{REPLACED_FOLDER_PREFIX}one"  # killed after the old folder was set aside
+    (lost / "zwx-db" / "unet").mkdir(parents=True)
+    (lost / "zwx-db" / "model_index.json").write_text("{}")
+    stale = root / f"{REPLACED_FOLDER_PREFIX}two"  # killed after the new folder was in place
+    (stale / "other").mkdir(parents=True)
+    (root / "other").mkdir()
+    (root / "other" / "model_index.json").write_text('{"new": 1}')
+    (root / ".my-own-hidden").mkdir()
+    live, fd = locked_temp_folder(root, PARTIAL_FOLDER_PREFIX)
+    try:
+        swept = sweep_partial_folders(root)
+        assert live.is_dir()  # its save still runs
+    finally:
+        os.close(fd)
+    assert not killed.exists() and not lost.exists() and not stale.exists()
+    assert (root / "zwx-db" / "model_index.json").read_text() == "{}"  # the user's checkpoint is back
+    assert (root / "other" / "model_index.json").read_text() == '{"new": 1}'
+    assert (root / ".my-own-hidden").is_dir()
+    assert set(swept) == {killed, lost, stale, root / "zwx-db"}
+    assert sweep_partial_folders(root) == [live]  # unlocked now: cleared at the next start

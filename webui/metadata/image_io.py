@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -45,6 +46,7 @@ __all__ = [
     "open_locked_temp",
     "read_infotext",
     "save_image_atomic",
+    "sweep_partial_folders",
     "sweep_temp_files",
 ]
 
@@ -498,9 +500,52 @@ def sweep_temp_files(root: Path) -> list[Path]:
     return removed
 
 
+PARTIAL_FOLDER_PREFIX = ".easel-partial-"  # a folder being built, renamed into place when complete
+REPLACED_FOLDER_PREFIX = ".easel-replaced-"  # holds the folder a complete new one is taking the place of
+
+
+def locked_temp_folder(directory: Path, prefix: str) -> tuple[Path, int]:
+    """A new hidden folder in ``directory`` (``prefix`` is one of the two above), ``flock``-ed by this process
+    through the returned descriptor (close it when done): :func:`sweep_partial_folders` leaves it alone
+    while the lock is held, and a process killed midway drops it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    fd = os.open(path, os.O_RDONLY)
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # no flock here: the sweep goes by age
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    return path, fd
+
+
+def sweep_partial_folders(root: Path) -> list[Path]:
+    """Clear what folder saves killed midway left in ``root`` (not below it); return the paths.
+
+    A partial folder is removed. A replaced folder's content goes back to its name when nothing took that
+    name (the kill came between setting the old folder aside and moving the new one in: the old one is the
+    user's), and is removed otherwise. A folder whose save still runs is locked and kept."""
+    swept: list[Path] = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return swept
+    for entry in entries:
+        path = Path(entry.path)
+        partial = entry.name.startswith(PARTIAL_FOLDER_PREFIX)
+        ours = partial or entry.name.startswith(REPLACED_FOLDER_PREFIX)
+        if not ours or not entry.is_dir(follow_symlinks=False) or not _orphaned(path):
+            continue
+        if not partial:
+            for child in list(path.iterdir()):
+                if not (root / child.name).exists():
+                    os.rename(child, root / child.name)
+                    swept.append(root / child.name)
+        shutil.rmtree(path, ignore_errors=True)
+        swept.append(path)
+    return swept
+
+
 def _orphaned(path: Path) -> bool:
     try:
-        if not path.is_file() or path.is_symlink():
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
             return False
         if fcntl is None:
             return time.time() - path.stat().st_mtime > _ORPHAN_AGE_WITHOUT_LOCKS

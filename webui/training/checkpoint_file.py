@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -216,6 +215,13 @@ def write_folder(
     folder takes the place of the one its stop saved)."""
     from transformers import PreTrainedModel
 
+    from webui.metadata.image_io import (
+        PARTIAL_FOLDER_PREFIX,
+        REPLACED_FOLDER_PREFIX,
+        locked_temp_folder,
+        user_file_mode,
+    )
+
     base, target = Path(base), Path(target)
     if target.exists() and not replace:
         raise TrainingError(f"{target.name} already exists in {target.parent}; choose another name")
@@ -236,9 +242,9 @@ def write_folder(
             f"not enough disk space in {target.parent}: the checkpoint folder needs {needed / 2**30:.2f} GiB "
             f"and {free / 2**30:.2f} GiB are free; nothing was saved"
         )
-    from webui.metadata.image_io import user_file_mode
-
-    building = Path(tempfile.mkdtemp(prefix=".easel-partial-", dir=target.parent))  # hidden: not listed
+    # hidden (not listed) and locked: a start-up sweep clears it only when this save was killed
+    building, lock = locked_temp_folder(target.parent, PARTIAL_FOLDER_PREFIX)
+    aside: int | None = None
     try:
         mode = user_file_mode()
         os.chmod(building, mode | (mode & 0o444) >> 2)  # a folder the user made: 0o755 under umask 022
@@ -265,7 +271,7 @@ def write_folder(
             )
         old: Path | None = None
         if target.exists():  # only with replace (checked above): set aside until the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=".easel-replaced-", dir=target.parent))
+            old, aside = locked_temp_folder(target.parent, REPLACED_FOLDER_PREFIX)
             os.rename(target, old / target.name)
         try:
             os.rename(building, target)
@@ -279,4 +285,7 @@ def write_folder(
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(building, ignore_errors=True)
+        for fd in (lock, aside):
+            if fd is not None:
+                os.close(fd)
     return target
