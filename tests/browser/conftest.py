@@ -67,23 +67,31 @@ def set_size_steps_seed(
 def fill_number(page: Any, elem_id: str, value: float) -> None:
     """Type ``value`` into a number field or a slider's box, press Tab, and wait until the component took it
     (a slider's range handle moves only once the value is committed; a Generate click sent before that
-    would carry the old value)."""
+    would carry the old value).
+
+    Typed a second time when the first was not taken within 10 s: a field inside an accordion opened a
+    moment before is still mounting, and the mount can set its initial value over what was typed."""
     field = page.locator(f"#{elem_id} input[type=number]")
-    field.fill(str(value))
-    field.press("Tab")
     # A range input clamps and snaps what it is given: compare with what a probe of the same range makes
     # of the typed value (a plain number field holds it as typed).
-    page.wait_for_function(
+    taken = (
         "([id, v]) => { const el = document.querySelector(`#${id} input[type=range]`)"
         " || document.querySelector(`#${id} input[type=number]`);"
         " if (!el) return false;"
         " if (el.type !== 'range') return parseFloat(el.value) === v;"
         " const probe = document.createElement('input'); probe.type = 'range';"
         " probe.min = el.min; probe.max = el.max; probe.step = el.step; probe.value = String(v);"
-        " return el.value === probe.value; }",
-        arg=[elem_id, float(value)],
-        timeout=30_000,
+        " return el.value === probe.value; }"
     )
+    for attempt, timeout in enumerate((10_000, 20_000)):
+        field.fill(str(value))
+        field.press("Tab")
+        try:
+            page.wait_for_function(taken, arg=[elem_id, float(value)], timeout=timeout)
+            return
+        except Exception:
+            if attempt:
+                raise
 
 
 def wait_for_text(page: Any, selector: str, text: str, timeout: int = 120_000) -> None:

@@ -103,6 +103,7 @@ def test_clip_scores_alignment_and_interrogate(open_page: OpenPage, tmp_path: Pa
 
     # best of N: 4 made, the 2 best kept and shown, every score in the parameters
     page.locator("#txt2img_clip").get_by_text("CLIP").first.click()
+    page.locator("#txt2img_clip_keep input[type=range]").wait_for(state="visible", timeout=30_000)
     for elem_id, value in (("txt2img_clip_best_of", 4), ("txt2img_clip_keep", 2)):
         fill_number(page, elem_id, value)
     set_size_steps_seed(page, "txt2img", steps=8, seed=21)
