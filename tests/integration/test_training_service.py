@@ -207,3 +207,20 @@ def test_a_stopped_run_resumes_to_the_end(services: Any) -> None:
     assert run.step == 16 and len(run.losses) == 16 and stopped_at < 16 and not run.resumable
     with safe_open(str(services.settings.lora_path / "resumed.safetensors"), framework="pt") as handle:
         assert handle.metadata()["ss_steps"] == "16"
+
+
+def test_a_trainer_warning_is_said_again_in_the_final_status(services: Any, tmp_path: Path) -> None:
+    """A stop that could not keep its state (disk) says so after "Saved ...", not only while it saves."""
+    from webui.services.training_runs import TrainingRun
+
+    run = TrainingRun(
+        id="0123456789ab", settings=_settings(), model_title="tiny-sd15", family="SD 1.x",
+        run_dir=tmp_path / "run", dataset_dir=tmp_path / "run" / "dataset", state=RunState.RUNNING,
+    )  # fmt: skip
+    training = services.training
+    training._on_event(run, {"event": "warning", "text": "the training state was not kept"})
+    assert run.status == "Warning: the training state was not kept"
+    training._on_event(run, {"event": "status", "text": "Saving the checkpoint"})
+    training._on_event(run, {"event": "done", "path": "/m/zwx-ball.safetensors", "stopped": True})
+    assert run.status == "Saved zwx-ball.safetensors. Warning: the training state was not kept"
+    assert run._outcome is RunState.STOPPED

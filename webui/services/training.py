@@ -704,8 +704,8 @@ class TrainingService:
         with self._lock:
             if kind == "status":
                 run.status = str(event.get("text", ""))
-                if run.status.startswith("Warning: "):
-                    run._warning = run.status
+            elif kind == "warning":
+                run._warning = run.status = f"Warning: {event.get('text', '')}"
             elif kind == "dataset":
                 run.summary["images"] = event.get("images")
             elif kind == "step":

@@ -140,6 +140,7 @@ def train_dreambooth(
     class_folder: Path | None = None,
     draw: ClassDrawer | None = None,
     status: Callable[[str], None] = lambda text: None,
+    warn: Callable[[str], None] = lambda text: None,
     state_file: Path | None = None,
     resume: bool = False,
 ) -> TrainingResult:
@@ -160,7 +161,7 @@ def train_dreambooth(
     from webui.runtime.loader import TensorSource
     from webui.training.checkpoint_file import trained_tensors, write_checkpoint, write_folder
 
-    target = checked_target(config, model, out_dir, "DreamBooth", existing_allowed=resume)
+    target = checked_target(config, model, out_dir, "DreamBooth", existing_allowed=True)  # checked below
     base_path = Path(str(getattr(model.record, "path", "")))
     folder_base = base_path.is_dir()
     if folder_base:
@@ -259,7 +260,7 @@ def train_dreambooth(
             weights = {name: module.state_dict() for name, module in parts.items()}
             problem = save_training_state(state_file, result.steps, weights, optimizer, rng, generator)
             if problem:
-                status(f"Warning: {problem}")
+                warn(problem)
         elif resume and state_file is not None and not result.stopped:
             state_file.unlink(missing_ok=True)  # finished: gigabytes no run will read again
     finally:

@@ -57,7 +57,7 @@ def train_lora(
     on_sample: SampleCallback | None = None,
     state_file: Path | None = None,
     resume: bool = False,
-    on_status: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> TrainingResult:
     """Train ``config.name`` on ``model`` (a ``webui.runtime.loader.LoadedModel``); write it to ``out_dir``.
 
@@ -146,8 +146,8 @@ def train_lora(
         if state_file is not None and result.steps > start:
             weights = {name: get_peft_model_state_dict(wrapped) for name, wrapped in adapters}
             problem = save_training_state(state_file, result.steps, weights, optimizer, rng, generator)
-            if problem and on_status is not None:
-                on_status(problem)
+            if problem and on_warning is not None:
+                on_warning(problem)
         if result.steps > start:
             tensors: dict[str, torch.Tensor] = {}
             for attribute, wrapped in adapters:

@@ -8,9 +8,10 @@ takes the server down. The protocol is JSON, one object per line:
   ``run_dir``, ``tokenizer_cache``, ``device``, ``precision`` (the server's), ``train_precision`` (auto, bf16
   or fp32), ``samples``: prompts and how to draw them);
   then control lines: ``stop`` (save what was learnt and finish).
-- **stdout**: events, each with ``"event"``: ``status`` (``text``), ``dataset`` (``images``, ``buckets``,
-  ``skipped``), ``step`` (``step``, ``total``, ``loss``, ``lr``), ``eval`` (``step``, ``loss``: the eval
-  loss on the fixed set), ``sample`` (``step``, ``paths``),
+- **stdout**: events, each with ``"event"``: ``status`` (``text``), ``warning`` (``text``: said again in
+  the final status), ``dataset`` (``images``, ``buckets``, ``skipped``), ``step`` (``step``, ``total``,
+  ``loss``, ``lr``), ``eval`` (``step``, ``loss``: the eval loss on the fixed set), ``sample`` (``step``,
+  ``paths``),
   ``done`` (``path``, ``steps``, ``stopped``, ``peak_memory``) or ``error`` (``message``).
 
 Anything else a library prints goes to stderr, which the service keeps as the run's log.
@@ -209,11 +210,15 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
     def status(text: str) -> None:
         events.send("status", text=text)
 
+    def warn(text: str) -> None:  # said again in the run's final status
+        events.send("warning", text=text)
+
     if isinstance(config, DreamBoothConfig):
         result = train_dreambooth(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             class_folder=Path(job["run_dir"]) / "class_images", draw=_class_drawer(job, model, config),
-            status=status, state_file=Path(job["run_dir"]) / "state.pt", resume=bool(job.get("resume")),
+            status=status, warn=warn, state_file=Path(job["run_dir"]) / "state.pt",
+            resume=bool(job.get("resume")),
         )  # fmt: skip
     elif isinstance(config, EmbeddingTrainingConfig):
         result = train_embedding(
@@ -224,7 +229,7 @@ def run(job: dict[str, Any], events: _Events, stop: threading.Event) -> None:
         result = train_lora(
             model, dataset, config, Path(job["out_dir"]), on_step=on_step, on_eval=on_eval, on_sample=sampler,
             state_file=Path(job["run_dir"]) / "state.pt", resume=bool(job.get("resume")),
-            on_status=lambda text: status(f"Warning: {text}"),
+            on_warning=warn,
         )  # fmt: skip
     events.send(
         "done",
