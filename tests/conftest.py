@@ -23,10 +23,15 @@ skip_stub_writing()  # the tests import Gradio as app.py does
 
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny SD 1.5 as a diffusers folder and as an A1111 single file, and a tiny SDXL single file."""
+    """A tiny SD 1.5 as a diffusers folder and as an A1111 single file, a tiny SDXL single file and a tiny
+    SDXL refiner single file."""
     from diffusers import StableDiffusionPipeline
 
-    from tests.fixtures.tiny_models import tiny_sd15_components, tiny_sdxl_components
+    from tests.fixtures.tiny_models import (
+        tiny_sd15_components,
+        tiny_sdxl_components,
+        tiny_sdxl_refiner_components,
+    )
     from webui.runtime.ldm_layout import diffusers_to_ldm_state_dict, save_single_file
 
     root = tmp_path_factory.mktemp("tiny-models")
@@ -55,7 +60,17 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
             family="sdxl",
         ),
     )
-    return {"sd15_folder": folder, "sd15_single": single, "sdxl_single": sdxl}
+    refiner = tiny_sdxl_refiner_components()
+    sdxl_refiner = save_single_file(
+        root / "tiny-sdxl-refiner.safetensors",
+        diffusers_to_ldm_state_dict(
+            unet=refiner["unet"],
+            vae=refiner["vae"],
+            text_encoder_2=refiner["text_encoder_2"],
+            family="sdxl-refiner",
+        ),
+    )
+    return {"sd15_folder": folder, "sd15_single": single, "sdxl_single": sdxl, "sdxl_refiner": sdxl_refiner}
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

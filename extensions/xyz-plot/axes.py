@@ -125,7 +125,7 @@ class Axis:
             text = f"{_round(value):g}" if abs(value) < 1e15 else str(value)
         else:
             text = str(value)
-        if self.label == "Checkpoint name":
+        if self.label in ("Checkpoint name", "Refiner checkpoint"):
             text = PurePath(text.split(" [")[0]).stem
         return f"{self.label}: {text}" if self.show_label else text
 
@@ -262,6 +262,24 @@ def _check_checkpoints(request: Request, values: list[Any], easel: Easel) -> lis
             raise AxisError(f"unknown checkpoint {value!r}; known: {names}")
         result.append(title)
     return result
+
+
+def _check_refiners(request: Request, values: list[Any], easel: Easel) -> list[Any]:
+    """Checkpoint titles, or ``None`` for "None" (no refiner)."""
+    result: list[Any] = []
+    for value in values:
+        if str(value).strip() in ("None", ""):
+            result.append(None)
+        else:
+            result.extend(_check_checkpoints(request, [value], easel))
+    return result
+
+
+def _check_switch_at(request: Request, values: list[Any], easel: Easel) -> list[Any]:
+    for value in values:
+        if not 0 < value <= 1:
+            raise AxisError(f"Refiner switch at {value:g}: use a fraction above 0 and at most 1")
+    return values
 
 
 def _checkpoint_choices(easel: Easel) -> list[str]:
@@ -437,8 +455,15 @@ AXES: tuple[Axis, ...] = (
     _unsupported("Token merging ratio high-res"),
     _unsupported("Always discard next-to-last sigma", "str"),
     _unsupported("SGM noise multiplier", "str"),
-    _unsupported("Refiner checkpoint", "str"),
-    _unsupported("Refiner switch at"),
+    Axis(
+        "Refiner checkpoint",
+        "str",
+        apply=_field("refiner_checkpoint"),
+        check=_check_refiners,
+        cost=1.0,
+        choices=lambda easel: ["None", *_checkpoint_choices(easel)],
+    ),
+    Axis("Refiner switch at", "float", apply=_field("refiner_switch_at"), check=_check_switch_at),
     Axis(
         "RNG source",
         "str",

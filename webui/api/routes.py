@@ -98,7 +98,7 @@ def txt2img_request(
     for name in (
         "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "steps",
         "cfg_scale", "width", "height", "eta", "seed_resize_from_w", "seed_resize_from_h",
-        "clip_best_of", "clip_keep",
+        "clip_best_of", "clip_keep", "refiner_checkpoint", "refiner_switch_at",
     ):  # fmt: skip
         if name in sent or name not in fields:
             value = getattr(body, name)

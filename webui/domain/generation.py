@@ -71,6 +71,10 @@ class GenerationParams(BaseModel):
     clip_keep: int = Field(1, ge=1, le=100)
     # CLIP guidance (``webui.domain.clip_guidance``); None or scale 0: off.
     clip_guidance: ClipGuidance | None = None
+    # The refiner (A1111's): once refiner_switch_at of the denoising is done, this checkpoint takes over the
+    # latents for the remaining steps (``webui.runtime.refiner``). None: no refiner.
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = Field(0.8, gt=0.0, le=1.0)
     # Extensions (``webui.extensions``): each always-on extension's accordion values by extension name (the
     # API's ``alwayson_scripts`` entries for it), and the infotext fields their process hooks add (written
     # after Easel's own; PNG Info and paste read them back).
@@ -93,6 +97,12 @@ class GenerationParams(BaseModel):
         if value not in ("png", "jpg", "webp"):
             raise ValueError(f"unknown image format {value!r}; use png, jpg or webp")
         return value
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _no_refiner(cls, value: str | None) -> str | None:
+        # The UI's "None" entry and an empty API field mean no refiner, as in A1111.
+        return None if value is None or value.strip() in ("", "None") else value.strip()
 
     @field_validator("clip_keep")
     @classmethod

@@ -319,6 +319,8 @@ _FIELD_MAP: dict[str, tuple[str, Callable[[object], object | None]]] = {
     "Hires resize-2": ("hr_resize_y", _as_int),
     "Hires prompt": ("hr_prompt", _as_text),
     "Hires negative prompt": ("hr_negative_prompt", _as_text),
+    "Refiner": ("refiner_checkpoint", _as_text),
+    "Refiner switch at": ("refiner_switch_at", _as_float),
     clip_guidance.INFOTEXT_KEY: ("clip_guidance", clip_guidance.parse_infotext),
 }
 
@@ -339,7 +341,7 @@ def request_fields_from_infotext(
     sampler name such as ``DPM++ 2M Karras`` is split, and its suffix wins over ``Schedule type``, as in
     A1111), ``CFG scale``, ``Seed``, ``Size``, ``Clip skip``, ``Face restoration``, ``Tiling``,
     ``Variation seed``/``strength``, ``Seed resize from``, ``RNG``, ``Model`` (-> ``checkpoint``), ``VAE``,
-    ``Eta``, ``Denoising strength`` and the ``Hires ...`` keys
+    ``Eta``, ``Denoising strength``, ``Refiner`` and ``Refiner switch at``, and the ``Hires ...`` keys
     (``enable_hr`` is set when any hires upscale/resize/upscaler is present). Unknown keys, and values that
     do not convert (e.g. ``Steps: many``), are ignored, so a foreign image still pastes what it can.
 

@@ -2,7 +2,8 @@
 
 ``ModelCache`` keeps up to N loaded checkpoints in RAM (least recently used goes first), with one of
 them on the generation device. Switching back to a cached model reads nothing from disk. A failed
-load leaves the cache (and the previously active model) untouched.
+load leaves the cache (and the previously active model) untouched. A job with a refiner has a second
+model on the device beside the active one, its companion, until the job releases it.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class ModelCache:
         self._loader = loader
         self._models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
         self._active: LoadedModel | None = None
+        self._companion: LoadedModel | None = None  # a refiner beside the active model, for one job
         self.lock = threading.RLock()
         self.loads = 0  # number of loads from disk (tests use it to prove cache hits)
 
@@ -111,8 +113,49 @@ class ModelCache:
     def cached_names(self) -> list[str]:
         return [model.record.name for model in self._models.values()]
 
+    def loaded(self) -> list[LoadedModel]:
+        """The models in RAM, least recently used first."""
+        return list(self._models.values())
+
     def get(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
         """The loaded model for ``record``, on the generation device; loads it if not cached."""
+        model = self._cached_or_loaded(record, progress)
+        if model is self._companion:
+            self._companion = None
+        self._activate(model)
+        self._evict()
+        return model
+
+    def companion(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
+        """``record`` loaded beside the active model (a job's refiner): on the generation device too, and
+        kept (never evicted) until :meth:`release_companion`. The active model stays active."""
+        if self._active is not None and _cache_key(record) == _cache_key(self._active.record):
+            return self._active
+        model = self._cached_or_loaded(record, progress)
+        if self._companion is not None and self._companion is not model:
+            self.release_companion()
+        target = self.device.device
+        if self.device.memory_mode == "normal" or target.type == "cpu":
+            model.to(target)
+        else:
+            model.device = target
+            _enable_offload(model, self.device)
+        self._companion = model
+        self._evict()
+        return model
+
+    def release_companion(self) -> None:
+        """The job's refiner goes back to RAM (kept as any recently used model) and may be evicted again."""
+        model, self._companion = self._companion, None
+        if model is None:
+            return
+        if self.device.device.type != "cpu" and self.device.memory_mode == "normal":
+            model.to(torch.device("cpu"))
+            if self.device.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self._evict()
+
+    def _cached_or_loaded(self, record: CheckpointRecord, progress: ProgressFn | None) -> LoadedModel:
         key = _cache_key(record)
         model = self._models.get(key)
         if model is None:
@@ -123,8 +166,6 @@ class ModelCache:
             self._apply_attention(model)
             self._models[key] = model
         self._models.move_to_end(key)
-        self._activate(model)
-        self._evict()
         return model
 
     def _apply_attention(self, model: LoadedModel) -> None:
@@ -151,10 +192,12 @@ class ModelCache:
             torch.cuda.empty_cache()
 
     def _evict(self) -> None:
-        while len(self._models) > self.capacity:
-            key, model = next(iter(self._models.items()))
-            if model is self._active:
-                self._models.move_to_end(key)
+        """Unload least recently used models beyond ``capacity``; never the active model or its companion."""
+        for key in list(self._models):
+            if len(self._models) <= self.capacity:
+                return
+            model = self._models[key]
+            if model is self._active or model is self._companion:
                 continue
             del self._models[key]
             log.info("unloaded %s from RAM (cache holds %d)", model.record.name, self.capacity)
@@ -163,7 +206,7 @@ class ModelCache:
 
     def unload_all(self) -> None:
         self._models.clear()
-        self._active = None
+        self._active = self._companion = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

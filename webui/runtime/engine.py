@@ -66,6 +66,15 @@ class Engine:
         self.cache.set_vae(model, vae_path, vae_hash)
         return model
 
+    def refiner_model(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
+        """``record`` loaded as the refiner of the job about to run (beside the active model, on the
+        generation device); kept until :meth:`release_refiner`. Caller holds ``lock``."""
+        return self.cache.companion(record, progress)
+
+    def release_refiner(self) -> None:
+        """The job's refiner goes back to RAM, kept warm as a recently used model. Caller holds ``lock``."""
+        self.cache.release_companion()
+
     def generate(
         self, model: LoadedModel, job: DiffusionJob, on_step: Callable[[int, int, Any], bool] | None
     ) -> tuple[list[Image.Image], bool]:

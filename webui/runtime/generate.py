@@ -159,11 +159,13 @@ def step_callback(
     stopped: dict[str, bool],
     control: Any | None = None,
     guide: Any | None = None,
+    refiner: Any | None = None,
 ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
     """The pipelines' ``callback_on_step_end``: swaps scheduled prompts (prompt editing, alternation) in
-    before the next step, tells the ControlNet session which step comes next, reports progress and stops
-    the loop when ``on_step`` says so; with ``guide`` (``webui.runtime.clip_guidance.ClipGuide``) it then
-    steers the latents of the next step."""
+    before the next step, tells the ControlNet session (and the refiner switch,
+    ``webui.runtime.refiner.RefinerUNet``) which step comes next, reports progress and stops the loop when
+    ``on_step`` says so; with ``guide`` (``webui.runtime.clip_guidance.ClipGuide``) it then steers the
+    latents of the next step."""
     device = model.device
     current = {"pair": schedule.at(0)}
 
@@ -171,6 +173,8 @@ def step_callback(
         done = step + 1
         if control is not None:
             control.advance(done)
+        if refiner is not None:
+            refiner.advance(done)
         if not schedule.is_static and done < total:
             cond, uncond = schedule.at(done)  # prompt editing / alternation: conditioning of the next step
             if cond is not current["pair"][0] or uncond is not current["pair"][1]:
@@ -238,6 +242,7 @@ def generate_batch(
     from webui.runtime.clip_guidance import guide_for
     from webui.runtime.conditioning import PromptEncoder
     from webui.runtime.noise import initial_latents, make_generators
+    from webui.runtime.refiner import attach_refiner
     from webui.runtime.samplers import build_scheduler
 
     scheduler = build_scheduler(
@@ -246,6 +251,7 @@ def generate_batch(
     pipe = _pipeline(model, scheduler)
     device = model.device
     batch = len(job.seeds)
+    refiner = attach_refiner(pipe, model, job, job.steps, batch)
     encoder = prompt_encoder or PromptEncoder(
         model.tokenizers,
         model.text_encoders,
@@ -274,7 +280,7 @@ def generate_batch(
     stopped = {"flag": False}
     guide = guide_for(model, job, job.steps)
     with control_session(model, job, batch, job.steps) as control:
-        callback = step_callback(model, schedule, job.steps, batch, on_step, stopped, control, guide)
+        callback = step_callback(model, schedule, job.steps, batch, on_step, stopped, control, guide, refiner)
         output = _run_pipeline(
             model, job, pipe, schedule, batch, callback, latents, generators, callback_inputs(model, guide)
         )

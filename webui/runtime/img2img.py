@@ -174,6 +174,7 @@ def denoise(
     from webui.runtime.clip_guidance import guide_for
     from webui.runtime.conditioning import PromptEncoder
     from webui.runtime.noise import initial_latents, make_generators
+    from webui.runtime.refiner import attach_refiner
     from webui.runtime.samplers import build_scheduler, step_call_kwargs
 
     if model.family is ModelFamily.SDXL_REFINER and masks_for_latents is not None:
@@ -186,6 +187,7 @@ def denoise(
     inpaint_unet = model.unet.config.in_channels == 9
     inpaint = masks_for_latents is not None or inpaint_unet
     pipe = _pipeline(model, scheduler, inpaint)
+    refiner = attach_refiner(pipe, model, job, steps, batch)
     device = model.device
     dtype = model.unet.dtype
     encoder_kwargs: dict[str, Any] = {"is_sdxl": model.family.is_sdxl}
@@ -254,7 +256,7 @@ def denoise(
         call["image"] = image_latents.to(device, dtype)
     with control_session(model, job, batch, steps) as control, torch.inference_mode():
         call["callback_on_step_end"] = step_callback(
-            model, schedule, steps, batch, on_step, stopped, control, guide
+            model, schedule, steps, batch, on_step, stopped, control, guide, refiner
         )
         output = pipe(**call)
     return output.images, stopped["flag"]

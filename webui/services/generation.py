@@ -37,6 +37,7 @@ from webui.services.img2img import ImageModesMixin
 from webui.services.models import ModelService
 from webui.services.options import OptionsStore
 from webui.services.progress import ProgressState, TaskRegistry
+from webui.services.refiner import check_refiner_request, prepare_refiner, refiner_infotext, refiner_released
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class GenerationService(ImageModesMixin):
         limits.active().check_generation(request)  # over a server limit: an error before queueing
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
         check_best_of(self.clip, request)  # best of N without a CLIP model fails here too
+        check_refiner_request(self.models, self.options, request)  # so does a refiner that is not there
         return self.submit_call(lambda: self._run_job(request), task_id)
 
     def run_now(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
@@ -167,6 +169,7 @@ class GenerationService(ImageModesMixin):
         limits.active().check_generation(request)
         self.check_controlnet_units(request)
         check_best_of(self.clip, request)
+        check_refiner_request(self.models, self.options, request)
         return self._run_job(request)
 
     def _run_job(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
@@ -316,8 +319,11 @@ class GenerationService(ImageModesMixin):
             engine = self.engine()
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
-            with engine.lock, self._tiling(engine, model, request.tiling):
+            with engine.lock, self._tiling(engine, model, request.tiling), refiner_released(engine):
                 job_extra, infotext_extra, warnings = self._prepare_networks(engine, model, request)
+                refiner = prepare_refiner(self, engine, model, request, opts, warnings)
+                if refiner is not None:
+                    job_extra["refiner"] = refiner
                 control = self._prepare_control(engine, model, request, seed)
                 if control.plan:
                     job_extra["control"] = control.plan
@@ -363,6 +369,7 @@ class GenerationService(ImageModesMixin):
                         return not (progress.interrupted or progress.skipped)
 
                     batch_images, _stopped = self._generate_batch(engine, model, job, canonical, on_step)
+                    batch_extra = {**infotext_extra, **refiner_infotext(refiner, request, opts)}
                     kept = job.extra.pop("first_pass_images", None) or []
                     restored_by = None
                     if restorer is not None:
@@ -376,10 +383,11 @@ class GenerationService(ImageModesMixin):
                         face: str | None = None,
                         seeds: list[int] = seeds,
                         subseeds: list[int] = subseeds,
+                        batch_extra: dict[str, object] = batch_extra,
                     ) -> list[GeneratedImage]:
                         return [
                             self._finish_image(canonical, image, seeds[i], subseeds[i], record, model,
-                                               model_hash, extra=infotext_extra, face_restoration=face)
+                                               model_hash, extra=batch_extra, face_restoration=face)
                             for i, image in enumerate(made)
                         ]  # fmt: skip
 

@@ -32,6 +32,7 @@ from webui.domain.sd_upscale import infotext_extra as sd_upscale_infotext_extra
 from webui.domain.sd_upscale import tile_count
 from webui.services import limits
 from webui.services.clip_scoring import check_best_of
+from webui.services.refiner import check_refiner_request
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class ImageModesMixin:
     """The img2img / hires parts of ``GenerationService`` (see the module doc)."""
 
     upscalers: Any = None  # webui.services.extras.UpscalerService, set by the container
+    models: Any  # webui.services.models.ModelService (GenerationService's)
+    options: Any  # webui.services.options.OptionsStore (GenerationService's)
     _img2img_inputs: Img2ImgInputs | None = None
     submit_call: Callable[..., Future[Any]]
     check_controlnet_units: Callable[[Any], None]
@@ -112,6 +115,7 @@ class ImageModesMixin:
         check_img2img_limits(request, inputs)
         self.check_controlnet_units(request)
         check_best_of(getattr(self, "clip", None), request)  # best of N without a CLIP model fails here
+        check_refiner_request(self.models, self.options, request)  # so does a refiner that is not there
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
 
@@ -123,6 +127,7 @@ class ImageModesMixin:
         check_img2img_limits(request, inputs)
         self.check_controlnet_units(request)
         check_best_of(getattr(self, "clip", None), request)
+        check_refiner_request(self.models, self.options, request)
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)
         return self._run_img2img_job(request, inputs)

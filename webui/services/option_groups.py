@@ -126,6 +126,19 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         step=1,
     ),
     _opt(
+        "hires_fix_refiner_pass",
+        SD,
+        "Hires fix: which pass to enable refiner for",
+        "with hires fix on, the refiner acts in this pass (or both)",
+        choices=tuple((name, name) for name in ("first pass", "second pass", "both passes")),
+    ),
+    _opt(
+        "refiner_switch_by_sample_steps",
+        SD,
+        "Switch to the refiner by sampling steps instead of by noise level",
+        "off: once 'Switch at' of the noise is removed (A1111's default); on: after that share of the steps",
+    ),
+    _opt(
         "randn_source",
         SD,
         "Random number generator source",

@@ -42,6 +42,10 @@ class Options(BaseModel):
     outdir_samples: str = ""
     outdir_txt2img_samples: str = "outputs/txt2img-images"
     save_images_before_highres_fix: bool = False  # hires fix: also save (and return) the first pass
+    # The refiner: switch by the fraction of steps done instead of by the noise level (A1111's default);
+    # with hires fix, the passes it acts in
+    refiner_switch_by_sample_steps: bool = False
+    hires_fix_refiner_pass: str = "second pass"
     face_restoration_model: str = ""  # GFPGAN, CodeFormer or RestoreFormer; empty: the first installed
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)  # CodeFormer fidelity: 0 strongest, 1 weakest
     # ControlNet (the sd-webui-controlnet extension's option names)
@@ -76,6 +80,13 @@ class Options(BaseModel):
         value = value.lower().replace("jpeg", "jpg")
         if value not in ("png", "jpg", "webp"):
             raise ValueError("samples_format must be png, jpg or webp")
+        return value
+
+    @field_validator("hires_fix_refiner_pass")
+    @classmethod
+    def _refiner_pass(cls, value: str) -> str:
+        if value not in ("first pass", "second pass", "both passes"):
+            raise ValueError("hires_fix_refiner_pass must be 'first pass', 'second pass' or 'both passes'")
         return value
 
     @field_validator("easel_clip_device")

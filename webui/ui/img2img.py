@@ -36,6 +36,7 @@ from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, un
 from webui.ui.extension_scripts import ExtensionControls
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
 from webui.ui.progress_bar import progress_html
+from webui.ui.refiner import build_refiner_controls
 from webui.ui.txt2img import (
     POLL_SECONDS,
     _result_summary,
@@ -185,6 +186,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
             )
             seeds = params.build_seed_rows("img2img", defaults)
             restore_faces, tiling = build_flags("img2img")
+            refiner = build_refiner_controls(services, "img2img")
             controlnet = build_controlnet_units(services, "img2img")
             clip_guidance = build_clip_guidance_controls(services, "img2img")
             extensions = ExtensionControls(services, "img2img")
@@ -211,6 +213,7 @@ def build_img2img(services: Any, *, clip_skip: gr.components.Component) -> Img2I
         "inpaint_full_res_padding": padding,
         "restore_faces": restore_faces,
         "tiling": tiling,
+        **refiner,
         **controlnet.fields,
         **clip.fields,
         **clip_guidance,
@@ -311,7 +314,7 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
                 extension_values=extension_inputs.values,
             )
             future = extensions.submit(request, extension_inputs) or generation.submit_img2img(request)
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, LookupError) as exc:  # LookupError: a model that is not there
             message = user_message(exc)
             gr.Warning(message)
             yield {error: error_box(message), progress_md: "", preview: hide_preview}

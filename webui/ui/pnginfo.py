@@ -59,6 +59,7 @@ def fields_to_send(
     if networks is not None and parsed.get("Lora hashes") and isinstance(fields.get("prompt"), str):
         fields["prompt"] = networks.restore_prompt(str(fields["prompt"]), parsed["Lora hashes"])
     fields.update(clip_guidance_widget_values(fields.pop("clip_guidance", None)))
+    fields.setdefault("refiner_checkpoint", "None")  # as A1111: an image made without a refiner turns it off
     if not getattr(options, "send_seed", True):
         fields.pop("seed", None)
     if not getattr(options, "send_size", True):

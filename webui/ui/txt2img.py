@@ -33,6 +33,7 @@ from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, un
 from webui.ui.extension_scripts import ExtensionControls
 from webui.ui.hires import build_hires_controls
 from webui.ui.progress_bar import progress_html
+from webui.ui.refiner import build_refiner_controls
 from webui.ui.user_errors import user_message
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
             seeds = params.build_seed_rows("txt2img", defaults)
             restore_faces, tiling = build_flags("txt2img")
             hires = build_hires_controls(services)
+            refiner = build_refiner_controls(services, "txt2img")
             controlnet = build_controlnet_units(services, "txt2img")
             clip = build_clip_controls(services, "txt2img")
             clip_guidance = build_clip_guidance_controls(services, "txt2img")
@@ -157,6 +159,7 @@ def build_txt2img(services: Any, *, clip_skip: gr.components.Component) -> Txt2I
         "tiling": tiling,
     }
     fields.update(hires)
+    fields.update(refiner)
     fields.update(controlnet.fields)
     fields.update(clip.fields)
     fields.update(clip_guidance)
@@ -222,7 +225,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
                 extension_values=extension_inputs.values,
             )
             future = extensions.submit(request, extension_inputs) or generation.submit_txt2img(request)
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, LookupError) as exc:  # LookupError: a model that is not there
             message = user_message(exc)
             gr.Warning(message)
             yield {tab.error: error_box(message), tab.progress: "", tab.preview: hide_preview}

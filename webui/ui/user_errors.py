@@ -60,9 +60,8 @@ def user_message(exc: BaseException) -> str:
     text = str(exc).strip()
     if name == "ModelLoadError":
         return _sentence(f"Could not load the checkpoint: {text}")
-    if name in ("NoModelError", "GenerationFailed", "ModelNotFoundError", "ExtensionError") or isinstance(
-        exc, ValueError
-    ):
+    plain = ("NoModelError", "GenerationFailed", "GenerationError", "ModelNotFoundError", "ExtensionError")
+    if name in plain or isinstance(exc, ValueError):
         return _sentence(text or name)
     if isinstance(exc, KeyError):
         return _sentence(f"Not found: {text}")

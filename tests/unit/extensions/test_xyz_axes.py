@@ -211,3 +211,23 @@ def test_labels() -> None:
     assert axes.find_axis("txt2img", "Checkpoint name").label_for("sub/beta.safetensors [bb]") == "beta"
     assert axes.find_axis("txt2img", "Prompt order").label_for(("a", "b")) == "a, b"
     assert axes.find_axis("txt2img", "Nothing").label_for(None) == ""
+
+
+def test_refiner_axes() -> None:
+    assert _check("Refiner checkpoint", ["None", "beta"]) == [None, "sub/beta.safetensors [bbbbbbbbbb]"]
+    with pytest.raises(axes.AxisError, match="unknown checkpoint 'gamma'"):
+        _check("Refiner checkpoint", ["gamma"])
+    assert _check("Refiner switch at", ["0.5-1 (+0.25)"]) == [0.5, 0.75, 1.0]
+    with pytest.raises(axes.AxisError, match=r"Refiner switch at 1\.5: use a fraction above 0"):
+        _check("Refiner switch at", ["0.8", "1.5"])
+    request = Txt2ImgRequest()
+    checkpoint = axes.find_axis("txt2img", "Refiner checkpoint")
+    assert checkpoint.apply(request, "sub/beta.safetensors [bb]", []) == {
+        "refiner_checkpoint": "sub/beta.safetensors [bb]"
+    }
+    assert checkpoint.label_for("sub/beta.safetensors [bb]") == "Refiner checkpoint: beta"
+    assert checkpoint.label_for(None) == "Refiner checkpoint: None"
+    assert Txt2ImgRequest(**checkpoint.apply(request, None, [])).refiner_checkpoint is None
+    assert axes.find_axis("img2img", "Refiner switch at").apply(request, 0.6, []) == {
+        "refiner_switch_at": 0.6
+    }
