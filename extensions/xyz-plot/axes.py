@@ -282,6 +282,18 @@ def _check_switch_at(request: Request, values: list[Any], easel: Easel) -> list[
     return values
 
 
+FP8_MODES = ("Disable", "Enable for SDXL", "Enable")  # A1111's option fp8_storage
+
+
+def _override(option: str) -> Callable[[Request, Any, list[Any]], Update]:
+    """An axis that sets one option for its images (the request's ``override_settings``)."""
+
+    def apply(request: Request, value: Any, values: list[Any]) -> Update:
+        return {"override_settings": {**request.override_settings, option: value}}
+
+    return apply
+
+
 def _checkpoint_choices(easel: Easel) -> list[str]:
     return sorted((info.title for info in easel.checkpoints()), key=str.casefold)
 
@@ -471,7 +483,14 @@ AXES: tuple[Axis, ...] = (
         check=_check_rng,
         choices=lambda easel: ["CPU", "GPU"],
     ),
-    _unsupported("FP8 mode", "str"),
+    Axis(
+        "FP8 mode",
+        "str",
+        apply=_override("fp8_storage"),
+        check=lambda request, values, easel: _choose("FP8 mode", FP8_MODES, values),
+        cost=0.9,  # a checkpoint loads again when it changes
+        choices=lambda easel: list(FP8_MODES),
+    ),
     Axis("Size", "str", apply=_apply_size, check=_check_sizes),
     # Easel's own axes, after A1111's.
     Axis("[ControlNet] Weight", "float", apply=_apply_controlnet_weight, check=_check_controlnet),

@@ -80,9 +80,10 @@ def choose_device(device: str, precision: str, attention: str, memory_mode: str)
     return DeviceChoice(device=target, dtype=dtype, attention=attention, memory_mode=memory_mode)
 
 
-def _cache_key(record: CheckpointRecord) -> tuple[str, float, int]:
+def _cache_key(record: CheckpointRecord, fp8: bool = False) -> tuple[str, float, int, bool]:
     # Size too: a file replaced by another with the same mtime (a copy that keeps times) is another model.
-    return (str(Path(record.path).resolve()), record.mtime, record.size)
+    # The same file in fp8 storage is another loaded model (fp8 cannot be undone in place).
+    return (str(Path(record.path).resolve()), record.mtime, record.size, fp8)
 
 
 class ModelCache:
@@ -100,7 +101,7 @@ class ModelCache:
         self.capacity = capacity
         self.tokenizer_cache = tokenizer_cache
         self._loader = loader
-        self._models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, float, int, bool], LoadedModel] = OrderedDict()
         self._active: LoadedModel | None = None
         self._companion: LoadedModel | None = None  # a refiner beside the active model, for one job
         self.lock = threading.RLock()
@@ -117,21 +118,27 @@ class ModelCache:
         """The models in RAM, least recently used first."""
         return list(self._models.values())
 
-    def get(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
-        """The loaded model for ``record``, on the generation device; loads it if not cached."""
-        model = self._cached_or_loaded(record, progress)
+    def get(
+        self, record: CheckpointRecord, progress: ProgressFn | None = None, *, fp8: bool = False
+    ) -> LoadedModel:
+        """The loaded model for ``record`` (weights in fp8 storage with ``fp8``), on the generation device;
+        loads it if not cached."""
+        model = self._cached_or_loaded(record, progress, fp8)
         if model is self._companion:
             self._companion = None
         self._activate(model)
         self._evict()
         return model
 
-    def companion(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
+    def companion(
+        self, record: CheckpointRecord, progress: ProgressFn | None = None, *, fp8: bool = False
+    ) -> LoadedModel:
         """``record`` loaded beside the active model (a job's refiner): on the generation device too, and
         kept (never evicted) until :meth:`release_companion`. The active model stays active."""
-        if self._active is not None and _cache_key(record) == _cache_key(self._active.record):
-            return self._active
-        model = self._cached_or_loaded(record, progress)
+        active = self._active
+        if active is not None and _cache_key(record, fp8) == _cache_key(active.record, active.fp8):
+            return active
+        model = self._cached_or_loaded(record, progress, fp8)
         if self._companion is not None and self._companion is not model:
             self.release_companion()
         target = self.device.device
@@ -155,8 +162,10 @@ class ModelCache:
                 torch.cuda.empty_cache()
         self._evict()
 
-    def _cached_or_loaded(self, record: CheckpointRecord, progress: ProgressFn | None) -> LoadedModel:
-        key = _cache_key(record)
+    def _cached_or_loaded(
+        self, record: CheckpointRecord, progress: ProgressFn | None, fp8: bool
+    ) -> LoadedModel:
+        key = _cache_key(record, fp8)
         model = self._models.get(key)
         if model is None:
             model = self._loader(
@@ -164,6 +173,10 @@ class ModelCache:
             )
             self.loads += 1
             self._apply_attention(model)
+            if fp8:
+                from webui.runtime.fp8 import store_in_fp8
+
+                store_in_fp8(model, self.device.dtype)
             self._models[key] = model
         self._models.move_to_end(key)
         return model

@@ -60,16 +60,20 @@ class Engine:
         vae_path: Path | None = None,
         vae_hash: str | None = None,
         progress: ProgressFn | None = None,
+        fp8: bool = False,
     ) -> LoadedModel:
-        """Make ``record`` (with the given VAE, or its own) the active model. Caller holds ``lock``."""
-        model = self.cache.get(record, progress)
+        """Make ``record`` (with the given VAE, or its own; with ``fp8`` its weights in fp8 storage) the
+        active model. Caller holds ``lock``."""
+        model = self.cache.get(record, progress, fp8=fp8)
         self.cache.set_vae(model, vae_path, vae_hash)
         return model
 
-    def refiner_model(self, record: CheckpointRecord, progress: ProgressFn | None = None) -> LoadedModel:
+    def refiner_model(
+        self, record: CheckpointRecord, progress: ProgressFn | None = None, *, fp8: bool = False
+    ) -> LoadedModel:
         """``record`` loaded as the refiner of the job about to run (beside the active model, on the
         generation device); kept until :meth:`release_refiner`. Caller holds ``lock``."""
-        return self.cache.companion(record, progress)
+        return self.cache.companion(record, progress, fp8=fp8)
 
     def release_refiner(self) -> None:
         """The job's refiner goes back to RAM, kept warm as a recently used model. Caller holds ``lock``."""

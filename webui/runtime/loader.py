@@ -65,6 +65,7 @@ class LoadedModel:
     vae_hash: str | None = None
     load_seconds: float = 0.0
     lora_patcher: Any = field(default=None, repr=False)  # webui.runtime.lora.LoraPatcher, made on first use
+    fp8: bool = False  # UNet and text encoders keep their weights in fp8 (webui.runtime.fp8)
 
     @property
     def text_encoders(self) -> list[Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
+from webui.domain.models import fp8_applies
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.metadata.image_io import (
     DISK_FULL_ERRNOS,
@@ -237,7 +238,7 @@ class GenerationService(ImageModesMixin):
             )
             if record is None:
                 raise NoModelError(self.no_model_message())
-            self._activate(record, opts.sd_vae)
+            self._activate(record, opts.sd_vae, opts.fp8_storage)
             self.options.update({"sd_model_checkpoint": record.title})
             return record.title
 
@@ -246,7 +247,8 @@ class GenerationService(ImageModesMixin):
     def submit_with_model(self, record: Any, func: Callable[[Any], Any]) -> Future[Any]:
         """Queue ``func(model)`` with checkpoint ``record`` loaded (and made the active one, as a generation
         with it would), for work that reads the model itself, e.g. creating an embedding."""
-        return self.submit_call(lambda: func(self._activate(record, self.options.get().sd_vae)))
+        opts = self.options.get()
+        return self.submit_call(lambda: func(self._activate(record, opts.sd_vae, opts.fp8_storage)))
 
     def no_model_message(self) -> str:
         return (
@@ -255,15 +257,20 @@ class GenerationService(ImageModesMixin):
             "checkpoint list."
         )
 
-    def _activate(self, record: Any, vae_option: str | None) -> Any:
+    def _activate(self, record: Any, vae_option: str | None, fp8_storage: str = "Disable") -> Any:
+        """``record`` loaded and made the active model, with the VAE option's VAE and, where option
+        ``fp8_storage`` says so for its family, its weights in fp8."""
         engine = self.engine()
+        fp8 = {"fp8": True} if fp8_applies(fp8_storage, record.family) else {}
         state = self.models.load_state
         vae_path = self.models.find_vae(vae_option) if vae_option else None
         vae_hash = self.models.hashes.compute("vae", vae_path.name, vae_path)[:10] if vae_path else None
         with engine.lock:
             state.loading, state.error = True, None
             try:
-                model = engine.activate(record, vae_path=vae_path, vae_hash=vae_hash, progress=state.set)
+                model = engine.activate(
+                    record, vae_path=vae_path, vae_hash=vae_hash, progress=state.set, **fp8
+                )
             except Exception as exc:
                 state.error = str(exc)
                 raise
@@ -315,7 +322,7 @@ class GenerationService(ImageModesMixin):
         try:
             progress.set_text("Loading model")
             vae_option = request.vae if request.vae is not None else opts.sd_vae
-            model = self._activate(record, vae_option)
+            model = self._activate(record, vae_option, opts.fp8_storage)
             engine = self.engine()
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
@@ -335,6 +342,8 @@ class GenerationService(ImageModesMixin):
                 restorer = self._face_restorer(request, warnings)
                 if request.tiling:
                     infotext_extra = {**infotext_extra, "Tiling": True}
+                if getattr(model, "fp8", False):
+                    infotext_extra = {**infotext_extra, "FP8 weight": opts.fp8_storage}
                 for iteration in range(request.n_iter):
                     base = iteration * per_batch
                     seeds = all_seeds[base : base + per_batch]

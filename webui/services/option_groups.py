@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from annotated_types import Ge, Le
 
+from webui.domain.models import FP8_CHOICES
 from webui.services.options import Options
 
 Kind = Literal["checkbox", "slider", "dropdown", "text"]
@@ -137,6 +138,14 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         SD,
         "Switch to the refiner by sampling steps instead of by noise level",
         "off: once 'Switch at' of the noise is removed (A1111's default); on: after that share of the steps",
+    ),
+    _opt(
+        "fp8_storage",
+        SD,
+        "FP8 weight",
+        "keep the UNet's and text encoders' weights in fp8: about half the memory of fp16, a little less "
+        "detail; the checkpoint loads again when this changes",
+        choices=tuple((name, name) for name in FP8_CHOICES),
     ),
     _opt(
         "randn_source",

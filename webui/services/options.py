@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from webui.domain.models import FP8_CHOICES
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,8 @@ class Options(BaseModel):
     # with hires fix, the passes it acts in
     refiner_switch_by_sample_steps: bool = False
     hires_fix_refiner_pass: str = "second pass"
+    # Optimizations: keep the UNet's and text encoders' weights in fp8 (webui.runtime.fp8)
+    fp8_storage: str = "Disable"
     face_restoration_model: str = ""  # GFPGAN, CodeFormer or RestoreFormer; empty: the first installed
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)  # CodeFormer fidelity: 0 strongest, 1 weakest
     # ControlNet (the sd-webui-controlnet extension's option names)
@@ -80,6 +84,13 @@ class Options(BaseModel):
         value = value.lower().replace("jpeg", "jpg")
         if value not in ("png", "jpg", "webp"):
             raise ValueError("samples_format must be png, jpg or webp")
+        return value
+
+    @field_validator("fp8_storage")
+    @classmethod
+    def _fp8(cls, value: str) -> str:
+        if value not in FP8_CHOICES:
+            raise ValueError(f"fp8_storage must be one of {', '.join(FP8_CHOICES)}")
         return value
 
     @field_validator("hires_fix_refiner_pass")

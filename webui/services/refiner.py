@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
+from webui.domain.models import fp8_applies
 from webui.services.models import ModelNotFoundError
 
 
@@ -83,7 +84,8 @@ def prepare_refiner(
         return None
     progress = service.progress
     progress.set_text(f"Loading refiner {record.name}")
-    refiner = load(record, lambda text, _fraction: progress.set_text(f"Refiner: {text}"))
+    fp8 = {"fp8": True} if fp8_applies(opts.fp8_storage, record.family) else {}
+    refiner = load(record, lambda text, _fraction: progress.set_text(f"Refiner: {text}"), **fp8)
     check_refiner(model, refiner)
     embeddings = None
     tables_for = getattr(engine, "embedding_tables", None)

@@ -231,3 +231,13 @@ def test_refiner_axes() -> None:
     assert axes.find_axis("img2img", "Refiner switch at").apply(request, 0.6, []) == {
         "refiner_switch_at": 0.6
     }
+
+
+def test_fp8_mode_axis_sets_the_option_for_its_images() -> None:
+    assert _check("FP8 mode", ["disable", "Enable for SDXL"]) == ["Disable", "Enable for SDXL"]
+    with pytest.raises(axes.AxisError, match="unknown FP8 mode 'half'"):
+        _check("FP8 mode", ["half"])
+    request = Txt2ImgRequest(override_settings={"jpeg_quality": 80})
+    update = axes.find_axis("txt2img", "FP8 mode").apply(request, "Enable", [])
+    assert update == {"override_settings": {"jpeg_quality": 80, "fp8_storage": "Enable"}}
+    assert request.override_settings == {"jpeg_quality": 80}
