@@ -202,3 +202,28 @@ def test_the_runtime_refuses_what_cannot_take_over(services: Any) -> None:
         check_refiner(base, model("inpaint", ModelFamily.SD1_INPAINT, channels=9))
     with pytest.raises(GenerationError, match="predicts v_prediction and base predicts epsilon"):
         check_refiner(base, model("v", ModelFamily.SD2_V, prediction="v_prediction"))
+
+
+def test_xyz_plot_over_the_switch_point_equals_single_runs(services: Any) -> None:
+    from tests.integration.test_grid_scripts import _run, _xyz_args
+
+    request = Txt2ImgRequest(
+        **{**JOB, "checkpoint": BASE, "refiner_checkpoint": REFINER, "save_images": False}
+    )
+    args = _xyz_args(
+        a0="Refiner switch at", a1="0.5, 1", a3="Refiner checkpoint", a4="None, tiny-sdxl-refiner", a10=True
+    )
+    result = _run(services, "xyz-plot", request, args)
+    cells = result.images[1:]
+    assert len(cells) == 4
+    for index, cell in enumerate(cells):
+        switch_at = (0.5, 1.0)[index % 2]
+        refiner = (None, REFINER)[index // 2]
+        single = services.generation.txt2img(
+            request.model_copy(update={"refiner_switch_at": switch_at, "refiner_checkpoint": refiner})
+        )
+        assert cell.png_bytes == single.images[0].png_bytes, f"cell {index}"
+    assert (
+        cells[0].png_bytes == cells[1].png_bytes == cells[3].png_bytes
+    )  # no refiner, or one never switched to
+    assert cells[2].png_bytes != cells[0].png_bytes
