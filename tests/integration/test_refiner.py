@@ -227,3 +227,18 @@ def test_xyz_plot_over_the_switch_point_equals_single_runs(services: Any) -> Non
         cells[0].png_bytes == cells[1].png_bytes == cells[3].png_bytes
     )  # no refiner, or one never switched to
     assert cells[2].png_bytes != cells[0].png_bytes
+
+
+def test_tiling_applies_to_the_refiner_while_it_runs(services: Any) -> None:
+    _txt2img(services, refiner_checkpoint=REFINER)
+    refiner = next(m for m in services.generation.engine().cache.loaded() if m.record.model_name == REFINER)
+    seen: list[str] = []
+    handle = refiner.unet.conv_in.register_forward_pre_hook(
+        lambda module, _: seen.append(module.padding_mode)
+    )
+    try:
+        _txt2img(services, refiner_checkpoint=REFINER, refiner_switch_at=0.5, tiling=True)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {"circular"}  # seamless in the refiner's steps too
+    assert refiner.unet.conv_in.padding_mode == "zeros"  # and back to normal after the job

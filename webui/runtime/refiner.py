@@ -45,7 +45,6 @@ class RefinerPlan:
     on_switch: Callable[[], None] | None = None  # called once per pass when the refiner takes over
     title: str = ""  # A1111's short title of the refiner checkpoint, for the infotext
     switched: bool = False  # a pass of this job ran the refiner (the infotext then names it)
-    refiner_steps: int = 0  # UNet evaluations the refiner made (all passes)
 
     def acts_in(self, pass_name: str) -> bool:
         return pass_name == "single" or pass_name in self.passes
@@ -160,7 +159,6 @@ class RefinerUNet:
             }
         # An inpainting base's input carries its mask and masked image after the 4 latent channels.
         output = unet(sample[:, :4].to(device, dtype), timestep, **call)[0]
-        self._plan.refiner_steps += 1
         return (output.to(sample.dtype),)
 
     def _time_ids(self, base_ids: torch.Tensor | None, sample: torch.Tensor, with_cfg: bool) -> torch.Tensor:

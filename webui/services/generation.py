@@ -326,11 +326,17 @@ class GenerationService(ImageModesMixin):
             engine = self.engine()
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
-            with engine.lock, self._tiling(engine, model, request.tiling), refiner_released(engine):
+            with (
+                engine.lock,
+                self._tiling(engine, model, request.tiling),
+                refiner_released(engine),
+                contextlib.ExitStack() as job_scope,
+            ):
                 job_extra, infotext_extra, warnings = self._prepare_networks(engine, model, request)
                 refiner = prepare_refiner(self, engine, model, request, opts, warnings)
                 if refiner is not None:
                     job_extra["refiner"] = refiner
+                    job_scope.enter_context(self._tiling(engine, refiner.model, request.tiling))
                 control = self._prepare_control(engine, model, request, seed)
                 if control.plan:
                     job_extra["control"] = control.plan
