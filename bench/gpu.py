@@ -1,0 +1,417 @@
+"""The GPU speed and memory script: every row of the GPU issue that Easel can measure today, in one run.
+
+Random weights from Easel's bundled configs (SD 1.5 and SDXL shapes, no download), fp16 on CUDA:
+
+* txt2img, 20 steps, DPM++ 2M Karras, CFG 7: SD1.5 512² and SDXL 1024² at batch 1 and 4 — the denoising
+  loop's it/s (from the step callbacks) and the image's end-to-end time, Easel's ``generate_batch`` against
+  a plain diffusers pipeline over the same modules and scheduler, in the same process; peak VRAM of each;
+* VAE decode ms (one image); LoRA switch ms (SD1.5, two rank-16 LoRAs on every attention projection);
+  RAM→VRAM switch of a whole SDXL checkpoint (pageable memory); the refiner's cost (SDXL base + SDXL refiner
+  at 0.8 against the base alone); fp8 weight storage (SDXL 1024²: it/s and peak VRAM against fp16);
+  SDXL 1024² with the process capped at 8 GiB (``set_per_process_memory_fraction``), fp8 + medvram.
+
+Each row runs on its own: one that fails (an out-of-memory, a missing kernel) prints its error and the
+script goes on. ``torch.compile`` rows are listed as not implemented until Easel has that path. The table is
+printed and appended to ``bench/RESULTS.md`` with the card, driver and versions.
+
+    python bench/gpu.py                  # on a CUDA machine, about 5–8 minutes on an H100/H200
+    python bench/gpu.py --smoke          # tiny models on the CPU: checks the script itself in a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat  # noqa: E402
+from webui.domain.samplers import resolve_sampler  # noqa: E402
+from webui.runtime.generate import DiffusionJob, decode_latents, generate_batch  # noqa: E402
+from webui.runtime.loader import LoadedModel  # noqa: E402
+
+CONFIGS = REPO / "webui" / "runtime" / "configs"
+PROMPT = "a photo of a cat sitting on a wooden table, highly detailed"
+CFG = 7.0
+ROWS: list[tuple[str, str]] = []  # (row, result)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _config(family: str, component: str) -> dict[str, Any]:
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    data: dict[str, Any] = json.loads((CONFIGS / family / component / name).read_text())
+    return data
+
+
+def _materialise(module: torch.nn.Module, seed: int, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """Seeded values scaled like a default init (N(0, 1/fan_in) weights, unit norms, zero biases)."""
+    generator = torch.Generator().manual_seed(seed)
+    module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 1.0 / math.sqrt(param[0].numel()), generator=generator)
+            elif name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+        for _, buffer in module.named_buffers():
+            if buffer.is_floating_point():
+                buffer.zero_()
+    return module.eval().requires_grad_(False).to(device, dtype)
+
+
+def _text_encoder(config: dict[str, Any]) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    options = {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
+    projected = (config.get("architectures") or [""])[0].endswith("WithProjection")
+    return (CLIPTextModelWithProjection if projected else CLIPTextModel)(CLIPTextConfig(**options))
+
+
+def build_model(family: str, device: str, dtype: torch.dtype, smoke: bool, seed: int = 0) -> LoadedModel:
+    """A LoadedModel of ``family`` (``sd1``, ``sdxl``, ``sdxl-refiner``) with random weights."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from webui.runtime.loader import tokenizers_for
+
+    kind = ModelFamily(family)
+    if smoke:
+        from tests.fixtures import tiny_models
+
+        builder = {
+            "sd1": tiny_models.tiny_sd15_components,
+            "sdxl": tiny_models.tiny_sdxl_components,
+            "sdxl-refiner": tiny_models.tiny_sdxl_refiner_components,
+        }[family]
+        parts: dict[str, Any] = {
+            k: v.to(device, dtype) for k, v in builder().items() if isinstance(v, torch.nn.Module)
+        }
+        scheduler = _config("sdxl" if kind.is_sdxl else "sd1", "scheduler")
+    else:
+        with init_empty_weights(include_buffers=True):
+            parts = {"unet": UNet2DConditionModel.from_config(_config(family, "unet")),
+                     "vae": AutoencoderKL.from_config(_config(family, "vae"))}  # fmt: skip
+            for name in ("text_encoder", "text_encoder_2"):
+                if (CONFIGS / family / name).is_dir():
+                    parts[name] = _text_encoder(_config(family, name))
+        parts = {k: _materialise(v, seed + i, dtype, device) for i, (k, v) in enumerate(parts.items())}
+        scheduler = _config(family, "scheduler")
+    tokenizer, tokenizer_2 = tokenizers_for(kind, Path("/tmp/easel-bench-tokenizer"))
+    record = CheckpointRecord(name=f"bench-{family}.safetensors", path=f"/nonexistent/bench-{family}-{seed}",
+                              format=ModelFormat.SAFETENSORS, size=0, mtime=0.0, family=kind)  # fmt: skip
+    return LoadedModel(
+        record=record, family=kind, unet=parts["unet"], vae=parts["vae"],
+        text_encoder=parts.get("text_encoder"), text_encoder_2=parts.get("text_encoder_2"),
+        tokenizer=tokenizer if "text_encoder" in parts else None, tokenizer_2=tokenizer_2,
+        scheduler_config=scheduler, dtype=dtype, device=torch.device(device),
+    )  # fmt: skip
+
+
+def job(size: int, batch: int, steps: int, extra: dict[str, Any] | None = None) -> DiffusionJob:
+    sampler, schedule = resolve_sampler("DPM++ 2M", "Karras")
+    seeds = list(range(1234, 1234 + batch))
+    return DiffusionJob(
+        prompt=PROMPT, negative_prompt="", steps=steps, cfg_scale=CFG, width=size, height=size, seeds=seeds,
+        subseeds=seeds, subseed_strength=0.0, sampler=sampler, schedule=schedule, extra=dict(extra or {}),
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def peak() -> Iterator[dict[str, float]]:
+    out: dict[str, float] = {}
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    yield out
+    out["gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def easel_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
+    """(end-to-end seconds, denoising it/s from the first to the last step callback)."""
+    stamps: list[float] = []
+
+    def on_step(step: int, total: int, latents: Any) -> bool:
+        sync()
+        stamps.append(time.perf_counter())
+        return True
+
+    sync()
+    start = time.perf_counter()
+    generate_batch(model, job(work.width, len(work.seeds), work.steps, work.extra), on_step=on_step)
+    sync()
+    total = time.perf_counter() - start
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return total, rate
+
+
+def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from webui.runtime.generate import assemble_pipeline
+    from webui.runtime.samplers import build_scheduler
+
+    scheduler = build_scheduler(work.sampler, work.schedule, dict(model.scheduler_config), eta=None,
+                                noise_seeds=work.seeds)  # fmt: skip
+    cls = StableDiffusionXLPipeline if model.family.is_sdxl else StableDiffusionPipeline
+    pipe = assemble_pipeline(model, scheduler, cls)
+    stamps: list[float] = []
+
+    def callback(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sync()
+        stamps.append(time.perf_counter())
+        return kwargs
+
+    sync()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        pipe(prompt=[PROMPT] * len(work.seeds), num_inference_steps=work.steps, guidance_scale=CFG,
+             height=work.height, width=work.width, output_type="pil", callback_on_step_end=callback,
+             generator=[torch.Generator("cpu").manual_seed(s) for s in work.seeds])  # fmt: skip
+    sync()
+    total = time.perf_counter() - start
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return total, rate
+
+
+def best_of(runs: int, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    results = [fn() for _ in range(runs)]
+    return min(r[0] for r in results), max(r[1] for r in results)
+
+
+def row(name: str) -> Callable[[Callable[[], str]], None]:
+    """Run one row now; its error (out of memory included) becomes the row's result."""
+
+    def run(fn: Callable[[], str]) -> None:
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            result = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            traceback.print_exc()
+        ROWS.append((name, result))
+        print(f"{name}: {result}  ({time.perf_counter() - started:.1f} s)", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (checks the script)")
+    parser.add_argument("--runs", type=int, default=2, help="timed runs per row after a warm-up (best kept)")
+    parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        sys.exit("no CUDA device: run on a GPU machine, or use --smoke to check the script on the CPU")
+    device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
+    steps = 20 if cuda else 3
+    sizes = {"sd1": 512, "sdxl": 1024} if cuda else {"sd1": 64, "sdxl": 64}
+    started = time.perf_counter()
+
+    models: dict[str, LoadedModel] = {}
+    for family in ("sd1", "sdxl"):
+        models[family] = build_model(family, device, dtype, args.smoke)
+        for batch in (1, 4):
+            work = job(sizes[family], batch, steps)
+
+            def compare(model: LoadedModel = models[family], work: DiffusionJob = work) -> str:
+                easel_run(model, work)  # warm-up (kernels, allocator)
+                with peak() as easel_peak:
+                    easel_s, easel_rate = best_of(args.runs, lambda: easel_run(model, work))
+                plain_run(model, work)
+                with peak() as plain_peak:
+                    plain_s, plain_rate = best_of(args.runs, lambda: plain_run(model, work))
+                easel = f"Easel {easel_rate:.1f} it/s, {easel_s:.3f} s, {easel_peak['gib']:.2f} GiB"
+                plain = f"diffusers {plain_rate:.1f} it/s, {plain_s:.3f} s, {plain_peak['gib']:.2f} GiB"
+                return f"{easel} | {plain} | time ratio {easel_s / plain_s:.3f}"
+
+            row(f"{family} {sizes[family]}² batch {batch}, {steps} steps, eager")(compare)
+        row(f"{family} {sizes[family]}² compiled")(lambda: "not implemented yet (torch.compile path)")
+
+        def vae(model: LoadedModel = models[family], size: int = sizes[family]) -> str:
+            latents = torch.randn(1, 4, size // 8, size // 8, device=device, dtype=dtype)
+            decode_latents(model, latents)
+            times = []
+            for _ in range(3):
+                sync()
+                start = time.perf_counter()
+                decode_latents(model, latents)
+                sync()
+                times.append(time.perf_counter() - start)
+            return f"{1000 * statistics.median(times):.1f} ms"
+
+        row(f"{family} VAE decode {sizes[family]}²")(vae)
+
+    def lora_switch() -> str:
+        from tests.fixtures.lora_files import kohya_lora
+        from webui.runtime.lora import LoraPatcher, parse_lora_state
+
+        model = models["sd1"]
+        unet, te = model.unet.float().cpu(), model.text_encoder.float().cpu()
+        states = [kohya_lora(unet, [te], rank=16, seed=s) for s in (1, 2)]
+        model.unet.to(device, dtype), model.text_encoder.to(device, dtype)
+        patcher = LoraPatcher(model)
+        sets = [
+            [
+                (
+                    _active(f"bench-{i}"),
+                    parse_lora_state(state, name=f"bench-{i}", key=f"bench-{i}", file="bench"),
+                )
+            ]
+            for i, state in enumerate(states)
+        ]
+        patcher.apply(sets[0])
+        times = []
+        for i in range(6):
+            sync()
+            start = time.perf_counter()
+            patcher.apply(sets[(i + 1) % 2])
+            sync()
+            times.append(time.perf_counter() - start)
+        patcher.restore()
+        return f"{1000 * statistics.median(times):.1f} ms (median of 6 switches, 2 rank-16 LoRAs)"
+
+    row("LoRA switch sd1 (merge in place)")(lora_switch)
+
+    def model_switch() -> str:
+        model = models["sdxl"]
+        times = []
+        for _ in range(2):
+            model.to(torch.device("cpu"))
+            sync()
+            start = time.perf_counter()
+            model.to(torch.device(device))
+            sync()
+            times.append(time.perf_counter() - start)
+        size = model.size_bytes() / 2**30
+        return f"{min(times):.3f} s for {size:.2f} GiB (pageable RAM)"
+
+    row("RAM→VRAM switch sdxl")(model_switch)
+
+    def refiner() -> str:
+        from webui.runtime.refiner import RefinerPlan
+
+        refiner_model = build_model("sdxl-refiner", device, dtype, args.smoke, seed=10)
+        base_job = job(sizes["sdxl"], 1, steps)
+        plan = RefinerPlan(model=refiner_model, switch_at=0.8)
+        refined_job = job(sizes["sdxl"], 1, steps, {"refiner": plan})
+        easel_run(models["sdxl"], refined_job)
+        base_s, _ = best_of(args.runs, lambda: easel_run(models["sdxl"], base_job))
+        refined_s, _ = best_of(args.runs, lambda: easel_run(models["sdxl"], refined_job))
+        del refiner_model
+        return (
+            f"base {base_s:.3f} s, base + refiner at 0.8 {refined_s:.3f} s (ratio {refined_s / base_s:.3f})"
+        )
+
+    row(f"refiner sdxl {sizes['sdxl']}² batch 1")(refiner)
+
+    def fp8() -> str:
+        from webui.runtime.fp8 import store_in_fp8
+
+        model = build_model("sdxl", device, dtype, args.smoke, seed=20)
+        work = job(sizes["sdxl"], 1, steps)
+        easel_run(model, work)
+        with peak() as full_peak:
+            full_s, full_rate = best_of(args.runs, lambda: easel_run(model, work))
+        store_in_fp8(model, dtype)
+        easel_run(model, work)
+        with peak() as fp8_peak:
+            fp8_s, fp8_rate = best_of(args.runs, lambda: easel_run(model, work))
+        return (f"fp16 {full_rate:.1f} it/s {full_peak['gib']:.2f} GiB | fp8 {fp8_rate:.1f} it/s "
+                f"{fp8_peak['gib']:.2f} GiB | time ratio {fp8_s / full_s:.3f}")  # fmt: skip
+
+    row(f"fp8 storage sdxl {sizes['sdxl']}² batch 1")(fp8)
+
+    def capped() -> str:
+        from webui.runtime.cache import DeviceChoice, _enable_offload
+        from webui.runtime.fp8 import store_in_fp8
+
+        if not cuda:
+            return "skipped (CUDA only)"
+        for model in models.values():
+            model.to(torch.device("cpu"))
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(8 * 2**30 / total)
+        try:
+            model = build_model("sdxl", "cpu", dtype, False, seed=30)
+            store_in_fp8(model, dtype)
+            model.device = torch.device("cuda")
+            _enable_offload(model, DeviceChoice(torch.device("cuda"), dtype, "sdpa", "medvram"))
+            work = job(1024, 1, steps)
+            easel_run(model, work)
+            with peak() as capped_peak:
+                seconds, rate = best_of(1, lambda: easel_run(model, work))
+            return f"{rate:.1f} it/s, {seconds:.3f} s, peak {capped_peak['gib']:.2f} GiB (fp8 + medvram)"
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+
+    row("sdxl 1024² within 8 GiB")(capped)
+    report(args, device, time.perf_counter() - started)
+
+
+def _active(name: str) -> Any:
+    from webui.domain.lora import ActiveLora
+
+    return ActiveLora(name, f"/nonexistent/{name}.safetensors", name, 1.0, 1.0)
+
+
+def report(args: argparse.Namespace, device: str, seconds: float) -> None:
+    import diffusers
+    import transformers
+
+    card = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+    driver = ""
+    if device == "cuda":
+        with contextlib.suppress(Exception):
+            import subprocess
+
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    header = (f"{datetime.date.today()} · {card}" + (f" · driver {driver}" if driver else "")
+              + f" · torch {torch.__version__} · diffusers {diffusers.__version__} · transformers "
+              f"{transformers.__version__}" + (" · SMOKE (tiny models, CPU)" if args.smoke else "")
+              + f" · {seconds:.0f} s")  # fmt: skip
+    lines = [f"### bench/gpu.py: {header}", "", "| row | result |", "|---|---|"]
+    lines += [f"| {name} | {result} |" for name, result in ROWS]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if not args.no_write and not args.smoke:
+        with (REPO / "bench" / "RESULTS.md").open("a", encoding="utf-8") as handle:
+            handle.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
