@@ -26,7 +26,7 @@ for entry in (REPO, REPO / "bench"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from sd15_random import _materialise, sd15_components  # noqa: E402
+from sd15_random import materialise, sd15_components  # noqa: E402
 
 from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput  # noqa: E402
 
@@ -40,7 +40,7 @@ def sd15_controlnet(seed: int) -> Any:
     config = {k: v for k, v in json.loads(CONFIG.read_text()).items() if not k.startswith("_")}
     with init_empty_weights(include_buffers=True):
         model = ControlNetModel.from_config(config)
-    return _materialise(model, seed)
+    return materialise(model, seed)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import platform
 import statistics
 import sys
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.sd15_random import materialise  # noqa: E402
 from webui.domain.models import CheckpointRecord, ModelFamily, ModelFormat  # noqa: E402
 from webui.domain.samplers import resolve_sampler  # noqa: E402
 from webui.runtime.generate import DiffusionJob, decode_latents, generate_batch  # noqa: E402
@@ -58,24 +58,6 @@ def _config(family: str, component: str) -> dict[str, Any]:
     name = "scheduler_config.json" if component == "scheduler" else "config.json"
     data: dict[str, Any] = json.loads((CONFIGS / family / component / name).read_text())
     return data
-
-
-def _materialise(module: torch.nn.Module, seed: int, dtype: torch.dtype, device: str) -> torch.nn.Module:
-    """Seeded values scaled like a default init (N(0, 1/fan_in) weights, unit norms, zero biases)."""
-    generator = torch.Generator().manual_seed(seed)
-    module.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 1.0 / math.sqrt(param[0].numel()), generator=generator)
-            elif name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.zero_()
-        for _, buffer in module.named_buffers():
-            if buffer.is_floating_point():
-                buffer.zero_()
-    return module.eval().requires_grad_(False).to(device, dtype)
 
 
 def _text_encoder(config: dict[str, Any]) -> torch.nn.Module:
@@ -113,7 +95,7 @@ def build_model(family: str, device: str, dtype: torch.dtype, smoke: bool, seed:
             for name in ("text_encoder", "text_encoder_2"):
                 if (CONFIGS / family / name).is_dir():
                     parts[name] = _text_encoder(_config(family, name))
-        parts = {k: _materialise(v, seed + i, dtype, device) for i, (k, v) in enumerate(parts.items())}
+        parts = {k: materialise(v, seed + i).to(device, dtype) for i, (k, v) in enumerate(parts.items())}
         scheduler = _config(family, "scheduler")
     tokenizer, tokenizer_2 = tokenizers_for(kind, Path("/tmp/easel-bench-tokenizer"))
     record = CheckpointRecord(name=f"bench-{family}.safetensors", path=f"/nonexistent/bench-{family}-{seed}",

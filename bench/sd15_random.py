@@ -29,7 +29,7 @@ def sd1_config(component: str) -> dict[str, Any]:
     return data
 
 
-def _materialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+def materialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Replace every meta parameter/buffer of ``module`` with seeded fp32 values on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     module.to_empty(device="cpu")
@@ -62,9 +62,9 @@ def sd15_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         vae = AutoencoderKL.from_config(sd1_config("vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig(**te_options))
     return {
-        "unet": _materialise(unet, seed),
-        "vae": _materialise(vae, seed + 1),
-        "text_encoder": _materialise(text_encoder, seed + 2),
+        "unet": materialise(unet, seed),
+        "vae": materialise(vae, seed + 1),
+        "text_encoder": materialise(text_encoder, seed + 2),
     }
 
 

@@ -40,37 +40,20 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     StableDiffusionPipeline(
         **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     ).save_pretrained(folder)
-    single = save_single_file(
-        root / "tiny-sd15.safetensors",
-        diffusers_to_ldm_state_dict(
-            unet=components["unet"],
-            vae=components["vae"],
-            text_encoder=components["text_encoder"],
-            family="sd1",
+    modules = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+    def single_file(name: str, parts: dict[str, object], family: str) -> Path:
+        state = diffusers_to_ldm_state_dict(**{k: v for k, v in parts.items() if k in modules}, family=family)
+        return save_single_file(root / name, state)
+
+    return {
+        "sd15_folder": folder,
+        "sd15_single": single_file("tiny-sd15.safetensors", components, "sd1"),
+        "sdxl_single": single_file("tiny-sdxl.safetensors", tiny_sdxl_components(), "sdxl"),
+        "sdxl_refiner": single_file(
+            "tiny-sdxl-refiner.safetensors", tiny_sdxl_refiner_components(), "sdxl-refiner"
         ),
-    )
-    xl = tiny_sdxl_components()
-    sdxl = save_single_file(
-        root / "tiny-sdxl.safetensors",
-        diffusers_to_ldm_state_dict(
-            unet=xl["unet"],
-            vae=xl["vae"],
-            text_encoder=xl["text_encoder"],
-            text_encoder_2=xl["text_encoder_2"],
-            family="sdxl",
-        ),
-    )
-    refiner = tiny_sdxl_refiner_components()
-    sdxl_refiner = save_single_file(
-        root / "tiny-sdxl-refiner.safetensors",
-        diffusers_to_ldm_state_dict(
-            unet=refiner["unet"],
-            vae=refiner["vae"],
-            text_encoder_2=refiner["text_encoder_2"],
-            family="sdxl-refiner",
-        ),
-    )
-    return {"sd15_folder": folder, "sd15_single": single, "sdxl_single": sdxl, "sdxl_refiner": sdxl_refiner}
+    }
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -94,3 +94,17 @@ def fp8_applies(option: str, family: ModelFamily | None) -> bool:
     if option == "Enable":
         return True
     return option == "Enable for SDXL" and family is not None and family.is_sdxl
+
+
+def refiner_kind_error(
+    refiner: str, refiner_family: ModelFamily, base: str, base_family: ModelFamily
+) -> str | None:
+    """Why checkpoint ``refiner`` cannot refine ``base``'s latents (SDXL and SD 1.x/2.x latents differ), or
+    ``None`` when their kinds match."""
+    if refiner_family.is_sdxl == base_family.is_sdxl:
+        return None
+    kinds = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
+    return (
+        f"The refiner {refiner} is {kinds[refiner_family.is_sdxl]} and {base} {kinds[base_family.is_sdxl]}: "
+        "their latents differ. Choose a refiner of the same kind."
+    )

@@ -141,12 +141,7 @@ class ModelCache:
         model = self._cached_or_loaded(record, progress, fp8)
         if self._companion is not None and self._companion is not model:
             self.release_companion()
-        target = self.device.device
-        if self.device.memory_mode == "normal" or target.type == "cpu":
-            model.to(target)
-        else:
-            model.device = target
-            _enable_offload(model, self.device)
+        self._to_device(model)
         self._companion = model
         self._evict()
         return model
@@ -156,10 +151,9 @@ class ModelCache:
         model, self._companion = self._companion, None
         if model is None:
             return
-        if self.device.device.type != "cpu" and self.device.memory_mode == "normal":
-            model.to(torch.device("cpu"))
-            if self.device.device.type == "cuda":
-                torch.cuda.empty_cache()
+        self._to_ram(model)
+        if self.device.device.type == "cuda":
+            torch.cuda.empty_cache()
         self._evict()
 
     def _cached_or_loaded(
@@ -192,17 +186,26 @@ class ModelCache:
     def _activate(self, model: LoadedModel) -> None:
         if self._active is model:
             return
+        if self._active is not None:
+            self._to_ram(self._active)
+        self._to_device(model)
+        self._active = model
+        if self.device.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _to_device(self, model: LoadedModel) -> None:
+        """Whole onto the generation device, or (--medvram / --lowvram) behind offload hooks."""
         target = self.device.device
-        if self._active is not None and target.type != "cpu" and self.device.memory_mode == "normal":
-            self._active.to(torch.device("cpu"))
         if self.device.memory_mode == "normal" or target.type == "cpu":
             model.to(target)
         else:
             model.device = target  # offload hooks move weights during generation
             _enable_offload(model, self.device)
-        self._active = model
-        if target.type == "cuda":
-            torch.cuda.empty_cache()
+
+    def _to_ram(self, model: LoadedModel) -> None:
+        """Off the GPU (normal mode; offloaded models already wait in RAM)."""
+        if self.device.device.type != "cpu" and self.device.memory_mode == "normal":
+            model.to(torch.device("cpu"))
 
     def _evict(self) -> None:
         """Unload least recently used models beyond ``capacity``; never the active model or its companion."""

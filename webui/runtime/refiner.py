@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from webui.runtime.generate import GenerationError, _expand
+from webui.domain.models import refiner_kind_error
+from webui.runtime.generate import GenerationError, _expand, vae_scale_factor
 from webui.runtime.loader import LoadedModel
 
 # A1111's hires-fix option ``hires_fix_refiner_pass``: the passes of a hires job the refiner acts in.
@@ -53,12 +54,9 @@ class RefinerPlan:
 def check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:
     """``GenerationError`` when ``refiner`` cannot take over ``base``'s latents part-way."""
     name, base_name = refiner.record.name, base.record.name
-    if refiner.family.is_sdxl != base.family.is_sdxl:
-        kinds = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
-        raise GenerationError(
-            f"The refiner {name} is {kinds[refiner.family.is_sdxl]} and {base_name} "
-            f"{kinds[base.family.is_sdxl]}: their latents differ. Choose a refiner of the same kind."
-        )
+    problem = refiner_kind_error(name, refiner.family, base_name, base.family)
+    if problem:
+        raise GenerationError(problem)
     if refiner.unet.config.in_channels != 4:
         raise GenerationError(
             f"The refiner {name} is an inpainting or upscaling checkpoint; a refiner must be a plain one."
@@ -77,7 +75,7 @@ def attach_refiner(pipe: Any, model: LoadedModel, job: Any, steps: int, batch: i
     plan: RefinerPlan | None = job.extra.get("refiner")
     if plan is None or not plan.acts_in(job.extra.get("control_pass", "single")):
         return None
-    switch = RefinerUNet(model, plan, job, steps, batch)
+    switch = RefinerUNet(model, plan, job, steps, batch, pipe)
     pipe.unet = switch
     return switch
 
@@ -89,14 +87,20 @@ class RefinerUNet:
     pipeline prepares its inputs for the base as usual; the refiner's conditioning replaces them at the call.
     """
 
-    def __init__(self, base: LoadedModel, plan: RefinerPlan, job: Any, steps: int, batch: int) -> None:
+    def __init__(
+        self, base: LoadedModel, plan: RefinerPlan, job: Any, steps: int, batch: int, pipe: Any
+    ) -> None:
         self._base = base
         self._plan = plan
         self._job = job
         self._steps = max(1, steps)
         self._batch = batch
+        self._pipe = pipe
         self._step = 0  # loop iterations done in this pass (the pipeline's step callback says)
+        self._timesteps: list[float] | None = None  # the pass's timesteps on the host, read once
         self._schedule: Any = None  # the refiner's encoding of the prompts, made at the switch
+        self._conditioning: tuple[Any, Any, dict[str, Any]] | None = None  # (cond, uncond, UNet kwargs)
+        self._time_ids_cache: torch.Tensor | None = None
         self.switched = False
 
     def __getattr__(self, name: str) -> Any:  # config, dtype, device, add_embedding...: the base's
@@ -106,17 +110,25 @@ class RefinerUNet:
         """The pipeline finished loop iteration ``done`` (1-based) of this pass."""
         self._step = done
 
-    def _due(self, timestep: torch.Tensor) -> bool:
+    def _due(self) -> bool:
         if self._plan.by_steps:
             completed = self._step / self._steps
         else:  # A1111: the timestep nearest the current noise level, as a fraction of the 1000 steps
-            completed = (999 - round(float(timestep.flatten()[0]))) / 1000
+            completed = (999 - round(self._timestep())) / 1000
         return completed >= self._plan.switch_at
+
+    def _timestep(self) -> float:
+        """This loop iteration's timestep, from a host copy of the schedule made once per pass (reading the
+        UNet's device tensor would wait for the GPU at every step). img2img runs the schedule's tail."""
+        if self._timesteps is None:
+            self._timesteps = [float(t) for t in self._pipe.scheduler.timesteps.detach().cpu()]
+        in_loop = int(getattr(self._pipe, "_num_timesteps", None) or len(self._timesteps))
+        index = min(len(self._timesteps) - in_loop + self._step, len(self._timesteps) - 1)
+        return self._timesteps[index]
 
     def __call__(self, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.switched:
-            t = timestep if isinstance(timestep, torch.Tensor) else torch.tensor(float(timestep))
-            if not self._due(t):
+            if not self._due():
                 return self._base.unet(sample, timestep, *args, **kwargs)
             self._switch()
         return self._refine(sample, timestep, kwargs)
@@ -136,12 +148,21 @@ class RefinerUNet:
             self._plan.on_switch()
 
     def _refine(self, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]) -> Any:
-        refiner = self._plan.model
-        unet = refiner.unet
-        device, dtype = refiner.device, unet.dtype
-        rows = sample.shape[0]
-        with_cfg = rows == 2 * self._batch
+        unet = self._plan.model.unet
+        call = self._unet_kwargs(sample, kwargs.get("added_cond_kwargs") or {})
+        # An inpainting base's input carries its mask and masked image after the 4 latent channels.
+        output = unet(sample[:, :4].to(unet.device, unet.dtype), timestep, **call)[0]
+        return (output.to(sample.dtype),)
+
+    def _unet_kwargs(self, sample: torch.Tensor, added: dict[str, Any]) -> dict[str, Any]:
+        """The refiner's conditioning for this step, built again only when prompt editing changes it."""
         cond, uncond = self._schedule.at(min(self._step, self._steps - 1))
+        cached = self._conditioning
+        if cached is not None and cached[0] is cond and cached[1] is uncond:
+            return cached[2]
+        refiner = self._plan.model
+        device, dtype = refiner.device, refiner.unet.dtype
+        with_cfg = sample.shape[0] == 2 * self._batch
 
         def both(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
             pos = _expand(pos.to(device, dtype), self._batch)
@@ -152,21 +173,21 @@ class RefinerUNet:
             "return_dict": False,
         }
         if refiner.family.is_sdxl:
-            added = kwargs.get("added_cond_kwargs") or {}
             call["added_cond_kwargs"] = {
                 "text_embeds": both(cond.pooled, uncond.pooled),
                 "time_ids": self._time_ids(added.get("time_ids"), sample, with_cfg),
             }
-        # An inpainting base's input carries its mask and masked image after the 4 latent channels.
-        output = unet(sample[:, :4].to(device, dtype), timestep, **call)[0]
-        return (output.to(sample.dtype),)
+        self._conditioning = (cond, uncond, call)
+        return call
 
     def _time_ids(self, base_ids: torch.Tensor | None, sample: torch.Tensor, with_cfg: bool) -> torch.Tensor:
         """SDXL's size conditioning for the refiner: the base's original size and crop, then the aesthetic
-        score (the SDXL refiner) or the target size (an SDXL base used as refiner)."""
+        score (the SDXL refiner) or the target size (an SDXL base used as refiner). Fixed for the pass."""
+        if self._time_ids_cache is not None:
+            return self._time_ids_cache
         refiner = self._plan.model
         rows = sample.shape[0]
-        scale = 2 ** (len(self._base.vae.config.block_out_channels) - 1)
+        scale = vae_scale_factor(self._base)
         height, width = sample.shape[-2] * scale, sample.shape[-1] * scale
         if base_ids is None:
             head = torch.tensor([[height, width, 0, 0]], dtype=torch.float32).repeat(rows, 1)
@@ -179,7 +200,8 @@ class RefinerUNet:
             tail = torch.tensor(scores, dtype=torch.float32).unsqueeze(1)
         else:
             tail = torch.tensor([[height, width]], dtype=torch.float32).repeat(rows, 1)
-        return torch.cat([head, tail], dim=1).to(refiner.device, refiner.unet.dtype)
+        self._time_ids_cache = torch.cat([head, tail], dim=1).to(refiner.device, refiner.unet.dtype)
+        return self._time_ids_cache
 
 
 def _time_id_count(model: LoadedModel) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
-from webui.domain.models import fp8_applies
+from webui.domain.models import fp8_applies, refiner_kind_error
 from webui.services.models import ModelNotFoundError
 
 
@@ -45,13 +45,11 @@ def check_refiner_request(models: Any, options: Any, request: Txt2ImgRequest | I
         )
     except ModelNotFoundError:
         return  # the job reports the missing checkpoint itself
-    if base is None or base.family is None or base.family.is_sdxl == refiner.family.is_sdxl:
+    if base is None or base.family is None:
         return
-    kinds = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
-    raise RefinerError(
-        f"The refiner {refiner.name} is {kinds[refiner.family.is_sdxl]} and {base.name} "
-        f"{kinds[base.family.is_sdxl]}: their latents differ. Choose a refiner of the same kind."
-    )
+    problem = refiner_kind_error(refiner.name, refiner.family, base.name, base.family)
+    if problem:
+        raise RefinerError(problem)
 
 
 def refiner_title(models: Any, record: Any) -> str:
