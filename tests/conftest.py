@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Tests run in parallel workers (pytest -n): one OpenMP thread per process, set before torch loads and
@@ -117,3 +119,16 @@ def face_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "detector": write_detector(root / "detection_Resnet50_Final.pth"),
         "restoreformer": write_restoreformer(root / "RestoreFormer.pth"),
     }
+
+
+@pytest.fixture
+def cn_services(services: Any, data_dir: Path, controlnet_files: dict[str, Path]) -> Any:
+    """``services`` with the tiny ControlNets installed: the SD 1.x single file, a diffusers folder
+    (``tiny-folder-cn``) and the SDXL single file."""
+    target = data_dir / "models" / "ControlNet"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(controlnet_files["ldm"], target / controlnet_files["ldm"].name)
+    shutil.copytree(controlnet_files["folder"], target / "tiny-folder-cn")
+    shutil.copy(controlnet_files["sdxl"], target / controlnet_files["sdxl"].name)
+    services.controlnet.refresh()
+    return services

@@ -135,3 +135,26 @@ def test_bad_units_are_422(client: TestClient, unit: object, message: str) -> No
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
+
+
+def test_inpaint_only_unit_with_mask_image_over_the_api(client: TestClient) -> None:
+    from tests.integration.test_img2img_service import picture, square_mask
+
+    unit = {
+        "enabled": True,
+        "module": "inpaint_only",
+        "model": _model(client),
+        "image": b64(picture()),
+        "mask_image": b64(square_mask((64, 64), (24, 24, 40, 40))),  # the extension's older field name
+    }
+    body = {**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    made = np.asarray(_decode(response.json()["images"][0]).convert("RGB"))
+    assert np.array_equal(made[:8, :8], np.asarray(picture())[:8, :8])  # far from the mask: kept
+    no_mask = {key: value for key, value in unit.items() if key != "mask_image"}
+    body = {**SMALL, "alwayson_scripts": {"controlnet": {"args": [no_mask]}}}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 422 and "no mask" in response.json()["detail"]
+    modules = client.get("/controlnet/module_list").json()["module_list"]
+    assert {"inpaint_only", "inpaint_global_harmonious"} <= set(modules)

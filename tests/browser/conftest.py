@@ -142,3 +142,12 @@ def post_options(url: str, values: dict[str, Any]) -> None:
         headers={"Content-Type": "application/json"},
     )
     urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture
+def with_controlnet(data_dir: Path, controlnet_files: dict[str, Path]) -> Path:
+    """The data dir with the tiny SD 1.x ControlNet installed before the app starts."""
+    target = data_dir / "models" / "ControlNet"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(controlnet_files["ldm"], target / controlnet_files["ldm"].name)
+    return data_dir

@@ -3,7 +3,6 @@ generated image's infotext names the unit; PNG Info restores a recorded unit's s
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from PIL.PngImagePlugin import PngInfo
 from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def with_controlnet(data_dir: Path, controlnet_files: dict[str, Path]) -> Path:
-    target = data_dir / "models" / "ControlNet"
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(controlnet_files["ldm"], target / controlnet_files["ldm"].name)
-    return data_dir
 
 
 def test_preview_map_send_to_txt2img_and_generate(

@@ -18,19 +18,6 @@ from webui.services.controlnet import ControlNetInputError
 SMALL = {"width": 64, "height": 64, "steps": 3, "seed": 11, "sampler_name": "Euler", "prompt": "a square"}
 
 
-@pytest.fixture
-def cn_services(services: Any, data_dir: Path, controlnet_files: dict[str, Path]) -> Any:
-    import shutil
-
-    target = data_dir / "models" / "ControlNet"
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(controlnet_files["ldm"], target / controlnet_files["ldm"].name)
-    shutil.copytree(controlnet_files["folder"], target / "tiny-folder-cn")
-    shutil.copy(controlnet_files["sdxl"], target / controlnet_files["sdxl"].name)
-    services.controlnet.refresh()
-    return services
-
-
 def edge_map(size: int = 64) -> Image.Image:
     image = Image.new("RGB", (size, size))
     ImageDraw.Draw(image).rectangle((16, 16, 48, 48), outline=(255, 255, 255), width=3)

@@ -24,7 +24,7 @@ from webui.ui.controlnet import UNIT_FIELDS, _sliders_to_fields, field_name, sli
 
 def _fields(index: int, **values: object) -> dict[str, object]:
     defaults: dict[str, object] = {
-        "enabled": False, "image": None, "module": "none", "model": "None", "weight": 1.0,
+        "enabled": False, "image": None, "mask": None, "module": "none", "model": "None", "weight": 1.0,
         "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced",
         "resize_mode": "Crop and Resize",
         "pixel_perfect": False, "processor_res": -1, "threshold_a": -1.0, "threshold_b": -1.0,
@@ -50,6 +50,16 @@ def test_widget_values_become_units_and_leave_the_other_fields() -> None:
     assert first.image is not None
     assert Image.open(io.BytesIO(base64.b64decode(first.image))).size == (20, 10)
     assert not second.is_active and second.image is None
+
+
+def test_a_painted_mask_reaches_the_unit() -> None:
+    mask = Image.new("L", (20, 10), 0)
+    mask.paste(255, (0, 0, 10, 10))
+    fields = _fields(0, enabled=True, module="inpaint_only", model="cn [12345678]", mask=mask)
+    (unit,) = units_from_fields(fields)
+    assert unit.mask is not None
+    decoded = Image.open(io.BytesIO(base64.b64decode(unit.mask)))
+    assert decoded.size == (20, 10) and decoded.getpixel((2, 2)) == 255 and decoded.getpixel((15, 2)) == 0
 
 
 def test_sliders_map_to_the_module_slots() -> None:

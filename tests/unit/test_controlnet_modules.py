@@ -24,6 +24,7 @@ EXPECTED_MODULES = {
     "openpose_faceonly", "openpose_full", "lineart_realistic", "lineart_coarse", "lineart_anime",
     "lineart_standard", "softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
     "scribble_hed", "scribble_pidinet", "scribble_xdog", "mlsd", "normal_bae", "shuffle", "tile_resample",
+    "inpaint_global_harmonious", "inpaint_only",
 }  # fmt: skip
 
 MODELS = [
@@ -65,6 +66,7 @@ def test_left_out_modules_are_unknown() -> None:
         ("pidinet_safe", "softedge_pidisafe"),
         ("pidinet_scribble", "scribble_pidinet"),
         ("fake_scribble", "scribble_hed"),
+        ("inpaint", "inpaint_global_harmonious"),
         ("lineart", "lineart_realistic"),
         (INVERT_LABEL, "invert"),
         (LINEART_STANDARD_LABEL, "lineart_standard"),
@@ -167,6 +169,8 @@ def test_weight_files_are_the_annotator_files_each_loader_reads() -> None:
         "scribble_xdog",
         "shuffle",
         "tile_resample",
+        "inpaint_global_harmonious",
+        "inpaint_only",
     }
     assert all(resolve_module(name).needs_weights is (name not in cheap) for name in files)
 
@@ -175,7 +179,7 @@ def test_control_types_shape_and_tags() -> None:
     result = control_types(MODELS)
     assert list(result) == [
         "All", "Canny", "Depth", "NormalMap", "OpenPose", "MLSD", "Lineart", "SoftEdge", "Scribble/Sketch",
-        "Shuffle", "Tile/Blur",
+        "Shuffle", "Tile/Blur", "Inpaint",
     ]  # fmt: skip
     for tag, entry in result.items():
         assert set(entry) == {"module_list", "model_list", "default_option", "default_model"}, tag

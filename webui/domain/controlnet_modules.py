@@ -27,8 +27,10 @@ Left out, with the reason:
   ControlNet's seg models expect ADE20k/COCO class colours from OneFormer or UniFormer, which
   controlnet-aux does not ship; its only segmenter, Segment Anything, paints random colours per mask,
   which a seg ControlNet would misread.
+- ``inpaint_only+lama``: LaMa is not part of controlnet-aux 0.0.10; ``inpaint_only`` does the same job
+  without LaMa's first fill.
 - ``t2ia_*``, ``threshold``, ``normal_midas``, ``depth_leres``, ``softedge_teed``, ``mediapipe_face``,
-  ``inpaint_*``, ``reference_*``, ``ip-adapter_*``, ``recolor_*``: not offered (yet).
+  ``reference_*``, ``ip-adapter_*``, ``recolor_*``: not offered (yet).
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ from webui.domain.controlnet import MODEL_NONE
 ANNOTATORS_BASE_URL = "https://huggingface.co/lllyasviel/Annotators/resolve/main"
 RESOLUTION_LABEL = "Preprocessor Resolution"
 DEFAULT_RESOLUTION = 512
+
+
+# The inpaint modules pass the picture through; the unit's mask (or img2img's inpaint mask) marks the pixels
+# the ControlNet sees as -1 ("to be painted"). ``inpaint_only`` also keeps everything outside the mask: in
+# txt2img the job then runs as an inpainting of the unit's picture.
+INPAINT_MODULES = frozenset({"inpaint_global_harmonious", "inpaint_only"})
+INPAINT_ONLY = "inpaint_only"
 
 
 class UnknownPreprocessorError(ValueError):
@@ -202,6 +211,8 @@ PREPROCESSORS: tuple[PreprocessorInfo, ...] = (
     ),
     _module("normal_bae", "NormalMap", files=(NORMAL_BAE_FILE,)),
     _module("shuffle", "Shuffle"),
+    _module("inpaint_global_harmonious", "Inpaint", resolution=False, aliases=("inpaint",)),
+    _module("inpaint_only", "Inpaint", resolution=False),
     _module(
         "tile_resample",
         "Tile/Blur",
@@ -267,6 +278,7 @@ CONTROL_TYPES: tuple[ControlType, ...] = (
     ),
     ControlType("Shuffle", _tag_modules("Shuffle"), "shuffle", ("shuffle",)),
     ControlType("Tile/Blur", _tag_modules("Tile/Blur"), "tile_resample", ("tile/blur", "tile", "blur")),
+    ControlType("Inpaint", _tag_modules("Inpaint"), "inpaint_only", ("inpaint",)),
 )
 
 

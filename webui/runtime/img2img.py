@@ -11,9 +11,9 @@ blurred mask, so pixels outside the mask and its blur band come back unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from webui.runtime.loader import LoadedModel
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclasses.dataclass
 class Img2ImgSpec:
     """One batch's inputs: ``init_images[i]`` (RGB, any size) is the start of image ``i`` of the job."""
 
@@ -331,6 +331,9 @@ def img2img_batch(
         work = [image.crop(region).resize(size, masks.RESAMPLE) for image in spec.init_images]
         work_mask = blurred.crop(region).resize(size, masks.RESAMPLE)
         overlay_full = overlay
+        if job.extra.get("control"):  # the ControlNet maps follow the crop
+            cropped = job.extra["control"].cropped(region, spec.init_images[0].size)
+            job = dataclasses.replace(job, extra={**job.extra, "control": cropped})
     else:
         mode = 0 if spec.resize_mode == 3 else spec.resize_mode
         originals = [masks.resize_image(image, *size, mode) for image in spec.init_images]

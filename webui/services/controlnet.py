@@ -24,6 +24,8 @@ from PIL import Image
 from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_extra
 from webui.domain.controlnet_models import ControlNetRecord, base_of_family, fits
 from webui.domain.controlnet_modules import (
+    INPAINT_MODULES,
+    INPAINT_ONLY,
     PREPROCESSORS,
     RESOLUTION_LABEL,
     PreprocessorInfo,
@@ -64,6 +66,8 @@ class PreparedControl:
     infotext: dict[str, object] = field(default_factory=dict)
     maps: list[DetectedMap] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # txt2img with an ``inpaint_only`` unit: (picture, mask, resize mode) the job inpaints instead
+    inpaint: tuple[Image.Image, Image.Image, str] | None = None
 
 
 @dataclass
@@ -229,8 +233,43 @@ class ControlNetService:
                 )
             if unit.image is None and not isinstance(request, Img2ImgRequest):
                 raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
-            if unit.image is not None:
-                decode_image(unit.image, f"control image of {label}")
+            image = decode_image(unit.image, f"control image of {label}") if unit.image is not None else None
+            module = self.module_info(unit.module).name
+            if module in INPAINT_MODULES:
+                self._check_inpaint_unit(request, unit, module, image, label)
+
+    @staticmethod
+    def _check_inpaint_unit(
+        request: Txt2ImgRequest | Img2ImgRequest,
+        unit: ControlNetUnit,
+        module: str,
+        image: Image.Image | None,
+        label: str,
+    ) -> None:
+        if unit.mask is None:
+            if isinstance(request, Img2ImgRequest) and request.mask:
+                return  # the unit takes img2img's inpaint mask
+            where = (
+                "img2img's inpaint mask or the unit's"
+                if isinstance(request, Img2ImgRequest)
+                else "the unit's"
+            )
+            raise ControlNetInputError(
+                f"{label} uses {unit.module}, which repaints the masked part of its picture, but there is no "
+                f"mask: paint {where} mask (white = repaint)."
+            )
+        mask = decode_image(unit.mask, f"mask of {label}")
+        if image is not None and mask.size != image.size:
+            raise ControlNetInputError(
+                f"The mask of {label} is {mask.width}x{mask.height} but its image is "
+                f"{image.width}x{image.height}; the mask must have the image's size."
+            )
+        if isinstance(request, Txt2ImgRequest) and request.enable_hr and module == INPAINT_ONLY:
+            raise ControlNetInputError(
+                f"{label}: {INPAINT_ONLY} in txt2img repaints the masked part of the unit's picture at its "
+                "size and cannot be combined with Hires. fix; turn Hires. fix off, or use "
+                "inpaint_global_harmonious."
+            )
 
     def prepare_units(
         self,
@@ -239,11 +278,17 @@ class ControlNetService:
         request: Txt2ImgRequest | Img2ImgRequest,
         *,
         init_image: Image.Image | None = None,
+        init_mask: Image.Image | None = None,
         progress: Any = None,
         outputs_root: Path | None = None,
         seed: int = 0,
     ) -> PreparedControl:
-        """Preprocess and load the request's active units for ``model`` (the caller holds the engine lock)."""
+        """Preprocess and load the request's active units for ``model`` (the caller holds the engine lock).
+
+        ``init_image`` / ``init_mask`` are img2img's first picture and its inpaint mask (``L``, white =
+        repaint, already inverted as the request asks): a unit without an image uses the picture, an
+        inpaint unit without a mask the mask.
+        """
         from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
 
         prepared = PreparedControl()
@@ -266,6 +311,15 @@ class ControlNetService:
                     source.width, source.height, request.width, request.height, unit.resize_mode
                 )
             detected = self.detect(info.name, source, resolution, unit.threshold_a, unit.threshold_b)
+            mask = None
+            if info.name in INPAINT_MODULES:
+                mask = _inpaint_mask(unit, init_mask, detected.image.size, label)
+                if (
+                    info.name == INPAINT_ONLY
+                    and isinstance(request, Txt2ImgRequest)
+                    and prepared.inpaint is None
+                ):
+                    prepared.inpaint = (source, mask, unit.resize_mode.value)
             record = self.find(unit.model)
             loaded = engine.controlnet(
                 record, model, low_vram=unit.low_vram, cache_size=opts.control_net_model_cache_size
@@ -280,6 +334,7 @@ class ControlNetService:
                     control_mode=unit.control_mode.value,
                     resize_mode=unit.resize_mode.value,
                     hr_option=unit.hr_option.value,
+                    mask=mask,
                 )
             )
             # A -1 "default" is written as the default's value.
@@ -291,10 +346,9 @@ class ControlNetService:
                     "threshold_b": _effective(info.threshold_b_slider, unit.threshold_b),
                 }
             )
+            shown = detected.image if mask is None else _masked_black(detected.image, mask)
             prepared.maps.append(
-                self._detected_map(
-                    index, info.name, detected.image, unit, opts, outputs_root, request.mode, seed
-                )
+                self._detected_map(index, info.name, shown, unit, opts, outputs_root, request.mode, seed)
             )
             if unit.weight == 0:
                 prepared.warnings.append(f"{label} has weight 0: it has no effect.")
@@ -322,6 +376,32 @@ class ControlNetService:
         return DetectedMap(
             unit=index, module=module, png_bytes=data, path=path, returned=unit.save_detected_map
         )
+
+
+def _inpaint_mask(
+    unit: ControlNetUnit, init_mask: Image.Image | None, size: tuple[int, int], label: str
+) -> Image.Image:
+    """The ``L`` mask (white = repaint) of an inpaint unit at its picture's ``size``: the unit's own, else
+    img2img's inpaint mask."""
+    from webui.runtime.masks import mask_from_image
+
+    if unit.mask is not None:
+        mask = mask_from_image(decode_image(unit.mask, f"mask of {label}"))
+    elif init_mask is not None:
+        mask = init_mask
+    else:
+        raise ControlNetInputError(
+            f"{label} uses {unit.module} but there is no mask: paint one (white = repaint)."
+        )
+    mask = mask.convert("L")
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST)
+
+
+def _masked_black(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """The picture as the inpaint ControlNet sees it, for the preview: the part to paint in black."""
+    return Image.composite(
+        Image.new("RGB", image.size), image.convert("RGB"), mask.point(lambda v: 255 * (v >= 128))
+    )
 
 
 def _effective(slider: Any, value: float) -> Any:

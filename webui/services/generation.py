@@ -208,11 +208,17 @@ class GenerationService(ImageModesMixin):
                 return PreparedControl(warnings=["ControlNet is not available; generated without it."])
             return PreparedControl()
         inputs = self._img2img_inputs
+        init_mask = None
+        if inputs is not None and inputs.mask is not None and isinstance(request, Img2ImgRequest):
+            from webui.runtime.masks import prepare_mask
+
+            init_mask = prepare_mask(inputs.mask, invert=bool(request.inpainting_mask_invert), blur=0)
         return self.controlnet.prepare_units(
             engine,
             model,
             request,
             init_image=inputs.images[0] if inputs is not None else None,
+            init_mask=init_mask,
             progress=self.progress,
             outputs_root=self.outputs_root,
             seed=seed,
@@ -340,6 +346,8 @@ class GenerationService(ImageModesMixin):
                 control = self._prepare_control(engine, model, request, seed)
                 if control.plan:
                     job_extra["control"] = control.plan
+                if control.inpaint is not None:
+                    job_extra["control_inpaint"] = control.inpaint
                 infotext_extra = {**control.infotext, **infotext_extra}  # A1111: script keys first
                 guidance = prepare_clip_guidance(self.clip, request)
                 job_extra.update(guidance.job_extra)

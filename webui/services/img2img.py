@@ -200,6 +200,9 @@ class ImageModesMixin:
             if request.sd_upscale is not None:
                 return engine.sd_upscale(model, job, self._sd_upscale_spec(request, inputs), on_step)
             return engine.img2img(model, job, self._img2img_spec(request, inputs, len(job.seeds)), on_step)
+        inpaint = job.extra.pop("control_inpaint", None)
+        if inpaint is not None:  # an inpaint_only ControlNet unit: repaint the masked part of its picture
+            return engine.img2img(model, job, self._control_inpaint_spec(inpaint, len(job.seeds)), on_step)
         if request.enable_hr:
             return engine.hires(model, job, self._hires_spec(request), on_step)
         return engine.generate(model, job, on_step)
@@ -219,6 +222,25 @@ class ImageModesMixin:
             inpaint_full_res=request.inpaint_full_res,
             inpaint_full_res_padding=request.inpaint_full_res_padding,
             invert_mask=bool(request.inpainting_mask_invert),
+        )
+
+    @staticmethod
+    def _control_inpaint_spec(inpaint: tuple[Any, Any, str], count: int) -> Any:
+        """txt2img with an ``inpaint_only`` unit: inpainting of the unit's picture from pure noise (strength
+        1), the picture fitted as the unit's resize mode says, the mask's edge blended as img2img's default
+        (blur 4); outside the mask the picture comes back unchanged."""
+        from webui.domain.controlnet import ControlResizeMode
+        from webui.runtime.img2img import Img2ImgSpec
+
+        image, mask, resize_mode = inpaint
+        modes = {ControlResizeMode.JUST_RESIZE: 0, ControlResizeMode.CROP_AND_RESIZE: 1}
+        return Img2ImgSpec(
+            init_images=[image.convert("RGB")] * count,
+            strength=1.0,
+            resize_mode=modes.get(ControlResizeMode(resize_mode), 2),
+            mask=mask,
+            mask_blur=4,
+            inpainting_fill=1,
         )
 
     def _images_per_batch(self, request: Txt2ImgRequest | Img2ImgRequest) -> int:

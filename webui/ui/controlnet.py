@@ -27,7 +27,7 @@ from webui.domain.controlnet import (
     HiresOption,
     units_from_infotext,
 )
-from webui.domain.controlnet_modules import PREPROCESSORS, resolve_module
+from webui.domain.controlnet_modules import INPAINT_MODULES, PREPROCESSORS, resolve_module
 from webui.metadata.infotext import parse_infotext
 from webui.services.controlnet import extension_module_info
 from webui.services.img2img import encode_png_b64
@@ -40,6 +40,7 @@ PREFIX = "controlnet_"
 UNIT_FIELDS = (
     "enabled",
     "image",
+    "mask",
     "module",
     "model",
     "weight",
@@ -72,6 +73,8 @@ def units_from_fields(fields: dict[str, Any]) -> list[ControlNetUnit]:
         data = values[index]
         image = data.get("image")
         data["image"] = encode_png_b64(image.convert("RGB")) if isinstance(image, Image.Image) else None
+        mask = data.get("mask")
+        data["mask"] = encode_png_b64(mask) if isinstance(mask, Image.Image) else None
         units.append(ControlNetUnit.model_validate(data))
     return units
 
@@ -95,6 +98,14 @@ def _module_names(services: Any) -> list[str]:
     """The preprocessor dropdown: Easel's modules, then the extensions'."""
     controlnet = getattr(services, "controlnet", None)
     return controlnet.module_names() if controlnet is not None else [info.name for info in PREPROCESSORS]
+
+
+def is_inpaint_module(module: str) -> bool:
+    """Whether ``module`` (any of its names) is one of the inpaint preprocessors, which take a mask."""
+    try:
+        return resolve_module(module).name in INPAINT_MODULES
+    except ValueError:
+        return False
 
 
 def slider_updates(module: str) -> tuple[Any, Any, Any]:
@@ -170,6 +181,8 @@ class UnitWidgets:
     threshold_a: gr.State
     threshold_b: gr.State
     image_value: gr.State  # the uploaded image; a State keeps it out of the Gradio API's parameters
+    mask: gr.Image  # shown for the inpaint modules
+    mask_value: gr.State
 
 
 def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
@@ -192,6 +205,16 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
                 elem_id=f"{eid}_detected",
                 height=240,
             )
+        mask = gr.Image(
+            label="Inpaint mask (white = repaint"
+            + ("; empty: the img2img inpaint mask)" if mode == "img2img" else ")"),
+            type="pil",
+            image_mode="L",
+            sources=["upload", "clipboard"],
+            elem_id=f"{eid}_mask",
+            height=160,
+            visible=False,
+        )
         with gr.Row():
             enabled = gr.Checkbox(False, label="Enable", elem_id=f"{eid}_enabled")
             pixel_perfect = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{eid}_pixel_perfect")
@@ -272,6 +295,8 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
         threshold_a=gr.State(-1.0),
         threshold_b=gr.State(-1.0),
         image_value=gr.State(None),
+        mask=mask,
+        mask_value=gr.State(None),
     )
 
 
@@ -286,6 +311,17 @@ def _wire_unit(services: Any, unit: UnitWidgets) -> None:
         lambda image: image,
         inputs=unit.image,
         outputs=unit.image_value,
+        api_visibility="private",
+        queue=False,
+    )
+
+    unit.mask.change(
+        lambda mask: mask, inputs=unit.mask, outputs=unit.mask_value, api_visibility="private", queue=False
+    )
+    unit.module.change(
+        lambda module: gr.update(visible=is_inpaint_module(module)),
+        inputs=unit.module,
+        outputs=unit.mask,
         api_visibility="private",
         queue=False,
     )
@@ -363,14 +399,15 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
     fields: dict[str, gr.components.Component] = {}
     for unit in units:
         for name in UNIT_FIELDS:
-            widget = unit.image_value if name == "image" else getattr(unit, name)
+            values = {"image": unit.image_value, "mask": unit.mask_value}
+            widget = values[name] if name in values else getattr(unit, name)
             fields[field_name(unit.index, name)] = widget
     return ControlNetUnits(units=units, fields=fields, refresh=refresh)
 
 
 # The widgets a pasted infotext sets in each unit: the fields its ``ControlNet N`` value records (not the
 # image, low VRAM or hires passes), with the three sliders standing for the preprocessor's values.
-_NOT_RECORDED = ("image", "low_vram", "hr_option", "processor_res", "threshold_a", "threshold_b")
+_NOT_RECORDED = ("image", "mask", "low_vram", "hr_option", "processor_res", "threshold_a", "threshold_b")
 PASTED_WIDGETS = (
     *(name for name in UNIT_FIELDS if name not in _NOT_RECORDED),
     "slider_1",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,7 @@ class ControlUnitInput:
     control_mode: str = MODE_BALANCED
     resize_mode: str = "Crop and Resize"
     hr_option: str = "Both"
+    mask: Image.Image | None = None  # L, ``image``'s size, white = to be painted: the hint is -1 there
     _hints: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict, repr=False)
     _adapter_features: dict[tuple[int, int, str], list[torch.Tensor]] = field(
         default_factory=dict, repr=False
@@ -101,6 +102,9 @@ class ControlUnitInput:
         if cached is None:
             fitted = fit_control_image(self.image, width, height, self.resize_mode)
             array = np.asarray(fitted, dtype=np.float32) / 255.0
+            if self.mask is not None:  # the inpaint ControlNets read -1 as "paint here"
+                mask = fit_control_image(self.mask, width, height, self.resize_mode)
+                array[np.asarray(mask)[..., 0] >= 128] = -1.0
             cached = torch.from_numpy(array).permute(2, 0, 1)[None].to(device, dtype)
             self._hints[key] = cached
         return cached
@@ -124,6 +128,26 @@ class ControlPlan:
 
     def __bool__(self) -> bool:
         return bool(self.units)
+
+    def cropped(self, box: tuple[int, int, int, int], size: tuple[int, int]) -> ControlPlan:
+        """The plan for an "Only masked" inpainting pass over ``box`` of a ``size`` picture: each unit's map
+        (and mask) cropped to the same part of the picture, so the control lines up with the crop."""
+        width, height = size
+        units = []
+        for unit in self.units:
+            scale_x, scale_y = unit.image.width / width, unit.image.height / height
+            left, top, right, bottom = box
+            area = (
+                round(left * scale_x),
+                round(top * scale_y),
+                max(round(left * scale_x) + 1, round(right * scale_x)),
+                max(round(top * scale_y) + 1, round(bottom * scale_y)),
+            )
+            mask = unit.mask.crop(area) if unit.mask is not None else None
+            units.append(
+                replace(unit, image=unit.image.crop(area), mask=mask, _hints={}, _adapter_features={})
+            )
+        return ControlPlan(units)
 
     @contextmanager
     def session(

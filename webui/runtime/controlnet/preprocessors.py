@@ -46,6 +46,7 @@ from PIL import Image
 from webui.domain.controlnet_modules import (
     ANNOTATORS_BASE_URL,
     HED_FILE,
+    INPAINT_MODULES,
     LINEART_ANIME_FILE,
     LINEART_COARSE_FILE,
     LINEART_FILE,
@@ -712,7 +713,7 @@ class Preprocessors:
         self, info: PreprocessorInfo, rgb: np.ndarray, res: int, a: float, b: float, seed: int | None
     ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
         module = info.name
-        if module == "none":
+        if module == "none" or module in INPAINT_MODULES:  # inpaint: the mask is applied to the hint
             return rgb.copy(), None
         if module == "invert":
             return 255 - rgb, None
