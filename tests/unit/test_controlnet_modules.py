@@ -7,7 +7,9 @@ import json
 import pytest
 
 from webui.domain.controlnet_modules import (
+    ANNOTATOR_URLS,
     CONTROL_TYPES,
+    DEPTH_ANYTHING_FILES,
     INVERT_LABEL,
     LINEART_STANDARD_LABEL,
     PREPROCESSORS,
@@ -24,7 +26,9 @@ EXPECTED_MODULES = {
     "openpose_faceonly", "openpose_full", "lineart_realistic", "lineart_coarse", "lineart_anime",
     "lineart_standard", "softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
     "scribble_hed", "scribble_pidinet", "scribble_xdog", "mlsd", "normal_bae", "shuffle", "tile_resample",
-    "inpaint_global_harmonious", "inpaint_only",
+    "inpaint_global_harmonious", "inpaint_only", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k",
+    "depth_anything", "depth_anything_v2",
+    "ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith",
 }  # fmt: skip
 
 MODELS = [
@@ -51,7 +55,7 @@ def test_module_names_are_the_extensions_and_unique() -> None:
 
 
 def test_left_out_modules_are_unknown() -> None:
-    for name in ("depth_anything", "dw_openpose_full", "seg_ofade20k", "seg_ufade20k", "t2ia_sketch_pidi"):
+    for name in ("dw_openpose_full", "seg_anime_face", "mobile_sam", "t2ia_sketch_pidi"):
         with pytest.raises(UnknownPreprocessorError):
             resolve_module(name)
 
@@ -67,6 +71,11 @@ def test_left_out_modules_are_unknown() -> None:
         ("pidinet_scribble", "scribble_pidinet"),
         ("fake_scribble", "scribble_hed"),
         ("inpaint", "inpaint_global_harmonious"),
+        ("oneformer_ade20k", "seg_ofade20k"),
+        ("oneformer_coco", "seg_ofcoco"),
+        ("segmentation", "seg_ufade20k"),
+        ("ip-adapter_clip_h", "ip-adapter_clip_sd15"),
+        ("ip-adapter_clip_g", "ip-adapter_clip_sdxl"),
         ("lineart", "lineart_realistic"),
         (INVERT_LABEL, "invert"),
         (LINEART_STANDARD_LABEL, "lineart_standard"),
@@ -151,6 +160,8 @@ def test_weight_files_are_the_annotator_files_each_loader_reads() -> None:
     assert set(files["openpose_full"]) == {"body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"}
     assert files["depth_midas"] == ("dpt_hybrid-midas-501f0c75.pt",)
     assert files["depth_zoe"] == ("ZoeD_M12_N.pt",)
+    assert files["depth_anything"] == ("depth_anything_vitl14.pth",)
+    assert files["depth_anything_v2"] == ("depth_anything_v2_vitl.safetensors",)
     assert files["lineart_realistic"] == ("sk_model.pth",)
     assert files["lineart_coarse"] == ("sk_model2.pth",)
     assert files["lineart_anime"] == ("netG.pth",)
@@ -160,7 +171,16 @@ def test_weight_files_are_the_annotator_files_each_loader_reads() -> None:
         assert files[name] == ("table5_pidinet.pth",)
     assert files["mlsd"] == ("mlsd_large_512_fp32.pth",)
     assert files["normal_bae"] == ("scannet.pt",)
-    cheap = {name for name, needed in files.items() if not needed}
+    assert files["seg_ofade20k"] == ("250_16_swin_l_oneformer_ade20k_160k.pth",)
+    assert files["seg_ofcoco"] == ("150_16_swin_l_oneformer_coco_100ep.pth",)
+    assert files["seg_ufade20k"] == ()  # its UniFormer file cannot be read: a model folder only
+    folders = {info.name: info.weight_folder for info in PREPROCESSORS if info.weight_folder is not None}
+    assert folders == {
+        "seg_ofade20k": "oneformer_ade20k",
+        "seg_ofcoco": "oneformer_coco",
+        "seg_ufade20k": "upernet_ade20k",
+    }
+    cheap = {name for name, needed in files.items() if not needed and name not in folders}
     assert cheap == {
         "none",
         "invert",
@@ -171,6 +191,9 @@ def test_weight_files_are_the_annotator_files_each_loader_reads() -> None:
         "tile_resample",
         "inpaint_global_harmonious",
         "inpaint_only",
+        "ip-adapter_clip_sd15",
+        "ip-adapter_clip_sdxl",
+        "ip-adapter_clip_sdxl_plus_vith",
     }
     assert all(resolve_module(name).needs_weights is (name not in cheap) for name in files)
 
@@ -179,7 +202,7 @@ def test_control_types_shape_and_tags() -> None:
     result = control_types(MODELS)
     assert list(result) == [
         "All", "Canny", "Depth", "NormalMap", "OpenPose", "MLSD", "Lineart", "SoftEdge", "Scribble/Sketch",
-        "Shuffle", "Tile/Blur", "Inpaint",
+        "Segmentation", "Shuffle", "Tile/Blur", "Inpaint", "IP-Adapter",
     ]  # fmt: skip
     for tag, entry in result.items():
         assert set(entry) == {"module_list", "model_list", "default_option", "default_model"}, tag
@@ -204,7 +227,14 @@ def test_control_types_filter_models_and_pick_defaults_like_the_extension() -> N
         "control_v11p_sd15_canny [d14c016b]",
     ]
     assert canny["default_model"] == "control_v11p_sd15_canny [d14c016b]"  # ControlNet 1.1 preferred
-    assert result["Depth"]["module_list"] == ["none", "depth_midas", "depth_zoe"]
+    assert result["Depth"]["module_list"] == [
+        "none",
+        "depth_anything",
+        "depth_anything_v2",
+        "depth_midas",
+        "depth_zoe",
+    ]
+    assert result["Depth"]["default_option"] == "depth_midas"
     assert result["OpenPose"]["default_option"] == "openpose_full"
     assert result["OpenPose"]["model_list"] == ["None", "control_v11p_sd15_openpose [cab727d4]"]
     lineart = result["Lineart"]
@@ -250,3 +280,48 @@ def test_control_type_modules_exist_and_cover_the_table() -> None:
     assert listed == EXPECTED_MODULES
     all_entry = next(c for c in CONTROL_TYPES if c.tag == "All")
     assert set(all_entry.modules) == EXPECTED_MODULES
+
+
+def test_depth_anything_modules_are_depth_preprocessors_with_a_resolution() -> None:
+    for name in ("depth_anything", "depth_anything_v2"):
+        info = resolve_module(name)
+        assert (info.name, info.label, info.control_type) == (name, name, "Depth")
+        assert info.module_detail() == {
+            "model_free": False,
+            "sliders": [{"name": RESOLUTION_LABEL, "value": 512, "min": 64, "max": 2048, "step": 8}],
+        }
+        assert name in module_names()
+        assert name in next(c for c in CONTROL_TYPES if c.tag == "Depth").modules
+    # v1's file is the Depth Anything space's, v2's MackinationsAi's safetensors (the extension's sources)
+    assert ANNOTATOR_URLS["depth_anything_vitl14.pth"] == (
+        "https://huggingface.co/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints/depth_anything_vitl14.pth"
+    )
+    assert ANNOTATOR_URLS["depth_anything_v2_vitl.safetensors"] == (
+        "https://huggingface.co/MackinationsAi/Depth-Anything-V2_Safetensors/resolve/main/"
+        "depth_anything_v2_vitl.safetensors"
+    )
+    for module, files in DEPTH_ANYTHING_FILES.items():
+        assert files[0] == resolve_module(module).weight_files[0]  # the default is looked for first
+        assert all(("_v2_" in name) is (module == "depth_anything_v2") for name in files)
+
+
+def test_segmentation_control_type_lists_the_seg_modules_and_seg_models() -> None:
+    models = [
+        "control_v11p_sd15_seg [e1f51eb9]",
+        "control_sd15_seg [fef5e48e]",
+        "control_v11p_sd15_canny [d14c016b]",
+    ]
+    segmentation = control_types(models)["Segmentation"]
+    assert segmentation == {
+        "module_list": ["none", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k"],
+        "model_list": ["None", "control_v11p_sd15_seg [e1f51eb9]", "control_sd15_seg [fef5e48e]"],
+        "default_option": "seg_ofade20k",
+        "default_model": "control_v11p_sd15_seg [e1f51eb9]",
+    }
+    for name in ("seg_ofade20k", "seg_ofcoco", "seg_ufade20k"):
+        info = resolve_module(name)
+        assert (info.label, info.control_type, info.needs_weights) == (name, "Segmentation", True)
+        assert info.module_detail() == {
+            "model_free": False,
+            "sliders": [{"name": RESOLUTION_LABEL, "value": 512, "min": 64, "max": 2048, "step": 8}],
+        }

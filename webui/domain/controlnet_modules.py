@@ -17,20 +17,33 @@ resolution slider, every module that takes a resolution lists it here.
 
 ``model_free`` keeps the extension's meaning: the module works *without a ControlNet model* (its
 reference-only family, none of which is offered here), so it is ``False`` everywhere. Whether a module
-needs annotator weights is :attr:`PreprocessorInfo.needs_weights` (non-empty ``weight_files``).
+needs annotator weights is :attr:`PreprocessorInfo.needs_weights` (non-empty ``weight_files``, or a
+``weight_folder``).
+
+The segmentation modules (``seg_ofade20k``, ``seg_ofcoco``, ``seg_ufade20k``; the "Segmentation" control
+type) paint ADE20k's 150 class colours (COCO panoptic's 133 for ``seg_ofcoco``), as the seg ControlNets
+expect. Each first looks for a transformers-format model folder under ``models/annotators``
+(:attr:`PreprocessorInfo.weight_folder`: ``oneformer_ade20k``, ``oneformer_coco``, ``upernet_ade20k``)
+holding any semantic-segmentation model transformers runs (OneFormer, Mask2Former, UperNet, SegFormer ...)
+trained on that dataset. Else the two OneFormer modules read the extension's detectron2 files
+(``weight_files``), converted to transformers' OneFormer on load. ``seg_ufade20k`` has no such fallback:
+its file, mmsegmentation's UniFormer ``upernet_global_small.pth``, needs a backbone transformers lacks.
+
+``depth_anything`` and ``depth_anything_v2`` (Depth Anything v1 and v2) load the published single files
+(:data:`DEPTH_ANYTHING_FILES`: v1's ``depth_anything_vit{l,b,s}14.pth``, v2's ``depth_anything_v2_vit{l,b,s}``
+as ``.safetensors`` or ``.pth``) or a transformers-format folder (:data:`DEPTH_ANYTHING_FOLDERS`), the first
+one found; ``weight_files`` names the extension's default (ViT-L), the file downloaded when none is there.
+These files are not under lllyasviel/Annotators: :data:`ANNOTATOR_URLS` says where each one is.
 
 Left out, with the reason:
 
-- ``depth_anything``: controlnet-aux 0.0.10 has no Depth Anything detector.
 - ``dw_openpose_full``: DWPose runs through onnxruntime or mmpose, neither of which Easel installs.
-- ``seg_ofade20k`` / ``seg_ufade20k`` / ``seg_ofcoco`` (and so the "Segmentation" control type):
-  ControlNet's seg models expect ADE20k/COCO class colours from OneFormer or UniFormer, which
-  controlnet-aux does not ship; its only segmenter, Segment Anything, paints random colours per mask,
-  which a seg ControlNet would misread.
+- ``seg_anime_face`` and ``mobile_sam``: their networks are not part of controlnet-aux 0.0.10 or
+  transformers; Segment Anything paints random colours per mask, which a seg ControlNet would misread.
 - ``inpaint_only+lama``: LaMa is not part of controlnet-aux 0.0.10; ``inpaint_only`` does the same job
   without LaMa's first fill.
 - ``t2ia_*``, ``threshold``, ``normal_midas``, ``depth_leres``, ``softedge_teed``, ``mediapipe_face``,
-  ``reference_*``, ``ip-adapter_*``, ``recolor_*``: not offered (yet).
+  ``reference_*``, ``recolor_*``, ``ip-adapter_face_id*``: not offered (yet).
 """
 
 from __future__ import annotations
@@ -50,6 +63,27 @@ DEFAULT_RESOLUTION = 512
 # txt2img the job then runs as an inpainting of the unit's picture.
 INPAINT_MODULES = frozenset({"inpaint_global_harmonious", "inpaint_only"})
 INPAINT_ONLY = "inpaint_only"
+
+# The IP-Adapter modules pass the picture through too: the unit's IP-Adapter model encodes it with the CLIP
+# image encoder the module names. The files each encoder is looked for under, first found wins (the
+# extension's name, then the published / ComfyUI names), in models/clip_vision and models/annotators.
+CLIP_H_FILES = (
+    "clip_h.pth",
+    "clip_h.safetensors",
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+    "image_encoder",
+)
+CLIP_G_FILES = (
+    "clip_g.pth",
+    "clip_g.safetensors",
+    "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
+    "image_encoder_sdxl",
+)
+IP_ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
+    "ip-adapter_clip_sd15": CLIP_H_FILES,
+    "ip-adapter_clip_sdxl": CLIP_G_FILES,
+    "ip-adapter_clip_sdxl_plus_vith": CLIP_H_FILES,
+}
 
 
 class UnknownPreprocessorError(ValueError):
@@ -87,12 +121,13 @@ class PreprocessorInfo:
     model_free: bool  # the extension's meaning: usable without a ControlNet model
     sliders: tuple[Slider | None, ...]  # slots: processor_res, threshold_a, threshold_b
     control_type: str  # the control-type tag the module mainly belongs to
-    weight_files: tuple[str, ...]  # files under lllyasviel/Annotators the module loads
+    weight_files: tuple[str, ...]  # annotator files the module loads (URL: ANNOTATOR_URLS, else lllyasviel's)
     aliases: tuple[str, ...] = ()  # older A1111 names that mean this module
+    weight_folder: str | None = None  # a transformers-format model folder under models/annotators it loads
 
     @property
     def needs_weights(self) -> bool:
-        return bool(self.weight_files)
+        return bool(self.weight_files) or self.weight_folder is not None
 
     @property
     def resolution_slider(self) -> Slider | None:
@@ -140,6 +175,7 @@ def _module(
     resolution: bool = True,
     label: str | None = None,
     aliases: tuple[str, ...] = (),
+    folder: str | None = None,
 ) -> PreprocessorInfo:
     sliders: tuple[Slider | None, ...] = ((_resolution(),) if resolution else (None,)) + thresholds
     if sliders == (None,):
@@ -152,6 +188,7 @@ def _module(
         control_type=control_type,
         weight_files=files,
         aliases=aliases,
+        weight_folder=folder,
     )
 
 
@@ -167,6 +204,59 @@ MLSD_FILE = "mlsd_large_512_fp32.pth"
 NORMAL_BAE_FILE = "scannet.pt"
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
 ZOE_FILE = "ZoeD_M12_N.pt"
+DEPTH_ANYTHING_FILE = "depth_anything_vitl14.pth"  # the extension's defaults: ViT-L
+DEPTH_ANYTHING_V2_FILE = "depth_anything_v2_vitl.safetensors"
+
+# The Depth Anything files each module loads, first found wins: the extension's default, then the other
+# published sizes and formats (the same keys), then transformers-format folders (config.json + weights).
+DEPTH_ANYTHING_FILES: dict[str, tuple[str, ...]] = {
+    "depth_anything": (
+        DEPTH_ANYTHING_FILE,
+        "depth_anything_vitl14.safetensors",
+        "depth_anything_vitb14.pth",
+        "depth_anything_vitb14.safetensors",
+        "depth_anything_vits14.pth",
+        "depth_anything_vits14.safetensors",
+    ),
+    "depth_anything_v2": (
+        DEPTH_ANYTHING_V2_FILE,
+        "depth_anything_v2_vitl.pth",
+        "depth_anything_v2_vitb.safetensors",
+        "depth_anything_v2_vitb.pth",
+        "depth_anything_v2_vits.safetensors",
+        "depth_anything_v2_vits.pth",
+    ),
+}
+DEPTH_ANYTHING_FOLDERS: dict[str, tuple[str, ...]] = {
+    "depth_anything": ("depth-anything-large-hf", "depth-anything-base-hf", "depth-anything-small-hf"),
+    "depth_anything_v2": (
+        "Depth-Anything-V2-Large-hf",
+        "Depth-Anything-V2-Base-hf",
+        "Depth-Anything-V2-Small-hf",
+    ),
+}
+_DEPTH_ANYTHING_V1_URL = "https://huggingface.co/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints"
+_DEPTH_ANYTHING_V2_URL = "https://huggingface.co/MackinationsAi/Depth-Anything-V2_Safetensors/resolve/main"
+_DEPTH_ANYTHING_V2_REPOS = "https://huggingface.co/depth-anything/Depth-Anything-V2"
+# Where the annotator files that are not under lllyasviel/Annotators are published (the extension's sources
+# for its defaults: the Depth Anything space for v1, MackinationsAi's safetensors for v2).
+ANNOTATOR_URLS: dict[str, str] = {
+    "depth_anything_vitl14.pth": f"{_DEPTH_ANYTHING_V1_URL}/depth_anything_vitl14.pth",
+    "depth_anything_vitb14.pth": f"{_DEPTH_ANYTHING_V1_URL}/depth_anything_vitb14.pth",
+    "depth_anything_vits14.pth": f"{_DEPTH_ANYTHING_V1_URL}/depth_anything_vits14.pth",
+    "depth_anything_v2_vitl.safetensors": f"{_DEPTH_ANYTHING_V2_URL}/depth_anything_v2_vitl.safetensors",
+    "depth_anything_v2_vitb.safetensors": f"{_DEPTH_ANYTHING_V2_URL}/depth_anything_v2_vitb.safetensors",
+    "depth_anything_v2_vits.safetensors": f"{_DEPTH_ANYTHING_V2_URL}/depth_anything_v2_vits.safetensors",
+    "depth_anything_v2_vitl.pth": f"{_DEPTH_ANYTHING_V2_REPOS}-Large/resolve/main/depth_anything_v2_vitl.pth",
+    "depth_anything_v2_vitb.pth": f"{_DEPTH_ANYTHING_V2_REPOS}-Base/resolve/main/depth_anything_v2_vitb.pth",
+    "depth_anything_v2_vits.pth": f"{_DEPTH_ANYTHING_V2_REPOS}-Small/resolve/main/depth_anything_v2_vits.pth",
+}
+# transformers-format segmentation model folders (config.json + model.safetensors) under models/annotators
+SEG_ADE20K_ONEFORMER_DIR = "oneformer_ade20k"
+SEG_COCO_ONEFORMER_DIR = "oneformer_coco"
+SEG_ADE20K_UPERNET_DIR = "upernet_ade20k"
+SEG_ADE20K_ONEFORMER_FILE = "250_16_swin_l_oneformer_ade20k_160k.pth"  # the extension's OneFormer files
+SEG_COCO_ONEFORMER_FILE = "150_16_swin_l_oneformer_coco_100ep.pth"
 
 INVERT_LABEL = "invert (from white bg & black line)"
 LINEART_STANDARD_LABEL = "lineart_standard (from white bg & black line)"
@@ -184,6 +274,8 @@ PREPROCESSORS: tuple[PreprocessorInfo, ...] = (
     ),
     _module("depth_midas", "Depth", files=(MIDAS_FILE,), aliases=("depth",)),
     _module("depth_zoe", "Depth", files=(ZOE_FILE,)),
+    _module("depth_anything", "Depth", files=(DEPTH_ANYTHING_FILE,)),
+    _module("depth_anything_v2", "Depth", files=(DEPTH_ANYTHING_V2_FILE,)),
     _module("openpose", "OpenPose", files=(OPENPOSE_BODY,)),
     _module("openpose_hand", "OpenPose", files=(OPENPOSE_BODY, OPENPOSE_HAND)),
     _module("openpose_face", "OpenPose", files=(OPENPOSE_BODY, OPENPOSE_FACE)),
@@ -210,9 +302,27 @@ PREPROCESSORS: tuple[PreprocessorInfo, ...] = (
         ),
     ),
     _module("normal_bae", "NormalMap", files=(NORMAL_BAE_FILE,)),
+    _module(
+        "seg_ofade20k",
+        "Segmentation",
+        files=(SEG_ADE20K_ONEFORMER_FILE,),
+        folder=SEG_ADE20K_ONEFORMER_DIR,
+        aliases=("oneformer_ade20k",),
+    ),
+    _module(
+        "seg_ofcoco",
+        "Segmentation",
+        files=(SEG_COCO_ONEFORMER_FILE,),
+        folder=SEG_COCO_ONEFORMER_DIR,
+        aliases=("oneformer_coco",),
+    ),
+    _module("seg_ufade20k", "Segmentation", folder=SEG_ADE20K_UPERNET_DIR, aliases=("segmentation",)),
     _module("shuffle", "Shuffle"),
     _module("inpaint_global_harmonious", "Inpaint", resolution=False, aliases=("inpaint",)),
     _module("inpaint_only", "Inpaint", resolution=False),
+    _module("ip-adapter_clip_sd15", "IP-Adapter", resolution=False, aliases=("ip-adapter_clip_h",)),
+    _module("ip-adapter_clip_sdxl", "IP-Adapter", resolution=False, aliases=("ip-adapter_clip_g",)),
+    _module("ip-adapter_clip_sdxl_plus_vith", "IP-Adapter", resolution=False),
     _module(
         "tile_resample",
         "Tile/Blur",
@@ -276,9 +386,13 @@ CONTROL_TYPES: tuple[ControlType, ...] = (
         "scribble_pidinet",
         ("scribble/sketch", "scribble", "sketch"),
     ),
+    ControlType("Segmentation", _tag_modules("Segmentation"), "seg_ofade20k", ("seg",)),
     ControlType("Shuffle", _tag_modules("Shuffle"), "shuffle", ("shuffle",)),
     ControlType("Tile/Blur", _tag_modules("Tile/Blur"), "tile_resample", ("tile/blur", "tile", "blur")),
     ControlType("Inpaint", _tag_modules("Inpaint"), "inpaint_only", ("inpaint",)),
+    ControlType(
+        "IP-Adapter", _tag_modules("IP-Adapter"), "ip-adapter_clip_sd15", ("ip-adapter", "ip_adapter")
+    ),
 )
 
 

@@ -6,11 +6,15 @@ module runs them. Cheap modules (``none``, ``invert``, ``canny``, ``scribble_xdo
 networks, imported only when such a module first runs (the package imports all its detectors and takes
 seconds), and loaded from local files through each detector's own ``from_pretrained(folder, filename=...)``
 (or, for OpenPose, its ``Body`` / ``Hand`` / ``Face`` loaders, so each variant loads only the networks it
-uses). Nothing here calls huggingface_hub.
+uses). ``depth_anything`` / ``depth_anything_v2`` run transformers' Depth Anything, loaded from the published
+files by :mod:`webui.runtime.controlnet.depth_anything`. The ``seg_*`` modules run a transformers
+segmentation model (:mod:`webui.runtime.controlnet.segmentation`) from a model folder under
+``models/annotators`` or, for OneFormer, the extension's detectron2 file. Nothing here calls huggingface_hub.
 
 Weights come from an :class:`AnnotatorStore`: ``models/annotators`` first (also the extension's layout,
-``models/annotators/openpose/body_pose_model.pth``), else a download from ``lllyasviel/Annotators`` when
-allowed, else :class:`AnnotatorWeightsMissing` saying which file to put where.
+``models/annotators/openpose/body_pose_model.pth``), else a download from ``lllyasviel/Annotators`` (or the
+file's own URL in ``ANNOTATOR_URLS``) when allowed, else :class:`AnnotatorWeightsMissing` saying which file
+to put where.
 
 Sizes follow the extension: a module with a resolution scales the picture so its short side is the
 processing resolution, pads it at the bottom/right (edge pixels) to a multiple of 64, runs, and crops the
@@ -44,9 +48,13 @@ import torch
 from PIL import Image
 
 from webui.domain.controlnet_modules import (
+    ANNOTATOR_URLS,
     ANNOTATORS_BASE_URL,
+    DEPTH_ANYTHING_FILES,
+    DEPTH_ANYTHING_FOLDERS,
     HED_FILE,
     INPAINT_MODULES,
+    IP_ADAPTER_MODULES,
     LINEART_ANIME_FILE,
     LINEART_COARSE_FILE,
     LINEART_FILE,
@@ -57,10 +65,24 @@ from webui.domain.controlnet_modules import (
     OPENPOSE_FACE,
     OPENPOSE_HAND,
     PIDINET_FILE,
+    SEG_ADE20K_ONEFORMER_DIR,
+    SEG_ADE20K_ONEFORMER_FILE,
+    SEG_ADE20K_UPERNET_DIR,
+    SEG_COCO_ONEFORMER_DIR,
+    SEG_COCO_ONEFORMER_FILE,
     ZOE_FILE,
     PreprocessorInfo,
     UnknownPreprocessorError,
     resolve_module,
+)
+from webui.runtime.controlnet.segmentation import (
+    ADE20K,
+    COCO_PANOPTIC,
+    SegDataset,
+    SegmentationModelError,
+    has_weights,
+    load_segmenter,
+    load_segmenter_file,
 )
 
 __all__ = [
@@ -88,15 +110,21 @@ Progress = Callable[[str, float], None]
 
 
 class AnnotatorWeightsMissing(RuntimeError):
-    """An annotator weight file is not on disk and could not be downloaded; the message says what to do."""
+    """An annotator weight file is not on disk and could not be downloaded; the message says what to do.
 
-    def __init__(self, filename: str, folder: Path, url: str, reason: str) -> None:
+    ``message`` replaces the standard wording (for weights that are a model folder rather than one file).
+    """
+
+    def __init__(
+        self, filename: str, folder: Path, url: str, reason: str, *, message: str | None = None
+    ) -> None:
         self.filename = filename
         self.folder = folder
         self.url = url
         self.reason = reason
         super().__init__(
-            f"ControlNet annotator weights {filename} are missing. Put the file into {folder} "
+            message
+            or f"ControlNet annotator weights {filename} are missing. Put the file into {folder} "
             f"(or a subfolder of it); get it from {url}. {reason}"
         )
 
@@ -114,7 +142,9 @@ class AnnotatorStore:
     ``resolve`` looks in ``root``, then one and two folder levels below it (the extension keeps e.g.
     ``openpose/body_pose_model.pth``); empty files and ``.part`` leftovers do not count. A missing file is
     downloaded, when ``allow_download`` is set, from ``base_url/<file>`` into ``root/<file>.part`` and renamed
-    into place once complete, reporting ``progress("Downloading <file>", fraction)``.
+    into place once complete, reporting ``progress("Downloading <file>", fraction)``. Files published
+    elsewhere come from their own URL in ``urls`` (by default ``ANNOTATOR_URLS``, unless ``base_url`` is
+    changed: another base URL is taken as a mirror of every file).
     """
 
     def __init__(
@@ -123,16 +153,20 @@ class AnnotatorStore:
         *,
         allow_download: bool = True,
         base_url: str = ANNOTATORS_BASE_URL,
+        urls: dict[str, str] | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.root = Path(root)
         self.allow_download = allow_download
         self.base_url = base_url.rstrip("/")
+        if urls is None:
+            urls = ANNOTATOR_URLS if self.base_url == ANNOTATORS_BASE_URL else {}
+        self.urls = dict(urls)
         self.progress = progress
         self._lock = threading.Lock()
 
     def url(self, filename: str) -> str:
-        return f"{self.base_url}/{filename}"
+        return self.urls.get(filename) or f"{self.base_url}/{filename}"
 
     def find(self, filename: str) -> Path | None:
         """The local copy of ``filename``, or None."""
@@ -151,6 +185,18 @@ class AnnotatorStore:
             except OSError:
                 continue
         return None
+
+    def find_folder(self, name: str) -> Path | None:
+        """The model folder ``name`` (one holding a ``config.json``) in ``root`` or up to two levels below."""
+        candidates = [self.root / name]
+        if self.root.is_dir():
+            for depth in ("*", "*/*"):
+                candidates += sorted(
+                    path
+                    for path in self.root.glob(f"{depth}/{glob.escape(name)}")
+                    if not any(part.startswith(".") for part in path.relative_to(self.root).parts)
+                )
+        return next((path for path in candidates if (path / "config.json").is_file()), None)
 
     def resolve(self, filename: str) -> Path:
         """The path of ``filename`` on disk, downloading it first when missing and allowed."""
@@ -411,11 +457,17 @@ def _require_complete(model: torch.nn.Module, path: Path, key: str | None) -> No
 
 
 class _Component:
-    """One loadable network: the weight files it reads and how to build it from a folder holding them."""
+    """One loadable network: the weight files it reads and how to build it from a folder holding them.
 
-    def __init__(self, files: tuple[str, ...], build: Callable[[AnnotatorStore], Any]) -> None:
+    ``uses_aux``: the builder needs controlnet-aux (imported, with its warnings silenced, before it runs).
+    """
+
+    def __init__(
+        self, files: tuple[str, ...], build: Callable[[AnnotatorStore], Any], *, uses_aux: bool = True
+    ) -> None:
         self.files = files
         self.build = build
+        self.uses_aux = uses_aux
 
 
 def _body(store: AnnotatorStore) -> Any:
@@ -497,6 +549,130 @@ def _zoe(store: AnnotatorStore) -> Any:
     return detector
 
 
+@dataclass(frozen=True)
+class _SegModel:
+    """What a segmentation module loads: a transformers-format model folder, else the extension's file."""
+
+    module: str  # the preprocessor that uses it
+    folder: str  # under models/annotators
+    dataset: SegDataset
+    example: str  # a Hugging Face repository holding a fitting model
+    file: str | None  # the extension's OneFormer file (lllyasviel/Annotators), read when there is no folder
+    unreadable: str = ""  # for a module without ``file``: the extension's file and why it cannot be read
+
+
+SEG_MODELS: dict[str, _SegModel] = {  # component name -> model
+    SEG_ADE20K_ONEFORMER_DIR: _SegModel(
+        "seg_ofade20k",
+        SEG_ADE20K_ONEFORMER_DIR,
+        ADE20K,
+        "shi-labs/oneformer_ade20k_swin_large",
+        SEG_ADE20K_ONEFORMER_FILE,
+    ),
+    SEG_COCO_ONEFORMER_DIR: _SegModel(
+        "seg_ofcoco",
+        SEG_COCO_ONEFORMER_DIR,
+        COCO_PANOPTIC,
+        "shi-labs/oneformer_coco_swin_large",
+        SEG_COCO_ONEFORMER_FILE,
+    ),
+    SEG_ADE20K_UPERNET_DIR: _SegModel(
+        "seg_ufade20k",
+        SEG_ADE20K_UPERNET_DIR,
+        ADE20K,
+        "openmmlab/upernet-convnext-small",
+        None,
+        "The extension's upernet_global_small.pth cannot be loaded: its UniFormer backbone is not part of "
+        "transformers.",
+    ),
+}
+SEG_MODULES = {model.module: name for name, model in SEG_MODELS.items()}  # module -> component name
+
+
+def _seg_missing(spec: _SegModel, store: AnnotatorStore, file_error: AnnotatorWeightsMissing | None) -> str:
+    """What to put where for ``spec``'s module, when neither its folder nor its file is there."""
+    folder = store.root / spec.folder
+    model = (
+        f"a semantic segmentation model trained on {spec.dataset.name} ({spec.dataset.num_classes} classes) "
+        f"in transformers format: its folder (config.json with model.safetensors or pytorch_model.bin) at "
+        f"{folder}, e.g. the files of https://huggingface.co/{spec.example} (OneFormer, Mask2Former, "
+        "UperNet, SegFormer, BEiT and DPT models work)"
+    )
+    if spec.file is None or file_error is None:
+        return f"ControlNet preprocessor {spec.module} needs {model}; {folder} has none. {spec.unreadable}"
+    return (
+        f"ControlNet annotator weights for {spec.module} are missing. Put {spec.file} into {store.root} "
+        f"(or a subfolder of it; get it from {file_error.url}), or {model}. {file_error.reason}"
+    )
+
+
+def _segmenter(spec: _SegModel) -> Callable[[AnnotatorStore], Any]:
+    def build(store: AnnotatorStore) -> Any:
+        folder = store.find_folder(spec.folder)
+        if folder is not None and has_weights(folder):
+            source: Path = folder
+        elif spec.file is None:
+            message = _seg_missing(spec, store, None)
+            url = f"https://huggingface.co/{spec.example}"
+            raise AnnotatorWeightsMissing(spec.folder, store.root, url, "", message=message)
+        else:
+            try:
+                source = store.resolve(spec.file)
+            except AnnotatorWeightsMissing as exc:
+                message = _seg_missing(spec, store, exc)
+                raise AnnotatorWeightsMissing(
+                    spec.file, exc.folder, exc.url, exc.reason, message=message
+                ) from exc
+        try:
+            if source.is_dir():
+                return load_segmenter(source, spec.dataset)
+            return load_segmenter_file(source, spec.dataset)
+        except Exception as exc:  # the reader's own errors say what is wrong; others are named by type
+            reason = str(exc) if isinstance(exc, SegmentationModelError) else f"{type(exc).__name__}: {exc}"
+            advice = (
+                f" The file may be incomplete or a different network; delete it and download it again from "
+                f"{store.url(source.name)}."
+                if source.is_file()
+                else ""
+            )
+            raise AnnotatorLoadError(
+                f"Could not load the {spec.module} segmentation model from {source}: {reason}.{advice}"
+            ) from exc
+
+    return build
+
+
+DEPTH_ANYTHING_VERSIONS = {"depth_anything": 1, "depth_anything_v2": 2}
+
+
+def _depth_anything_source(store: AnnotatorStore, module: str) -> Path:
+    """The first Depth Anything file or folder present for ``module``, else its default file (resolved)."""
+    for filename in DEPTH_ANYTHING_FILES[module]:
+        if (found := store.find(filename)) is not None:
+            return found
+    for name in DEPTH_ANYTHING_FOLDERS[module]:
+        if (folder := store.find_folder(name)) is not None:
+            return folder
+    return store.resolve(DEPTH_ANYTHING_FILES[module][0])  # downloaded if allowed, else missing
+
+
+def _depth_anything(module: str) -> Callable[[AnnotatorStore], Any]:
+    def build(store: AnnotatorStore) -> Any:
+        from webui.runtime.controlnet.depth_anything import load_depth_anything
+
+        source = _depth_anything_source(store, module)
+        try:
+            return load_depth_anything(source, version=DEPTH_ANYTHING_VERSIONS[module])
+        except Exception as exc:
+            default = DEPTH_ANYTHING_FILES[module][0]
+            raise AnnotatorLoadError(
+                f"Could not load the {module} weights {source}: {exc}. Replace it with a published file, "
+                f"e.g. {default} from {store.url(default)}."
+            ) from exc
+
+    return build
+
+
 COMPONENTS: dict[str, _Component] = {
     "openpose_body": _Component((OPENPOSE_BODY,), _body),
     "openpose_hand": _Component((OPENPOSE_HAND,), _hand),
@@ -510,6 +686,9 @@ COMPONENTS: dict[str, _Component] = {
     "normal_bae": _Component((NORMAL_BAE_FILE,), _normal_bae),
     "midas": _Component((MIDAS_FILE,), _midas),
     "zoe": _Component((ZOE_FILE,), _zoe),
+    **{name: _Component((), _segmenter(spec), uses_aux=False) for name, spec in SEG_MODELS.items()},
+    # finds its file itself (the first of several names present), so no files to resolve beforehand
+    **{module: _Component((), _depth_anything(module), uses_aux=False) for module in DEPTH_ANYTHING_FILES},
 }
 
 # module -> (include_body, include_hand, include_face)
@@ -540,6 +719,8 @@ def _components_for(module: str) -> tuple[str, ...]:
         "scribble_pidinet": ("pidinet",),
         "mlsd": ("mlsd",),
         "normal_bae": ("normal_bae",),
+        **{module: (name,) for module, name in SEG_MODULES.items()},
+        **{module: (module,) for module in DEPTH_ANYTHING_FILES},
     }.get(module, ())
 
 
@@ -649,7 +830,8 @@ class Preprocessors:
             component = COMPONENTS[name]
             for filename in component.files:
                 self.store.resolve(filename)  # AnnotatorWeightsMissing before importing anything heavy
-            _import_controlnet_aux()
+            if component.uses_aux:
+                _import_controlnet_aux()
             try:
                 # Built as ordinary tensors even when called from a run (inside inference mode), so the
                 # cached networks can later be moved or used outside it.
@@ -660,12 +842,17 @@ class Preprocessors:
             except (AnnotatorWeightsMissing, AnnotatorLoadError):
                 raise
             except Exception as exc:
-                files = ", ".join(component.files)
+                files = ", ".join(component.files) or name  # no files: the builder finds its own
                 detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+                advice = (
+                    " The file may be incomplete or a different network; delete it and download it again "
+                    f"from {self.store.url(component.files[0])}."
+                    if component.files
+                    else ""
+                )
                 raise AnnotatorLoadError(
                     f"Could not load the annotator weights {files} from {self.store.root}: "
-                    f"{type(exc).__name__}: {detail}. The file may be incomplete or a different network; "
-                    f"delete it and download it again from {self.store.url(component.files[0])}."
+                    f"{type(exc).__name__}: {detail}.{advice}"
                 ) from exc
             keep = set(keep)
             while len(self._loaded) >= self.cache_size:
@@ -713,7 +900,8 @@ class Preprocessors:
         self, info: PreprocessorInfo, rgb: np.ndarray, res: int, a: float, b: float, seed: int | None
     ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
         module = info.name
-        if module == "none" or module in INPAINT_MODULES:  # inpaint: the mask is applied to the hint
+        if module == "none" or module in INPAINT_MODULES or module in IP_ADAPTER_MODULES:
+            # inpaint: the mask is applied to the hint; IP-Adapter: the adapter encodes the picture itself
             return rgb.copy(), None
         if module == "invert":
             return 255 - rgb, None
@@ -732,6 +920,8 @@ class Preprocessors:
             return scaled.crop(self._mlsd(scaled, a, b)), None
         if module in OPENPOSE_PARTS:
             return self._openpose(module, scaled)
+        if module in DEPTH_ANYTHING_FILES:  # at the scaled picture's own size (no padding in the min-max)
+            return self._networks(module)[module].depth_map(scaled.crop(scaled.padded)), None
         networks = self._networks(module)
         return scaled.crop(self._detect(module, networks, scaled)), None
 
@@ -765,6 +955,8 @@ class Preprocessors:
             return networks["midas"](image, output_type="np", **size)
         if module == "depth_zoe":
             return networks["zoe"](image, output_type="np", **size)
+        if module in SEG_MODULES:
+            return networks[SEG_MODULES[module]](image)
         raise UnknownPreprocessorError(f"preprocessor {module!r} has no runner")  # a table/runner mismatch
 
     def _mlsd(self, scaled: _Scaled, value_threshold: float, distance_threshold: float) -> np.ndarray:
