@@ -132,7 +132,9 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
     )
     generation.faces = faces
     extras = ExtrasService(upscalers, generation, options, settings.outputs_path, faces=faces)
-    controlnet = ControlNetService(settings.controlnet_path, settings.annotators_path, options)
+    controlnet = ControlNetService(
+        settings.controlnet_path, settings.annotators_path, options, clip_vision_dir=settings.clip_vision_path
+    )
     generation.controlnet = controlnet
     controlnet.progress_text = generation.progress.set_text
     # Preprocessors run where generation does (a GPU when there is one); asked on first use only.

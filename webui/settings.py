@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         return self.models_root / "clip"
 
     @property
+    def clip_vision_path(self) -> Path:
+        """CLIP image encoders for IP-Adapters (``clip_h.pth``, ``clip_g.pth`` ...)."""
+        return self.models_root / "clip_vision"
+
+    @property
     def outputs_path(self) -> Path:
         return self.outputs_dir or self.data_dir / "outputs"
 

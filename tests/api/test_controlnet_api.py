@@ -50,6 +50,8 @@ def test_info_endpoints(client: TestClient) -> None:
     types = client.get("/controlnet/control_types").json()["control_types"]
     assert {"module_list", "model_list", "default_option", "default_model"} <= set(types["Canny"])
     assert types["All"]["model_list"][0] == "None"
+    assert types["Segmentation"]["module_list"] == ["none", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k"]
+    assert "seg_ufade20k" in modules["module_list"] and modules["module_detail"]["seg_ofcoco"]["sliders"]
     assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
 
 
@@ -158,3 +160,27 @@ def test_inpaint_only_unit_with_mask_image_over_the_api(client: TestClient) -> N
     assert response.status_code == 422 and "no mask" in response.json()["detail"]
     modules = client.get("/controlnet/module_list").json()["module_list"]
     assert {"inpaint_only", "inpaint_global_harmonious"} <= set(modules)
+
+
+def test_ip_adapter_unit_over_the_api(client: TestClient, data_dir: Path) -> None:
+    from tests.fixtures.ip_adapter_files import write_image_encoder, write_ip_adapter
+    from tests.fixtures.tiny_models import tiny_sd15_components
+    from tests.integration.test_img2img_service import picture
+
+    unet = tiny_sd15_components()["unet"]
+    write_ip_adapter(data_dir / "models" / "ControlNet" / "ip-adapter_tiny_sd15.safetensors", unet)
+    write_image_encoder(data_dir / "models" / "clip_vision" / "clip_h.safetensors")
+    names = client.get("/controlnet/model_list").json()["model_list"]
+    model = next(name for name in names if name.startswith("ip-adapter_tiny_sd15 ["))
+    unit = {"enabled": True, "module": "ip-adapter_clip_h", "model": model, "image": b64(picture())}
+    body = {**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    assert "Module: ip-adapter_clip_h," in json.loads(response.json()["info"])["infotexts"][0]
+    types = client.get("/controlnet/control_types").json()["control_types"]
+    assert types["IP-Adapter"]["model_list"] == ["None", model]
+    assert types["IP-Adapter"]["default_option"] == "ip-adapter_clip_sd15"
+    wrong = {**unit, "module": "canny"}
+    body = {**SMALL, "alwayson_scripts": {"controlnet": {"args": [wrong]}}}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 422 and "ip-adapter preprocessor" in response.json()["detail"]

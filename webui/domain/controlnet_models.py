@@ -15,10 +15,12 @@ from pydantic import BaseModel
 
 
 class ControlNetKind(StrEnum):
-    """What the model adds to the UNet: a ControlNet (residuals from a UNet copy) or a T2I-Adapter."""
+    """What the model adds to the UNet: a ControlNet (residuals from a UNet copy), a T2I-Adapter (residuals
+    from a small encoder) or an IP-Adapter (image tokens its own cross-attention projections attend to)."""
 
     CONTROLNET = "controlnet"
     T2I_ADAPTER = "t2i_adapter"
+    IP_ADAPTER = "ip_adapter"  # image prompt: extra image tokens in the UNet's cross-attention
 
 
 class ControlNetLayout(StrEnum):
@@ -29,12 +31,15 @@ class ControlNetLayout(StrEnum):
     * ``diffusers_file``: one file with diffusers key names (``controlnet_cond_embedding...``).
     * ``diffusers``: a folder with ``config.json`` and the weights of a diffusers ``ControlNetModel``.
     * ``t2i_adapter``: a folder with ``config.json`` and the weights of a diffusers ``T2IAdapter``.
+    * ``ip_adapter``: one IP-Adapter file (``image_proj.*`` and ``ip_adapter.*`` weights; ``.safetensors``,
+      or a ``.bin`` / ``.pth`` holding the two parts).
     """
 
     LDM = "ldm"
     DIFFUSERS_FILE = "diffusers_file"
     DIFFUSERS = "diffusers"
     T2I_ADAPTER = "t2i_adapter"
+    IP_ADAPTER = "ip_adapter"
 
     @property
     def is_folder(self) -> bool:

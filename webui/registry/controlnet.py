@@ -131,18 +131,37 @@ def _file_record(root: Path, path: Path) -> ControlNetRecord | None:
         base: str | None = None
         context_dim: int | None = None
         error: str | None = None
+        kind = ControlNetKind.CONTROLNET
         try:
             header = read_header(path)
-            identity = identify_controlnet(
-                {key: info.shape for key, info in header.tensors.items()}, name=path.name
-            )
+            shapes = {key: info.shape for key, info in header.tensors.items()}
+            if is_ip_adapter(shapes):
+                kind, layout = ControlNetKind.IP_ADAPTER, ControlNetLayout.IP_ADAPTER
+                context_dim = ip_adapter_context_dim(shapes)
+                base = CONTEXT_DIM_BASES.get(context_dim) if context_dim is not None else None
+            else:
+                identity = identify_controlnet(shapes, name=path.name)
+                layout, base, context_dim = identity.layout, identity.base, identity.context_dim
         except (SafetensorsError, UnsupportedControlNetError) as exc:
             error = str(exc)
-        else:
-            layout, base, context_dim = identity.layout, identity.base, identity.context_dim
+    elif lower.endswith(".bin") and _IP_ADAPTER_NAME.search(lower):
+        # A pickled IP-Adapter (the published ip-adapter_*.bin): never unpickled while scanning.
+        kind, layout, base, context_dim, error = (
+            ControlNetKind.IP_ADAPTER,
+            ControlNetLayout.IP_ADAPTER,
+            None,
+            None,
+            None,
+        )
     elif lower.endswith(PICKLE_EXTENSIONS):
         # Never unpickled while scanning: the layout is assumed (the common case) and checked on loading.
-        layout, base, context_dim, error = ControlNetLayout.LDM, None, None, None
+        kind, layout, base, context_dim, error = (
+            ControlNetKind.CONTROLNET,
+            ControlNetLayout.LDM,
+            None,
+            None,
+            None,
+        )
     else:
         return None
     size, mtime = _stat(path)
@@ -150,7 +169,7 @@ def _file_record(root: Path, path: Path) -> ControlNetRecord | None:
         name=relative_name(root, path),
         path=str(path),
         layout=layout,
-        kind=ControlNetKind.CONTROLNET,
+        kind=kind,
         size=size,
         mtime=mtime,
         base=base,
@@ -236,6 +255,24 @@ class ControlNetIdentity:
     layout: ControlNetLayout
     base: str | None
     context_dim: int | None
+
+
+_IP_ADAPTER_NAME = re.compile(r"ip[-_]?adapter")
+
+
+def is_ip_adapter(shapes: Shapes) -> bool:
+    """Whether a single file is an IP-Adapter (``image_proj.*`` and ``ip_adapter.*`` weights)."""
+    return any(key.startswith("image_proj.") for key in shapes) and any(
+        key.startswith("ip_adapter.") for key in shapes
+    )
+
+
+def ip_adapter_context_dim(shapes: Shapes) -> int | None:
+    """The text-embedding width an IP-Adapter's key projections read (768 SD 1.x, 2048 SDXL ...)."""
+    for key, shape in shapes.items():
+        if key.startswith("ip_adapter.") and key.endswith(".to_k_ip.weight") and len(shape) == 2:
+            return int(shape[1])
+    return None
 
 
 def strip_ldm_prefix(shapes: Shapes) -> dict[str, tuple[int, ...]]:

@@ -22,10 +22,11 @@ from typing import Any
 from PIL import Image
 
 from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_extra
-from webui.domain.controlnet_models import ControlNetRecord, base_of_family, fits
+from webui.domain.controlnet_models import ControlNetKind, ControlNetRecord, base_of_family, fits
 from webui.domain.controlnet_modules import (
     INPAINT_MODULES,
     INPAINT_ONLY,
+    IP_ADAPTER_MODULES,
     PREPROCESSORS,
     RESOLUTION_LABEL,
     PreprocessorInfo,
@@ -86,9 +87,16 @@ def extension_module_info(name: str) -> PreprocessorInfo:
 
 
 class ControlNetService:
-    def __init__(self, controlnet_dir: Path, annotators_dir: Path, options: Any) -> None:
+    def __init__(
+        self, controlnet_dir: Path, annotators_dir: Path, options: Any, *, clip_vision_dir: Path | None = None
+    ) -> None:
         self.root = Path(controlnet_dir)
         self.annotators_dir = Path(annotators_dir)
+        # CLIP image encoders for IP-Adapters: models/clip_vision, then the annotators folder
+        self.encoder_dirs = [Path(clip_vision_dir)] if clip_vision_dir is not None else []
+        self.encoder_dirs.append(self.annotators_dir)
+        self.models_root = Path(clip_vision_dir).parent if clip_vision_dir is not None else None
+        self._encoders: Any = None
         self.options = options
         self._records: list[ControlNetRecord] | None = None
         self._lock = threading.Lock()
@@ -207,6 +215,42 @@ class ControlNetService:
             module, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b
         )
 
+    def image_encoders(self) -> Any:
+        """The CLIP image encoders of IP-Adapters (``ip_adapter.ImageEncoders``; torch on first use)."""
+        with self._lock:
+            if self._encoders is None:
+                from webui.runtime.controlnet.ip_adapter import ImageEncoders
+
+                self._encoders = ImageEncoders(self.encoder_dirs, self.models_root)
+            return self._encoders
+
+    def _ip_adapter_tokens(self, module: str, loaded: Any, image: Image.Image, label: str) -> Any:
+        """The image tokens of an IP-Adapter unit: ``image`` encoded by the module's CLIP image encoder."""
+        import torch
+
+        from webui.runtime.controlnet.ip_adapter import IPAdapterError, IPAdapterTokens
+
+        device = self.preprocess_device() if self.preprocess_device is not None else "cpu"
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        try:
+            own = getattr(loaded.model, "encoder_hint", None)
+            encoder = self.image_encoders().get(IP_ADAPTER_MODULES[module], dtype, str(device), own=own)
+        except IPAdapterError as exc:
+            raise ControlNetInputError(f"{label}: {exc}") from exc
+        adapter = loaded.model
+        hidden = adapter.uses_hidden_states
+        width = encoder.hidden_dim if hidden else encoder.embed_dim
+        if width != adapter.image_embed_dim:
+            what = "hidden states" if hidden else "embeddings"
+            raise ControlNetInputError(
+                f"{label}: {loaded.record.title} reads {adapter.image_embed_dim}-wide CLIP {what}, but "
+                f"{encoder.name} (preprocessor {module}) gives {width}-wide ones: choose the preprocessor of "
+                "the encoder this IP-Adapter was trained with (ip-adapter_clip_sd15 for ViT-H, "
+                "ip-adapter_clip_sdxl for ViT-bigG)."
+            )
+        cond, uncond = encoder.encode([image], hidden)
+        return IPAdapterTokens(adapter, cond, uncond)
+
     # -- units of a job --------------------------------------------------------------------------------------
     def check_units(self, request: Txt2ImgRequest | Img2ImgRequest, family: str | None) -> None:
         """Fail before queueing when an active unit cannot run (see the module doc)."""
@@ -237,6 +281,7 @@ class ControlNetService:
             module = self.module_info(unit.module).name
             if module in INPAINT_MODULES:
                 self._check_inpaint_unit(request, unit, module, image, label)
+            _check_ip_adapter_pairing(module, record, label)
 
     @staticmethod
     def _check_inpaint_unit(
@@ -324,6 +369,11 @@ class ControlNetService:
             loaded = engine.controlnet(
                 record, model, low_vram=unit.low_vram, cache_size=opts.control_net_model_cache_size
             )
+            ip_tokens = None
+            if info.name in IP_ADAPTER_MODULES:
+                if progress is not None:
+                    progress.set_text(f"Encoding the image prompt of {label}")
+                ip_tokens = self._ip_adapter_tokens(info.name, loaded, source, label)
             inputs.append(
                 ControlUnitInput(
                     control=loaded,
@@ -335,6 +385,7 @@ class ControlNetService:
                     resize_mode=unit.resize_mode.value,
                     hr_option=unit.hr_option.value,
                     mask=mask,
+                    ip_tokens=ip_tokens,
                 )
             )
             # A -1 "default" is written as the default's value.
@@ -375,6 +426,21 @@ class ControlNetService:
             path = str(save_image_atomic(data, folder, seed, "png"))
         return DetectedMap(
             unit=index, module=module, png_bytes=data, path=path, returned=unit.save_detected_map
+        )
+
+
+def _check_ip_adapter_pairing(module: str, record: ControlNetRecord, label: str) -> None:
+    """An IP-Adapter model needs an ``ip-adapter_*`` preprocessor, and those need an IP-Adapter model."""
+    is_ip = record.kind is ControlNetKind.IP_ADAPTER
+    if is_ip and module not in IP_ADAPTER_MODULES:
+        raise ControlNetInputError(
+            f"{label}: {record.title} is an IP-Adapter; choose an ip-adapter preprocessor "
+            f"({', '.join(IP_ADAPTER_MODULES)}) for it."
+        )
+    if module in IP_ADAPTER_MODULES and not is_ip:
+        raise ControlNetInputError(
+            f"{label}: the {module} preprocessor feeds an IP-Adapter, but {record.title} is a ControlNet; "
+            "choose an IP-Adapter model (ip-adapter_sd15.safetensors ...) from models/ControlNet."
         )
 
 

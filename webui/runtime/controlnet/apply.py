@@ -74,6 +74,7 @@ class ControlUnitInput:
     resize_mode: str = "Crop and Resize"
     hr_option: str = "Both"
     mask: Image.Image | None = None  # L, ``image``'s size, white = to be painted: the hint is -1 there
+    ip_tokens: Any = None  # an IP-Adapter unit's image tokens (``ip_adapter.IPAdapterTokens``)
     _hints: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict, repr=False)
     _adapter_features: dict[tuple[int, int, str], list[torch.Tensor]] = field(
         default_factory=dict, repr=False
@@ -82,6 +83,10 @@ class ControlUnitInput:
     @property
     def is_adapter(self) -> bool:
         return str(getattr(self.control, "kind", "controlnet")) == "t2i_adapter"
+
+    @property
+    def is_ip_adapter(self) -> bool:
+        return str(getattr(self.control, "kind", "controlnet")) == "ip_adapter"
 
     def acts_in(self, pass_name: str) -> bool:
         if self.weight == 0 or self.guidance_end <= self.guidance_start:
@@ -157,8 +162,12 @@ class ControlPlan:
 
         ``pass_name`` is ``single`` (txt2img, img2img), or ``low`` / ``high`` for the two hires passes.
         """
+        from webui.runtime.controlnet.ip_adapter import ip_adapter_hooks
+
         units = [unit for unit in self.units if unit.acts_in(pass_name)]
-        session = ControlSession(units, batch=batch, total=total_steps, soft=pass_name == "high")
+        residual_units = [unit for unit in units if not unit.is_ip_adapter]
+        ip_units = [unit for unit in units if unit.is_ip_adapter]
+        session = ControlSession(residual_units, batch=batch, total=total_steps, soft=pass_name == "high")
         device = execution_device(unet)  # with --medvram/--lowvram the UNet's weights wait elsewhere
         moved = []
         for unit in units:
@@ -166,9 +175,12 @@ class ControlPlan:
             if next(module.parameters()).device != device:
                 moved.append((module, next(module.parameters()).device))
                 module.to(device)
-        handle = unet.register_forward_pre_hook(session.pre_hook, with_kwargs=True) if units else None
+        handle = (
+            unet.register_forward_pre_hook(session.pre_hook, with_kwargs=True) if residual_units else None
+        )
         try:
-            yield session
+            with ip_adapter_hooks(unet, ip_units, session):
+                yield session
         finally:
             if handle is not None:
                 handle.remove()

@@ -31,6 +31,7 @@ from webui.domain.controlnet_models import (
     ControlNetRecord,
 )
 from webui.registry.controlnet import (
+    CONTEXT_DIM_BASES,
     LATENT_SCALE,
     LDM_PREFIX,
     PICKLE_EXTENSIONS,
@@ -92,7 +93,9 @@ def load_controlnet(
     if not path.exists():
         raise ControlNetLoadError(f"{record.name}: the file no longer exists; refresh the ControlNet list")
     try:
-        if path.is_dir():
+        if record.kind is ControlNetKind.IP_ADAPTER:
+            loaded = _load_ip_adapter(record, path, dtype)
+        elif path.is_dir():
             loaded = _load_folder(record, path, dtype)
         else:
             loaded = _load_single_file(record, path, dtype)
@@ -116,6 +119,25 @@ def load_controlnet(
         ) from exc
     loaded.to(device)
     return loaded
+
+
+def _load_ip_adapter(record: ControlNetRecord, path: Path, dtype: torch.dtype) -> LoadedControlNet:
+    from webui.runtime.controlnet.ip_adapter import IPAdapterError, load_ip_adapter_file
+
+    try:
+        model = load_ip_adapter_file(record, path)
+    except IPAdapterError as exc:
+        raise ControlNetLoadError(str(exc)) from exc
+    context_dim = model.cross_attention_dim
+    return LoadedControlNet(
+        record=record,
+        model=model.to(dtype),
+        kind=ControlNetKind.IP_ADAPTER,
+        context_dim=context_dim,
+        base=CONTEXT_DIM_BASES.get(context_dim, record.base),
+        downscale=LATENT_SCALE,
+        dtype=dtype,
+    )
 
 
 def _load_folder(record: ControlNetRecord, folder: Path, dtype: torch.dtype) -> LoadedControlNet:

@@ -1,0 +1,47 @@
+"""A real browser: a reference picture uploaded into an IP-Adapter unit of txt2img steers the generation and
+is named in the infotext; an IP-Adapter paired with a ControlNet preprocessor is refused with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed, wait_for_text
+from tests.fixtures.ip_adapter_files import write_image_encoder, write_ip_adapter
+from tests.fixtures.tiny_models import tiny_sd15_components
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture
+def with_ip_adapter(data_dir: Path) -> Path:
+    unet = tiny_sd15_components()["unet"]
+    write_ip_adapter(data_dir / "models" / "ControlNet" / "ip-adapter_tiny_sd15.safetensors", unet)
+    write_image_encoder(data_dir / "models" / "clip_vision" / "clip_h.safetensors")
+    return data_dir
+
+
+def test_reference_picture_in_an_ip_adapter_unit(
+    with_ip_adapter: Path, open_page: OpenPage, tmp_path: Path
+) -> None:
+    picture = draw_init_png(tmp_path / "reference.png")
+    unit = "#txt2img_controlnet_0"
+    page = open_page(height=1600)
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    page.locator(f"{unit}_image input[type=file]").set_input_files(str(picture))
+    page.wait_for_selector(f"{unit}_image img", timeout=30_000)
+    page.locator(f"{unit}_enabled input").check()
+    page.locator(f"{unit}_model input").click()
+    page.get_by_role("option", name="ip-adapter_tiny_sd15").first.click()
+    page.fill("#txt2img_prompt textarea", "a cat")
+    set_size_steps_seed(page, "txt2img", steps=4, seed=3)
+    # wrong input first: the preprocessor is still "none"
+    page.click("#txt2img_generate")
+    wait_for_text(page, "#txt2img_error", "choose an ip-adapter preprocessor", timeout=60_000)
+    page.locator(f"{unit}_module input").click()
+    page.get_by_role("option", name="ip-adapter_clip_sd15", exact=True).click()
+    infotext = generate(page, "txt2img", "Module: ip-adapter_clip_sd15")
+    assert "Model: ip-adapter_tiny_sd15 [" in infotext
+    assert page.locator("#txt2img_gallery img").count() >= 1
+    page.screenshot(path=str(tmp_path / "ip-adapter.png"), full_page=True)
