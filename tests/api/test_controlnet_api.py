@@ -184,3 +184,21 @@ def test_ip_adapter_unit_over_the_api(client: TestClient, data_dir: Path) -> Non
     body = {**SMALL, "alwayson_scripts": {"controlnet": {"args": [wrong]}}}
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 422 and "ip-adapter preprocessor" in response.json()["detail"]
+
+
+def test_render_openpose_json(client: TestClient) -> None:
+    from webui.runtime.controlnet.pose import standing_person
+
+    pose = {"people": [standing_person()], "canvas_width": 96, "canvas_height": 64}
+    response = client.post("/controlnet/render_openpose_json", json=[pose, pose])
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["info"] == "Success" and len(payload["images"]) == 2
+    image = _decode(payload["images"][0])
+    assert image.size == (96, 64) and np.asarray(image.convert("RGB")).max() > 100
+    assert client.post("/controlnet/render_openpose_json", json=[]).json() == {
+        "info": "No pose data detected."
+    }
+    short = {**pose, "people": [{"pose_keypoints_2d": [0.5, 0.5, 1.0]}]}
+    response = client.post("/controlnet/render_openpose_json", json=[short])
+    assert response.status_code == 422 and "18" in response.json()["detail"]

@@ -65,6 +65,27 @@ class DetectBody(BaseModel):
     low_vram: bool = False
 
 
+class PosePerson(BaseModel):
+    """One person of an OpenPose JSON document: flat ``x, y, confidence`` triples."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pose_keypoints_2d: list[float]
+    hand_right_keypoints_2d: list[float] | None = None
+    hand_left_keypoints_2d: list[float] | None = None
+    face_keypoints_2d: list[float] | None = None
+
+
+class PoseData(BaseModel):
+    """A pose document: the people and the canvas their coordinates refer to (fractions or pixels)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    people: list[PosePerson]
+    canvas_width: int
+    canvas_height: int
+
+
 def add_controlnet_routes(router: APIRouter, services: Any) -> None:
     controlnet = services.controlnet
 
@@ -124,3 +145,17 @@ def add_controlnet_routes(router: APIRouter, services: Any) -> None:
         if any(m.poses is not None for m in maps):
             response["poses"] = [m.pose_json for m in maps]
         return response
+
+    @router.post("/controlnet/render_openpose_json")
+    def render_openpose_json(pose_data: list[PoseData]) -> dict[str, Any]:
+        """Draw each pose document as the map OpenPose ControlNets read (the extension's endpoint)."""
+        from webui.runtime.controlnet.pose import PoseJsonError, render
+        from webui.services.img2img import encode_png_b64
+
+        if not pose_data:
+            return {"info": "No pose data detected."}
+        try:
+            images = [render(pose.model_dump()) for pose in pose_data]
+        except PoseJsonError as exc:
+            raise ApiError(422, "PoseError", str(exc)) from exc
+        return {"images": [encode_png_b64(image) for image in images], "info": "Success"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -351,6 +352,58 @@ def _wire_unit(services: Any, unit: UnitWidgets) -> None:
     )
 
 
+def _pose_document(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the pose is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(document, dict):
+        raise ValueError('a pose is {"people": [...], "canvas_width": W, "canvas_height": H}')
+    return document
+
+
+def render_pose_text(text: str) -> Image.Image:
+    """The pose map of the editor's JSON (``ValueError`` with the reason when it cannot be drawn)."""
+    from webui.runtime.controlnet.pose import render
+
+    if not (text or "").strip():
+        raise ValueError("No pose yet: run an OpenPose preprocessor, or press Add person.")
+    return render(_pose_document(text))
+
+
+def pose_with_person(text: str, reference: Image.Image | None) -> str:
+    """The editor's JSON with one more standing person (a new document at the reference's size, or 512²)."""
+    from webui.runtime.controlnet.pose import standing_person
+
+    try:
+        document = _pose_document(text) if (text or "").strip() else None
+    except ValueError:
+        document = None
+    if document is None or not isinstance(document.get("people"), list):
+        width, height = reference.size if reference is not None else (512, 512)
+        document = {"people": [], "canvas_width": width, "canvas_height": height}
+    count = len(document["people"])
+    person = standing_person(((count + 1) // 2) * 0.2 * (1 if count % 2 else -1))
+    if any(v > 1.0 for p in document["people"] for v in (p.get("pose_keypoints_2d") or [])[:2]):
+        flat = person["pose_keypoints_2d"]  # the document is in pixels: so is the new person
+        for i in range(0, len(flat), 3):
+            flat[i] = round(flat[i] * document["canvas_width"], 1)
+            flat[i + 1] = round(flat[i + 1] * document["canvas_height"], 1)
+    document["people"].append(person)
+    return json.dumps(document)
+
+
+def pose_without_last_person(text: str) -> str:
+    try:
+        document = _pose_document(text)
+    except ValueError:
+        return text
+    people = document.get("people")
+    if isinstance(people, list) and people:
+        people.pop()
+    return json.dumps(document)
+
+
 def run_detect(services: Any, module: str, image: Image.Image, res: int, a: float, b: float) -> Image.Image:
     """The map ``module`` detects in ``image`` (on the generation queue: it shares the device)."""
     controlnet = services.controlnet
@@ -563,6 +616,21 @@ def build_controlnet_tab(
                 height=360,
             )
             status = gr.Markdown("", elem_id="controlnet_status")
+            with gr.Accordion("Pose editor (OpenPose)", open=False, elem_id="controlnet_pose_accordion"):
+                gr.HTML('<div id="easel_pose_canvas"></div>', elem_id="controlnet_pose_editor")
+                pose_json = gr.Textbox(
+                    label="Pose (OpenPose JSON): drag the points above, or edit; an OpenPose preprocessor "
+                    "fills it",
+                    lines=4,
+                    max_lines=12,
+                    elem_id="controlnet_pose_json",
+                )
+                with gr.Row():
+                    render_pose = gr.Button("Render pose", size="sm", elem_id="controlnet_pose_render")
+                    add_person = gr.Button("Add person", size="sm", elem_id="controlnet_pose_add")
+                    remove_person = gr.Button(
+                        "Remove last person", size="sm", elem_id="controlnet_pose_remove"
+                    )
             model = gr.Dropdown(
                 model_choices(services),
                 value=MODEL_NONE,
@@ -592,9 +660,9 @@ def build_controlnet_tab(
 
     def run(
         image: Image.Image | None, name: str, res: float, a: float, b: float
-    ) -> Iterator[tuple[Any, str]]:
+    ) -> Iterator[tuple[Any, str, Any]]:
         if image is None:
-            yield None, "Error: Upload a reference image first."
+            yield None, "Error: Upload a reference image first.", gr.update()
             return
         controlnet = services.controlnet
         fields = _sliders_to_fields(name, res, a, b)
@@ -603,18 +671,46 @@ def build_controlnet_tab(
             concurrent.futures.wait([future], timeout=0.3)
             downloading = controlnet.download_progress
             if downloading is not None:
-                yield gr.update(), f"{downloading[0]}: {downloading[1]:.0%}"
+                yield gr.update(), f"{downloading[0]}: {downloading[1]:.0%}", gr.update()
             elif not future.running():
-                yield gr.update(), "Waiting for the running job…"
+                yield gr.update(), "Waiting for the running job…", gr.update()
         try:
-            result = future.result().image
+            found = future.result()
         except Exception as exc:  # shown on the page; the app keeps running
-            yield None, f"Error: {user_message(exc)}"
+            yield None, f"Error: {user_message(exc)}", gr.update()
             return
-        yield result, f"{name}: {result.width}x{result.height}. Download it, or send it to a unit."
+        result = found.image
+        pose = getattr(found, "pose_json", None)
+        note = " Edit the pose in the pose editor." if pose is not None else ""
+        yield (
+            result,
+            f"{name}: {result.width}x{result.height}. Download it, or send it to a unit.{note}",
+            json.dumps(pose) if pose is not None else gr.update(),
+        )
 
     detect.click(
-        run, inputs=[reference, module, *sliders], outputs=[detected, status], api_visibility="private"
+        run,
+        inputs=[reference, module, *sliders],
+        outputs=[detected, status, pose_json],
+        api_visibility="private",
+    )
+
+    def rendered(text: str) -> tuple[Any, str]:
+        try:
+            image = render_pose_text(text)
+        except ValueError as exc:
+            return gr.update(), f"Error: {exc}"
+        return image, f"Pose rendered: {image.width}x{image.height}. Send it to a unit as the detected map."
+
+    render_pose.click(rendered, inputs=pose_json, outputs=[detected, status], api_visibility="private")
+    add_person.click(
+        lambda text, image: pose_with_person(text, image),
+        inputs=[pose_json, reference],
+        outputs=pose_json,
+        api_visibility="private",
+    )
+    remove_person.click(
+        pose_without_last_person, inputs=pose_json, outputs=pose_json, api_visibility="private"
     )
 
     def refresh_models(current: str) -> Any:

@@ -1,7 +1,8 @@
 """The browser side of Easel: shortcuts, prompt emphasis, image drop, the paste button, notifications.
 
-``static/easel.js`` runs once per page (Gradio's ``js=`` launch option) and ``static/easel.css`` joins the
-app's CSS. This module wires the server side the script talks to, per generation tab:
+``static/easel.js`` (and the ControlNet tab's pose editor, ``static/pose_editor.js``) runs once per page
+(Gradio's ``js=`` launch option) and ``static/easel.css`` joins the app's CSS. This module wires the server
+side the script talks to, per generation tab:
 
 - the paste button (``<tab>_paste``, A1111's "read generation parameters from prompt or last generation if
   prompt is empty") parses the prompt box as an infotext and fills the tab's fields;
@@ -43,9 +44,14 @@ PASTE_LABEL = "Read generation parameters from the prompt, or from the last gene
 NOTHING_TO_PASTE = "Nothing to read: paste generation parameters into the prompt, or generate an image first."
 
 
+PAGE_SCRIPTS = ("easel.js", "pose_editor.js")  # each one function expression, run in this order
+
+
 def frontend_js() -> str:
-    """The page script: one function expression, as Gradio's ``js=`` expects."""
-    return (STATIC / "easel.js").read_text(encoding="utf-8")
+    """The page script: one function expression, as Gradio's ``js=`` expects, calling each of
+    :data:`PAGE_SCRIPTS` in turn."""
+    calls = [f"({(STATIC / name).read_text(encoding='utf-8').strip()})();" for name in PAGE_SCRIPTS]
+    return "() => {\n" + "\n".join(calls) + "\n}"
 
 
 def frontend_css() -> str:

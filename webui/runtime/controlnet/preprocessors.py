@@ -966,13 +966,15 @@ class Preprocessors:
     def _openpose(self, module: str, scaled: _Scaled) -> tuple[np.ndarray, list[dict[str, Any]]]:
         body, hand, face = OPENPOSE_PARTS[module]
         networks = self._networks(module)
-        from controlnet_aux.open_pose import OpenposeDetector, draw_poses
+        from controlnet_aux.open_pose import OpenposeDetector
+
+        from webui.runtime.controlnet.pose import draw_people
 
         detector = OpenposeDetector(
             networks["openpose_body"], networks.get("openpose_hand"), networks.get("openpose_face")
         )
         poses = detector.detect_poses(scaled.padded, include_hand=hand, include_face=face)
         height, width = scaled.padded.shape[:2]
-        canvas = draw_poses(poses, height, width, draw_body=body, draw_hand=hand, draw_face=face)
+        canvas = draw_people(poses, height, width, body=body, hands=hand, face=face)
         people = encode_people(poses, width / scaled.width, height / scaled.height)
         return scaled.crop(_rgb3(canvas)), people
