@@ -32,6 +32,12 @@ def server(
     _link_or_copy(controlnet_files["ldm"], data_dir / "models" / "ControlNet" / controlnet_files["ldm"].name)
     _link_or_copy(tiny_model_files["sd15_single"], checkpoints / "tiny-sd15.safetensors")
     _link_or_copy(tiny_model_files["sd15_folder"], checkpoints / "tiny-sd15-diffusers")
+    from tests.fixtures.ip_adapter_files import write_image_encoder, write_ip_adapter
+    from tests.fixtures.tiny_models import tiny_sd15_components
+
+    unet = tiny_sd15_components()["unet"]
+    write_ip_adapter(data_dir / "models" / "ControlNet" / "ip-adapter_tiny_sd15.safetensors", unet)
+    write_image_encoder(data_dir / "models" / "clip_vision" / "clip_h.safetensors")
     with running_easel(data_dir, "--nowebui") as url:
         yield int(url.rsplit(":", 1)[1])
 
@@ -151,3 +157,14 @@ def test_controlnet_units_and_helpers(api: object) -> None:
         **SMALL,
     )
     assert len(img.images) == 2 and "ControlNet 0" in img.info["infotexts"][0]
+
+
+def test_ip_adapter_unit(api: object) -> None:
+    model = next(name for name in api.controlnet_model_list() if name.startswith("ip-adapter_tiny_sd15 ["))
+    reference = Image.new("RGB", (64, 64), (200, 30, 30))
+    plain = api.txt2img(prompt="a box", seed=4, **SMALL)
+    unit = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model=model, weight=0.8)
+    result = api.txt2img(prompt="a box", seed=4, controlnet_units=[unit], **SMALL)
+    infotext = result.info["infotexts"][0]
+    assert f'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: {model}, Weight: 0.8' in infotext
+    assert list(result.image.getdata()) != list(plain.image.getdata())
