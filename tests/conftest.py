@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +135,34 @@ def cn_services(services: Any, data_dir: Path, controlnet_files: dict[str, Path]
     shutil.copy(controlnet_files["sdxl"], target / controlnet_files["sdxl"].name)
     services.controlnet.refresh()
     return services
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """A local HTTP server for ``tmp_path/served`` (downloads without the network): (base URL, folder,
+    request paths seen)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    seen: list[str] = []
+    handler = type("Handler", (_CountingHandler,), {"requests": seen})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(served))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served, seen
+    finally:
+        server.shutdown()
+        server.server_close()

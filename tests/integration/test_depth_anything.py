@@ -7,11 +7,7 @@ for ViT-L. Nothing is downloaded except from a local HTTP server.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import re
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -392,33 +388,6 @@ def test_the_store_knows_where_depth_anything_files_are_published(tmp_path: Path
     assert store.url("netG.pth") == "https://huggingface.co/lllyasviel/Annotators/resolve/main/netG.pth"
     mirror = AnnotatorStore(tmp_path, base_url="http://mirror.example/files/")
     assert mirror.url(DEPTH_ANYTHING_FILE) == "http://mirror.example/files/depth_anything_vitl14.pth"
-
-
-@pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
-    """A local HTTP server for ``tmp_path/served``: (base URL, folder, request paths seen)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    seen: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", served, seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_download_comes_from_the_files_own_url_only_when_allowed(

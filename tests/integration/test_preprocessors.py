@@ -7,13 +7,10 @@ module's table entry names, written with random weights in the real file layout
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -444,36 +441,6 @@ def test_non_strict_loads_are_checked_for_missing_weights(tmp_path: Path) -> Non
 
 
 # -- downloads ----------------------------------------------------------------------------------------------
-
-
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    requests: list[str]
-
-    def do_GET(self) -> None:
-        self.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
-    """A local HTTP server for ``tmp_path/served``: (base URL, folder, request paths seen)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    seen: list[str] = []
-    handler = type("Handler", (_CountingHandler,), {"requests": seen})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(served))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", served, seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_download_once_with_progress(tmp_path: Path, file_server: tuple[str, Path, list[str]]) -> None:

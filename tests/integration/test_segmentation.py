@@ -7,9 +7,6 @@ downloads.
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,30 +250,14 @@ def test_the_coco_oneformer_file_runs_seg_ofcoco(tmp_path: Path) -> None:
     assert colours(result.image) <= set(COCO_PANOPTIC_PALETTE)
 
 
-def test_the_oneformer_file_is_downloaded_when_allowed(tmp_path: Path) -> None:
-    served = write_oneformer_file(tmp_path / "served" / ADE_FILE)
-    seen: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served.parent))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        root = tmp_path / "annotators"
-        segment = Preprocessors(AnnotatorStore(root, base_url=base_url))
-        assert segment.run("seg_ofade20k", picture(), resolution=RES).image.size == MAP_SIZE
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_the_oneformer_file_is_downloaded_when_allowed(
+    tmp_path: Path, file_server: tuple[str, Path, list[str]]
+) -> None:
+    base_url, folder, seen = file_server
+    served = write_oneformer_file(folder / ADE_FILE)
+    root = tmp_path / "annotators"
+    segment = Preprocessors(AnnotatorStore(root, base_url=base_url))
+    assert segment.run("seg_ofade20k", picture(), resolution=RES).image.size == MAP_SIZE
     assert seen == [f"/{ADE_FILE}"]
     assert (root / ADE_FILE).read_bytes() == served.read_bytes()
 

@@ -13,6 +13,7 @@ from webui.registry.pickle_check import (  # noqa: E402
     CheckpointLoadError,
     UnsafeCheckpointError,
     load_pickle_checkpoint,
+    read_weights,
 )
 
 
@@ -106,3 +107,32 @@ def test_shapes_are_read_without_loading_or_running_anything(tmp_path: Path) -> 
     torch.save({"w": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)
     with pytest.raises(CheckpointLoadError, match=r"legacy\.pt: cannot list its tensors without loading"):
         read_pickle_shapes(legacy)
+
+
+def test_read_weights_keeps_nested_dicts_unwraps_named_keys_and_never_runs_code(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    nested = tmp_path / "adapter.bin"
+    torch.save(
+        {"image_proj": {"proj.weight": torch.ones(2, 2)}, "ip_adapter": {"1.to_k_ip.weight": torch.ones(1)}},
+        nested,
+    )
+    loaded = read_weights(nested, unwrap=())
+    assert set(loaded) == {"image_proj", "ip_adapter"} and torch.equal(
+        loaded["image_proj"]["proj.weight"], torch.ones(2, 2)
+    )
+    wrapped = tmp_path / "net.pth"
+    torch.save({"params_ema": {"w": torch.zeros(3)}}, wrapped)
+    assert list(read_weights(wrapped, unwrap=("params", "params_ema"))) == ["w"]
+    flat = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(flat))
+    assert list(read_weights(flat)) == ["w"]
+    flat.write_bytes(flat.read_bytes()[:20])
+    with pytest.raises(CheckpointLoadError, match=r"w\.safetensors.*incomplete or corrupt"):
+        read_weights(flat)
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "payload": _Payload(marker)}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="never runs"):
+        read_weights(evil)
+    assert not marker.exists()

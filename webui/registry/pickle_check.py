@@ -66,6 +66,50 @@ def load_pickle_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return {str(key): value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
 
 
+def read_weights(path: str | Path, *, unwrap: Iterable[str] = ("state_dict",)) -> dict[str, Any]:
+    """The contents of a weights file as a dict: a ``.safetensors`` file, or a torch pickle read with
+    ``weights_only=True`` (tensors and plain containers, nested dicts kept). The first key of ``unwrap``
+    that holds a dict is unwrapped (training checkpoints keep the weights under ``state_dict`` and the like).
+
+    Raises :class:`CheckpointLoadError` saying why: unreadable, truncated, not a dict, or (as
+    :class:`UnsafeCheckpointError`) a pickle that needs code to load, which is never run.
+    """
+    path = Path(path)
+    loaded: Any
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            loaded = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise CheckpointLoadError(
+                f"{path.name}: cannot be read as safetensors; the file is incomplete or corrupt "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+    else:
+        import torch
+
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeCheckpointError(
+                f"{path.name}: this file needs code to load (it pickles Python objects other than tensors), "
+                f"which Easel never runs; use a .safetensors version. Detail: {_first_line(exc)}"
+            ) from exc
+        except Exception as exc:
+            raise CheckpointLoadError(
+                f"{path.name}: cannot be read as a torch checkpoint; the file is incomplete or corrupt "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+    for key in unwrap:
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not loaded:
+        raise CheckpointLoadError(f"{path.name}: holds no weights")
+    return loaded
+
+
 # The pickle of a state dict is small (names and shapes); refuse one larger than this instead of reading it.
 MAX_STRUCTURE_BYTES = 64 * 1024 * 1024
 

@@ -44,25 +44,12 @@ class LoadedUpscaler:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of an upscaler file; a clear ``UpscalerError`` for unreadable or code-carrying files."""
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+    from webui.registry.pickle_check import CheckpointLoadError, read_weights
 
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UpscalerError(
-            f"Could not read upscaler {path.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
-            "The file is corrupt, incomplete, or a pickle that needs arbitrary code (not loaded for safety)."
-        ) from exc
-    for key in ("params_ema", "params", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state:
-        raise UpscalerError(f"Upscaler {path.name} holds no tensors.")
-    return state
+    try:
+        return read_weights(path, unwrap=("params_ema", "params", "state_dict", "model"))
+    except CheckpointLoadError as exc:
+        raise UpscalerError(f"Could not read upscaler {path.name}: {exc}") from exc
 
 
 def load_upscaler(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedUpscaler:

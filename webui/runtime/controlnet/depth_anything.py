@@ -309,23 +309,12 @@ def version_from_name(name: str) -> int | None:
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pth`` / ``.safetensors`` file (no pickled code is run)."""
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+    from webui.registry.pickle_check import CheckpointLoadError, read_weights
 
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise DepthAnythingError(
-            f"Could not read {path.name}: {type(exc).__name__}: {detail}. The file is incomplete or corrupt "
-            "(or a pickle that needs code to load, which is not run)"
-        ) from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
+    try:
+        state: Any = read_weights(path, unwrap=("state_dict", "model"))
+    except CheckpointLoadError as exc:
+        raise DepthAnythingError(f"Could not read {exc}") from exc
     if not isinstance(state, dict) or not state:
         raise DepthAnythingError(f"{path.name} holds no tensors")
     tensors = {str(key).removeprefix("module."): value for key, value in state.items()}

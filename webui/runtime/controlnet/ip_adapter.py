@@ -254,27 +254,13 @@ class ImageEncoder:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    """A weights file's contents: safetensors, or a torch pickle read with ``weights_only`` (tensors and
-    plain containers only, so loading runs no code from the file)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A weights file's contents (safetensors, or a weights-only torch pickle: nested dicts kept)."""
+    from webui.registry.pickle_check import CheckpointLoadError, read_weights
 
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise IPAdapterError(f"{path.name}: cannot be read ({detail}); download it again") from exc
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise IPAdapterError(
-            f"{path.name}: cannot be read as a weights file ({type(exc).__name__}: {detail}); it may be "
-            "truncated, or hold more than tensors; use a .safetensors version"
-        ) from exc
-    if not isinstance(loaded, dict):
-        raise IPAdapterError(f"{path.name}: does not hold a state dict")
-    return loaded
+        return read_weights(path, unwrap=())
+    except CheckpointLoadError as exc:
+        raise IPAdapterError(f"{exc}; download it again") from exc
 
 
 def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device | str) -> ImageEncoder:
