@@ -382,6 +382,7 @@ class IPAdapterTokens:
         self.cond = cond
         self.uncond = uncond
         self._projected: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._keys_values: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def projected(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (str(device), dtype)
@@ -393,6 +394,32 @@ class IPAdapterTokens:
                 cond = proj(self.cond.to(device, weight_dtype)).to(dtype)
                 uncond = proj(self.uncond.to(device, weight_dtype)).to(dtype)
             cached = self._projected[key] = (cond, uncond)
+        return cached
+
+    def keys_values(
+        self, index: int, rows: int, batch: int, heads: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s keys and values of the image tokens for a batch of ``rows`` (unconditional then
+        conditional halves when ``rows`` is twice ``batch``), split into ``heads``: the same at every step,
+        so made once per pass shape."""
+        cache_key = (index, rows, batch, heads, str(device), dtype)
+        cached = self._keys_values.get(cache_key)
+        if cached is None:
+            cond, uncond = self.projected(device, dtype)
+            if rows == 2 * batch:  # classifier-free guidance: [unconditional, conditional]
+                tokens = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
+            else:
+                tokens = cond.expand(rows, -1, -1)
+            to_k, to_v = self.model.to_k[index], self.model.to_v[index]
+            with torch.no_grad():
+                key = to_k(tokens.to(to_k.weight.dtype)).to(dtype)
+                value = to_v(tokens.to(to_v.weight.dtype)).to(dtype)
+            width = key.shape[-1] // heads
+            cached = (
+                key.view(rows, -1, heads, width).transpose(1, 2),
+                value.view(rows, -1, heads, width).transpose(1, 2),
+            )
+            self._keys_values[cache_key] = cached
         return cached
 
 
@@ -436,16 +463,9 @@ def _layer_hook(index: int, units: list[Any], session: Any) -> Any:
         query = query.view(rows, length, heads, inner // heads).transpose(1, 2)
         added = None
         for unit in active:
-            cond, uncond = unit.ip_tokens.projected(query.device, query.dtype)
-            if rows == 2 * session.batch:  # classifier-free guidance: [unconditional, conditional]
-                tokens = torch.cat([uncond.expand(session.batch, -1, -1), cond.expand(session.batch, -1, -1)])
-            else:
-                tokens = cond.expand(rows, -1, -1)
-            model = unit.control.model
-            key = model.to_k[index](tokens.to(model.to_k[index].weight.dtype)).to(query.dtype)
-            value = model.to_v[index](tokens.to(model.to_v[index].weight.dtype)).to(query.dtype)
-            key = key.view(rows, -1, heads, inner // heads).transpose(1, 2)
-            value = value.view(rows, -1, heads, inner // heads).transpose(1, 2)
+            key, value = unit.ip_tokens.keys_values(
+                index, rows, session.batch, heads, query.device, query.dtype
+            )
             attended = (
                 F.scaled_dot_product_attention(query, key, value).transpose(1, 2).reshape(rows, length, inner)
             )
