@@ -336,6 +336,35 @@ def main() -> None:
 
     row(f"fp8 storage sdxl {sizes['sdxl']}² batch 1")(fp8)
 
+    def ip_adapter() -> str:
+        from types import SimpleNamespace
+
+        from PIL import Image
+
+        from tests.fixtures.ip_adapter_files import ip_adapter_state
+        from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
+        from webui.runtime.controlnet.ip_adapter import IPAdapterTokens, build_ip_adapter, split_state
+
+        model = models["sd1"]
+        model.to(torch.device(device))
+        state = ip_adapter_state(model.unet, embed_dim=1024)
+        adapter = build_ip_adapter(split_state(state), "ip-adapter_sd15").to(device, dtype)
+        embeds = torch.randn(1, 1024)
+        unit = ControlUnitInput(
+            control=SimpleNamespace(model=adapter, kind="ip_adapter", record=SimpleNamespace(title="bench")),
+            image=Image.new("RGB", (8, 8)),
+            ip_tokens=IPAdapterTokens(adapter, embeds, torch.zeros_like(embeds)),
+        )
+        plain_job = job(sizes["sd1"], 1, steps)
+        unit_job = job(sizes["sd1"], 1, steps, {"control": ControlPlan([unit])})
+        easel_run(model, unit_job)
+        plain_s, plain_rate = best_of(args.runs, lambda: easel_run(model, plain_job))
+        unit_s, unit_rate = best_of(args.runs, lambda: easel_run(model, unit_job))
+        return (f"no unit {plain_rate:.1f} it/s | one IP-Adapter unit {unit_rate:.1f} it/s | time ratio "
+                f"{unit_s / plain_s:.3f}")  # fmt: skip
+
+    row(f"IP-Adapter unit sd1 {sizes['sd1']}² batch 1")(ip_adapter)
+
     def capped() -> str:
         from webui.runtime.cache import DeviceChoice, _enable_offload
         from webui.runtime.fp8 import store_in_fp8
