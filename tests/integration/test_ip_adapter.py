@@ -246,3 +246,32 @@ def test_an_adapter_names_its_own_encoder_inside_the_models_folder(tmp_path: Pat
     assert encoders.get(("clip_h.pth",), torch.float32, "cpu", own="clip/linked").embed_dim == 16
     assert encoders.named("../elsewhere/encoder") is None  # never outside the models folder
     assert encoders.named("clip/missing") is None
+
+
+def test_several_reference_pictures_are_averaged(ip_services: Any) -> None:
+    generation = ip_services.generation
+    red, blue = b64(reference((240, 30, 30))), b64(reference((30, 30, 240)))
+
+    def made(**change: Any) -> np.ndarray:
+        return _pixels(
+            generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[_unit(ip_services, **change)]))
+        )[0]
+
+    only_red = made(image=red)
+    twice_red = made(image=None, input_mode="merge", batch_input_gallery=[red, {"image": red}])
+    assert np.array_equal(only_red, twice_red)  # the mean of one embedding twice is that embedding
+    both = made(image=None, input_mode="merge", batch_input_gallery=[red, blue])
+    assert not np.array_equal(both, only_red) and not np.array_equal(both, made(image=blue))
+    for change, message in (
+        (
+            {"input_mode": "merge", "module": "none", "batch_input_gallery": [red]},
+            "IP-Adapter preprocessors only",
+        ),
+        ({"input_mode": "batch"}, "not supported"),
+        ({"input_mode": "merge"}, "needs pictures"),
+        ({"input_mode": "merge", "batch_input_gallery": [red, "bm90IGFuIGltYWdl"]}, "reference picture 2"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            generation.submit_txt2img(
+                Txt2ImgRequest(**SMALL, controlnet_units=[_unit(ip_services, **change)])
+            )

@@ -100,6 +100,10 @@ class ControlNetUnit(BaseModel):
     control_mode: ControlMode = ControlMode.BALANCED
     save_detected_map: bool = True
     hr_option: HiresOption = HiresOption.BOTH
+    # The extension's multi-input fields: ``input_mode`` "merge" with ``batch_input_gallery`` (base64 images)
+    # gives an IP-Adapter unit several reference pictures, whose embeddings are averaged.
+    input_mode: str = "simple"
+    batch_input_gallery: list[str] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -139,6 +143,25 @@ class ControlNetUnit(BaseModel):
         if data.get("module") in (None, ""):
             data["module"] = "none"
         return data
+
+    @field_validator("input_mode", mode="before")
+    @classmethod
+    def _input_mode(cls, value: object) -> object:
+        if value is None:
+            return "simple"
+        text = str(getattr(value, "value", value)).strip().lower()
+        if text not in ("simple", "batch", "merge"):
+            raise ValueError(f"unknown input_mode {value!r}; use 'simple' or 'merge'")
+        return text
+
+    @field_validator("batch_input_gallery", mode="before")
+    @classmethod
+    def _gallery(cls, value: object) -> object:
+        """Gallery entries as base64 strings: plain, or the extension's ``{"image": ...}`` dicts."""
+        if value is None or not isinstance(value, list):
+            return value
+        entries = [entry.get("image") if isinstance(entry, dict) else entry for entry in value]
+        return [entry for entry in entries if entry] or None
 
     @field_validator("resize_mode", mode="before")
     @classmethod

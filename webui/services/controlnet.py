@@ -224,8 +224,9 @@ class ControlNetService:
                 self._encoders = ImageEncoders(self.encoder_dirs, self.models_root)
             return self._encoders
 
-    def _ip_adapter_tokens(self, module: str, loaded: Any, image: Image.Image, label: str) -> Any:
-        """The image tokens of an IP-Adapter unit: ``image`` encoded by the module's CLIP image encoder."""
+    def _ip_adapter_tokens(self, module: str, loaded: Any, images: list[Image.Image], label: str) -> Any:
+        """The image tokens of an IP-Adapter unit: ``images`` encoded by the module's CLIP image encoder
+        (several pictures: their embeddings averaged)."""
         import torch
 
         from webui.runtime.controlnet.ip_adapter import IPAdapterError, IPAdapterTokens
@@ -248,7 +249,7 @@ class ControlNetService:
                 "the encoder this IP-Adapter was trained with (ip-adapter_clip_sd15 for ViT-H, "
                 "ip-adapter_clip_sdxl for ViT-bigG)."
             )
-        cond, uncond = encoder.encode([image], hidden)
+        cond, uncond = encoder.encode(images, hidden)
         return IPAdapterTokens(adapter, cond, uncond)
 
     # -- units of a job --------------------------------------------------------------------------------------
@@ -275,10 +276,13 @@ class ControlNetService:
                     f"checkpoint is {_base_label(base_of_family(family))}. Choose a ControlNet made for this "
                     "checkpoint's family."
                 )
-            if unit.image is None and not isinstance(request, Img2ImgRequest):
+            module = self.module_info(unit.module).name
+            gallery = _merged_inputs(unit, module, label)
+            if unit.image is None and not gallery and not isinstance(request, Img2ImgRequest):
                 raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
             image = decode_image(unit.image, f"control image of {label}") if unit.image is not None else None
-            module = self.module_info(unit.module).name
+            for number, data in enumerate(gallery):
+                decode_image(data, f"reference picture {number + 1} of {label}")
             if module in INPAINT_MODULES:
                 self._check_inpaint_unit(request, unit, module, image, label)
             _check_ip_adapter_pairing(module, record, label)
@@ -346,7 +350,12 @@ class ControlNetService:
             label = f"ControlNet unit {index}"
             if progress is not None:
                 progress.set_text(f"Preparing {label} ({unit.module})")
+            gallery = [
+                decode_image(data, f"reference picture {number + 1} of {label}")
+                for number, data in enumerate(_merged_inputs(unit, self.module_info(unit.module).name, label))
+            ]
             source = decode_image(unit.image, f"control image of {label}") if unit.image else init_image
+            source = source if source is not None or not gallery else gallery[0]
             if source is None:
                 raise ControlNetInputError(f"{label} is enabled but has no image: upload a control image.")
             info = self.module_info(unit.module)
@@ -373,7 +382,8 @@ class ControlNetService:
             if info.name in IP_ADAPTER_MODULES:
                 if progress is not None:
                     progress.set_text(f"Encoding the image prompt of {label}")
-                ip_tokens = self._ip_adapter_tokens(info.name, loaded, source, label)
+                pictures = gallery or [source]
+                ip_tokens = self._ip_adapter_tokens(info.name, loaded, pictures, label)
             inputs.append(
                 ControlUnitInput(
                     control=loaded,
@@ -427,6 +437,25 @@ class ControlNetService:
         return DetectedMap(
             unit=index, module=module, png_bytes=data, path=path, returned=unit.save_detected_map
         )
+
+
+def _merged_inputs(unit: ControlNetUnit, module: str, label: str) -> list[str]:
+    """The pictures of a unit in the extension's "merge" input mode (IP-Adapter units only), else []."""
+    if unit.input_mode == "batch":
+        raise ControlNetInputError(
+            f"{label}: input_mode 'batch' (a folder on the server) is not supported; send the pictures in "
+            "batch_input_gallery with input_mode 'merge' (IP-Adapter), or one image with 'simple'."
+        )
+    if unit.input_mode != "merge":
+        return []
+    if module not in IP_ADAPTER_MODULES:
+        raise ControlNetInputError(
+            f"{label}: input_mode 'merge' (several pictures) works with the IP-Adapter preprocessors only; "
+            f"{module} takes one image."
+        )
+    if not unit.batch_input_gallery:
+        raise ControlNetInputError(f"{label}: input_mode 'merge' needs pictures in batch_input_gallery.")
+    return list(unit.batch_input_gallery)
 
 
 def _check_ip_adapter_pairing(module: str, record: ControlNetRecord, label: str) -> None:

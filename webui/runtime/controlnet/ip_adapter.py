@@ -238,19 +238,21 @@ class ImageEncoder:
     def encode(self, images: list[Image.Image], hidden_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(conditional, unconditional) inputs of an adapter's projection for ``images`` (averaged over the
         images): the projected embedding and a zero embedding, or the penultimate hidden states of the
-        images and of a zero image."""
+        images and of a zero image. Each picture is encoded on its own (one at a time in memory, and the
+        same picture gives the same embedding however many come with it)."""
         dtype = self.model.visual_projection.weight.dtype
-        pixels = torch.cat([self.pixels(image) for image in images]).to(self.device, dtype)
         vision = self.model.vision_model
+
+        def one(pixels: torch.Tensor) -> torch.Tensor:
+            pixels = pixels.to(self.device, dtype)
+            if hidden_states:
+                return vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].float()
+            return self.model.visual_projection(vision(pixel_values=pixels).pooler_output).float()
+
+        cond = torch.stack([one(self.pixels(image)) for image in images]).mean(0)
         if hidden_states:
-            cond = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-            uncond = vision(
-                pixel_values=torch.zeros_like(pixels[:1]), output_hidden_states=True
-            ).hidden_states[-2]
-            return cond.float().mean(0, keepdim=True), uncond.float()
-        pooled = vision(pixel_values=pixels).pooler_output
-        embeds = self.model.visual_projection(pooled).float().mean(0, keepdim=True)
-        return embeds, torch.zeros_like(embeds)
+            return cond, one(torch.zeros_like(self.pixels(images[0])))
+        return cond, torch.zeros_like(cond)
 
 
 def _read(path: Path) -> dict[str, Any]:
