@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed, wait_for_text
 from tests.fixtures.ip_adapter_files import write_image_encoder, write_ip_adapter
@@ -45,3 +47,24 @@ def test_reference_picture_in_an_ip_adapter_unit(
     assert "Model: ip-adapter_tiny_sd15 [" in infotext
     assert page.locator("#txt2img_gallery img").count() >= 1
     page.screenshot(path=str(tmp_path / "ip-adapter.png"), full_page=True)
+    # a second reference picture, averaged with the first: another image at the same seed
+    second = tmp_path / "second.png"
+    Image.new("RGB", (64, 64), (240, 240, 20)).save(second)
+    page.locator(f"{unit}_more_images input[type=file]").set_input_files(str(second))
+    page.wait_for_timeout(1000)
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelectorAll('#txt2img_gallery img').length >= 1", timeout=60_000)
+    saved = sorted(
+        (with_ip_adapter / "outputs" / "txt2img-images").rglob("*.png"), key=lambda p: p.stat().st_mtime
+    )
+    deadline = 120
+    while len([p for p in saved if "detected_maps" not in str(p)]) < 2 and deadline > 0:
+        page.wait_for_timeout(1000)
+        deadline -= 1
+        saved = sorted(
+            (with_ip_adapter / "outputs" / "txt2img-images").rglob("*.png"), key=lambda p: p.stat().st_mtime
+        )
+    images = [p for p in saved if "detected_maps" not in str(p)]
+    assert len(images) == 2
+    first, averaged = (np.asarray(Image.open(p).convert("RGB")) for p in images)
+    assert not np.array_equal(first, averaged)

@@ -24,7 +24,8 @@ from webui.ui.controlnet import UNIT_FIELDS, _sliders_to_fields, field_name, sli
 
 def _fields(index: int, **values: object) -> dict[str, object]:
     defaults: dict[str, object] = {
-        "enabled": False, "image": None, "mask": None, "module": "none", "model": "None", "weight": 1.0,
+        "enabled": False, "image": None, "mask": None, "batch_input_gallery": None, "module": "none",
+        "model": "None", "weight": 1.0,
         "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced",
         "resize_mode": "Crop and Resize",
         "pixel_perfect": False, "processor_res": -1, "threshold_a": -1.0, "threshold_b": -1.0,
@@ -168,3 +169,25 @@ def test_an_infotext_without_units_leaves_them_alone(ui_with_a_renamed_controlne
     values = _values(send.fn("a lighthouse\nSteps: 11, Sampler: Euler a, Seed: 77, Size: 320x256"))
     assert values["txt2img_steps"] == 11
     assert not any(key.startswith("txt2img_controlnet_") for key in values)
+
+
+def test_more_reference_pictures_make_an_ip_adapter_unit_average(tmp_path: Path) -> None:
+    first = Image.new("RGB", (20, 10), (255, 0, 0))
+    extra = tmp_path / "extra.png"
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(extra)
+    fields = _fields(
+        0,
+        enabled=True,
+        image=first,
+        module="ip-adapter_clip_sd15",
+        model="ip [12345678]",
+        batch_input_gallery=[str(extra)],
+    )
+    (unit,) = units_from_fields(fields)
+    assert unit.input_mode == "merge" and unit.batch_input_gallery is not None
+    assert len(unit.batch_input_gallery) == 2 and unit.batch_input_gallery[0] == unit.image
+    decoded = Image.open(io.BytesIO(base64.b64decode(unit.batch_input_gallery[1])))
+    assert decoded.getpixel((0, 0)) == (0, 0, 255)
+    # a ControlNet module ignores files left in the hidden upload
+    (plain,) = units_from_fields(_fields(0, enabled=True, module="canny", batch_input_gallery=[str(extra)]))
+    assert plain.input_mode == "simple" and plain.batch_input_gallery is None

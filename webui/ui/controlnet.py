@@ -28,7 +28,7 @@ from webui.domain.controlnet import (
     HiresOption,
     units_from_infotext,
 )
-from webui.domain.controlnet_modules import INPAINT_MODULES, PREPROCESSORS, resolve_module
+from webui.domain.controlnet_modules import INPAINT_MODULES, IP_ADAPTER_MODULES, PREPROCESSORS, resolve_module
 from webui.metadata.infotext import parse_infotext
 from webui.services.controlnet import extension_module_info
 from webui.services.img2img import encode_png_b64
@@ -42,6 +42,7 @@ UNIT_FIELDS = (
     "enabled",
     "image",
     "mask",
+    "batch_input_gallery",
     "module",
     "model",
     "weight",
@@ -76,6 +77,12 @@ def units_from_fields(fields: dict[str, Any]) -> list[ControlNetUnit]:
         data["image"] = encode_png_b64(image.convert("RGB")) if isinstance(image, Image.Image) else None
         mask = data.get("mask")
         data["mask"] = encode_png_b64(mask) if isinstance(mask, Image.Image) else None
+        files = data.pop("batch_input_gallery", None) or []
+        if files and is_ip_adapter_module(str(data.get("module") or "")):
+            # more reference pictures: an IP-Adapter unit averages them with its control image
+            pictures = [_file_b64(path) for path in files]
+            data["batch_input_gallery"] = ([data["image"]] if data["image"] else []) + pictures
+            data["input_mode"] = "merge"
         units.append(ControlNetUnit.model_validate(data))
     return units
 
@@ -99,6 +106,23 @@ def _module_names(services: Any) -> list[str]:
     """The preprocessor dropdown: Easel's modules, then the extensions'."""
     controlnet = getattr(services, "controlnet", None)
     return controlnet.module_names() if controlnet is not None else [info.name for info in PREPROCESSORS]
+
+
+def _file_b64(path: Any) -> str:
+    """An uploaded file (a path, or Gradio's file object) as base64."""
+    import base64
+    from pathlib import Path
+
+    name = getattr(path, "name", None) or getattr(path, "path", None) or path
+    return base64.b64encode(Path(str(name)).read_bytes()).decode("ascii")
+
+
+def is_ip_adapter_module(module: str) -> bool:
+    """Whether ``module`` (any of its names) feeds an IP-Adapter (several reference pictures allowed)."""
+    try:
+        return resolve_module(module).name in IP_ADAPTER_MODULES
+    except ValueError:
+        return False
 
 
 def is_inpaint_module(module: str) -> bool:
@@ -184,6 +208,7 @@ class UnitWidgets:
     image_value: gr.State  # the uploaded image; a State keeps it out of the Gradio API's parameters
     mask: gr.Image  # shown for the inpaint modules
     mask_value: gr.State
+    more_images: gr.File  # shown for the IP-Adapter modules
 
 
 def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
@@ -214,6 +239,14 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
             sources=["upload", "clipboard"],
             elem_id=f"{eid}_mask",
             height=160,
+            visible=False,
+        )
+        more_images = gr.File(
+            label="More reference pictures (IP-Adapter: averaged with the control image)",
+            file_count="multiple",
+            file_types=["image"],
+            elem_id=f"{eid}_more_images",
+            height=120,
             visible=False,
         )
         with gr.Row():
@@ -298,6 +331,7 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
         image_value=gr.State(None),
         mask=mask,
         mask_value=gr.State(None),
+        more_images=more_images,
     )
 
 
@@ -320,9 +354,12 @@ def _wire_unit(services: Any, unit: UnitWidgets) -> None:
         lambda mask: mask, inputs=unit.mask, outputs=unit.mask_value, api_visibility="private", queue=False
     )
     unit.module.change(
-        lambda module: gr.update(visible=is_inpaint_module(module)),
+        lambda module: (
+            gr.update(visible=is_inpaint_module(module)),
+            gr.update(visible=is_ip_adapter_module(module)),
+        ),
         inputs=unit.module,
-        outputs=unit.mask,
+        outputs=[unit.mask, unit.more_images],
         api_visibility="private",
         queue=False,
     )
@@ -452,7 +489,11 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
     fields: dict[str, gr.components.Component] = {}
     for unit in units:
         for name in UNIT_FIELDS:
-            values = {"image": unit.image_value, "mask": unit.mask_value}
+            values = {
+                "image": unit.image_value,
+                "mask": unit.mask_value,
+                "batch_input_gallery": unit.more_images,
+            }
             widget = values[name] if name in values else getattr(unit, name)
             fields[field_name(unit.index, name)] = widget
     return ControlNetUnits(units=units, fields=fields, refresh=refresh)
@@ -460,7 +501,16 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
 
 # The widgets a pasted infotext sets in each unit: the fields its ``ControlNet N`` value records (not the
 # image, low VRAM or hires passes), with the three sliders standing for the preprocessor's values.
-_NOT_RECORDED = ("image", "mask", "low_vram", "hr_option", "processor_res", "threshold_a", "threshold_b")
+_NOT_RECORDED = (
+    "image",
+    "mask",
+    "batch_input_gallery",
+    "low_vram",
+    "hr_option",
+    "processor_res",
+    "threshold_a",
+    "threshold_b",
+)
 PASTED_WIDGETS = (
     *(name for name in UNIT_FIELDS if name not in _NOT_RECORDED),
     "slider_1",
