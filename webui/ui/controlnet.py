@@ -209,6 +209,7 @@ class UnitWidgets:
     mask: gr.Image  # shown for the inpaint modules
     mask_value: gr.State
     more_images: gr.File  # shown for the IP-Adapter modules
+    more_value: gr.State
 
 
 def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
@@ -332,6 +333,7 @@ def _unit(services: Any, mode: str, index: int) -> UnitWidgets:
         mask=mask,
         mask_value=gr.State(None),
         more_images=more_images,
+        more_value=gr.State(None),
     )
 
 
@@ -352,6 +354,13 @@ def _wire_unit(services: Any, unit: UnitWidgets) -> None:
 
     unit.mask.change(
         lambda mask: mask, inputs=unit.mask, outputs=unit.mask_value, api_visibility="private", queue=False
+    )
+    unit.more_images.change(
+        lambda files: files,
+        inputs=unit.more_images,
+        outputs=unit.more_value,
+        api_visibility="private",
+        queue=False,
     )
     unit.module.change(
         lambda module: (
@@ -492,7 +501,7 @@ def build_controlnet_units(services: Any, mode: str) -> ControlNetUnits:
             values = {
                 "image": unit.image_value,
                 "mask": unit.mask_value,
-                "batch_input_gallery": unit.more_images,
+                "batch_input_gallery": unit.more_value,
             }
             widget = values[name] if name in values else getattr(unit, name)
             fields[field_name(unit.index, name)] = widget
