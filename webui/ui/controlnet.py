@@ -344,24 +344,16 @@ def _wire_unit(services: Any, unit: UnitWidgets) -> None:
     unit.module.input(
         slider_updates, inputs=unit.module, outputs=sliders, api_visibility="private", queue=False
     )
-    unit.image.change(
-        lambda image: image,
-        inputs=unit.image,
-        outputs=unit.image_value,
-        api_visibility="private",
-        queue=False,
-    )
-
-    unit.mask.change(
-        lambda mask: mask, inputs=unit.mask, outputs=unit.mask_value, api_visibility="private", queue=False
-    )
-    unit.more_images.change(
-        lambda files: files,
-        inputs=unit.more_images,
-        outputs=unit.more_value,
-        api_visibility="private",
-        queue=False,
-    )
+    # The uploads reach the generate handler through States, which keeps them out of the Gradio API's
+    # parameters (the API takes images as base64 in the request instead).
+    for upload, state in (
+        (unit.image, unit.image_value),
+        (unit.mask, unit.mask_value),
+        (unit.more_images, unit.more_value),
+    ):
+        upload.change(
+            lambda value: value, inputs=upload, outputs=state, api_visibility="private", queue=False
+        )
     unit.module.change(
         lambda module: (
             gr.update(visible=is_inpaint_module(module)),
