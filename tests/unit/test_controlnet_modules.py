@@ -27,7 +27,8 @@ EXPECTED_MODULES = {
     "lineart_standard", "softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
     "scribble_hed", "scribble_pidinet", "scribble_xdog", "mlsd", "normal_bae", "shuffle", "tile_resample",
     "inpaint_global_harmonious", "inpaint_only", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k",
-    "depth_anything", "depth_anything_v2",
+    "depth_anything", "depth_anything_v2", "dw_openpose_full", "dw_openpose", "dw_openpose_hand",
+    "dw_openpose_face", "dw_openpose_faceonly",
     "ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith",
 }  # fmt: skip
 
@@ -55,7 +56,7 @@ def test_module_names_are_the_extensions_and_unique() -> None:
 
 
 def test_left_out_modules_are_unknown() -> None:
-    for name in ("dw_openpose_full", "seg_anime_face", "mobile_sam", "t2ia_sketch_pidi"):
+    for name in ("animal_openpose", "seg_anime_face", "mobile_sam", "t2ia_sketch_pidi"):
         with pytest.raises(UnknownPreprocessorError):
             resolve_module(name)
 
@@ -158,6 +159,7 @@ def test_weight_files_are_the_annotator_files_each_loader_reads() -> None:
     assert files["openpose_face"] == ("body_pose_model.pth", "facenet.pth")
     assert files["openpose_faceonly"] == ("body_pose_model.pth", "facenet.pth")
     assert set(files["openpose_full"]) == {"body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"}
+    assert files["dw_openpose_full"] == ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
     assert files["depth_midas"] == ("dpt_hybrid-midas-501f0c75.pt",)
     assert files["depth_zoe"] == ("ZoeD_M12_N.pt",)
     assert files["depth_anything"] == ("depth_anything_vitl14.pth",)

@@ -29,6 +29,11 @@ trained on that dataset. Else the two OneFormer modules read the extension's det
 (``weight_files``), converted to transformers' OneFormer on load. ``seg_ufade20k`` has no such fallback:
 its file, mmsegmentation's UniFormer ``upernet_global_small.pth``, needs a backbone transformers lacks.
 
+``dw_openpose_full`` (DWPose: a YOLOX person detector, then RTMPose on COCO-WholeBody's 133 keypoints, drawn
+as OpenPose) loads the extension's ONNX files (:data:`DWPOSE_FILES`) or their TorchScript exports; the
+``dw_openpose``, ``dw_openpose_hand``, ``dw_openpose_face`` and ``dw_openpose_faceonly`` variants draw the
+parts their ``openpose_*`` namesakes draw, from the same two networks.
+
 ``depth_anything`` and ``depth_anything_v2`` (Depth Anything v1 and v2) load the published single files
 (:data:`DEPTH_ANYTHING_FILES`: v1's ``depth_anything_vit{l,b,s}14.pth``, v2's ``depth_anything_v2_vit{l,b,s}``
 as ``.safetensors`` or ``.pth``) or a transformers-format folder (:data:`DEPTH_ANYTHING_FOLDERS`), the first
@@ -37,7 +42,6 @@ These files are not under lllyasviel/Annotators: :data:`ANNOTATOR_URLS` says whe
 
 Left out, with the reason:
 
-- ``dw_openpose_full``: DWPose runs through onnxruntime or mmpose, neither of which Easel installs.
 - ``seg_anime_face`` and ``mobile_sam``: their networks are not part of controlnet-aux 0.0.10 or
   transformers; Segment Anything paints random colours per mask, which a seg ControlNet would misread.
 - ``inpaint_only+lama``: LaMa is not part of controlnet-aux 0.0.10; ``inpaint_only`` does the same job
@@ -238,9 +242,22 @@ DEPTH_ANYTHING_FOLDERS: dict[str, tuple[str, ...]] = {
 _DEPTH_ANYTHING_V1_URL = "https://huggingface.co/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints"
 _DEPTH_ANYTHING_V2_URL = "https://huggingface.co/MackinationsAi/Depth-Anything-V2_Safetensors/resolve/main"
 _DEPTH_ANYTHING_V2_REPOS = "https://huggingface.co/depth-anything/Depth-Anything-V2"
+# DWPose's two networks, each first found wins: the extension's ONNX files, then the TorchScript exports.
+DW_DETECTOR_FILE = "yolox_l.onnx"
+DW_POSE_FILE = "dw-ll_ucoco_384.onnx"
+DWPOSE_FILES: dict[str, tuple[str, ...]] = {
+    "detector": (DW_DETECTOR_FILE, "yolox_l.torchscript.pt"),
+    "pose": (DW_POSE_FILE, "dw-ll_ucoco_384_bs5.torchscript.pt"),
+}
+DW_OPENPOSE_MODULES = (
+    "dw_openpose_full", "dw_openpose", "dw_openpose_hand", "dw_openpose_face", "dw_openpose_faceonly",
+)  # fmt: skip
+_DWPOSE_URL = "https://huggingface.co/yzd-v/DWPose/resolve/main"
 # Where the annotator files that are not under lllyasviel/Annotators are published (the extension's sources
 # for its defaults: the Depth Anything space for v1, MackinationsAi's safetensors for v2).
 ANNOTATOR_URLS: dict[str, str] = {
+    DW_DETECTOR_FILE: f"{_DWPOSE_URL}/{DW_DETECTOR_FILE}",
+    DW_POSE_FILE: f"{_DWPOSE_URL}/{DW_POSE_FILE}",
     "depth_anything_vitl14.pth": f"{_DEPTH_ANYTHING_V1_URL}/depth_anything_vitl14.pth",
     "depth_anything_vitb14.pth": f"{_DEPTH_ANYTHING_V1_URL}/depth_anything_vitb14.pth",
     "depth_anything_vits14.pth": f"{_DEPTH_ANYTHING_V1_URL}/depth_anything_vits14.pth",
@@ -281,6 +298,7 @@ PREPROCESSORS: tuple[PreprocessorInfo, ...] = (
     _module("openpose_face", "OpenPose", files=(OPENPOSE_BODY, OPENPOSE_FACE)),
     _module("openpose_faceonly", "OpenPose", files=(OPENPOSE_BODY, OPENPOSE_FACE)),
     _module("openpose_full", "OpenPose", files=(OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE)),
+    *(_module(name, "OpenPose", files=(DW_DETECTOR_FILE, DW_POSE_FILE)) for name in DW_OPENPOSE_MODULES),
     _module("lineart_realistic", "Lineart", files=(LINEART_FILE,), aliases=("lineart",)),
     _module("lineart_coarse", "Lineart", files=(LINEART_COARSE_FILE,)),
     _module("lineart_anime", "Lineart", files=(LINEART_ANIME_FILE,)),

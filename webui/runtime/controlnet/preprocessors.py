@@ -7,8 +7,9 @@ networks, imported only when such a module first runs (the package imports all i
 seconds), and loaded from local files through each detector's own ``from_pretrained(folder, filename=...)``
 (or, for OpenPose, its ``Body`` / ``Hand`` / ``Face`` loaders, so each variant loads only the networks it
 uses). ``depth_anything`` / ``depth_anything_v2`` run transformers' Depth Anything, loaded from the published
-files by :mod:`webui.runtime.controlnet.depth_anything`. The ``seg_*`` modules run a transformers
-segmentation model (:mod:`webui.runtime.controlnet.segmentation`) from a model folder under
+files by :mod:`webui.runtime.controlnet.depth_anything`. The ``dw_openpose*`` modules run DWPose's ONNX or
+TorchScript files (:mod:`webui.runtime.controlnet.dwpose`) and draw like OpenPose. The ``seg_*`` modules run
+a transformers segmentation model (:mod:`webui.runtime.controlnet.segmentation`) from a model folder under
 ``models/annotators`` or, for OneFormer, the extension's detectron2 file. Nothing here calls huggingface_hub.
 
 Weights come from an :class:`AnnotatorStore`: ``models/annotators`` first (also the extension's layout,
@@ -52,6 +53,7 @@ from webui.domain.controlnet_modules import (
     ANNOTATORS_BASE_URL,
     DEPTH_ANYTHING_FILES,
     DEPTH_ANYTHING_FOLDERS,
+    DWPOSE_FILES,
     HED_FILE,
     INPAINT_MODULES,
     IP_ADAPTER_MODULES,
@@ -673,6 +675,25 @@ def _depth_anything(module: str) -> Callable[[AnnotatorStore], Any]:
     return build
 
 
+def _dwpose(store: AnnotatorStore) -> Any:
+    from webui.runtime.controlnet.dwpose import DWPose
+
+    def first(candidates: tuple[str, ...]) -> Path:
+        found = next((path for name in candidates if (path := store.find(name)) is not None), None)
+        return found if found is not None else store.resolve(candidates[0])  # downloaded if allowed
+
+    detector, pose = first(DWPOSE_FILES["detector"]), first(DWPOSE_FILES["pose"])
+    try:
+        return DWPose(detector, pose)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0][:300] if str(exc) else "no detail"
+        published = ", ".join(store.url(files[0]) for files in DWPOSE_FILES.values())
+        raise AnnotatorLoadError(
+            f"Could not load DWPose from {detector.name} and {pose.name} ({type(exc).__name__}: {detail}). "
+            f"Replace them with the published files: {published}."
+        ) from exc
+
+
 COMPONENTS: dict[str, _Component] = {
     "openpose_body": _Component((OPENPOSE_BODY,), _body),
     "openpose_hand": _Component((OPENPOSE_HAND,), _hand),
@@ -686,6 +707,7 @@ COMPONENTS: dict[str, _Component] = {
     "normal_bae": _Component((NORMAL_BAE_FILE,), _normal_bae),
     "midas": _Component((MIDAS_FILE,), _midas),
     "zoe": _Component((ZOE_FILE,), _zoe),
+    "dwpose": _Component((), _dwpose),  # finds its files itself (ONNX or TorchScript)
     **{name: _Component((), _segmenter(spec), uses_aux=False) for name, spec in SEG_MODELS.items()},
     # finds its file itself (the first of several names present), so no files to resolve beforehand
     **{module: _Component((), _depth_anything(module), uses_aux=False) for module in DEPTH_ANYTHING_FILES},
@@ -698,6 +720,10 @@ OPENPOSE_PARTS: dict[str, tuple[bool, bool, bool]] = {
     "openpose_face": (True, False, True),
     "openpose_faceonly": (False, False, True),
     "openpose_full": (True, True, True),
+}
+# DWPose's variants draw the same parts from one detection of the whole body
+DW_OPENPOSE_PARTS: dict[str, tuple[bool, bool, bool]] = {
+    f"dw_{name}": parts for name, parts in OPENPOSE_PARTS.items()
 }
 
 
@@ -721,6 +747,7 @@ def _components_for(module: str) -> tuple[str, ...]:
         "normal_bae": ("normal_bae",),
         **{module: (name,) for module, name in SEG_MODULES.items()},
         **{module: (module,) for module in DEPTH_ANYTHING_FILES},
+        **{module: ("dwpose",) for module in DW_OPENPOSE_PARTS},
     }.get(module, ())
 
 
@@ -920,6 +947,8 @@ class Preprocessors:
             return scaled.crop(self._mlsd(scaled, a, b)), None
         if module in OPENPOSE_PARTS:
             return self._openpose(module, scaled)
+        if module in DW_OPENPOSE_PARTS:
+            return self._dwpose(module, scaled)
         if module in DEPTH_ANYTHING_FILES:  # at the scaled picture's own size (no padding in the min-max)
             return self._networks(module)[module].depth_map(scaled.crop(scaled.padded)), None
         networks = self._networks(module)
@@ -978,3 +1007,13 @@ class Preprocessors:
         canvas = draw_people(poses, height, width, body=body, hands=hand, face=face)
         people = encode_people(poses, width / scaled.width, height / scaled.height)
         return scaled.crop(_rgb3(canvas)), people
+
+    def _dwpose(self, module: str, scaled: _Scaled) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """DWPose on the scaled picture (no padding: its crops take any size), drawn as OpenPose."""
+        from webui.runtime.controlnet.pose import draw_people
+
+        body, hand, face = DW_OPENPOSE_PARTS[module]
+        picture = scaled.crop(scaled.padded)
+        poses = self._networks(module)["dwpose"].detect(picture)
+        canvas = draw_people(poses, scaled.height, scaled.width, body=body, hands=hand, face=face)
+        return _rgb3(canvas), encode_people(poses)
