@@ -96,7 +96,7 @@ def controlnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "broken.safetensors").write_bytes(b"\x00garbage, not a safetensors file" * 4)
     import torch
 
-    save_single_file(  # a Control-LoRA: listed, with a clear error
+    save_single_file(  # a Control-LoRA without its hint encoder: listed, with a clear error
         root / "control-lora-canny-rank128.safetensors",
         {"lora_controlnet": torch.zeros(1), "input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
     )
@@ -121,7 +121,7 @@ def test_scan_finds_every_layout(controlnet_root: Path) -> None:
     assert layouts == {
         "adapters/tiny-adapter": ("t2i_adapter", "t2i_adapter"),
         "broken.safetensors": ("ldm", "controlnet"),
-        "control-lora-canny-rank128.safetensors": ("ldm", "controlnet"),
+        "control-lora-canny-rank128.safetensors": ("ldm", "controlnet"),  # incomplete: listed with an error
         "Tiny-sd15-diffusers": ("diffusers", "controlnet"),
         "Tiny-sd15-dkeys.safetensors": ("diffusers_file", "controlnet"),
         "Tiny-sd15-pickle.pth": ("ldm", "controlnet"),
@@ -172,7 +172,7 @@ def test_unusable_files_are_listed_with_an_error(controlnet_root: Path) -> None:
     broken = records["broken.safetensors"].error
     assert broken and "broken.safetensors" in broken and "not a safetensors file" in broken
     lora = records["control-lora-canny-rank128.safetensors"].error
-    assert lora and "Control-LoRA" in lora and "not supported" in lora
+    assert lora and "Control-LoRA" in lora and "input_hint_block" in lora and "download it again" in lora
     xs = records["xs-adapter"].error
     assert xs and "ControlNetXSAdapter" in xs and "not supported" in xs
     usable = [name for name, record in records.items() if record.error is None]
@@ -304,6 +304,26 @@ def test_miniature_sizes_are_read_from_shapes() -> None:
     ):  # fmt: skip
         assert inferred[key] == config[key], key
     assert conditioning_downscale(inferred) == 4
+
+
+def test_a_control_lora_of_real_sdxl_shapes_is_identified() -> None:
+    """Stability's layout at SDXL's real sizes: rank-128 factors for the encoder's weights, a hint encoder."""
+    from tests.fixtures.real_layouts import real_shapes
+    from webui.domain.controlnet_models import ControlNetLayout
+    from webui.registry.controlnet import identify_controlnet
+
+    prefix = "model.diffusion_model."
+    shapes: dict[str, tuple[int, ...]] = {"lora_controlnet": (0,), "input_hint_block.0.weight": (16, 3, 3, 3)}
+    for key, shape in real_shapes("sdxl").items():
+        stem = key[len(prefix) :].removesuffix(".weight")
+        if not key.startswith(prefix) or not stem.startswith(("input_blocks", "middle_block", "label_emb")):
+            continue
+        if key.endswith(".weight") and len(shape) >= 2:
+            shapes[f"{stem}.up"] = (shape[0], 128, *([1, 1] if len(shape) == 4 else []))
+            shapes[f"{stem}.down"] = (128, *shape[1:])
+    identity = identify_controlnet(shapes, name="control-lora-canny-rank128.safetensors")
+    assert identity.layout is ControlNetLayout.CONTROL_LORA
+    assert (identity.base, identity.context_dim) == ("sdxl", 2048)
 
 
 def test_identification_errors_name_the_file() -> None:

@@ -31,6 +31,9 @@ class ControlNetLayout(StrEnum):
     * ``diffusers_file``: one file with diffusers key names (``controlnet_cond_embedding...``).
     * ``diffusers``: a folder with ``config.json`` and the weights of a diffusers ``ControlNetModel``.
     * ``t2i_adapter``: a folder with ``config.json`` and the weights of a diffusers ``T2IAdapter``.
+    * ``control_lora``: one Control-LoRA file (Stability's SDXL Control-LoRAs, ``lora_controlnet`` marker):
+      the ControlNet as low-rank ``.up`` / ``.down`` differences to the checkpoint's own UNet, plus the
+      layers a UNet lacks (hint encoder, zero convolutions) in full; built against the loaded checkpoint.
     * ``ip_adapter``: one IP-Adapter file (``image_proj.*`` and ``ip_adapter.*`` weights; ``.safetensors``,
       or a ``.bin`` / ``.pth`` holding the two parts).
     """
@@ -40,6 +43,7 @@ class ControlNetLayout(StrEnum):
     DIFFUSERS = "diffusers"
     T2I_ADAPTER = "t2i_adapter"
     IP_ADAPTER = "ip_adapter"
+    CONTROL_LORA = "control_lora"
 
     @property
     def is_folder(self) -> bool:

@@ -286,11 +286,8 @@ def strip_ldm_prefix(shapes: Shapes) -> dict[str, tuple[int, ...]]:
 def controlnet_layout(shapes: Shapes, *, name: str = "ControlNet") -> ControlNetLayout:
     """``ldm`` or ``diffusers_file`` for a single file; raises ``UnsupportedControlNetError`` otherwise."""
     keys = list(shapes)
-    if any("lora_controlnet" in key for key in keys):
-        raise UnsupportedControlNetError(
-            f"{name}: a Control-LoRA (LoRA-compressed ControlNet); this format is not supported yet, use a "
-            "full ControlNet instead"
-        )
+    if CONTROL_LORA_MARKER in shapes:
+        return ControlNetLayout.CONTROL_LORA
     if "difference" in shapes:
         raise UnsupportedControlNetError(
             f"{name}: a 'difference' ControlNet (stored as a difference to a base model); this format is not "
@@ -320,6 +317,8 @@ def controlnet_layout(shapes: Shapes, *, name: str = "ControlNet") -> ControlNet
 def identify_controlnet(shapes: Shapes, *, name: str = "ControlNet") -> ControlNetIdentity:
     """Layout, base and context width of a single-file ControlNet from its key → shape map."""
     layout = controlnet_layout(shapes, name=name)
+    if layout is ControlNetLayout.CONTROL_LORA:
+        return _control_lora_identity(shapes, name)
     model = strip_ldm_prefix(shapes) if layout is ControlNetLayout.LDM else dict(shapes)
     context_dim = _cross_dim(model)
     if "label_emb.0.0.weight" in model or "add_embedding.linear_1.weight" in model:
@@ -448,6 +447,30 @@ def _diffusers_structure(model: Shapes, name: str) -> _Structure:
         conditioning_channels=first[1],
         hint_channels=widths,
     )
+
+
+CONTROL_LORA_MARKER = "lora_controlnet"
+
+
+def _control_lora_identity(shapes: Shapes, name: str) -> ControlNetIdentity:
+    """A Control-LoRA's base and context width: its cross-attention key projections are stored as
+    ``.down`` factors (rank x context width) or, now and then, in full."""
+    if "input_hint_block.0.weight" not in shapes:
+        raise UnsupportedControlNetError(
+            f"{name}: a Control-LoRA without its hint encoder (input_hint_block); the file is incomplete, "
+            "download it again"
+        )
+    context_dim = next(
+        (
+            shapes[key][1]
+            for key in sorted(shapes)
+            if key.endswith(("attn2.to_k.down", "attn2.to_k.weight")) and len(shapes[key]) == 2
+        ),
+        None,
+    )
+    sdxl = any(key.startswith("label_emb.") for key in shapes)
+    base = "sdxl" if sdxl else (CONTEXT_DIM_BASES.get(context_dim) if context_dim else None)
+    return ControlNetIdentity(layout=ControlNetLayout.CONTROL_LORA, base=base, context_dim=context_dim)
 
 
 def _cross_dim(model: Shapes) -> int | None:

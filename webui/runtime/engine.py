@@ -114,6 +114,7 @@ class Engine:
     ) -> Any:
         """``record`` (a ``ControlNetRecord``) loaded for ``model``: its dtype, on its device (on the CPU with
         ``low_vram``; moved in for each pass). ``ControlError`` if it does not fit the model."""
+        from webui.domain.controlnet_models import ControlNetLayout
         from webui.runtime.controlnet.apply import ControlError
         from webui.runtime.controlnet.models import ControlNetCache
 
@@ -121,7 +122,15 @@ class Engine:
             self._controlnets = ControlNetCache(capacity=cache_size)
         self._controlnets.capacity = cache_size  # option control_net_model_cache_size; applies from this load
         device = "cpu" if low_vram else model.device
-        loaded = self._controlnets.get(record, model.unet.dtype, device)
+        control_lora = record.layout is ControlNetLayout.CONTROL_LORA
+        if control_lora and record.base is not None and (record.base == "sdxl") != model.family.is_sdxl:
+            kind = "an SDXL" if record.base == "sdxl" else "an SD 1.x/2.x"
+            raise ControlError(  # before building it from a UNet it does not fit
+                f"{record.title} is {kind} Control-LoRA and cannot control {model.record.model_name} "
+                f"({model.family.label})."
+            )
+        base_model = model if control_lora else None  # built on this checkpoint's UNet (compute dtype)
+        loaded = self._controlnets.get(record, model.unet.dtype, device, base_model)
         unet_dim = model.unet.config.cross_attention_dim
         if loaded.context_dim is not None and loaded.context_dim != unet_dim:
             raise ControlError(

@@ -661,6 +661,11 @@ class LoraPatcher:
             self._index = ModuleIndex.build(components, sdxl=family.is_sdxl)
         return self._index
 
+    def originals(self, component: str = UNET) -> dict[str, torch.Tensor]:
+        """The weights of ``component`` that LoRAs are merged into now, as they were before
+        (``{"<module path>.weight": tensor}``); empty when no LoRA is applied."""
+        return {f"{path}.weight": t for (part, path), t in self._backups.items() if part == component}
+
     @property
     def backup_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._backups.values())

@@ -6,7 +6,9 @@ Every layout the registry lists loads here without a model hub:
   weights-only ``.pth`` / ``.ckpt``): converted with diffusers' ``convert_controlnet_checkpoint`` into a
   ``ControlNetModel`` whose config is the bundled one of the base, sized from the file's shapes;
 * single files with diffusers key names: loaded as they are into a config sized the same way;
-* diffusers folders (``ControlNetModel`` / ``T2IAdapter``): ``from_pretrained`` with ``local_files_only``.
+* diffusers folders (``ControlNetModel`` / ``T2IAdapter``): ``from_pretrained`` with ``local_files_only``;
+* Control-LoRAs: the checkpoint's UNet encoder plus the file's low-rank differences
+  (:mod:`webui.runtime.controlnet.control_lora`), then loaded as an original file; cached per checkpoint.
 
 A single file is read one tensor at a time and each floating tensor is cast to the wanted dtype right after
 it is read, into an empty (meta-device) model, so the peak memory stays near the size of the loaded model.
@@ -84,9 +86,12 @@ class LoadedControlNet:
 
 
 def load_controlnet(
-    record: ControlNetRecord, dtype: torch.dtype, device: torch.device | str = "cpu"
+    record: ControlNetRecord, dtype: torch.dtype, device: torch.device | str = "cpu", base_model: Any = None
 ) -> LoadedControlNet:
-    """Load ``record`` in ``dtype`` onto ``device``; raises ``ControlNetLoadError`` with a clear message."""
+    """Load ``record`` in ``dtype`` onto ``device``; raises ``ControlNetLoadError`` with a clear message.
+
+    ``base_model`` (the loaded checkpoint) is what a Control-LoRA is built against; others ignore it.
+    """
     if record.error:
         raise ControlNetLoadError(record.error)  # the scan already found it unusable, and said why
     path = Path(record.path)
@@ -95,6 +100,8 @@ def load_controlnet(
     try:
         if record.kind is ControlNetKind.IP_ADAPTER:
             loaded = _load_ip_adapter(record, path, dtype)
+        elif record.layout is ControlNetLayout.CONTROL_LORA:
+            loaded = _load_control_lora(record, path, dtype, base_model)
         elif path.is_dir():
             loaded = _load_folder(record, path, dtype)
         else:
@@ -181,9 +188,6 @@ def _load_folder(record: ControlNetRecord, folder: Path, dtype: torch.dtype) -> 
 
 
 def _load_single_file(record: ControlNetRecord, path: Path, dtype: torch.dtype) -> LoadedControlNet:
-    from accelerate import init_empty_weights
-    from diffusers import ControlNetModel
-
     name = path.name
     pickled: dict[str, torch.Tensor] | None = None
     if path.suffix.lower() in PICKLE_EXTENSIONS:
@@ -210,21 +214,59 @@ def _load_single_file(record: ControlNetRecord, path: Path, dtype: torch.dtype) 
     else:
         state = raw
     del raw
+    return _from_state(record, identity.context_dim, identity.base, config, state, dtype, name)
+
+
+def _from_state(
+    record: ControlNetRecord,
+    context_dim: int | None,
+    base: str | None,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    name: str,
+) -> LoadedControlNet:
+    """A ``ControlNetModel`` of ``config`` holding ``state`` (diffusers keys; emptied as it is used)."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
     model_config = {key: value for key, value in config.items() if not key.startswith("_")}
     with init_empty_weights():
         model = ControlNetModel.from_config(model_config)
     _fill(model, state, dtype, name)
-    del state
+    state.clear()
     gc.collect()
     return LoadedControlNet(
         record=record,
         model=model,
         kind=ControlNetKind.CONTROLNET,
-        context_dim=identity.context_dim or config.get("cross_attention_dim"),
-        base=identity.base,
+        context_dim=context_dim or config.get("cross_attention_dim"),
+        base=base,
         downscale=conditioning_downscale(config),
         dtype=dtype,
     )
+
+
+def _load_control_lora(
+    record: ControlNetRecord, path: Path, dtype: torch.dtype, base_model: Any
+) -> LoadedControlNet:
+    from webui.runtime.controlnet.control_lora import ControlLoraError, base_encoder, merge_control_lora
+
+    if base_model is None:
+        raise ControlNetLoadError(f"{record.name}: a Control-LoRA is built on a checkpoint; load one first")
+    header = read_header(path)
+    control = _read_safetensors(path, list(header.tensors), torch.float32)
+    try:
+        raw = merge_control_lora(control, base_encoder(base_model), record.name, dtype)
+    except ControlLoraError as exc:
+        raise ControlNetLoadError(str(exc)) from exc
+    del control
+    shapes = {key: tuple(tensor.shape) for key, tensor in raw.items()}
+    identity = identify_controlnet(shapes, name=path.name)
+    config = infer_controlnet_config(shapes, identity.base, name=path.name)
+    state = _convert_ldm(raw, config, path.name)
+    del raw
+    return _from_state(record, identity.context_dim, identity.base, config, state, dtype, path.name)
 
 
 def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -320,7 +362,8 @@ def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.d
 
 
 class ControlNetCache:
-    """The most recently used ControlNets, keyed by ``(path, mtime, dtype)``; thread-safe.
+    """The most recently used ControlNets, keyed by ``(path, mtime, dtype)`` (and, for a Control-LoRA, the
+    checkpoint it is built on); thread-safe.
 
     ``get`` returns the cached model (moved to ``device`` if needed) or loads it; beyond ``capacity`` the
     least recently used one is dropped. A dropped model is not moved: a job that still holds it keeps
@@ -331,22 +374,33 @@ class ControlNetCache:
         if capacity < 1:
             raise ValueError("the ControlNet cache needs a capacity of at least 1")
         self.capacity = capacity
-        self._models: OrderedDict[tuple[str, float, str], LoadedControlNet] = OrderedDict()
+        self._models: OrderedDict[tuple[str, float, str, str], LoadedControlNet] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(record: ControlNetRecord, dtype: torch.dtype) -> tuple[str, float, str]:
-        return (str(Path(record.path)), float(record.mtime), str(dtype))
+    def _key(
+        record: ControlNetRecord, dtype: torch.dtype, base_model: Any = None
+    ) -> tuple[str, float, str, str]:
+        base = ""
+        if record.layout is ControlNetLayout.CONTROL_LORA and base_model is not None:
+            checkpoint = base_model.record
+            base = f"{checkpoint.path}|{checkpoint.mtime}|{getattr(base_model, 'fp8', False)}"
+        return (str(Path(record.path)), float(record.mtime), str(dtype), base)
 
     def get(
-        self, record: ControlNetRecord, dtype: torch.dtype, device: torch.device | str = "cpu"
+        self,
+        record: ControlNetRecord,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        base_model: Any = None,
     ) -> LoadedControlNet:
-        key = self._key(record, dtype)
+        """``record`` loaded (``base_model``: the checkpoint a Control-LoRA is built on)."""
+        key = self._key(record, dtype, base_model)
         target = torch.device(device)
         with self._lock:
             loaded = self._models.get(key)
             if loaded is None:
-                loaded = load_controlnet(record, dtype, target)
+                loaded = load_controlnet(record, dtype, target, base_model)
                 self._models[key] = loaded
                 log.info("loaded ControlNet %s (%s)", record.name, dtype)
             elif loaded.device != target:
