@@ -31,6 +31,8 @@ class ControlNetLayout(StrEnum):
     * ``diffusers_file``: one file with diffusers key names (``controlnet_cond_embedding...``).
     * ``diffusers``: a folder with ``config.json`` and the weights of a diffusers ``ControlNetModel``.
     * ``t2i_adapter``: a folder with ``config.json`` and the weights of a diffusers ``T2IAdapter``.
+    * ``t2i_adapter_file``: one full T2I-Adapter file, with diffusers' keys or TencentARC's original ones
+      (``t2iadapter_canny_sd15v2.pth``, ``t2i-adapter_diffusers_xl_canny.safetensors``).
     * ``control_lora``: one Control-LoRA file (Stability's SDXL Control-LoRAs, ``lora_controlnet`` marker):
       the ControlNet as low-rank ``.up`` / ``.down`` differences to the checkpoint's own UNet, plus the
       layers a UNet lacks (hint encoder, zero convolutions) in full; built against the loaded checkpoint.
@@ -42,6 +44,7 @@ class ControlNetLayout(StrEnum):
     DIFFUSERS_FILE = "diffusers_file"
     DIFFUSERS = "diffusers"
     T2I_ADAPTER = "t2i_adapter"
+    T2I_ADAPTER_FILE = "t2i_adapter_file"
     IP_ADAPTER = "ip_adapter"
     CONTROL_LORA = "control_lora"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,8 @@ def _file_record(root: Path, path: Path) -> ControlNetRecord | None:
             else:
                 identity = identify_controlnet(shapes, name=path.name)
                 layout, base, context_dim = identity.layout, identity.base, identity.context_dim
+                if layout is ControlNetLayout.T2I_ADAPTER_FILE:
+                    kind = ControlNetKind.T2I_ADAPTER
         except (SafetensorsError, UnsupportedControlNetError) as exc:
             error = str(exc)
     elif lower.endswith(".bin") and _IP_ADAPTER_NAME.search(lower):
@@ -300,11 +302,9 @@ def controlnet_layout(shapes: Shapes, *, name: str = "ControlNet") -> ControlNet
         return ControlNetLayout.LDM
     if "controlnet_cond_embedding.conv_in.weight" in shapes:
         return ControlNetLayout.DIFFUSERS_FILE
-    if any(key.startswith(("body.", "adapter.body.", "conv_in.weight")) for key in keys):
-        raise UnsupportedControlNetError(
-            f"{name}: looks like a T2I-Adapter single file; only T2I-Adapters as diffusers folders "
-            "(config.json + diffusion_pytorch_model.safetensors) are supported"
-        )
+    if any(key.startswith(("body.", "adapter.body.", "conv_in.weight", *_STYLE_ADAPTER)) for key in keys):
+        t2i_adapter_config(shapes, name=name)  # raises for the adapter kinds Easel cannot run
+        return ControlNetLayout.T2I_ADAPTER_FILE
     if any(key.startswith("model.diffusion_model.") for key in keys):
         raise UnsupportedControlNetError(
             f"{name}: a Stable Diffusion checkpoint, not a ControlNet; put it in models/Stable-diffusion"
@@ -319,6 +319,9 @@ def identify_controlnet(shapes: Shapes, *, name: str = "ControlNet") -> ControlN
     layout = controlnet_layout(shapes, name=name)
     if layout is ControlNetLayout.CONTROL_LORA:
         return _control_lora_identity(shapes, name)
+    if layout is ControlNetLayout.T2I_ADAPTER_FILE:
+        xl = t2i_adapter_config(shapes, name=name)["adapter_type"] == "full_adapter_xl"
+        return ControlNetIdentity(layout=layout, base="sdxl" if xl else None, context_dim=None)
     model = strip_ldm_prefix(shapes) if layout is ControlNetLayout.LDM else dict(shapes)
     context_dim = _cross_dim(model)
     if "label_emb.0.0.weight" in model or "add_embedding.linear_1.weight" in model:
@@ -450,6 +453,75 @@ def _diffusers_structure(model: Shapes, name: str) -> _Structure:
 
 
 CONTROL_LORA_MARKER = "lora_controlnet"
+_STYLE_ADAPTER = ("style_embedding", "ln_pre.", "transformer_layes.")  # TencentARC's style adapter
+_ORIGINAL_ADAPTER_BODY = re.compile(r"^body\.(\d+)\.(block1|block2|in_conv)\.(weight|bias)$")
+
+
+def t2i_adapter_keys(keys: Iterable[str], *, name: str = "T2I-Adapter") -> dict[str, str]:
+    """diffusers ``T2IAdapter`` key of each key of a full T2I-Adapter single file, in either layout:
+    diffusers' (``adapter.body.1.resnets.0.block1.weight``) or TencentARC's original one
+    (``body.2.block1.weight``: ``num_res_blocks`` consecutive blocks per level, the first of a level that
+    widens the features holding ``in_conv``)."""
+    keys = list(keys)
+    if any(key.startswith("adapter.") for key in keys):
+        return {key: key for key in keys}
+    body: dict[int, set[str]] = {}
+    for key in keys:
+        found = _ORIGINAL_ADAPTER_BODY.match(key)
+        if found:
+            body.setdefault(int(found.group(1)), set()).add(found.group(2))
+        elif not key.startswith("conv_in."):
+            raise UnsupportedControlNetError(f"{name}: T2I-Adapter weight {key} is not one of a full adapter")
+    if not body or "conv_in.weight" not in keys:
+        raise UnsupportedControlNetError(f"{name}: a T2I-Adapter file without its input or body weights")
+    widened = sorted(index for index, parts in body.items() if "in_conv" in parts)
+    per_level = widened[0] if widened else len(body)  # blocks before the first widening
+    if per_level == 0 or len(body) % per_level:
+        raise UnsupportedControlNetError(f"{name}: T2I-Adapter blocks not understood ({len(body)} blocks)")
+    mapping = {}
+    for key in keys:
+        found = _ORIGINAL_ADAPTER_BODY.match(key)
+        if found is None:
+            mapping[key] = f"adapter.{key}"
+            continue
+        index, part, kind = int(found.group(1)), found.group(2), found.group(3)
+        level, block = divmod(index, per_level)
+        if part == "in_conv":
+            mapping[key] = f"adapter.body.{level}.in_conv.{kind}"
+        else:
+            mapping[key] = f"adapter.body.{level}.resnets.{block}.{part}.{kind}"
+    return mapping
+
+
+def t2i_adapter_config(shapes: Shapes, *, name: str = "T2I-Adapter") -> dict[str, Any]:
+    """The diffusers ``T2IAdapter`` config of a full T2I-Adapter single file (SD 1.x or SDXL), sized from its
+    shapes; ``UnsupportedControlNetError`` for the light (colour) and style adapters."""
+    keys = list(shapes)
+    if any(key.startswith(_STYLE_ADAPTER) for key in keys):
+        raise UnsupportedControlNetError(f"{name}: a T2I style adapter (CLIP vision tokens); not supported")
+    if any(".out_conv." in key for key in keys):
+        raise UnsupportedControlNetError(f"{name}: a T2I 'light' adapter (the colour adapter); not supported")
+    renamed = {new: shapes[old] for old, new in t2i_adapter_keys(keys, name=name).items()}
+    conv_in = renamed.get("adapter.conv_in.weight")
+    if conv_in is None or len(conv_in) != 4:
+        raise UnsupportedControlNetError(f"{name}: a T2I-Adapter file without adapter.conv_in.weight")
+    levels = sorted({int(key.split(".")[2]) for key in renamed if key.startswith("adapter.body.")})
+    blocks = {int(key.split(".")[4]) for key in renamed if key.startswith("adapter.body.0.resnets.")}
+    channels = [renamed[f"adapter.body.{level}.resnets.0.block1.weight"][0] for level in levels]
+    # conv_in reads the picture pixel-unshuffled: 1 or 3 colour channels times the factor squared
+    factor = next(
+        (f for f in (16, 8, 4, 2, 1) if conv_in[1] % (f * f) == 0 and conv_in[1] // (f * f) in (1, 3)), None
+    )
+    if factor is None or not blocks or levels != list(range(len(levels))):
+        raise UnsupportedControlNetError(f"{name}: T2I-Adapter layout not understood")
+    xl = factor == 16 and len(levels) == 4
+    return {
+        "in_channels": conv_in[1] // (factor * factor),
+        "channels": channels,
+        "num_res_blocks": len(blocks),
+        "downscale_factor": factor,
+        "adapter_type": "full_adapter_xl" if xl else "full_adapter",
+    }
 
 
 def _control_lora_identity(shapes: Shapes, name: str) -> ControlNetIdentity:

@@ -42,6 +42,8 @@ from webui.registry.controlnet import (
     folder_base,
     identify_controlnet,
     infer_controlnet_config,
+    t2i_adapter_config,
+    t2i_adapter_keys,
 )
 from webui.registry.pickle_check import _first_line
 from webui.registry.safetensors_header import SafetensorsError, read_header
@@ -166,25 +168,57 @@ def _load_folder(record: ControlNetRecord, folder: Path, dtype: torch.dtype) -> 
         ) from exc
     model.eval()
     model.requires_grad_(False)
+    if adapter:
+        return _adapter(record, model, dtype)
     config = dict(model.config)
     config["_class_name"] = model_class.__name__
     base, context_dim = folder_base(config)
-    if adapter:
-        factor = int(model.downscale_factor)
-        # The XL adapter unshuffles by 16 and upsamples once inside: its input is the full-size image.
-        xl = config.get("adapter_type") == "full_adapter_xl"
-        downscale = (factor // 2 if xl else factor) or LATENT_SCALE
-    else:
-        downscale = conditioning_downscale(config)
     return LoadedControlNet(
         record=record,
         model=model,
         kind=record.kind,
-        context_dim=None if adapter else context_dim,
+        context_dim=context_dim,
         base=base,
-        downscale=downscale,
+        downscale=conditioning_downscale(config),
         dtype=dtype,
     )
+
+
+def _adapter(record: ControlNetRecord, model: Any, dtype: torch.dtype) -> LoadedControlNet:
+    """A loaded diffusers ``T2IAdapter`` and what applying it needs."""
+    factor = int(model.downscale_factor)
+    # The XL adapter unshuffles by 16 and upsamples once inside: its input is the full-size image.
+    xl = model.config.get("adapter_type") == "full_adapter_xl"
+    return LoadedControlNet(
+        record=record,
+        model=model,
+        kind=ControlNetKind.T2I_ADAPTER,
+        context_dim=None,
+        base="sdxl" if xl else None,
+        downscale=(factor // 2 if xl else factor) or LATENT_SCALE,
+        dtype=dtype,
+    )
+
+
+def _load_adapter_file(
+    record: ControlNetRecord, tensors: dict[str, torch.Tensor], dtype: torch.dtype, name: str
+) -> LoadedControlNet:
+    """A full T2I-Adapter from a single file's tensors (diffusers' or the original keys)."""
+    from diffusers import T2IAdapter
+
+    shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+    config = t2i_adapter_config(shapes, name=name)
+    state = {new: tensors[old] for old, new in t2i_adapter_keys(tensors, name=name).items()}
+    model = T2IAdapter(**config)
+    missing, unexpected = model.load_state_dict(_cast(state, dtype), strict=False)
+    if missing or unexpected:
+        raise ControlNetLoadError(
+            f"{name}: the weights do not match a T2I-Adapter of this shape (missing {len(missing)}, "
+            f"unexpected {len(unexpected)}, e.g. {', '.join([*missing, *unexpected][:_FEW])}); the file is "
+            "incomplete or of an adapter variant Easel does not support"
+        )
+    model.to(dtype).eval().requires_grad_(False)
+    return _adapter(record, model, dtype)
 
 
 def _load_single_file(record: ControlNetRecord, path: Path, dtype: torch.dtype) -> LoadedControlNet:
@@ -199,6 +233,9 @@ def _load_single_file(record: ControlNetRecord, path: Path, dtype: torch.dtype) 
         header = read_header(path)  # a truncated download is reported here, before anything is read
         shapes = {key: info.shape for key, info in header.tensors.items()}
     identity = identify_controlnet(shapes, name=name)
+    if identity.layout is ControlNetLayout.T2I_ADAPTER_FILE:
+        tensors = pickled if pickled is not None else _read_safetensors(path, list(shapes), dtype)
+        return _load_adapter_file(record, tensors, dtype, name)
     config = infer_controlnet_config(shapes, identity.base, name=name)
     prefixed = identity.layout is ControlNetLayout.LDM and any(key.startswith(LDM_PREFIX) for key in shapes)
     keys = [key for key in shapes if key.startswith(LDM_PREFIX)] if prefixed else list(shapes)
