@@ -114,3 +114,22 @@ def test_light_and_style_adapters_are_listed_with_the_reason(adapters: dict[str,
     style = adapters["records"]["t2iadapter_style_sd14v1.safetensors"].error
     assert light and "light" in light and "not supported" in light
     assert style and "style adapter" in style and "not supported" in style
+
+
+def test_an_adapter_of_other_widths_is_refused_with_the_reason(
+    adapters: dict[str, Any], tiny_model_files: dict[str, Any], tmp_path: Any
+) -> None:
+    from webui.registry.scanner import scan_checkpoints
+    from webui.runtime.controlnet.apply import ControlError
+    from webui.runtime.engine import Engine
+    from webui.runtime.loader import load_checkpoint
+
+    path = tiny_model_files["sd15_single"]
+    checkpoint = next(r for r in scan_checkpoints(path.parent) if r.path == str(path))
+    model = load_checkpoint(checkpoint, dtype=torch.float32, tokenizer_cache=tmp_path / "tok")
+    engine = Engine(
+        device="cpu", precision="fp32", attention="sdpa", memory_mode="normal", models_in_ram=1,
+        tokenizer_cache=tmp_path / "tok",
+    )  # fmt: skip
+    with pytest.raises(ControlError, match=r"16-channel features.*starts with 32 channels"):
+        engine.controlnet(adapters["records"]["t2iadapter_tiny_sd15v2.safetensors"], model)

@@ -496,6 +496,7 @@ def install_error_handlers(app: FastAPI) -> None:
         "ModelNotFoundError": 404,
         "NoModelError": 404,
         "GenerationError": 422,
+        "ControlError": 422,  # a ControlNet / adapter that does not fit the checkpoint: a request to change
         "ClipUnavailableError": 409,  # best of N without a CLIP model, as /easel/v1/clip/score answers
         "UploadTooLargeError": 413,  # an upload over --max-upload-bytes (other limits: 422)
         "ModelFileError": 422,  # a corrupt, truncated or unsafe model file named by the request

@@ -138,6 +138,17 @@ class Engine:
                 f"{model.record.model_name} ({model.family.label}) gives {unet_dim}: choose a ControlNet "
                 "made for this checkpoint's family."
             )
+        widths = (
+            list(getattr(loaded.model, "config", {}).get("channels") or [])
+            if loaded.kind == "t2i_adapter"
+            else []
+        )
+        if widths and widths[0] != model.unet.config.block_out_channels[0]:
+            raise ControlError(
+                f"{record.title} gives {widths[0]}-channel features, but the UNet of "
+                f"{model.record.model_name} starts with {model.unet.config.block_out_channels[0]} channels: "
+                "choose a T2I-Adapter made for this checkpoint's family."
+            )
         if loaded.is_sdxl != model.family.is_sdxl:
             kind = "an SDXL" if loaded.is_sdxl else "an SD 1.x/2.x"
             raise ControlError(

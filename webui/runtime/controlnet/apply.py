@@ -238,6 +238,13 @@ class ControlSession:
             hint = unit.hint(height, width, sample.device, dtype)
             if unit.is_adapter:
                 features = self._adapter_features(unit, hint, rows)
+                if features[0].shape[-2:] != sample.shape[-2:]:
+                    raise ControlError(
+                        f"{getattr(control.record, 'title', 'The T2I-Adapter')} makes features of "
+                        f"{tuple(features[0].shape[-2:])} for latents of {tuple(sample.shape[-2:])}: it was "
+                        "made for a model whose VAE scales pictures differently; choose one made for this "
+                        "checkpoint."
+                    )
                 scales = _block_scales(unit, len(features), soft)
                 scaled = [f.to(sample.dtype) * s for f, s in zip(features, scales, strict=True)]
                 if only_cond:
