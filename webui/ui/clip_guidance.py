@@ -18,9 +18,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "clip_guidance_"
 AUTOMATIC = "Automatic"
-DEFAULT_SCALE = 10.0
-DEFAULT_EVERY = 2
-DEFAULT_CUTOUTS = 4
+# Measured with the reference models (tests/integration/test_clip_guidance_reference.py): scale 5 on every
+# step with 8 cutouts corrected 20 wrong colours of 29 and spoiled 5 of 259 right ones; scale 10 every 2
+# steps corrected 7 of 14 and spoiled 8.
+DEFAULT_SCALE = 5.0
+DEFAULT_EVERY = 1
+DEFAULT_CUTOUTS = 8
 
 COST_NOTE = (
     "Steers sampling towards images CLIP finds closer to the prompt. **Slow**: each guided step adds a UNet "
