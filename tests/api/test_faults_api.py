@@ -153,6 +153,53 @@ def test_out_of_memory_gives_a_message_and_the_next_job_runs(client: TestClient,
     assert _pixels(_works(client)) == _pixels(expected)
 
 
+@pytest.mark.parametrize("failures", [1, 2])
+def test_out_of_memory_on_a_gpu_retries_once_in_the_next_memory_mode(
+    client: TestClient, failures: int
+) -> None:
+    """On CUDA an out-of-memory job runs again in the next memory mode (here the engine's step down is
+    recorded instead of performed: this machine has no GPU, where the modes do not apply)."""
+    expected = _works(client)
+    engine = client.services.generation.engine()  # type: ignore[attr-defined]
+    real_generate = engine.generate
+    steps: list[tuple[str, str]] = []
+    calls: list[int] = []
+
+    def lower_memory_mode() -> tuple[str, str] | None:
+        modes = ("normal", "medvram", "lowvram")
+        if len(steps) == 2:
+            return None
+        steps.append((modes[len(steps)], modes[len(steps) + 1]))
+        return steps[-1]
+
+    def generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise _cuda_out_of_memory()
+        return real_generate(*args, **kwargs)
+
+    engine.generate, engine.lower_memory_mode = generate, lower_memory_mode
+    response = _txt2img(client)
+    assert steps == [("normal", "medvram")]  # one step down, one retry
+    if failures == 1:
+        assert response.status_code == 200, response.text
+        assert _pixels(response.json()) == _pixels(expected)
+        (warning,) = json.loads(response.json()["info"])["warnings"]
+        assert "ran out of memory in normal mode" in warning and "again in medvram mode" in warning
+    else:
+        assert response.status_code >= 400
+        detail = response.json()["detail"]
+        assert "in normal mode and again in medvram mode" in detail and "batch size" in detail, detail
+    engine.generate = real_generate
+    assert _pixels(_works(client)) == _pixels(expected)  # and the app goes on
+
+
+def test_without_a_gpu_there_is_no_lower_memory_mode(client: TestClient) -> None:
+    engine = client.services.generation.engine()  # type: ignore[attr-defined]
+    assert engine.choice.device.type == "cpu"
+    assert engine.lower_memory_mode() is None
+
+
 # --------------------------------------------------------------------------------------------- model files
 
 

@@ -116,3 +116,25 @@ def test_controlnet_unit_on_cuda_fp16(
     assert run([ControlUnitInput(control=control, image=edges, weight=0.0)]).tobytes() == plain.tobytes()
     expected = "cpu" if low_vram else "cuda"
     assert next(control.model.parameters()).device.type == expected
+
+
+def test_out_of_memory_step_down_keeps_generating(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
+    """Engine.lower_memory_mode on a real GPU: normal → medvram → lowvram, each still generating."""
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.engine import Engine
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    engine = Engine(
+        device="cuda", precision="half", attention="sdpa", memory_mode="normal", models_in_ram=1,
+        tokenizer_cache=tmp_path / "t",
+    )  # fmt: skip
+    model = engine.cache.get(_record(tiny_model_files["sd15_single"]))
+    sampler, schedule = resolve_sampler("Euler")
+    job = DiffusionJob(
+        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
+        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+    )  # fmt: skip
+    for expected in (("normal", "medvram"), ("medvram", "lowvram"), None):
+        assert engine.lower_memory_mode() == expected
+        images, _ = generate_batch(model, job)
+        assert images

@@ -82,3 +82,26 @@ def test_sdxl_controlnet_unit_through_generate_batch(
     plain = _generate(model, [])
     assert _generate(model, [ControlUnitInput(control=control, image=edges)]) != plain
     assert _generate(model, [ControlUnitInput(control=control, image=edges, weight=0.0)]) == plain
+
+
+def test_a_lower_memory_mode_puts_the_active_model_behind_offload_hooks(
+    tiny_model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """ModelCache.relocate (an out-of-memory job's step down): the active model leaves normal placement for
+    offload hooks at once. The hooks target CUDA but nothing runs here, so no GPU is needed to check them."""
+    from webui.runtime.cache import ModelCache
+
+    path = tiny_model_files["sd15_single"]
+    record = next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
+    cache = ModelCache(
+        DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", "normal"),
+        capacity=1,
+        tokenizer_cache=tmp_path,
+    )
+    model = cache.get(record)
+    assert getattr(model, "_offload_mode", None) is None
+    cache.relocate(DeviceChoice(torch.device("cuda"), torch.float32, "sdpa", "medvram"))
+    assert cache.device.memory_mode == "medvram"
+    assert model._offload_mode == "medvram"  # type: ignore[attr-defined]
+    assert model.device == torch.device("cuda")  # where the hooks run it
+    assert next(model.unet.parameters()).device.type == "cpu"  # the weights wait in RAM

@@ -193,6 +193,19 @@ class ModelCache:
         if self.device.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def relocate(self, device: DeviceChoice) -> None:
+        """Use ``device`` (another memory mode) from now on; the active model is placed for it at once (off
+        the GPU and behind offload hooks when leaving normal mode), the others when next activated."""
+        previous, self.device = self.device, device
+        model = self._active
+        if model is None:
+            return
+        if previous.memory_mode == "normal" and previous.device.type != "cpu":
+            model.to(torch.device("cpu"))
+        self._to_device(model)
+        if device.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _to_device(self, model: LoadedModel) -> None:
         """Whole onto the generation device, or (--medvram / --lowvram) behind offload hooks."""
         target = self.device.device

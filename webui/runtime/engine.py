@@ -6,6 +6,7 @@ and the web server can start before torch is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from webui.runtime.lora import LoraApplyReport, LoraFileCache, LoraFormatError, 
 log = logging.getLogger(__name__)
 
 __all__ = ["DiffusionJob", "Engine", "GenerationError", "ModelLoadError"]
+
+MEMORY_MODES = ("normal", "medvram", "lowvram")  # each keeps less of the model on the GPU than the last
 
 
 class Engine:
@@ -48,6 +51,19 @@ class Engine:
         self.embedding_store = EmbeddingStore()
         self._controlnets: Any = None  # webui.runtime.controlnet.models.ControlNetCache, made on first use
         log.info("generation device: %s", self.choice.describe())
+
+    def lower_memory_mode(self) -> tuple[str, str] | None:
+        """After running out of GPU memory: move to the next memory mode for the rest of the session (normal
+        → medvram → lowvram), the active model re-placed for it; ``(old, new)``, or ``None`` when there is
+        no lower mode (already ``lowvram``, or not on CUDA, where the modes do not apply)."""
+        choice = self.choice
+        if choice.device.type != "cuda" or choice.memory_mode not in MEMORY_MODES[:-1]:
+            return None
+        lower = MEMORY_MODES[MEMORY_MODES.index(choice.memory_mode) + 1]
+        self.choice = dataclasses.replace(choice, memory_mode=lower)
+        self.cache.relocate(self.choice)
+        log.warning("out of GPU memory in %s mode: %s from now on", choice.memory_mode, lower)
+        return choice.memory_mode, lower
 
     @property
     def lock(self) -> Any:

@@ -177,14 +177,42 @@ class GenerationService(ImageModesMixin):
         """One job: the always-on extensions' process hooks, the job loop, their postprocess hooks."""
         hooks = self.extension_hooks
         if hooks is None:
-            return self._run_txt2img(request)
+            return self._run_with_memory_retry(request)
         job = hooks.begin(request)  # a raising hook is reported in job.warnings and left out
         outer, self._image_hook = self._image_hook, job.image  # a hook may itself run a job inline
         try:
-            result = self._run_txt2img(self._hooked_inputs(request, job.request))
+            result = self._run_with_memory_retry(self._hooked_inputs(request, job.request))
         finally:
             self._image_hook = outer
         return job.finish(result)
+
+    def _run_with_memory_retry(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
+        """Run the job; when the GPU runs out of memory, once more in the next memory mode (normal →
+        medvram → lowvram), which then stays for the session, as the result's warning says. A second
+        out-of-memory error, or one with no lower mode left, fails with the advice to lower the size."""
+        try:
+            return self._run_txt2img(request)
+        except GenerationFailed as exc:
+            if exc.__cause__ is None or not is_out_of_memory(exc.__cause__):
+                raise
+            step = self.engine().lower_memory_mode()
+            if step is None:
+                raise
+        old, new = step
+        try:
+            result = self._run_txt2img(request)
+        except GenerationFailed as again:
+            if again.__cause__ is None or not is_out_of_memory(again.__cause__):
+                raise
+            raise GenerationFailed(
+                f"Out of memory, in {old} mode and again in {new} mode (kept for this session). Lower the "
+                "size or batch size, or restart with --lowvram."
+            ) from again
+        result.warnings.append(
+            f"The GPU ran out of memory in {old} mode: the job ran again in {new} mode, which Easel keeps "
+            f"until it restarts (start with --{new} to begin there)."
+        )
+        return result
 
     def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
         if self.controlnet is None or not any(unit.is_active for unit in request.controlnet_units):
