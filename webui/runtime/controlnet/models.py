@@ -292,7 +292,7 @@ def _load_control_lora(
     if base_model is None:
         raise ControlNetLoadError(f"{record.name}: a Control-LoRA is built on a checkpoint; load one first")
     header = read_header(path)
-    control = _read_safetensors(path, list(header.tensors), torch.float32)
+    control = _read_safetensors(path, list(header.tensors), dtype)  # differences are formed in float32
     try:
         raw = merge_control_lora(control, base_encoder(base_model), record.name, dtype)
     except ControlLoraError as exc:
