@@ -105,3 +105,16 @@ def test_a_lower_memory_mode_puts_the_active_model_behind_offload_hooks(
     assert model._offload_mode == "medvram"  # type: ignore[attr-defined]
     assert model.device == torch.device("cuda")  # where the hooks run it
     assert next(model.unet.parameters()).device.type == "cpu"  # the weights wait in RAM
+
+
+def test_medvram_then_lowvram_replaces_the_hooks_and_generates_the_same_image(
+    tiny_model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The second memory step down (medvram → lowvram) on the CPU, where hooks can run."""
+    plain = _generate(_model(tiny_model_files, tmp_path, None), [])
+    model = _model(tiny_model_files, tmp_path, "medvram")
+    _enable_offload(model, DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", "lowvram"))  # type: ignore[arg-type]
+    assert model._offload_mode == "lowvram"  # type: ignore[attr-defined]
+    assert type(model.unet._hf_hook).__name__ != "SequentialHook"  # type: ignore[attr-defined]
+    assert next(model.unet.parameters()).device.type == "meta"  # type: ignore[attr-defined]
+    assert _generate(model, []) == plain

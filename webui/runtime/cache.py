@@ -270,8 +270,14 @@ def _enable_offload(model: LoadedModel, device: DeviceChoice) -> None:
     """--medvram: whole components move to the GPU when used; --lowvram: layer by layer."""
     from accelerate import cpu_offload, cpu_offload_with_hook
 
-    if getattr(model, "_offload_mode", None) == device.memory_mode:
+    previous = getattr(model, "_offload_mode", None)
+    if previous == device.memory_mode:
         return
+    if previous is not None:  # medvram's whole-component hooks give way to lowvram's (a memory step down)
+        from accelerate.hooks import remove_hook_from_module
+
+        for module in model.modules():
+            remove_hook_from_module(module, recurse=True)
     if device.memory_mode == "lowvram":
         for module in model.modules():
             cpu_offload(module, execution_device=device.device)
