@@ -117,7 +117,10 @@ def test_padding_after_the_end_of_the_caption_changes_nothing(clip: tuple[Any, A
         a = model.get_text_features(**short)
         b = model.get_text_features(**padded)
     a, b = getattr(a, "pooler_output", a), getattr(b, "pooler_output", b)
-    assert torch.allclose(a, b, atol=1e-3)
+    # The two runs have different sequence lengths, so different kernels: they agree to the dtype's
+    # precision (fp16 keeps ~3 decimal digits: values near 2 differ by up to 0.002 on some CPUs). Attention
+    # leaking into the padding would move them by tenths.
+    assert torch.allclose(a, b, atol=1e-2 if a.dtype == torch.float16 else 1e-4)
 
 
 def test_the_true_caption_beats_its_near_misses_on_rendered_shapes(clip: tuple[Any, Any, Any]) -> None:
