@@ -133,3 +133,20 @@ def test_an_adapter_of_other_widths_is_refused_with_the_reason(
     )  # fmt: skip
     with pytest.raises(ControlError, match=r"16-channel features.*starts with 32 channels"):
         engine.controlnet(adapters["records"]["t2iadapter_tiny_sd15v2.safetensors"], model)
+
+
+def test_an_adapter_for_another_vae_scale_is_refused_before_the_step_runs(adapters: dict[str, Any]) -> None:
+    """Features at 1/8 of the picture for a UNet working at 1/4 (as with the reference model): a clear
+    ControlError when the features are first made, not a tensor-size error inside the UNet."""
+    from PIL import Image
+
+    from webui.runtime.controlnet.apply import ControlError, ControlSession, ControlUnitInput
+
+    loaded = load_controlnet(adapters["records"]["t2iadapter_tiny_sd15v2.safetensors"], torch.float32)
+    unit = ControlUnitInput(control=loaded, image=Image.new("RGB", (64, 64)))
+    hint = torch.zeros(1, 3, 64, 64)
+    assert len(ControlSession._adapter_features(unit, hint, 2, (8, 8))) == 3  # 64 px / 8: fits
+    with pytest.raises(ControlError, match=r"makes features of \(8, 8\) for latents of \(16, 16\)"):
+        ControlSession._adapter_features(
+            ControlUnitInput(control=loaded, image=unit.image), hint, 2, (16, 16)
+        )

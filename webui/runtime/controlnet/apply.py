@@ -237,14 +237,7 @@ class ControlSession:
             dtype = control.dtype
             hint = unit.hint(height, width, sample.device, dtype)
             if unit.is_adapter:
-                features = self._adapter_features(unit, hint, rows)
-                if features[0].shape[-2:] != sample.shape[-2:]:
-                    raise ControlError(
-                        f"{getattr(control.record, 'title', 'The T2I-Adapter')} makes features of "
-                        f"{tuple(features[0].shape[-2:])} for latents of {tuple(sample.shape[-2:])}: it was "
-                        "made for a model whose VAE scales pictures differently; choose one made for this "
-                        "checkpoint."
-                    )
+                features = self._adapter_features(unit, hint, rows, tuple(sample.shape[-2:]))
                 scales = _block_scales(unit, len(features), soft)
                 scaled = [f.to(sample.dtype) * s for f, s in zip(features, scales, strict=True)]
                 if only_cond:
@@ -284,11 +277,21 @@ class ControlSession:
         return args, kwargs
 
     @staticmethod
-    def _adapter_features(unit: ControlUnitInput, hint: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    def _adapter_features(
+        unit: ControlUnitInput, hint: torch.Tensor, rows: int, latent: tuple[int, ...]
+    ) -> list[torch.Tensor]:
+        """The adapter's features of ``hint`` for ``rows`` rows, computed once per size (a pass's steps reuse
+        them); ``ControlError`` when they do not match the ``latent`` size the UNet works at."""
         key = (hint.shape[-2], hint.shape[-1], f"{hint.device}/{hint.dtype}/{rows}")
         cached = unit._adapter_features.get(key)
         if cached is None:
             features = unit.control.model(hint)
+            if tuple(features[0].shape[-2:]) != latent:
+                raise ControlError(
+                    f"{getattr(unit.control.record, 'title', 'The T2I-Adapter')} makes features of "
+                    f"{tuple(features[0].shape[-2:])} for latents of {latent}: it was made for a model whose "
+                    "VAE scales pictures differently; choose one made for this checkpoint."
+                )
             cached = [f.expand(rows, *f.shape[1:]) for f in features]
             unit._adapter_features[key] = cached
         return cached

@@ -204,20 +204,15 @@ def _load_adapter_file(
     record: ControlNetRecord, tensors: dict[str, torch.Tensor], dtype: torch.dtype, name: str
 ) -> LoadedControlNet:
     """A full T2I-Adapter from a single file's tensors (diffusers' or the original keys)."""
+    from accelerate import init_empty_weights
     from diffusers import T2IAdapter
 
     shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
     config = t2i_adapter_config(shapes, name=name)
     state = {new: tensors[old] for old, new in t2i_adapter_keys(tensors, name=name).items()}
-    model = T2IAdapter(**config)
-    missing, unexpected = model.load_state_dict(_cast(state, dtype), strict=False)
-    if missing or unexpected:
-        raise ControlNetLoadError(
-            f"{name}: the weights do not match a T2I-Adapter of this shape (missing {len(missing)}, "
-            f"unexpected {len(unexpected)}, e.g. {', '.join([*missing, *unexpected][:_FEW])}); the file is "
-            "incomplete or of an adapter variant Easel does not support"
-        )
-    model.to(dtype).eval().requires_grad_(False)
+    with init_empty_weights():
+        model = T2IAdapter(**config)
+    _fill(model, state, dtype, name)  # every weight present, of its shape; assigned, not copied
     return _adapter(record, model, dtype)
 
 
