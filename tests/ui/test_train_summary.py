@@ -3,6 +3,9 @@ for an HTML tag), and the memory estimate's line is there when the service made 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tests.ui.test_ui_app import FakeEngine
 from webui.services.training import DatasetSummary, MemoryCheck
 from webui.training.memory import GIB, MemoryEstimate
 from webui.ui.train import _summary_markdown
@@ -52,3 +55,26 @@ def test_try_it_loads_a_dreambooth_checkpoint_and_tags_a_lora() -> None:
     )  # fmt: skip
     assert try_in_txt2img(services, run("dreambooth", "gone", "gone"), loads.append) == ("zwx ball", None)
     assert loads == ["zwx.db [0123456789]"]  # nothing else was loaded
+
+
+def test_every_writer_of_the_summary_runs_in_one_ordered_queue(tmp_path: Path) -> None:
+    """Leaving Batch for Resolution fires two refreshes; run side by side, the older one could land last
+    and show the old resolution's buckets. So each handler that writes the summary (check, upload, the
+    settings' refreshes) is queued under one concurrency id, one at a time."""
+    from webui.container import build_services
+    from webui.settings import Settings
+    from webui.ui.app import build_ui
+
+    settings = Settings(data_dir=tmp_path, preload_model=False, api=False, nowebui=True)
+    services = build_services(settings, engine_factory=FakeEngine)
+    try:
+        blocks = build_ui(services)
+        summary = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "train_summary")
+        writers = [fn for fn in blocks.fns.values() if any(out is summary for out in fn.outputs)]
+        triggers = {blocks.blocks[block_id].elem_id for fn in writers for block_id, _ in fn.targets}
+        assert {"train_check", "train_files", "train_resolution", "train_batch", "train_rank"} <= triggers
+        assert {(fn.queue, fn.concurrency_id, fn.concurrency_limit) for fn in writers} == {
+            (True, "train_summary", 1)
+        }
+    finally:
+        services.generation.shutdown()

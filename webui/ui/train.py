@@ -475,20 +475,19 @@ def build_train_tab(
         except Exception as exc:
             return f"**Error:** {user_message(exc)}"
 
+    # Every writer of the summary runs in one queue, one at a time and in the order it was asked: leaving
+    # Batch for Resolution fires two refreshes, and run side by side the older one could land last and
+    # show the old resolution's buckets.
+    in_order = {"api_visibility": "private", "concurrency_id": "train_summary", "concurrency_limit": 1}
     summary_inputs = [staged, folder, *settings_inputs]
     for changed in (method, optimizer, text_encoder, checkpointing, precision):
-        changed.change(refresh_summary, summary_inputs, summary, api_visibility="private", queue=False)
+        changed.change(refresh_summary, summary_inputs, summary, **in_order)
     for typed in (batch, resolution, rank):
-        typed.blur(refresh_summary, summary_inputs, summary, api_visibility="private", queue=False)
-        typed.submit(refresh_summary, summary_inputs, summary, api_visibility="private", queue=False)
-    check.click(
-        do_check, inputs=[files, staged, folder, *settings_inputs], outputs=check_outputs,
-        api_visibility="private",
-    )  # fmt: skip
-    files.upload(
-        do_check, inputs=[files, staged, folder, *settings_inputs], outputs=check_outputs,
-        api_visibility="private",
-    )  # fmt: skip
+        typed.blur(refresh_summary, summary_inputs, summary, **in_order)
+        typed.submit(refresh_summary, summary_inputs, summary, **in_order)
+    check_inputs = [files, staged, folder, *settings_inputs]
+    check.click(do_check, check_inputs, check_outputs, **in_order)
+    files.upload(do_check, check_inputs, check_outputs, **in_order)
 
     def live_readout(counts_v: Any, steps_v: Any, batch_v: Any, accumulation_v: Any) -> str:
         images, per_epoch = counts_v or (0, 0)
