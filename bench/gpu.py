@@ -11,8 +11,8 @@ Random weights from Easel's bundled configs (SD 1.5 and SDXL shapes, no download
   SDXL 1024² with the process capped at 8 GiB (``set_per_process_memory_fraction``), fp8 + medvram.
 
 Each row runs on its own: one that fails (an out-of-memory, a missing kernel) prints its error and the
-script goes on. ``torch.compile`` rows are listed as not implemented until Easel has that path. The table is
-printed and appended to ``bench/RESULTS.md`` with the card, driver and versions.
+script goes on. The compiled rows run Easel's ``easel_compile_unet`` path (``webui.runtime.compile``).
+The table is printed and appended to ``bench/RESULTS.md`` with the card, driver and versions.
 
     python bench/gpu.py                  # on a CUDA machine, about 5–8 minutes on an H100/H200
     python bench/gpu.py --smoke          # tiny models on the CPU: checks the script itself in a minute
@@ -240,7 +240,28 @@ def main() -> None:
                 return f"{easel} | {plain} | time ratio {easel_s / plain_s:.3f}"
 
             row(f"{family} {sizes[family]}² batch {batch}, {steps} steps, eager")(compare)
-        row(f"{family} {sizes[family]}² compiled")(lambda: "not implemented yet (torch.compile path)")
+
+        def compiled(model: LoadedModel = models[family], size: int = sizes[family]) -> str:
+            from torch._dynamo.utils import counters
+
+            from webui.runtime.compile import compiled_unet
+
+            work = job(size, 1, steps)
+            eager_s, eager_rate = best_of(args.runs, lambda: easel_run(model, work))
+            with compiled_unet(model, True, (size, 1)):
+                start = time.perf_counter()
+                easel_run(model, work)  # compiles
+                first = time.perf_counter() - start
+                graphs = counters["stats"]["unique_graphs"]
+                compiled_s, compiled_rate = best_of(args.runs, lambda: easel_run(model, work))
+                again = counters["stats"]["unique_graphs"] - graphs
+            return (
+                f"compiled {compiled_rate:.1f} it/s, {compiled_s:.3f} s | eager {eager_rate:.1f} it/s, "
+                f"{eager_s:.3f} s | time ratio {compiled_s / eager_s:.3f} | first image with the compile "
+                f"{first:.1f} s | graphs compiled after the first: {again}"
+            )
+
+        row(f"{family} {sizes[family]}² batch 1, {steps} steps, compiled UNet (torch.compile)")(compiled)
 
         def vae(model: LoadedModel = models[family], size: int = sizes[family]) -> str:
             latents = torch.randn(1, 4, size // 8, size // 8, device=device, dtype=dtype)

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--xformers", action="store_true", help="use xformers attention when installed (CUDA)"
     )
     device.add_argument("--opt-sdp-attention", action="store_true", help="use torch SDPA attention (default)")
+    device.add_argument(
+        "--memory-mode", choices=["auto", "normal", "medvram", "lowvram"], default="auto",
+        help="GPU memory use: auto (default) chooses per job from its estimated need and the free memory",
+    )  # fmt: skip
     device.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
     device.add_argument(
         "--lowvram", action="store_true", help="stream weights layer by layer (slow, smallest)"
@@ -164,7 +168,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     elif args.bf16:
         values["precision"] = "bf16"
     values["attention"] = "xformers" if args.xformers else "sdpa"
-    values["memory_mode"] = "lowvram" if args.lowvram else "medvram" if args.medvram else "normal"
+    values["memory_mode"] = "lowvram" if args.lowvram else "medvram" if args.medvram else args.memory_mode
     values["models_in_ram"] = args.models_in_ram
     values["lora_cache_mb"] = args.lora_cache_mb
     values["preload_model"] = not args.no_preload

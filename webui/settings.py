@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["half", "bf16", "full"] = "half"  # half: fp16 on CUDA; always fp32 on CPU
     attention: Literal["sdpa", "xformers"] = "sdpa"
-    memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
+    memory_mode: Literal["auto", "normal", "medvram", "lowvram"] = "auto"
     models_in_ram: int = Field(2, ge=1, le=16)
     lora_cache_mb: int = Field(1024, ge=16)  # RAM for parsed LoRA files (least recently used dropped)
 

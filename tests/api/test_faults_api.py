@@ -194,6 +194,43 @@ def test_out_of_memory_on_a_gpu_retries_once_in_the_next_memory_mode(
     assert _pixels(_works(client)) == _pixels(expected)  # and the app goes on
 
 
+def test_the_automatic_memory_mode_chooses_per_job_and_says_so(client: TestClient) -> None:
+    """--memory-mode auto (the default; on a GPU only, so here the free memory is given): each job's mode is
+    the fastest whose estimate fits, and a job whose mode differs from the last one's says which and why."""
+    from webui.domain.memory_plan import GIB
+
+    expected = _works(client)
+    engine = client.services.generation.engine()  # type: ignore[attr-defined]
+    assert not engine.auto  # the CPU has no memory modes
+    engine.auto = True
+    need = engine.plan_memory(engine.cache.active, _shape(64), 0).need
+    free = [need.medvram]  # enough for one part at a time, not for the whole model
+    engine.free_memory = lambda: free[0]
+
+    def warnings(**fields: object) -> list[str]:
+        return json.loads(_works(client, **fields)["info"])["warnings"]
+
+    first = _works(client)
+    assert _pixels(first) == _pixels(expected)  # on the CPU a mode moves nothing
+    (line,) = json.loads(first["info"])["warnings"]
+    assert line.startswith("Memory mode medvram: 64×64, batch 1 needs about") and "is free" in line
+    assert engine.choice.memory_mode == "medvram"
+    assert warnings() == []  # the same mode again: nothing to say
+    free[0] = 64 * GIB
+    (line,) = warnings()
+    assert line.startswith("Memory mode normal:")
+    free[0] = need.medvram
+    assert warnings()[0].startswith("Memory mode medvram:")
+    (line,) = warnings(enable_hr=True, hr_scale=4, hr_second_pass_steps=1)  # a 256² hires pass needs more
+    assert line.startswith("Memory mode lowvram: 256×256")
+
+
+def _shape(size: int) -> object:
+    from webui.domain.memory_plan import JobShape
+
+    return JobShape("", size, size)
+
+
 def test_without_a_gpu_there_is_no_lower_memory_mode(client: TestClient) -> None:
     engine = client.services.generation.engine()  # type: ignore[attr-defined]
     assert engine.choice.device.type == "cpu"

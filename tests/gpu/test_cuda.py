@@ -138,3 +138,40 @@ def test_out_of_memory_step_down_keeps_generating(tiny_model_files: dict[str, Pa
         assert engine.lower_memory_mode() == expected
         images, _ = generate_batch(model, job)
         assert images
+
+
+def test_the_automatic_mode_places_each_job_where_it_fits(
+    tiny_model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """--memory-mode auto on a real GPU: too little free memory for the whole model gives medvram hooks,
+    enough gives the whole model back on the GPU, and each generates the same image within fp16's noise."""
+    import numpy as np
+
+    from webui.domain.memory_plan import GIB, JobShape
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.engine import Engine
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    engine = Engine(
+        device="cuda", precision="half", attention="sdpa", memory_mode="auto", models_in_ram=1,
+        tokenizer_cache=tmp_path / "t",
+    )  # fmt: skip
+    assert engine.auto
+    record = _record(tiny_model_files["sd15_single"])
+    shape = JobShape("", 64, 64)
+    sampler, schedule = resolve_sampler("Euler")
+    job = DiffusionJob(
+        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
+        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+    )  # fmt: skip
+    pictures = []
+    for free, mode in ((64 * GIB, "normal"), (None, "medvram"), (64 * GIB, "normal")):
+        if free is None:
+            free = engine.plan_memory(engine.cache.active, shape, 0).need.medvram
+        engine.free_memory = lambda free=free: free  # type: ignore[method-assign]
+        model = engine.activate(record, shape=shape)
+        assert engine.choice.memory_mode == mode
+        assert (getattr(model, "_offload_mode", None) or "normal") == mode
+        images, _ = generate_batch(model, job)
+        pictures.append(np.asarray(images[0], dtype=np.int16))
+    assert np.abs(pictures[1] - pictures[0]).max() <= 2 and np.array_equal(pictures[2], pictures[0])

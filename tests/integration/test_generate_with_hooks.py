@@ -118,3 +118,25 @@ def test_medvram_then_lowvram_replaces_the_hooks_and_generates_the_same_image(
     assert type(model.unet._hf_hook).__name__ != "SequentialHook"  # type: ignore[attr-defined]
     assert next(model.unet.parameters()).device.type == "meta"  # type: ignore[attr-defined]
     assert _generate(model, []) == plain
+
+
+def test_back_to_normal_mode_takes_the_hooks_off_and_puts_the_weights_back(
+    tiny_model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The automatic mode moves back up when a later job fits whole: lowvram's hooks (weights on ``meta``,
+    kept in RAM by the hooks) come off and the model generates as if they had never been there."""
+    from webui.runtime.cache import ModelCache
+
+    plain = _generate(_model(tiny_model_files, tmp_path, None), [])
+    path = tiny_model_files["sd15_single"]
+    record = next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
+    normal = DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", "normal")
+    cache = ModelCache(normal, capacity=1, tokenizer_cache=tmp_path / "tok")
+    model = cache.get(record)
+    _enable_offload(model, DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", "lowvram"))  # type: ignore[arg-type]
+    assert next(model.unet.parameters()).device.type == "meta"
+    cache.relocate(normal)
+    assert getattr(model, "_offload_mode", None) is None
+    assert not hasattr(model.unet, "_hf_hook")
+    assert {p.device.type for m in model.modules() for p in m.parameters()} == {"cpu"}
+    assert _generate(model, []) == plain

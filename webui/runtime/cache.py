@@ -36,7 +36,7 @@ class DeviceChoice:
     device: torch.device
     dtype: torch.dtype
     attention: str  # "sdpa" or "xformers"
-    memory_mode: str  # "normal", "medvram", "lowvram"
+    memory_mode: str  # "normal", "medvram", "lowvram" (what the models are placed for now)
 
     def describe(self) -> str:
         name = str(self.device)
@@ -75,7 +75,7 @@ def choose_device(device: str, precision: str, attention: str, memory_mode: str)
             attention = "sdpa"
         if target.type != "cuda":
             attention = "sdpa"
-    if target.type != "cuda":
+    if target.type != "cuda" or memory_mode == "auto":  # auto starts whole; the engine plans each job
         memory_mode = "normal"
     return DeviceChoice(device=target, dtype=dtype, attention=attention, memory_mode=memory_mode)
 
@@ -119,13 +119,21 @@ class ModelCache:
         return list(self._models.values())
 
     def get(
-        self, record: CheckpointRecord, progress: ProgressFn | None = None, *, fp8: bool = False
+        self,
+        record: CheckpointRecord,
+        progress: ProgressFn | None = None,
+        *,
+        fp8: bool = False,
+        placement: Callable[[LoadedModel], DeviceChoice] | None = None,
     ) -> LoadedModel:
         """The loaded model for ``record`` (weights in fp8 storage with ``fp8``), on the generation device;
-        loads it if not cached."""
+        loads it if not cached. ``placement`` (the automatic memory mode) picks the memory mode from the
+        model in RAM before it is placed; the cache keeps that mode from then on."""
         model = self._cached_or_loaded(record, progress, fp8)
         if model is self._companion:
             self._companion = None
+        if placement is not None:
+            self.device = placement(model)
         self._activate(model)
         self._evict()
         return model
@@ -184,9 +192,9 @@ class ModelCache:
                 log.warning("xformers could not be enabled (%s); using torch SDPA", exc)
 
     def _activate(self, model: LoadedModel) -> None:
-        if self._active is model:
+        if self._active is model and _placed_mode(model) == self._mode_for_device():
             return
-        if self._active is not None:
+        if self._active is not None and self._active is not model:
             self._to_ram(self._active)
         self._to_device(model)
         self._active = model
@@ -195,29 +203,31 @@ class ModelCache:
 
     def relocate(self, device: DeviceChoice) -> None:
         """Use ``device`` (another memory mode) from now on; the active model is placed for it at once (off
-        the GPU and behind offload hooks when leaving normal mode), the others when next activated."""
-        previous, self.device = self.device, device
-        model = self._active
-        if model is None:
-            return
-        if previous.memory_mode == "normal" and previous.device.type != "cpu":
-            model.to(torch.device("cpu"))
-        self._to_device(model)
-        if device.device.type == "cuda":
-            torch.cuda.empty_cache()
+        the GPU and behind offload hooks when leaving normal mode, back whole when returning to it), the
+        others when next activated."""
+        self.device = device
+        if self._active is not None:
+            self._activate(self._active)
+
+    def _mode_for_device(self) -> str:
+        return "normal" if self.device.device.type == "cpu" else self.device.memory_mode
 
     def _to_device(self, model: LoadedModel) -> None:
-        """Whole onto the generation device, or (--medvram / --lowvram) behind offload hooks."""
+        """Whole onto the generation device, or (--medvram / --lowvram) behind offload hooks; a model placed
+        for another mode leaves it first."""
         target = self.device.device
-        if self.device.memory_mode == "normal" or target.type == "cpu":
+        if self._mode_for_device() == "normal":
+            _disable_offload(model)
             model.to(target)
         else:
+            if _placed_mode(model) == "normal" and model.device.type != "cpu":
+                model.to(torch.device("cpu"))
             model.device = target  # offload hooks move weights during generation
             _enable_offload(model, self.device)
 
     def _to_ram(self, model: LoadedModel) -> None:
-        """Off the GPU (normal mode; offloaded models already wait in RAM)."""
-        if self.device.device.type != "cpu" and self.device.memory_mode == "normal":
+        """Off the GPU (a whole model; offloaded ones already wait in RAM)."""
+        if _placed_mode(model) == "normal" and model.device.type != "cpu":
             model.to(torch.device("cpu"))
 
     def _evict(self) -> None:
@@ -266,18 +276,29 @@ class ModelCache:
         model.vae_hash = vae_hash
 
 
+def _placed_mode(model: LoadedModel) -> str:
+    """The memory mode the model's placement is for: its offload hooks' mode, else normal."""
+    return getattr(model, "_offload_mode", None) or "normal"
+
+
+def _disable_offload(model: LoadedModel) -> None:
+    """The offload hooks come off; lowvram's weights, kept in RAM by the hooks, are put back in place."""
+    if getattr(model, "_offload_mode", None) is None:
+        return
+    from accelerate.hooks import remove_hook_from_module
+
+    for module in model.modules():
+        remove_hook_from_module(module, recurse=True)
+    model._offload_mode = None  # type: ignore[attr-defined]
+
+
 def _enable_offload(model: LoadedModel, device: DeviceChoice) -> None:
     """--medvram: whole components move to the GPU when used; --lowvram: layer by layer."""
     from accelerate import cpu_offload, cpu_offload_with_hook
 
-    previous = getattr(model, "_offload_mode", None)
-    if previous == device.memory_mode:
+    if getattr(model, "_offload_mode", None) == device.memory_mode:
         return
-    if previous is not None:  # medvram's whole-component hooks give way to lowvram's (a memory step down)
-        from accelerate.hooks import remove_hook_from_module
-
-        for module in model.modules():
-            remove_hook_from_module(module, recurse=True)
+    _disable_offload(model)  # another mode's hooks give way (medvram's would stack under lowvram's)
     if device.memory_mode == "lowvram":
         for module in model.modules():
             cpu_offload(module, execution_device=device.device)

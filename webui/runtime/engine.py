@@ -12,13 +12,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from webui.domain.lora import ActiveLora
+from webui.domain.memory_plan import MEMORY_MODES, JobShape, MemoryPlan, ModelParts, choose_mode, estimate
 from webui.domain.models import CheckpointRecord, ModelFamily
 from webui.runtime.cache import DeviceChoice, ModelCache, choose_device
 from webui.runtime.embeddings import EmbeddingError, EmbeddingStore, tables_for_model
-from webui.runtime.generate import DiffusionJob, GenerationError, generate_batch
+from webui.runtime.generate import VAE_TILING_PIXELS, DiffusionJob, GenerationError, generate_batch
 from webui.runtime.loader import LoadedModel, ModelLoadError, ProgressFn
 from webui.runtime.lora import LoraApplyReport, LoraFileCache, LoraFormatError, LoraPatcher
 
@@ -26,7 +28,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DiffusionJob", "Engine", "GenerationError", "ModelLoadError"]
 
-MEMORY_MODES = ("normal", "medvram", "lowvram")  # each keeps less of the model on the GPU than the last
+# The weights a ControlNet unit adds on the GPU, as a share of the UNet's: a full ControlNet is the UNet's
+# encoder and middle block (361 M of SD 1.5's 860 M parameters, 1.25 B of SDXL's 2.57 B).
+CONTROLNET_WEIGHT_SHARE = 0.5
 
 
 class Engine:
@@ -42,7 +46,13 @@ class Engine:
         loader: Callable[..., LoadedModel] | None = None,
         lora_cache_mb: int = 1024,
     ) -> None:
+        # auto: each job's memory mode is chosen from its estimated need and the free GPU memory, never
+        # above the ceiling that an out-of-memory error lowers for the session.
+        self.auto = memory_mode == "auto"
         self.choice: DeviceChoice = choose_device(device, precision, attention, memory_mode)
+        self.auto = self.auto and self.choice.device.type == "cuda"
+        self.ceiling = "normal"
+        self.memory_plan: MemoryPlan | None = None  # the last job's automatic choice
         kwargs: dict[str, Any] = {"capacity": models_in_ram, "tokenizer_cache": tokenizer_cache}
         if loader is not None:
             kwargs["loader"] = loader
@@ -50,7 +60,9 @@ class Engine:
         self.lora_files = LoraFileCache(lora_cache_mb * 2**20)
         self.embedding_store = EmbeddingStore()
         self._controlnets: Any = None  # webui.runtime.controlnet.models.ControlNetCache, made on first use
-        log.info("generation device: %s", self.choice.describe())
+        log.info(
+            "generation device: %s%s", self.choice.describe(), " (auto: chosen per job)" if self.auto else ""
+        )
 
     def lower_memory_mode(self) -> tuple[str, str] | None:
         """After running out of GPU memory: move to the next memory mode for the rest of the session (normal
@@ -61,6 +73,7 @@ class Engine:
             return None
         lower = MEMORY_MODES[MEMORY_MODES.index(choice.memory_mode) + 1]
         self.choice = dataclasses.replace(choice, memory_mode=lower)
+        self.ceiling = lower
         self.cache.relocate(self.choice)
         log.warning("out of GPU memory in %s mode: %s from now on", choice.memory_mode, lower)
         return choice.memory_mode, lower
@@ -77,12 +90,58 @@ class Engine:
         vae_hash: str | None = None,
         progress: ProgressFn | None = None,
         fp8: bool = False,
+        shape: JobShape | None = None,
     ) -> LoadedModel:
         """Make ``record`` (with the given VAE, or its own; with ``fp8`` its weights in fp8 storage) the
-        active model. Caller holds ``lock``."""
-        model = self.cache.get(record, progress, fp8=fp8)
+        active model. With the automatic memory mode, ``shape`` (the job about to run) chooses the mode it
+        is placed in. Caller holds ``lock``."""
+        placement = None
+        if self.auto and shape is not None:
+            placement = lambda model: self._plan_placement(model, shape)  # noqa: E731
+        model = self.cache.get(record, progress, fp8=fp8, placement=placement)
         self.cache.set_vae(model, vae_path, vae_hash)
         return model
+
+    def plan_memory(self, model: LoadedModel, shape: JobShape, available: int) -> MemoryPlan:
+        """The memory mode for ``shape`` on ``model`` with ``available`` bytes of GPU memory."""
+
+        def size(module: Any) -> int:
+            return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
+
+        unet = size(model.unet)
+        parts = ModelParts(
+            unet=unet,
+            text_encoders=sum(size(encoder) for encoder in model.text_encoders),
+            vae=size(model.vae),
+            extras=int(unet * CONTROLNET_WEIGHT_SHARE * shape.controlnets),
+        )
+        half = self.choice.dtype != torch.float32
+        pixels = shape.width * shape.height
+        tile = int(getattr(model.vae.config, "sample_size", 512) or 512) ** 2
+        shape = dataclasses.replace(
+            shape,
+            family=model.family.value,
+            dtype_bytes=2 if half else 4,
+            # an fp16 VAE that overflows decodes again in fp32 (SDXL's own VAE does)
+            decode_bytes=4 if self.choice.dtype == torch.float16 and model.family.is_sdxl else None,
+            decode_pixels=tile if pixels > VAE_TILING_PIXELS else None,
+        )
+        return choose_mode(estimate(parts, shape), available, self.ceiling)
+
+    def free_memory(self) -> int:
+        """GPU bytes a job can use: the device's free memory and what Easel's allocator already holds (the
+        models it would move out for the job)."""
+        device = self.choice.device
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device))
+
+    def _plan_placement(self, model: LoadedModel, shape: JobShape) -> DeviceChoice:
+        plan = self.plan_memory(model, shape, self.free_memory())
+        if plan.mode != self.choice.memory_mode:
+            log.info("memory mode %s → %s: %s", self.choice.memory_mode, plan.mode, plan.line())
+        self.memory_plan = plan
+        self.choice = dataclasses.replace(self.choice, memory_mode=plan.mode)
+        return self.choice
 
     def refiner_model(
         self, record: CheckpointRecord, progress: ProgressFn | None = None, *, fp8: bool = False
@@ -180,6 +239,14 @@ class Engine:
 
         return seamless_tiling([model.unet, model.vae], enabled)
 
+    @staticmethod
+    def compiled_unet(model: LoadedModel, enabled: bool, shape: Any) -> Any:
+        """Context manager: the UNet runs compiled while a job runs (``webui.runtime.compile``); it gives
+        the job's ``CompileState``."""
+        from webui.runtime.compile import compiled_unet
+
+        return compiled_unet(model, enabled, shape)
+
     # -- LoRA and embeddings --------------------------------------------------------------------------------
     @staticmethod
     def lora_patcher(model: LoadedModel) -> LoraPatcher:
@@ -270,8 +337,6 @@ class Engine:
                 self._controlnets.clear()
 
     def memory(self) -> dict[str, Any]:
-        import torch
-
         if not torch.cuda.is_available():
             return {"error": "no CUDA device"}
         free, total = torch.cuda.mem_get_info()

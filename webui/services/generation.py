@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from webui.domain.generation import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
+from webui.domain.memory_plan import JobShape
 from webui.domain.models import fp8_applies
 from webui.domain.samplers import effective_schedule, resolve_sampler
 from webui.metadata.image_io import (
@@ -291,11 +292,16 @@ class GenerationService(ImageModesMixin):
             "checkpoint list."
         )
 
-    def _activate(self, record: Any, vae_option: str | None, fp8_storage: str = "Disable") -> Any:
+    def _activate(
+        self, record: Any, vae_option: str | None, fp8_storage: str = "Disable", shape: JobShape | None = None
+    ) -> Any:
         """``record`` loaded and made the active model, with the VAE option's VAE and, where option
-        ``fp8_storage`` says so for its family, its weights in fp8."""
+        ``fp8_storage`` says so for its family, its weights in fp8; placed in the memory mode that ``shape``
+        (the job about to run) needs when the mode is automatic."""
         engine = self.engine()
-        fp8 = {"fp8": True} if fp8_applies(fp8_storage, record.family) else {}
+        placing: dict[str, Any] = {"fp8": True} if fp8_applies(fp8_storage, record.family) else {}
+        if shape is not None and getattr(engine, "auto", False):
+            placing["shape"] = shape
         state = self.models.load_state
         vae_path = self.models.find_vae(vae_option) if vae_option else None
         vae_hash = self.models.hashes.compute("vae", vae_path.name, vae_path)[:10] if vae_path else None
@@ -303,7 +309,7 @@ class GenerationService(ImageModesMixin):
             state.loading, state.error = True, None
             try:
                 model = engine.activate(
-                    record, vae_path=vae_path, vae_hash=vae_hash, progress=state.set, **fp8
+                    record, vae_path=vae_path, vae_hash=vae_hash, progress=state.set, **placing
                 )
             except Exception as exc:
                 state.error = str(exc)
@@ -353,11 +359,14 @@ class GenerationService(ImageModesMixin):
         first_passes: list[GeneratedImage] = []  # hires first passes kept (save_images_before_highres_fix)
         interrupted = False
         face_model: str | None = None  # the face restorer that ran, for the API's info
+        compiling: Any = None  # webui.runtime.compile.CompileState when option easel_compile_unet is on
         try:
             progress.set_text("Loading model")
             vae_option = request.vae if request.vae is not None else opts.sd_vae
-            model = self._activate(record, vae_option, opts.fp8_storage)
             engine = self.engine()
+            plan_before = getattr(engine, "memory_plan", None)
+            model = self._activate(record, vae_option, opts.fp8_storage, job_shape(request, per_batch))
+            memory_note = memory_choice_note(engine, plan_before)
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
             with (
@@ -381,11 +390,16 @@ class GenerationService(ImageModesMixin):
                 job_extra.update(guidance.job_extra)
                 infotext_extra.update(guidance.infotext)
                 warnings.extend(control.warnings)
+                if memory_note:
+                    warnings.append(memory_note)
                 restorer = self._face_restorer(request, warnings)
                 if request.tiling:
                     infotext_extra = {**infotext_extra, "Tiling": True}
                 if getattr(model, "fp8", False):
                     infotext_extra = {**infotext_extra, "FP8 weight": opts.fp8_storage}
+                compiling = job_scope.enter_context(
+                    self._compiled(engine, model, opts.easel_compile_unet, job_shape(request, per_batch))
+                )
                 for iteration in range(request.n_iter):
                     base = iteration * per_batch
                     seeds = all_seeds[base : base + per_batch]
@@ -409,6 +423,10 @@ class GenerationService(ImageModesMixin):
                         seed_resize_from=request.seed_resize_from,
                     )
                     progress.set_text(f"Batch {iteration + 1} of {request.n_iter}")
+                    if iteration == 0 and compiling is not None and compiling.new_shape:
+                        progress.set_text(
+                            f"Batch 1 of {request.n_iter}: compiling the UNet for this size first"
+                        )
 
                     def on_step(step: int, total: int, latents: Any) -> bool:
                         progress.step(step, total)
@@ -486,6 +504,11 @@ class GenerationService(ImageModesMixin):
             raise GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}") from exc
         finally:
             progress.end()
+        if compiling is not None and compiling.failure:
+            warnings.append(
+                f"Compiling the UNet failed ({compiling.failure}); this model runs without compiling until "
+                "it is loaded again."
+            )
         return GenerationResult(
             request=canonical,
             images=images + first_passes,
@@ -521,6 +544,13 @@ class GenerationService(ImageModesMixin):
         if not enabled or tiling is None:
             return contextlib.nullcontext()
         return tiling(model, enabled)
+
+    @staticmethod
+    def _compiled(engine: Any, model: Any, enabled: bool, shape: Any) -> Any:
+        compiled_unet = getattr(engine, "compiled_unet", None)
+        if not enabled or compiled_unet is None:
+            return contextlib.nullcontext()
+        return compiled_unet(model, enabled, shape)
 
     def _face_restorer(self, request: Txt2ImgRequest | Img2ImgRequest, warnings: list[str]) -> str | None:
         """The face restorer to run on this job's images, or None (with a warning if one was asked for)."""
@@ -635,3 +665,34 @@ class GenerationService(ImageModesMixin):
             path=path,
             png_bytes=data,
         )
+
+
+def job_shape(request: Txt2ImgRequest | Img2ImgRequest, per_batch: int) -> JobShape:
+    """What sizes the job's GPU memory: its largest pass (the hires one when there is one), images per
+    batch, CFG and ControlNet units. The engine adds what the loaded model tells (family, precision)."""
+    from webui.domain.img2img import hires_target_size
+
+    width, height = request.width, request.height
+    if getattr(request, "enable_hr", False):
+        hr = cast(Txt2ImgRequest, request)
+        width, height, _crop = hires_target_size(width, height, hr.hr_scale, hr.hr_resize_x, hr.hr_resize_y)
+    return JobShape(
+        family="",
+        width=width,
+        height=height,
+        batch=per_batch,
+        cfg=request.cfg_scale != 1,
+        controlnets=sum(1 for unit in request.controlnet_units if unit.is_active),
+    )
+
+
+def memory_choice_note(engine: Any, before: Any) -> str | None:
+    """The automatic memory mode's choice for the job when it differs from the last job's plan (``before``;
+    the first job's when it is not the whole model on the GPU): a line for the job's messages, with the
+    estimate and free memory behind it; ``None`` otherwise."""
+    plan = getattr(engine, "memory_plan", None)
+    if not getattr(engine, "auto", False) or plan is None or plan is before:
+        return None
+    if plan.mode == (before.mode if before is not None else "normal"):
+        return None
+    return cast(str, plan.line())

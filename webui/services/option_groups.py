@@ -148,6 +148,13 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         choices=tuple((name, name) for name in FP8_CHOICES),
     ),
     _opt(
+        "easel_compile_unet",
+        SD,
+        "Compile the UNet (torch.compile)",
+        "faster steps once compiled; the first image at each new size waits for the compile (seconds to "
+        "minutes), later ones and LoRA changes do not; not with --medvram / --lowvram or FP8 weight",
+    ),
+    _opt(
         "randn_source",
         SD,
         "Random number generator source",

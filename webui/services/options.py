@@ -50,6 +50,8 @@ class Options(BaseModel):
     hires_fix_refiner_pass: str = "second pass"
     # Optimizations: keep the UNet's and text encoders' weights in fp8 (webui.runtime.fp8)
     fp8_storage: str = "Disable"
+    # Optimizations: run the UNet compiled with torch.compile (webui.runtime.compile)
+    easel_compile_unet: bool = False
     face_restoration_model: str = ""  # GFPGAN, CodeFormer or RestoreFormer; empty: the first installed
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)  # CodeFormer fidelity: 0 strongest, 1 weakest
     # ControlNet (the sd-webui-controlnet extension's option names)
