@@ -4,8 +4,9 @@ The compiled forward is made once per loaded model and kept on its UNet; TorchDy
 input shape (and per set of extra inputs, such as a ControlNet's residuals), so each new image size
 compiles once and later jobs at that size reuse it. LoRAs merge into the weights in place, which the
 graphs read as inputs: switching LoRAs compiles nothing again. Off, or where the forward is someone
-else's (offload hooks of --medvram/--lowvram, FP8 weight's per-layer upcast), the UNet runs as it is. A
-failed compile is reported once and the model runs without compiling from then on.
+else's (offload hooks of --medvram/--lowvram, FP8 weight's per-layer upcast), the UNet runs as it is, and
+so do calls that need gradients (CLIP guidance), which would compile a backward graph as well. A failed
+compile is reported once and the model runs without compiling from then on.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator
     eager = type(unet).forward.__get__(unet)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        if compiled.failure is not None:
+        # A call that needs gradients (CLIP guidance's) would compile a backward graph too: it runs eagerly.
+        if compiled.failure is not None or torch.is_grad_enabled():
             return eager(*args, **kwargs)
         try:
             return compiled.forward(*args, **kwargs)

@@ -422,13 +422,21 @@ class GenerationService(ImageModesMixin):
                         extra=dict(job_extra),
                         seed_resize_from=request.seed_resize_from,
                     )
-                    progress.set_text(f"Batch {iteration + 1} of {request.n_iter}")
-                    if iteration == 0 and compiling is not None and compiling.new_shape:
-                        progress.set_text(
-                            f"Batch 1 of {request.n_iter}: compiling the UNet for this size first"
-                        )
+                    batch_text = f"Batch {iteration + 1} of {request.n_iter}"
+                    compile_wait = iteration == 0 and compiling is not None and compiling.new_shape
+                    progress.set_text(
+                        "Compiling the UNet for this size (once per size)" if compile_wait else batch_text
+                    )
 
-                    def on_step(step: int, total: int, latents: Any) -> bool:
+                    def on_step(
+                        step: int,
+                        total: int,
+                        latents: Any,
+                        compile_wait: bool = compile_wait,
+                        batch_text: str = batch_text,
+                    ) -> bool:
+                        if compile_wait and step == 1:  # the first step ran: the compile is done
+                            progress.set_text(batch_text)
                         progress.step(step, total)
                         if preview_every > 0 and (step % preview_every == 0) and step < total:
                             try:
