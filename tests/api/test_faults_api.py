@@ -225,6 +225,26 @@ def test_the_automatic_memory_mode_chooses_per_job_and_says_so(client: TestClien
     assert line.startswith("Memory mode lowvram: 256×256")
 
 
+def test_cached_controlnets_and_encoders_make_room_only_when_the_job_needs_it(client: TestClient) -> None:
+    """What stays on the GPU between jobs (cached ControlNets, the IP-Adapter image encoder) is not counted
+    as free; it is released when it stands between the job and a faster memory mode, and kept otherwise."""
+    from webui.domain.memory_plan import GIB
+
+    _works(client)
+    engine = client.services.generation.engine()  # type: ignore[attr-defined]
+    assert len(engine._releasables) == 1  # the ControlNet service's image encoder
+    released: list[int] = []
+    engine.add_releasable(lambda: 0 if released else 2 * GIB, lambda: released.append(1))
+    engine.auto = True
+    need = engine.plan_memory(engine.cache.active, _shape(64), 0).need
+    engine.free_memory = lambda: need.normal + 3 * GIB  # room for the whole model beside the 2 GiB
+    assert json.loads(_works(client)["info"])["warnings"] == []
+    assert released == [] and engine.choice.memory_mode == "normal"
+    engine.free_memory = lambda: need.normal + GIB  # the whole model fits only without them
+    assert json.loads(_works(client)["info"])["warnings"] == []  # still normal: nothing to say
+    assert released == [1] and engine.choice.memory_mode == "normal"
+
+
 def _shape(size: int) -> object:
     from webui.domain.memory_plan import JobShape
 

@@ -118,8 +118,12 @@ def test_controlnet_unit_on_cuda_fp16(
     assert next(control.model.parameters()).device.type == expected
 
 
+MEMORY_STEPS = [("normal", "medvram"), ("medvram", "lowvram")]
+
+
 def test_out_of_memory_step_down_keeps_generating(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
-    """Engine.lower_memory_mode on a real GPU: normal → medvram → lowvram, each still generating."""
+    """Engine.lower_memory_mode on a real GPU: normal → medvram → lowvram, each still generating; each step
+    releases what is kept on the GPU between jobs (cached ControlNets, the IP-Adapter image encoder)."""
     from webui.domain.samplers import resolve_sampler
     from webui.runtime.engine import Engine
     from webui.runtime.generate import DiffusionJob, generate_batch
@@ -134,8 +138,11 @@ def test_out_of_memory_step_down_keeps_generating(tiny_model_files: dict[str, Pa
         prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
         seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
     )  # fmt: skip
+    released: list[int] = []
+    engine.add_releasable(lambda: 1, lambda: released.append(1))
     for expected in (("normal", "medvram"), ("medvram", "lowvram"), None):
         assert engine.lower_memory_mode() == expected
+        assert len(released) == (2 if expected is None else 1 + MEMORY_STEPS.index(expected))
         images, _ = generate_batch(model, job)
         assert images
 

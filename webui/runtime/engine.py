@@ -53,6 +53,9 @@ class Engine:
         self.auto = self.auto and self.choice.device.type == "cuda"
         self.ceiling = "normal"
         self.memory_plan: MemoryPlan | None = None  # the last job's automatic choice
+        # What other parts keep on the GPU between jobs and can let go of when a job needs the room (the
+        # IP-Adapter image encoder): (bytes held, release) pairs; the ControlNet cache is one too.
+        self._releasables: list[tuple[Callable[[], int], Callable[[], None]]] = []
         kwargs: dict[str, Any] = {"capacity": models_in_ram, "tokenizer_cache": tokenizer_cache}
         if loader is not None:
             kwargs["loader"] = loader
@@ -72,6 +75,7 @@ class Engine:
         if choice.device.type != "cuda" or choice.memory_mode not in MEMORY_MODES[:-1]:
             return None
         lower = MEMORY_MODES[MEMORY_MODES.index(choice.memory_mode) + 1]
+        self.release_extras()
         self.choice = dataclasses.replace(choice, memory_mode=lower)
         self.ceiling = lower
         self.cache.relocate(self.choice)
@@ -135,8 +139,35 @@ class Engine:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device))
 
+    def add_releasable(self, held: Callable[[], int], release: Callable[[], None]) -> None:
+        """Something kept on the GPU between jobs (``held()`` bytes) that ``release()`` lets go of."""
+        self._releasables.append((held, release))
+
+    def _extras(self) -> list[tuple[Callable[[], int], Callable[[], None]]]:
+        extras = list(self._releasables)
+        if self._controlnets is not None:
+            extras.append((self._controlnets.gpu_bytes, self._controlnets.clear))
+        return extras
+
+    def extras_bytes(self) -> int:
+        """GPU bytes the cached ControlNets and the other releasable parts hold."""
+        return sum(held() for held, _ in self._extras())
+
+    def release_extras(self) -> None:
+        """Cached ControlNets and the other releasable parts leave the GPU (they load again when used)."""
+        for _, release in self._extras():
+            release()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _plan_placement(self, model: LoadedModel, shape: JobShape) -> DeviceChoice:
-        plan = self.plan_memory(model, shape, self.free_memory())
+        extras = self.extras_bytes()
+        available = self.free_memory() - extras  # held by parts the job may not use
+        plan = self.plan_memory(model, shape, available)
+        if plan.mode != "normal" and extras:  # they stand in the way of a faster mode: they go
+            self.release_extras()
+            log.info("released %.2f GiB of cached ControlNets and encoders for the job", extras / 2**30)
+            plan = self.plan_memory(model, shape, available + extras)
         if plan.mode != self.choice.memory_mode:
             log.info("memory mode %s → %s: %s", self.choice.memory_mode, plan.mode, plan.line())
         self.memory_plan = plan

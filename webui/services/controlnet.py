@@ -224,6 +224,14 @@ class ControlNetService:
                 self._encoders = ImageEncoders(self.encoder_dirs, self.models_root)
             return self._encoders
 
+    def encoder_gpu_bytes(self) -> int:
+        """GPU memory the kept IP-Adapter image encoder holds (released when a job needs the room)."""
+        return int(self._encoders.gpu_bytes()) if self._encoders is not None else 0
+
+    def release_encoders(self) -> None:
+        if self._encoders is not None:
+            self._encoders.unload()
+
     def _ip_adapter_tokens(self, module: str, loaded: Any, images: list[Image.Image], label: str) -> Any:
         """The image tokens of an IP-Adapter unit: ``images`` encoded by the module's CLIP image encoder
         (several pictures: their embeddings averaged)."""

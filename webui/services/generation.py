@@ -116,6 +116,9 @@ class GenerationService(ImageModesMixin):
         with self._engine_lock:
             if self._engine is None:
                 self._engine = self._engine_factory()
+                add_releasable = getattr(self._engine, "add_releasable", None)
+                if self.controlnet is not None and add_releasable is not None:
+                    add_releasable(self.controlnet.encoder_gpu_bytes, self.controlnet.release_encoders)
             return self._engine
 
     # -- queue -----------------------------------------------------------------------------------------------

@@ -372,6 +372,14 @@ class ImageEncoders:
         with self._lock:
             self._loaded = None
 
+    def gpu_bytes(self) -> int:
+        """Bytes the kept encoder holds on a GPU (0 when it is on the CPU or none is kept)."""
+        with self._lock:
+            encoder = self._loaded[1] if self._loaded is not None else None
+        if encoder is None or encoder.device.type != "cuda":
+            return 0
+        return sum(p.numel() * p.element_size() for p in encoder.model.parameters())
+
 
 # -- applying ---------------------------------------------------------------------------------------------
 

@@ -472,6 +472,12 @@ class ControlNetCache:
             self._models.clear()
         _release_memory()
 
+    def gpu_bytes(self) -> int:
+        """Bytes the cached ControlNets hold on a GPU."""
+        with self._lock:
+            on_gpu = [loaded for loaded in self._models.values() if loaded.device.type == "cuda"]
+        return sum(p.numel() * p.element_size() for loaded in on_gpu for p in loaded.model.parameters())
+
 
 def _release_memory() -> None:
     gc.collect()
