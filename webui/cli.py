@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument(
         "--lora-cache-mb", type=int, default=1024, help="RAM for parsed LoRA files (default 1024)"
     )
+    cluster = parser.add_argument_group("many GPU workers (Ray; pip install -r requirements-ray.txt)")
+    cluster.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="run jobs on Ray workers: local (a private Ray on this machine), auto or HOST:PORT",
+    )  # fmt: skip
+    cluster.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else one)")
+    cluster.add_argument("--worker-gpus", type=float, help="GPUs per worker (default 1 when there are GPUs)")
     extensions = parser.add_argument_group("extensions")
     extensions.add_argument(
         "--disable-all-extensions", action="store_true", help="load no extension (bundled ones included)"
@@ -172,6 +179,9 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["models_in_ram"] = args.models_in_ram
     values["lora_cache_mb"] = args.lora_cache_mb
     values["preload_model"] = not args.no_preload
+    values["ray_address"] = args.ray_address
+    values["workers"] = args.workers
+    values["worker_gpus"] = args.worker_gpus
     if args.disable_all_extensions or args.disable_extra_extensions:
         values["disable_extensions"] = "all" if args.disable_all_extensions else "extra"
     for flag in (

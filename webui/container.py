@@ -52,6 +52,13 @@ class Services:
         """Load the selected checkpoint in the background so the page is served at once."""
 
         def run() -> None:
+            if self.generation.cluster_factory is not None:  # the workers load models for their jobs
+                try:
+                    self.generation.cluster()
+                except Exception as exc:  # reported in the UI's load status, app keeps running
+                    self.models.load_state.error = f"the GPU workers did not start: {exc}"
+                    log.error("the GPU workers did not start: %s", exc)
+                return
             if self.prompt_tokens is not None:  # counts work before the checkpoint has loaded
                 try:
                     self.prompt_tokens.warm_up()
@@ -136,6 +143,12 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
         settings.controlnet_path, settings.annotators_path, options, clip_vision_dir=settings.clip_vision_path
     )
     generation.controlnet = controlnet
+    if settings.ray_address:  # jobs run on Ray workers; without the flag Ray is never imported
+        from webui.runtime.cluster_worker import connect
+        from webui.services.cluster import start_cluster
+
+        connect(settings.ray_address)  # here, in the thread that starts Easel (the workers start later)
+        generation.cluster_factory = lambda: start_cluster(settings, generation)
     controlnet.progress_text = generation.progress.set_text
     # Preprocessors run where generation does (a GPU when there is one); asked on first use only.
     controlnet.preprocess_device = faces.device

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     cors_allow_origins: str | None = None  # comma-separated origins (A1111 --cors-allow-origins)
     cors_allow_origins_regex: str | None = None
     preload_model: bool = True
+    # Many GPU workers on Ray (webui.services.cluster): None (the default) never imports Ray
+    ray_address: str | None = None  # "local", "auto" or HOST:PORT
+    workers: int | None = Field(None, ge=1, le=256)  # default: one per GPU in the Ray cluster, else one
+    worker_gpus: float | None = Field(None, ge=0, le=8)  # GPUs per worker; default 1 when there are GPUs
     # Extensions: "all" loads none (--disable-all-extensions), "extra" only the bundled ones
     # (--disable-extra-extensions)
     disable_extensions: Literal["none", "extra", "all"] = "none"

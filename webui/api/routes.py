@@ -40,6 +40,7 @@ from webui.extensions.api import Tab
 from webui.metadata.image_io import read_infotext
 from webui.metadata.infotext import parse_infotext, request_fields_from_infotext
 from webui.services import limits
+from webui.services.cluster_scheduler import QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +474,20 @@ def build_router(services: Services) -> APIRouter:
     from webui.api.extension_routes import add_extension_routes
 
     add_extension_routes(router, services)
+
+    @router.get("/easel/v1/cluster", tags=["Easel"])
+    def cluster() -> dict[str, Any]:
+        """The GPU workers (``--ray-address``): alive, models loaded, queue, device, memory."""
+        generation = services.generation
+        if generation.cluster_factory is None:
+            raise ApiError(
+                404,
+                "NoCluster",
+                "Easel runs jobs on this machine only; start it with --ray-address to use workers",
+            )
+        described: dict[str, Any] = generation.cluster().describe()
+        return described
+
     return router
 
 
@@ -486,6 +501,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return payload(request, exc.status, exc.error, exc.detail)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        response = payload(request, 503, "QueueFull", str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import logging
 import queue
 import sys
@@ -100,6 +101,9 @@ class GenerationService(ImageModesMixin):
         # webui.extensions.hooks.HookRunner: the always-on extensions' hooks around each job (container)
         self.extension_hooks: Any = None
         self._image_hook: Callable[[Any], Any] | None = None  # the running job's extension image hooks
+        # --ray-address: txt2img jobs run on GPU workers (webui.services.cluster), started at first use
+        self.cluster_factory: Callable[[], Any] | None = None
+        self._cluster: Any = None
         self.options = options
         self._engine_factory = engine_factory
         self._engine: Any = None
@@ -154,6 +158,8 @@ class GenerationService(ImageModesMixin):
         return future
 
     def pending(self) -> int:
+        if self._cluster is not None:
+            return int(self._cluster.pending())
         return self._queue.qsize()
 
     def shutdown(self) -> None:
@@ -164,7 +170,51 @@ class GenerationService(ImageModesMixin):
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
         check_best_of(self.clip, request)  # best of N without a CLIP model fails here too
         check_refiner_request(self.models, self.options, request)  # so does a refiner that is not there
+        if self.cluster_factory is not None:
+            return self._submit_to_cluster(request, task_id)
         return self.submit_call(lambda: self._run_job(request), task_id)
+
+    # -- many GPU workers (--ray-address) ------------------------------------------------------------------
+    def cluster(self) -> Any:
+        """The dispatcher over the Ray workers (``webui.services.cluster``), started on first use."""
+        with self._engine_lock:
+            if self._cluster is None and self.cluster_factory is not None:
+                self._cluster = self.cluster_factory()
+            return self._cluster
+
+    def _submit_to_cluster(self, request: Txt2ImgRequest, task_id: str | None) -> Future[GenerationResult]:
+        future: Future[GenerationResult] = self.cluster().submit(request, task_id)
+        if task_id:
+            self.tasks.queued(task_id)
+            self.tasks.started(task_id)
+            future.add_done_callback(lambda _done: self.tasks.done(task_id))
+        return future
+
+    def checkpoint_name(self, request: Txt2ImgRequest) -> str:
+        """The file name of the checkpoint ``request`` runs on (what the workers report as loaded)."""
+        record = (
+            self.models.find(request.checkpoint)
+            if request.checkpoint
+            else self.models.default_checkpoint(self.options.get().sd_model_checkpoint)
+        )
+        if record is None:
+            raise NoModelError(self.no_model_message())
+        return str(record.name)
+
+    def save_remote(self, request: Txt2ImgRequest, result: GenerationResult) -> GenerationResult:
+        """A worker's images saved on this machine (the front is the only writer of files and of the
+        history): numbered into ``outputs/`` as a local job's are, when saving is on."""
+        opts = self.job_options(request)
+        if not (request.save_images and opts.samples_save):
+            return result
+        folder = dated_output_dir(self.outputs_root, request.mode, date.today())
+        fmt = cast(ImageFormat, request.samples_format)
+        saved = []
+        for image in result.images:
+            path = str(save_image_atomic(image.png_bytes or b"", folder, image.seed, fmt))
+            self.notify_saved(path, image.infotext, _image_size(image.png_bytes))
+            saved.append(image.model_copy(update={"path": path}))
+        return result.model_copy(update={"images": saved})
 
     def run_now(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
         """Run one job at once in the calling thread, for work that already holds the queue (an extension
@@ -267,7 +317,21 @@ class GenerationService(ImageModesMixin):
 
     # -- model selection -------------------------------------------------------------------------------------
     def load_model(self, alias: str | None = None) -> str:
-        """Queue a switch to ``alias`` (or the selected checkpoint); returns the loaded model's title."""
+        """Queue a switch to ``alias`` (or the selected checkpoint); returns the loaded model's title. With
+        GPU workers (--ray-address) it only becomes the selected checkpoint: a worker loads it for its job."""
+        if self.cluster_factory is not None:
+            record = (
+                self.models.find(alias)
+                if alias
+                else self.models.default_checkpoint(self.options.get().sd_model_checkpoint)
+            )
+            if record is None:
+                raise NoModelError(self.no_model_message())
+            self.options.update({"sd_model_checkpoint": record.title})
+            state = self.models.load_state
+            state.loaded_name, state.error = record.title, None
+            state.set("Selected for the GPU workers", 1.0)
+            return str(record.title)
 
         def run() -> str:
             opts = self.options.get()
@@ -707,3 +771,10 @@ def memory_choice_note(engine: Any, before: Any) -> str | None:
     if plan.mode == (before.mode if before is not None else "normal"):
         return None
     return cast(str, plan.line())
+
+
+def _image_size(data: bytes | None) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data or b"")) as image:
+        return image.size

@@ -67,6 +67,15 @@ class CheckpointSwitcher:
         return f"{state.loaded_name}\n{state.error}"
 
     def status(self) -> str:
+        generation = self.services.generation
+        if getattr(generation, "cluster_factory", None) is not None:  # --ray-address: workers load models
+            if generation._cluster is None:
+                return "Starting the GPU workers…"
+            selected = choices.selected_checkpoint(self.services) or "no checkpoint"
+            return f"{selected} for the workers · {generation._cluster.summary()}"
+        return self._status()
+
+    def _status(self) -> str:
         state = self.services.models.load_state
         with self._lock:
             pending = self._pending

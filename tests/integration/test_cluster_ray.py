@@ -1,0 +1,139 @@
+"""One Easel front over Ray workers (``--ray-address local``, two CPU workers, the tiny SD 1.5): the same
+bytes as the single-machine path, files written by the front only, the cluster page, and a worker killed
+in the middle of a job (the job completes on the other worker with the same bytes; the worker comes
+back)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from webui.container import build_services
+from webui.settings import Settings
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+JOB = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 6, "seed": 11, "sampler_name": "Euler"}
+
+
+def _bytes(payload: dict) -> bytes:
+    return base64.b64decode(payload["images"][0])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]) -> dict[str, bytes]:
+    """What the single-machine path makes for the jobs below."""
+    from tests.conftest import _link_or_copy
+    from webui.server import build_app
+
+    data = tmp_path_factory.mktemp("single")
+    _link_or_copy(tiny_model_files["sd15_single"], data / "models" / "Stable-diffusion" / "tiny.safetensors")
+    services = build_services(Settings(data_dir=data, preload_model=False, nowebui=True))
+    with TestClient(build_app(services)) as client:
+        made = {
+            steps: _bytes(client.post("/sdapi/v1/txt2img", json={**JOB, "steps": steps}).json())
+            for steps in (6, 40)
+        }
+    services.generation.shutdown()
+    return made
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]
+) -> Iterator[TestClient]:
+    import ray
+
+    from tests.conftest import _link_or_copy
+    from webui.server import build_app
+
+    data = tmp_path_factory.mktemp("front")
+    _link_or_copy(tiny_model_files["sd15_single"], data / "models" / "Stable-diffusion" / "tiny.safetensors")
+    settings = Settings(data_dir=data, preload_model=False, nowebui=True, ray_address="local", workers=2)
+    services = build_services(settings)
+    with TestClient(build_app(services)) as client:
+        client.services = services  # type: ignore[attr-defined]
+        yield client
+    services.generation.shutdown()
+    ray.shutdown()
+
+
+def test_a_job_on_a_worker_gives_the_single_machine_bytes_and_the_front_saves_it(
+    cluster: TestClient, single: dict[str, bytes]
+) -> None:
+    response = cluster.post("/sdapi/v1/txt2img", json={**JOB, "save_images": True})
+    assert response.status_code == 200, response.text
+    assert _bytes(response.json()) == single[6]
+    outputs = cluster.services.settings.outputs_path  # type: ignore[attr-defined]
+    saved = sorted(outputs.rglob("*.png"))
+    assert len(saved) == 1 and saved[0].read_bytes() == single[6]  # written by the front, numbered there
+    page = cluster.get("/easel/v1/cluster").json()
+    assert [w["id"] for w in page["workers"]] == ["worker-1", "worker-2"]
+    assert all(w["alive"] for w in page["workers"])
+    assert sum(w["models"] == ["tiny.safetensors"] for w in page["workers"]) == 1
+    assert all("cpu" in w["device"] or w["device"] == "not started" for w in page["workers"])
+    wrong = cluster.post("/sdapi/v1/txt2img", json={**JOB, "enable_hr": True, "hr_upscaler": "Nope"})
+    assert wrong.status_code == 422 and "Nope" in wrong.json()["detail"]  # the worker's own message
+    assert "ray::" not in wrong.json()["detail"]
+    again = cluster.post("/sdapi/v1/txt2img", json=JOB).json()  # the warm worker takes it
+    assert _bytes(again) == single[6]
+    assert cluster.get("/easel/v1/cluster").json()["warm_hits"] >= 1
+
+
+def test_a_worker_killed_mid_job_hands_the_job_to_another_with_the_same_bytes(
+    cluster: TestClient, single: dict[str, bytes]
+) -> None:
+    import ray
+
+    dispatcher = cluster.services.generation.cluster()  # type: ignore[attr-defined]
+    answer: dict[str, object] = {}
+
+    def post() -> None:
+        answer["response"] = cluster.post("/sdapi/v1/txt2img", json={**JOB, "steps": 40})
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        progress = cluster.get("/sdapi/v1/progress").json()
+        if progress["state"]["sampling_step"] >= 2 and dispatcher._running:
+            break
+        time.sleep(0.05)
+    (worker_id,) = dispatcher._running.values()
+    killed = time.monotonic()
+    ray.kill(dispatcher.handles[worker_id].actor, no_restart=False)
+    thread.join(timeout=120)
+    assert dispatcher.retried == 1 and dispatcher.losses[-1] - killed < 3.0  # noticed within 3 s
+    response = answer["response"]
+    assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+    assert _bytes(response.json()) == single[40]  # type: ignore[attr-defined]
+    info = json.loads(response.json()["info"])  # type: ignore[attr-defined]
+    assert info["seed"] == 11
+    deadline = time.monotonic() + 60
+    while not all(w["alive"] for w in cluster.get("/easel/v1/cluster").json()["workers"]):
+        assert time.monotonic() < deadline, "the killed worker did not come back"
+        time.sleep(0.5)
+    assert time.monotonic() - killed < 60
+
+
+def test_without_the_flag_ray_is_never_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from webui.container import build_services; from webui.settings import Settings; "
+        f"s = build_services(Settings(data_dir={str(tmp_path)!r}, preload_model=False, nowebui=True)); "
+        "print('ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
