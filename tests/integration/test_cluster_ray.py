@@ -1,7 +1,8 @@
 """One Easel front over Ray workers (``--ray-address local``, two CPU workers, the tiny SD 1.5): the same
 bytes as the single-machine path, files written by the front only, the cluster page, and a worker killed
 in the middle of a job (the job completes on the other worker with the same bytes; the worker comes
-back)."""
+back). Workers take the front's CPU thread count, so a CPU job computes exactly as on the front and the
+bytes can be compared."""
 
 from __future__ import annotations
 

@@ -96,3 +96,26 @@ def test_the_queue_limit_says_when_to_retry() -> None:
         scheduler.submit(_job("5", "m"))
     assert refused.value.retry_after == 6  # 4 jobs × 3 s over 2 workers
     assert "queue is full" in str(refused.value)
+
+
+def test_a_worker_that_frees_up_takes_a_job_for_its_model_before_an_older_one() -> None:
+    """One worker free at a time (the usual case under load): it takes the queued job for the model it has
+    loaded, and leaves the older job to the worker that has that one."""
+    scheduler, clock = _scheduler({"w1": ["m1"], "w2": ["m2"]})
+    for worker in scheduler.workers.values():
+        worker.busy = True
+    scheduler.submit(_job("old", "m2"))
+    clock.now += 1
+    scheduler.submit(_job("new", "m1"))
+    scheduler.finished("w1", ["m1"])
+    assert _pairs(scheduler) == {"new": "w1"}
+    scheduler.finished("w2", ["m2"])
+    assert _pairs(scheduler) == {"old": "w2"}
+    assert scheduler.warm_hits == 2
+
+
+def test_a_free_worker_does_not_idle_while_a_job_waits_for_a_busy_warm_worker() -> None:
+    scheduler, _ = _scheduler({"w1": ["m1"], "w2": []})
+    scheduler.workers["w1"].busy = True
+    scheduler.submit(_job("1", "m1"))
+    assert _pairs(scheduler) == {"1": "w2"}

@@ -26,9 +26,14 @@ def _worker_class() -> Any:
     class EaselWorker:
         """One worker: Easel's services without a web server or saving."""
 
-        def __init__(self, settings: dict[str, Any]) -> None:
+        def __init__(self, settings: dict[str, Any], threads: int | None = None) -> None:
+            import torch
+
             from webui.container import build_services
             from webui.settings import Settings
+
+            if threads:  # the front's CPU threads: a CPU job then computes exactly as on the front
+                torch.set_num_threads(threads)
 
             # The front's folders (models, options, caches) are read as they are; what a worker would write
             # goes to a folder of its own (it never saves an image: the front does).
@@ -36,6 +41,7 @@ def _worker_class() -> Any:
             values = {**settings, "outputs_dir": private / "outputs"}
             values.update(preload_model=False, nowebui=True, api=False, ray_address=None)
             self.services = build_services(Settings(**values))
+            self.services.generation.history = None  # the front's history index is the front's alone
 
         def ping(self) -> str:
             return "ok"
@@ -163,11 +169,11 @@ def connect(address: str) -> None:
 
 
 def start_workers(
-    address: str, count: int | None, gpus: float | None, settings: dict[str, Any]
+    address: str, count: int | None, gpus: float | None, settings: dict[str, Any], threads: int | None = None
 ) -> list[RayWorker]:
     """Connect to Ray (``local``: a private Ray on this machine, bound to the loopback interface) and start
     ``count`` workers (default: one per GPU in the cluster, else one) with ``gpus`` GPUs each (default 1
-    when the cluster has GPUs, else 0)."""
+    when the cluster has GPUs, else 0), using ``threads`` CPU threads each (default: torch's)."""
     import ray
 
     connect(address)
@@ -176,7 +182,7 @@ def start_workers(
     count = count or (int(cluster_gpus // gpus) if gpus else 1) or 1
     device = "cuda" if gpus > 0 else "cpu"
     worker = _worker_class().options(num_gpus=gpus, num_cpus=0)
-    actors = [worker.remote({**settings, "device": device}) for _ in range(count)]
+    actors = [worker.remote({**settings, "device": device}, threads) for _ in range(count)]
     ray.get([actor.ping.remote() for actor in actors])
     log.info("cluster: %d workers on Ray (%s), %s GPU each", count, address, gpus)
     return [RayWorker(f"worker-{index + 1}", actor) for index, actor in enumerate(actors)]

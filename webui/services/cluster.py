@@ -18,6 +18,7 @@ import io
 import itertools
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -218,11 +219,12 @@ class ClusterDispatcher:
             except Exception:  # the worker died: ``run`` says so
                 continue
             inner = state.get("state", {})
-            with self.progress._lock:
-                self.progress.job_no = int(inner.get("job_no", 0))
-                self.progress.sampling_step = int(inner.get("sampling_step", 0))
-                self.progress.sampling_steps = int(inner.get("sampling_steps", 0)) or request.steps
-                self.progress.textinfo = state.get("textinfo") or self.progress.textinfo
+            self.progress.mirror(
+                int(inner.get("job_no", 0)),
+                int(inner.get("sampling_step", 0)),
+                int(inner.get("sampling_steps", 0)) or request.steps,
+                state.get("textinfo"),
+            )
             preview = state.get("preview")
             if preview and state.get("preview_step", -1) != preview_step:
                 from PIL import Image
@@ -283,7 +285,9 @@ def start_cluster(settings: Any, generation: Any) -> ClusterDispatcher:
     from webui.runtime.cluster_worker import start_workers
 
     shared = settings.model_dump(exclude={"cmd_flags"})
-    handles = start_workers(settings.ray_address, settings.workers, settings.worker_gpus, shared)
+    torch = sys.modules.get("torch")  # the front's CPU threads, when it has started torch
+    threads = int(torch.get_num_threads()) if torch is not None else None
+    handles = start_workers(settings.ray_address, settings.workers, settings.worker_gpus, shared, threads)
     return ClusterDispatcher(
         list(handles),
         progress=generation.progress,

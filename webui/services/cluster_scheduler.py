@@ -1,18 +1,19 @@
 """Which queued job each free GPU worker runs next (``--ray-address``; pure Python, no Ray).
 
-The order, for every free worker in turn:
+In two rounds: first each free worker takes, by the rules below, only a job for a checkpoint it has
+loaded (a starving job excepted); then the free workers left (the one with the fewest models loaded
+first: its cache loses least) take any job. A worker takes:
 
-1. a job that has waited longer than ``starve_after`` seconds goes first (oldest first), wherever its
-   model is, so affinity can never starve it;
-2. interactive jobs (the browser) before batch jobs (the API);
-3. fairness: the user (or API key) with the fewest jobs started so far goes first, so one user's hundred
-   queued jobs do not hold back another user's one;
-4. then the oldest job.
+1. a job that has waited longer than ``starve_after`` seconds, oldest first, wherever its model is, so
+   affinity can never starve it;
+2. else, among the jobs of the best rank — interactive (the browser) before batch (the API), then the
+   user with the fewest jobs started so far, so one user's hundred queued jobs do not hold back another
+   user's one — the oldest whose checkpoint this worker has loaded (no load from disk);
+3. else the oldest of them that no other worker has loaded, else the oldest: a free worker never idles
+   while work waits.
 
-The job so chosen goes to a free worker that has its checkpoint loaded when there is one (no load from
-disk), else to the free worker whose loaded models are fewest (its cache loses the least). A job whose
-worker died is not given to that worker again. The queue has a limit: past it a new job is refused with
-the seconds after which to retry.
+A job whose worker died is not given to that worker again. The queue has a limit: past it a new job is
+refused with the seconds after which to retry.
 """
 
 from __future__ import annotations
@@ -89,35 +90,45 @@ class Scheduler:
         """A job back at the head of its place in line (its worker died): not counted against the limit."""
         self.queue.insert(0, job)
 
-    def _order(self, job: QueuedJob, now: float) -> tuple[int, int, int, float]:
-        starving = 0 if now - job.submitted > self.starve_after else 1
-        return (starving, 0 if job.interactive else 1, self.started.get(job.user, 0), job.submitted)
+    def _rank(self, job: QueuedJob) -> tuple[int, int]:
+        """Interactive before batch, then the user with the fewest jobs started."""
+        return (0 if job.interactive else 1, self.started.get(job.user, 0))
+
+    def _pick(self, worker: WorkerState, now: float, warm_only: bool) -> QueuedJob | None:
+        """The job ``worker`` runs next (see the module's docstring), or ``None``."""
+        candidates = [job for job in self.queue if worker.worker_id not in job.excluded]
+        if not candidates:
+            return None
+        starving = [job for job in candidates if now - job.submitted > self.starve_after]
+        if starving:
+            return min(starving, key=lambda job: job.submitted)
+        best = min(self._rank(job) for job in candidates)
+        group = [job for job in candidates if self._rank(job) == best]
+        warm = [job for job in group if worker.has(job.checkpoint)]
+        if warm or warm_only:
+            return min(warm, key=lambda job: job.submitted) if warm else None
+        others = [w for w in self.workers.values() if w.alive and w is not worker]
+        cold = [job for job in group if not any(w.has(job.checkpoint) for w in others)]
+        return min(cold or group, key=lambda job: job.submitted)  # never idle while work waits
 
     def assign(self) -> list[tuple[QueuedJob, WorkerState]]:
-        """Jobs to start now, each with its worker (marked busy); the queue keeps the rest."""
+        """Jobs to start now, each with its worker (marked busy); the queue keeps the rest. First every free
+        worker takes a job for a model it has loaded; then the others choose, the one whose cache would
+        lose least first."""
         started: list[tuple[QueuedJob, WorkerState]] = []
         now = self.clock()
-        while self.queue:
+        for warm_only in (True, False):
             free = [w for w in self.workers.values() if w.alive and not w.busy]
-            if not free:
-                break
-            chosen: tuple[QueuedJob, WorkerState] | None = None
-            for job in sorted(self.queue, key=lambda j: self._order(j, now)):
-                usable = [w for w in free if w.worker_id not in job.excluded]
-                if usable:
-                    warm = [w for w in usable if w.has(job.checkpoint)]
-                    worker = warm[0] if warm else min(usable, key=lambda w: (len(w.models), w.jobs_done))
-                    chosen = (job, worker)
-                    break
-            if chosen is None:
-                break
-            job, worker = chosen
-            self.queue.remove(job)
-            worker.busy = True
-            self.started[job.user] = self.started.get(job.user, 0) + 1
-            self.assigned += 1
-            self.warm_hits += worker.has(job.checkpoint)
-            started.append(chosen)
+            for worker in sorted(free, key=lambda w: (len(w.models), w.jobs_done)):
+                job = self._pick(worker, now, warm_only)
+                if job is None:
+                    continue
+                self.queue.remove(job)
+                worker.busy = True
+                self.started[job.user] = self.started.get(job.user, 0) + 1
+                self.assigned += 1
+                self.warm_hits += worker.has(job.checkpoint)
+                started.append((job, worker))
         return started
 
     def finished(self, worker_id: str, models: list[str] | None = None) -> None:

@@ -48,6 +48,13 @@ class ProgressState:
             if textinfo is not None:
                 self.textinfo = textinfo
 
+    def mirror(self, job_no: int, step: int, steps: int, textinfo: str | None) -> None:
+        """Another process's job state, copied here (a Ray worker's, for ``/sdapi/v1/progress``)."""
+        with self._lock:
+            self.job_no, self.sampling_step, self.sampling_steps = job_no, step, steps
+            if textinfo:
+                self.textinfo = textinfo
+
     def next_batch(self) -> None:
         with self._lock:
             self.job_no += 1
