@@ -432,7 +432,8 @@ class GenerationService(ImageModesMixin):
             vae_option = request.vae if request.vae is not None else opts.sd_vae
             engine = self.engine()
             plan_before = getattr(engine, "memory_plan", None)
-            model = self._activate(record, vae_option, opts.fp8_storage, job_shape(request, per_batch))
+            shape = job_shape(request, per_batch)  # sizes the memory plan, and keys the compiled graphs
+            model = self._activate(record, vae_option, opts.fp8_storage, shape)
             memory_note = memory_choice_note(engine, plan_before)
             model_hash = self.models.ensure_hash(record)[:10] if record.format.value != "diffusers" else None
             preview_every = opts.show_progress_every_n_steps if opts.live_previews_enable else -1
@@ -465,7 +466,7 @@ class GenerationService(ImageModesMixin):
                 if getattr(model, "fp8", False):
                     infotext_extra = {**infotext_extra, "FP8 weight": opts.fp8_storage}
                 compiling = job_scope.enter_context(
-                    self._compiled(engine, model, opts.easel_compile_unet, job_shape(request, per_batch))
+                    self._compiled(engine, model, opts.easel_compile_unet, shape)
                 )
                 for iteration in range(request.n_iter):
                     base = iteration * per_batch
