@@ -1,8 +1,8 @@
 """One Easel front over Ray workers (``--ray-address local``, two CPU workers, the tiny SD 1.5): the same
-bytes as the single-machine path, files written by the front only, the cluster page, and a worker killed
-in the middle of a job (the job completes on the other worker with the same bytes; the worker comes
-back). Workers take the front's CPU thread count, so a CPU job computes exactly as on the front and the
-bytes can be compared."""
+bytes as the single-machine path for txt2img and for img2img with a mask, files written by the front
+only, the cluster page, and a worker killed in the middle of a job (the job completes on the other worker
+with the same bytes; the worker comes back). Workers take the front's CPU thread count, so a CPU job
+computes exactly as on the front and the bytes can be compared."""
 
 from __future__ import annotations
 
@@ -25,12 +25,34 @@ pytestmark = pytest.mark.slow
 JOB = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 6, "seed": 11, "sampler_name": "Euler"}
 
 
+def _picture(colour: tuple[int, int, int], box: tuple[int, int, int, int] | None = None) -> str:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 64), colour)
+    if box is not None:
+        ImageDraw.Draw(image).rectangle(box, fill=(255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# img2img with an inpainting mask: the request carries its pictures, so a worker runs it as it is
+INPAINT = {
+    **JOB, "init_images": [_picture((30, 60, 200))], "mask": _picture((0, 0, 0), (16, 16, 48, 48)),
+    "denoising_strength": 0.75, "save_images": True,
+}  # fmt: skip
+
+
 def _bytes(payload: dict) -> bytes:
     return base64.b64decode(payload["images"][0])
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]) -> dict[str, bytes]:
+def single(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]
+) -> dict[object, bytes]:
     """What the single-machine path makes for the jobs below."""
     from tests.conftest import _link_or_copy
     from webui.server import build_app
@@ -39,10 +61,11 @@ def single(tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str,
     _link_or_copy(tiny_model_files["sd15_single"], data / "models" / "Stable-diffusion" / "tiny.safetensors")
     services = build_services(Settings(data_dir=data, preload_model=False, nowebui=True))
     with TestClient(build_app(services)) as client:
-        made = {
+        made: dict[object, bytes] = {
             steps: _bytes(client.post("/sdapi/v1/txt2img", json={**JOB, "steps": steps}).json())
             for steps in (6, 40)
         }
+        made["inpaint"] = _bytes(client.post("/sdapi/v1/img2img", json=INPAINT).json())
     services.generation.shutdown()
     return made
 
@@ -68,7 +91,7 @@ def cluster(
 
 
 def test_a_job_on_a_worker_gives_the_single_machine_bytes_and_the_front_saves_it(
-    cluster: TestClient, single: dict[str, bytes]
+    cluster: TestClient, single: dict[object, bytes]
 ) -> None:
     response = cluster.post("/sdapi/v1/txt2img", json={**JOB, "save_images": True})
     assert response.status_code == 200, response.text
@@ -84,13 +107,17 @@ def test_a_job_on_a_worker_gives_the_single_machine_bytes_and_the_front_saves_it
     wrong = cluster.post("/sdapi/v1/txt2img", json={**JOB, "enable_hr": True, "hr_upscaler": "Nope"})
     assert wrong.status_code == 422 and "Nope" in wrong.json()["detail"]  # the worker's own message
     assert "ray::" not in wrong.json()["detail"]
+    inpainted = cluster.post("/sdapi/v1/img2img", json=INPAINT)
+    assert inpainted.status_code == 200, inpainted.text
+    assert _bytes(inpainted.json()) == single["inpaint"]  # img2img with a mask runs on a worker too
+    assert len(list((outputs / "img2img-images").rglob("*.png"))) == 1  # and the front saved it
     again = cluster.post("/sdapi/v1/txt2img", json=JOB).json()  # the warm worker takes it
     assert _bytes(again) == single[6]
     assert cluster.get("/easel/v1/cluster").json()["warm_hits"] >= 1
 
 
 def test_a_worker_killed_mid_job_hands_the_job_to_another_with_the_same_bytes(
-    cluster: TestClient, single: dict[str, bytes]
+    cluster: TestClient, single: dict[object, bytes]
 ) -> None:
     import ray
 

@@ -47,10 +47,13 @@ def _worker_class() -> Any:
             return "ok"
 
         def run(self, payload: dict[str, Any]) -> dict[str, Any]:
-            from webui.domain.generation import Txt2ImgRequest
+            from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
 
-            request = Txt2ImgRequest.model_validate(payload["request"])
-            result = self.services.generation.txt2img(request)
+            generation = self.services.generation
+            if payload["mode"] == "img2img":
+                result = generation.img2img(Img2ImgRequest.model_validate(payload["request"]))
+            else:
+                result = generation.txt2img(Txt2ImgRequest.model_validate(payload["request"]))
             return {"result": result.model_dump(mode="python"), "models": self.models()}
 
         def progress(self) -> dict[str, Any]:

@@ -25,10 +25,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from webui.domain.generation import GenerationResult, Txt2ImgRequest
+from webui.domain.generation import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 from webui.services.cluster_scheduler import QueuedJob, Scheduler, WorkerState
 
 log = logging.getLogger(__name__)
+
+Request = Txt2ImgRequest | Img2ImgRequest  # img2img requests carry their pictures (base64): self-contained
 
 POLL_SECONDS = 0.25  # how often a running job's progress is copied from its worker
 SEED_LIMIT = 2**32
@@ -60,9 +62,9 @@ class ClusterDispatcher:
         handles: list[WorkerHandle],
         *,
         progress: Any,
-        finish: Callable[[Txt2ImgRequest, GenerationResult], GenerationResult],
+        finish: Callable[[Request, GenerationResult], GenerationResult],
         options: Callable[[], dict[str, Any]],
-        checkpoint: Callable[[Txt2ImgRequest], str],
+        checkpoint: Callable[[Request], str],
         scheduler: Scheduler | None = None,
     ) -> None:
         self.handles = {handle.worker_id: handle for handle in handles}
@@ -74,7 +76,7 @@ class ClusterDispatcher:
         self.options = options  # the front's options, sent with each job
         self.checkpoint = checkpoint  # the name a job's model is known by
         self._lock = threading.Lock()
-        self._futures: dict[str, tuple[Future[GenerationResult], dict[str, Any], Txt2ImgRequest]] = {}
+        self._futures: dict[str, tuple[Future[GenerationResult], dict[str, Any], Request]] = {}
         self._running: dict[str, str] = {}  # job id → worker id
         self._shown: str | None = None  # the job whose progress the front shows (the latest started)
         self._ids = itertools.count(1)
@@ -83,7 +85,7 @@ class ClusterDispatcher:
         self.retried = 0  # jobs run again after their worker died
 
     # -- submitting ----------------------------------------------------------------------------------------
-    def submit(self, request: Txt2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
+    def submit(self, request: Request, task_id: str | None = None) -> Future[GenerationResult]:
         """Queue ``request`` (its seeds fixed here, so any worker gives the same image); ``QueueFull`` when
         the queue is at its limit."""
         fixed = {
@@ -97,7 +99,7 @@ class ClusterDispatcher:
                 "override_settings": {**self.options(), **request.override_settings},
             }
         )
-        payload = {"mode": "txt2img", "request": sent.model_dump(mode="json")}
+        payload = {"mode": request.mode, "request": sent.model_dump(mode="json")}
         job_id = f"job-{next(self._ids)}"
         interactive = bool(task_id and task_id.startswith("task("))
         job = QueuedJob(job_id, "browser" if interactive else "api", self.checkpoint(request), interactive)
@@ -197,9 +199,7 @@ class ClusterDispatcher:
         log.info("worker %s is back", worker_id)
         self._pump()
 
-    def _watch(
-        self, job: QueuedJob, handle: WorkerHandle, request: Txt2ImgRequest, done: threading.Event
-    ) -> None:
+    def _watch(self, job: QueuedJob, handle: WorkerHandle, request: Request, done: threading.Event) -> None:
         """Copy the running job's progress and preview to the front, and the front's Interrupt / Skip to
         the worker, while the job runs."""
         with self._lock:

@@ -101,7 +101,8 @@ class GenerationService(ImageModesMixin):
         # webui.extensions.hooks.HookRunner: the always-on extensions' hooks around each job (container)
         self.extension_hooks: Any = None
         self._image_hook: Callable[[Any], Any] | None = None  # the running job's extension image hooks
-        # --ray-address: txt2img jobs run on GPU workers (webui.services.cluster), started at first use
+        # --ray-address: txt2img and img2img jobs run on GPU workers (webui.services.cluster), started at
+        # first use
         self.cluster_factory: Callable[[], Any] | None = None
         self._cluster: Any = None
         self.options = options
@@ -182,7 +183,9 @@ class GenerationService(ImageModesMixin):
                 self._cluster = self.cluster_factory()
             return self._cluster
 
-    def _submit_to_cluster(self, request: Txt2ImgRequest, task_id: str | None) -> Future[GenerationResult]:
+    def _submit_to_cluster(
+        self, request: Txt2ImgRequest | Img2ImgRequest, task_id: str | None
+    ) -> Future[GenerationResult]:
         future: Future[GenerationResult] = self.cluster().submit(request, task_id)
         if task_id:
             self.tasks.queued(task_id)
@@ -190,7 +193,7 @@ class GenerationService(ImageModesMixin):
             future.add_done_callback(lambda _done: self.tasks.done(task_id))
         return future
 
-    def checkpoint_name(self, request: Txt2ImgRequest) -> str:
+    def checkpoint_name(self, request: Txt2ImgRequest | Img2ImgRequest) -> str:
         """The file name of the checkpoint ``request`` runs on (what the workers report as loaded)."""
         record = (
             self.models.find(request.checkpoint)
@@ -201,7 +204,9 @@ class GenerationService(ImageModesMixin):
             raise NoModelError(self.no_model_message())
         return str(record.name)
 
-    def save_remote(self, request: Txt2ImgRequest, result: GenerationResult) -> GenerationResult:
+    def save_remote(
+        self, request: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult
+    ) -> GenerationResult:
         """A worker's images saved on this machine (the front is the only writer of files and of the
         history): numbered into ``outputs/`` as a local job's are, when saving is on."""
         opts = self.job_options(request)

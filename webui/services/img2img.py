@@ -105,6 +105,8 @@ class ImageModesMixin:
     options: Any  # webui.services.options.OptionsStore (GenerationService's)
     _img2img_inputs: Img2ImgInputs | None = None
     submit_call: Callable[..., Future[Any]]
+    cluster_factory: Callable[[], Any] | None = None  # --ray-address (GenerationService's)
+    _submit_to_cluster: Callable[..., Future[GenerationResult]]
     check_controlnet_units: Callable[[Any], None]
     _run_txt2img: Callable[[Any], GenerationResult]
     _run_job: Callable[[Any], GenerationResult]
@@ -118,7 +120,8 @@ class ImageModesMixin:
         check_refiner_request(self.models, self.options, request)  # so does a refiner that is not there
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
-
+        if self.cluster_factory is not None:  # --ray-address: a worker runs it
+            return self._submit_to_cluster(request, task_id)
         return self.submit_call(lambda: self._run_img2img_job(request, inputs), task_id)
 
     def run_img2img_now(self, request: Img2ImgRequest) -> GenerationResult:
