@@ -21,6 +21,11 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def weight_bytes(*modules: torch.nn.Module | None) -> int:
+    """Bytes the parameters of ``modules`` take (``None`` counts nothing)."""
+    return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
+
+
 def training_memory(device: str) -> tuple[str, int | None]:
     """Where a training run with ``--device device`` computes, and the bytes it may use there: a CUDA card's
     whole memory less a margin for the CUDA context (the run unloads the generation model first), or the RAM

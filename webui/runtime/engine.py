@@ -19,6 +19,7 @@ from webui.domain.lora import ActiveLora
 from webui.domain.memory_plan import MEMORY_MODES, JobShape, MemoryPlan, ModelParts, choose_mode, estimate
 from webui.domain.models import CheckpointRecord, ModelFamily
 from webui.runtime.cache import DeviceChoice, ModelCache, choose_device
+from webui.runtime.devices import weight_bytes
 from webui.runtime.embeddings import EmbeddingError, EmbeddingStore, tables_for_model
 from webui.runtime.generate import VAE_TILING_PIXELS, DiffusionJob, GenerationError, generate_batch
 from webui.runtime.loader import LoadedModel, ModelLoadError, ProgressFn
@@ -108,15 +109,11 @@ class Engine:
 
     def plan_memory(self, model: LoadedModel, shape: JobShape, available: int) -> MemoryPlan:
         """The memory mode for ``shape`` on ``model`` with ``available`` bytes of GPU memory."""
-
-        def size(module: Any) -> int:
-            return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
-
-        unet = size(model.unet)
+        unet = weight_bytes(model.unet)
         parts = ModelParts(
             unet=unet,
-            text_encoders=sum(size(encoder) for encoder in model.text_encoders),
-            vae=size(model.vae),
+            text_encoders=weight_bytes(*model.text_encoders),
+            vae=weight_bytes(model.vae),
             extras=int(unet * CONTROLNET_WEIGHT_SHARE * shape.controlnets),
         )
         half = self.choice.dtype != torch.float32

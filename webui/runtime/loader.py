@@ -30,6 +30,7 @@ from webui.registry.architecture import (
     infer_vae_config,
 )
 from webui.registry.safetensors_header import SafetensorsError, read_header
+from webui.runtime.devices import weight_bytes
 from webui.runtime.merge import SAFETENSORS_DTYPES
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class LoadedModel:
         return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
 
     def size_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for m in self.modules() for p in m.parameters())
+        return weight_bytes(*self.modules())
 
     def to(self, device: torch.device) -> None:
         for module in self.modules():

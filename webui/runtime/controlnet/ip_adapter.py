@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from webui.domain.controlnet_models import ControlNetRecord
+from webui.runtime.devices import weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ class ImageEncoders:
             encoder = self._loaded[1] if self._loaded is not None else None
         if encoder is None or encoder.device.type != "cuda":
             return 0
-        return sum(p.numel() * p.element_size() for p in encoder.model.parameters())
+        return weight_bytes(encoder.model)
 
 
 # -- applying ---------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from webui.registry.controlnet import (
 )
 from webui.registry.pickle_check import _first_line
 from webui.registry.safetensors_header import SafetensorsError, read_header
+from webui.runtime.devices import weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +477,7 @@ class ControlNetCache:
         """Bytes the cached ControlNets hold on a GPU."""
         with self._lock:
             on_gpu = [loaded for loaded in self._models.values() if loaded.device.type == "cuda"]
-        return sum(p.numel() * p.element_size() for loaded in on_gpu for p in loaded.model.parameters())
+        return weight_bytes(*(loaded.model for loaded in on_gpu))
 
 
 def _release_memory() -> None:
