@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -26,7 +27,19 @@ def _worker_class() -> Any:
     class EaselWorker:
         """One worker: Easel's services without a web server or saving."""
 
-        def __init__(self, settings: dict[str, Any], threads: int | None = None) -> None:
+        def __init__(
+            self, settings: dict[str, Any], threads: int | None = None, omp_threads: str | None = None
+        ) -> None:
+            import os
+            import sys
+
+            # Ray starts actors with OMP_NUM_THREADS=1, which would leave the CPU's share of a job (and a
+            # CPU worker's whole job) on one thread: torch's own default instead, or the front's setting.
+            if "torch" not in sys.modules:
+                if omp_threads is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = omp_threads
             import torch
 
             from webui.container import build_services
@@ -185,7 +198,8 @@ def start_workers(
     count = count or (int(cluster_gpus // gpus) if gpus else 1) or 1
     device = "cuda" if gpus > 0 else "cpu"
     worker = _worker_class().options(num_gpus=gpus, num_cpus=0)
-    actors = [worker.remote({**settings, "device": device}, threads) for _ in range(count)]
+    omp = os.environ.get("OMP_NUM_THREADS")
+    actors = [worker.remote({**settings, "device": device}, threads, omp) for _ in range(count)]
     ray.get([actor.ping.remote() for actor in actors])
     log.info("cluster: %d workers on Ray (%s), %s GPU each", count, address, gpus)
     return [RayWorker(f"worker-{index + 1}", actor) for index, actor in enumerate(actors)]
