@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
+    @property
+    def cluster_journal_path(self) -> Path:
+        """``--ray-address``: the queue's jobs on disk, taken up again when the front starts (not a cache:
+        nothing else holds them)."""
+        return self.data_dir / "cluster-queue.sqlite3"
+
     def credentials(self, which: Literal["gradio", "api"]) -> list[tuple[str, str]]:
         """The flag's own ``user:pass[,user2:pass2]`` entries, as A1111 parses them (``--gradio-auth-path``
         adds its file's entries to the UI's)."""

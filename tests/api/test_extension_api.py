@@ -37,7 +37,7 @@ def api(data_dir: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Any, EchoS
 def _capture_txt2img(services: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
 
-    def submit(request: Any, task_id: Any = None) -> Future[Any]:
+    def submit(request: Any, task_id: Any = None, user: Any = None) -> Future[Any]:
         seen.append(request)
         future: Future[Any] = Future()
         future.set_result(result_for(request, request.prompt + "\nSteps: 2"))

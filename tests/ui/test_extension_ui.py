@@ -143,7 +143,7 @@ def test_accordion_values_reach_the_request_without_a_script(
     blocks, _manager, script = app
     seen: list[Any] = []
 
-    def submit(request: Any, task_id: Any = None) -> Future[Any]:
+    def submit(request: Any, task_id: Any = None, user: Any = None) -> Future[Any]:
         seen.append(request)
         future: Future[Any] = Future()
         future.set_result(result_for(request, request.prompt + "\nSteps: 2"))

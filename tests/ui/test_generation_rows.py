@@ -178,9 +178,11 @@ def test_seed_extras_reach_the_txt2img_request_and_its_infotext(served: Any) -> 
 def test_seed_extras_reach_the_img2img_request(served: Any, tmp_path: Path) -> None:
     generation = served.services.generation
     sent: list[Img2ImgRequest] = []
+    users: list[str | None] = []
 
-    def capture(request: Img2ImgRequest, task_id: str | None = None) -> Future[Any]:
+    def capture(request: Img2ImgRequest, task_id: str | None = None, user: str | None = None) -> Future[Any]:
         sent.append(request)
+        users.append(user)
         future: Future[Any] = Future()
         future.set_exception(RuntimeError("not run in this test"))
         return future
@@ -206,6 +208,8 @@ def test_seed_extras_reach_the_img2img_request(served: Any, tmp_path: Path) -> N
         generation.submit_img2img = original
     (request,) = sent
     assert (request.subseed, request.subseed_strength) == (7, 0.5)
+    (user,) = users
+    assert user is not None and user.startswith("browser:") and len(user) > len("browser:page")  # the tab
     assert request.seed_resize_from == (256, 192)
 
 

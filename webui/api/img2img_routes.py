@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from webui.api.extension_scripts import find_extension_script, submit_script
@@ -20,6 +20,7 @@ from webui.api.routes import (
     ApiError,
     _b64,
     _validation_message,
+    api_user,
     check_scripts,
     keep_overrides,
     response_images,
@@ -94,12 +95,13 @@ def add_image_routes(router: APIRouter, services: Any) -> None:
     generation = services.generation
 
     @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
-    def img2img(body: Img2ImgBody) -> dict[str, Any]:
+    def img2img(body: Img2ImgBody, http: Request) -> dict[str, Any]:
         request = img2img_request(body, services)
         scripted = submit_script(
             services, "img2img", request, body.script_name, body.script_args, body.force_task_id
         )
-        result = (scripted or generation.submit_img2img(request, body.force_task_id)).result()
+        future = scripted or generation.submit_img2img(request, body.force_task_id, api_user(http))
+        result = future.result()
         keep_overrides(body, services)
         images = response_images(result, body, services)
         parameters = body.model_dump()

@@ -254,6 +254,20 @@ def response_images(result: GenerationResult, body: Txt2ImgBody, services: Servi
     return [_b64(image.png_bytes) for image in result.images] + detected_map_images(result, services)
 
 
+def api_user(http: Request) -> str:
+    """Whom an API job belongs to, for the GPU workers' fair shares (``--ray-address``): the basic-auth
+    user name when the request carries one, else the caller's address."""
+    header = http.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            name = base64.b64decode(header[6:]).decode("utf-8").partition(":")[0]
+        except ValueError:
+            name = ""
+        if name:
+            return f"api:{name}"
+    return f"api:{http.client.host if http.client else 'unknown'}"
+
+
 def build_router(services: Services) -> APIRouter:
     settings = services.settings
     security = HTTPBasic(auto_error=False)
@@ -278,12 +292,13 @@ def build_router(services: Services) -> APIRouter:
     models = services.models
 
     @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
-    def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
+    def txt2img(body: Txt2ImgBody, http: Request) -> dict[str, Any]:
         request = txt2img_request(body, services)
         scripted = submit_script(
             services, "txt2img", request, body.script_name, body.script_args, body.force_task_id
         )
-        result = (scripted or generation.submit_txt2img(request, body.force_task_id)).result()
+        future = scripted or generation.submit_txt2img(request, body.force_task_id, api_user(http))
+        result = future.result()
         keep_overrides(body, services)
         images = response_images(result, body, services)
         parameters = body.model_dump()

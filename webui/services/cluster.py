@@ -6,7 +6,9 @@ adds them to the history. Jobs are self-contained (the front's options travel wi
 before queueing), so a job whose worker dies runs again on another worker and gives the same bytes; a job
 that two workers died running fails with a message instead of being retried forever. The running job's
 progress and live preview are copied to the front's progress (``/sdapi/v1/progress``, the browser's bar),
-and Interrupt / Skip reach the worker.
+and Interrupt / Skip reach the worker. A job that saves its images is also written to the journal
+(``cluster_journal``): when the front starts again after a crash, it runs the jobs that had not finished
+and saves what they make, each image once.
 
 Pure Python: a worker is anything with the ``WorkerHandle`` methods (``webui.runtime.cluster_worker``
 makes them from Ray actors).
@@ -15,23 +17,27 @@ makes them from Ray actors).
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import random
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
 from webui.domain.generation import GenerationResult, Img2ImgRequest, Txt2ImgRequest
+from webui.services.cluster_journal import JobJournal, JournalEntry
 from webui.services.cluster_scheduler import QueuedJob, Scheduler, WorkerState
 
 log = logging.getLogger(__name__)
 
 Request = Txt2ImgRequest | Img2ImgRequest  # img2img requests carry their pictures (base64): self-contained
 
+# a result as the journal keeps it: the images' bytes apart; the detected maps (returned to the caller only)
+# left out
+WITHOUT_BYTES: dict[str, Any] = {"images": {"__all__": {"png_bytes"}}, "detected_maps": True}
 POLL_SECONDS = 0.25  # how often a running job's progress is copied from its worker
 SEED_LIMIT = 2**32
 
@@ -56,16 +62,31 @@ class WorkerLost(RuntimeError):
     """The job's workers died running it (twice): not retried again."""
 
 
+class Finish(Protocol):
+    """Saves a job's images on the front (numbering, history); ``saved``: images of this job a previous
+    run of the front saved already (index → path); ``on_saved`` hears of each image's file."""
+
+    def __call__(
+        self,
+        request: Request,
+        result: GenerationResult,
+        saved: dict[int, str] | None = None,
+        on_saved: Callable[[int, str], None] | None = None,
+    ) -> GenerationResult: ...
+
+
 class ClusterDispatcher:
     def __init__(
         self,
         handles: list[WorkerHandle],
         *,
         progress: Any,
-        finish: Callable[[Request, GenerationResult], GenerationResult],
+        finish: Finish,
         options: Callable[[], dict[str, Any]],
         checkpoint: Callable[[Request], str],
         scheduler: Scheduler | None = None,
+        journal: JobJournal | None = None,
+        saves: Callable[[Request], bool] = lambda request: request.save_images,
     ) -> None:
         self.handles = {handle.worker_id: handle for handle in handles}
         self.scheduler = scheduler or Scheduler()
@@ -79,15 +100,27 @@ class ClusterDispatcher:
         self._futures: dict[str, tuple[Future[GenerationResult], dict[str, Any], Request]] = {}
         self._running: dict[str, str] = {}  # job id → worker id
         self._shown: str | None = None  # the job whose progress the front shows (the latest started)
-        self._ids = itertools.count(1)
         self._info: dict[str, dict[str, Any]] = {}
+        self.journal = journal  # jobs that save their images, on disk until they are saved
+        self.saves = saves  # does a job save its images (and so go to the journal)?
+        self._journaled: set[str] = set()
         self.losses: list[float] = []  # when each worker death was noticed (time.monotonic)
         self.retried = 0  # jobs run again after their worker died
+        self.recovered = 0  # jobs taken back from the journal at start
 
     # -- submitting ----------------------------------------------------------------------------------------
-    def submit(self, request: Request, task_id: str | None = None) -> Future[GenerationResult]:
-        """Queue ``request`` (its seeds fixed here, so any worker gives the same image); ``QueueFull`` when
-        the queue is at its limit."""
+    def submit(
+        self,
+        request: Request,
+        task_id: str | None = None,
+        *,
+        user: str | None = None,
+        interactive: bool | None = None,
+    ) -> Future[GenerationResult]:
+        """Queue ``request`` (its seeds fixed here, so any worker gives the same image) for ``user`` (the
+        scheduler shares the workers fairly between users; default: "browser" or "api"); ``interactive``
+        (default: an A1111 browser task id) jobs go before batch jobs. ``QueueFull`` when the queue is at
+        its limit."""
         fixed = {
             "seed": request.seed if request.seed >= 0 else random.randrange(SEED_LIMIT),
             "subseed": request.subseed if request.subseed >= 0 else random.randrange(SEED_LIMIT),
@@ -100,15 +133,71 @@ class ClusterDispatcher:
             }
         )
         payload = {"mode": request.mode, "request": sent.model_dump(mode="json")}
-        job_id = f"job-{next(self._ids)}"
-        interactive = bool(task_id and task_id.startswith("task("))
-        job = QueuedJob(job_id, "browser" if interactive else "api", self.checkpoint(request), interactive)
+        job_id = f"job-{uuid.uuid4().hex[:12]}"
+        if interactive is None:
+            interactive = bool(task_id and task_id.startswith("task("))
+        user = user or ("browser" if interactive else "api")
+        job = QueuedJob(job_id, user, self.checkpoint(request), interactive)
         future: Future[GenerationResult] = Future()
         with self._lock:
             self.scheduler.submit(job)  # QueueFull goes to the caller
+            if self.journal is not None and self.saves(request):
+                try:
+                    self.journal.add(
+                        job_id, user=job.user, interactive=interactive, checkpoint=job.checkpoint,
+                        request=request.model_dump(mode="json"), payload=payload,
+                    )  # fmt: skip
+                except BaseException:
+                    self.scheduler.queue.remove(job)
+                    raise
+                self._journaled.add(job_id)
             self._futures[job_id] = (future, payload, request)
         self._pump()
         return future
+
+    def recover(self) -> int:
+        """At start: the journal's jobs queued again (those whose worker had answered are only saved), in
+        the order they were first queued; their images are saved as they finish. Returns their count."""
+        if self.journal is None:
+            return 0
+        entries = self.journal.unfinished()
+        for entry in entries:
+            future: Future[GenerationResult] = Future()
+            future.add_done_callback(self._report_recovered)
+            request = _request(entry.request, entry.payload["mode"])
+            with self._lock:
+                self._journaled.add(entry.job_id)
+                self._futures[entry.job_id] = (future, entry.payload, request)
+                if entry.result is None:
+                    job = QueuedJob(entry.job_id, entry.user, entry.checkpoint, entry.interactive)
+                    self.scheduler.restore(job)
+            if entry.result is not None:
+                saving = threading.Thread(target=self._save_answered, args=(entry, request, future))
+                saving.daemon = True
+                saving.start()
+        self.recovered = len(entries)
+        if entries:
+            log.info("cluster: %d unfinished jobs from the last run taken up again", len(entries))
+        self._pump()
+        return len(entries)
+
+    def _save_answered(self, entry: JournalEntry, request: Request, future: Future[GenerationResult]) -> None:
+        """A journaled job whose worker had answered before the front stopped: its images saved."""
+        assert entry.result is not None
+        answer = dict(entry.result)
+        answer["images"] = [
+            {**image, "png_bytes": data} for image, data in zip(answer["images"], entry.images, strict=True)
+        ]
+        with self._lock:
+            self._futures.pop(entry.job_id, None)
+        future.set_running_or_notify_cancel()
+        self._deliver(entry.job_id, request, GenerationResult.model_validate(answer), future, entry.saved)
+
+    @staticmethod
+    def _report_recovered(done: Future[GenerationResult]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if error is not None:  # nobody waits for a job from the last run: its failure goes to the log
+            log.error("cluster: a job from the last run failed: %s", error)
 
     def _pump(self) -> None:
         with self._lock:
@@ -130,6 +219,7 @@ class ClusterDispatcher:
         handle = self.handles[worker.worker_id]
         if not future.running() and not future.set_running_or_notify_cancel():  # cancelled while queued
             self._settle(job, worker, None)
+            self._forget(job.job_id)
             self._pump()
             return
         done = threading.Event()
@@ -144,6 +234,7 @@ class ClusterDispatcher:
                 self._lost(job, worker, error)
             else:
                 self._settle(job, worker, None)
+                self._forget(job.job_id)  # the job's own error (a bad request): it would fail again
                 future.set_exception(error)
         else:
             done.set()
@@ -152,10 +243,47 @@ class ClusterDispatcher:
             self._settle(job, worker, models)
             try:
                 result = GenerationResult.model_validate(answer["result"])
-                future.set_result(self.finish(request, result))
-            except BaseException as error:  # saving on the front failed (disk full...): the job's error
+            except BaseException as error:
+                self._forget(job.job_id)
                 future.set_exception(error)
+            else:
+                self._deliver(job.job_id, request, result, future)
         self._pump()
+
+    def _deliver(
+        self,
+        job_id: str,
+        request: Request,
+        result: GenerationResult,
+        future: Future[GenerationResult],
+        saved: dict[int, str] | None = None,
+    ) -> None:
+        """The worker's answer saved on the front (for a journaled job: the images into the journal first,
+        each file's path as it is saved, then the job forgotten), and given to the caller."""
+        journal = self.journal if job_id in self._journaled else None
+        try:
+            if journal is None:
+                future.set_result(self.finish(request, result))
+                return
+            if saved is None:  # a fresh answer (a recovered one is in the journal already)
+                bare = result.model_dump(mode="json", exclude=WITHOUT_BYTES)
+                journal.answered(job_id, bare, [image.png_bytes or b"" for image in result.images])
+            done = self.finish(request, result, saved, lambda index, path: journal.saved(job_id, index, path))
+        except BaseException as error:  # saving failed (disk full...): the job's error; a journaled answer
+            log.warning("job %s: its images could not be saved: %s", job_id, error)  # is saved at next start
+            future.set_exception(error)
+            return
+        self._forget(job_id)
+        future.set_result(done)
+
+    def _forget(self, job_id: str) -> None:
+        """The job is over (saved, failed or cancelled): out of the journal."""
+        if job_id in self._journaled and self.journal is not None:
+            self._journaled.discard(job_id)
+            try:
+                self.journal.forget(job_id)
+            except Exception:
+                log.warning("could not remove job %s from the queue journal", job_id, exc_info=True)
 
     def _settle(self, job: QueuedJob, worker: WorkerState, models: list[str] | None) -> None:
         with self._lock:
@@ -179,6 +307,7 @@ class ClusterDispatcher:
             job.excluded.add(worker.worker_id)
             if len(job.excluded) >= 2:
                 self._futures_done(job.job_id)
+                self._forget(job.job_id)
                 future.set_exception(
                     WorkerLost(
                         "Two GPU workers stopped while running this job (out of memory, or a crash), so it "
@@ -276,7 +405,10 @@ class ClusterDispatcher:
                     "memory": info.get("memory", {}),
                 }
             )
-        counts = {"queued": queued, "warm_hits": hits, "assigned": assigned, "retried": self.retried}
+        counts = {
+            "queued": queued, "warm_hits": hits, "assigned": assigned, "retried": self.retried,
+            "recovered": self.recovered,
+        }  # fmt: skip
         return {"workers": workers, **counts}
 
 
@@ -288,10 +420,20 @@ def start_cluster(settings: Any, generation: Any) -> ClusterDispatcher:
     torch = sys.modules.get("torch")  # the front's CPU threads, when it has started torch
     threads = int(torch.get_num_threads()) if torch is not None else None
     handles = start_workers(settings.ray_address, settings.workers, settings.worker_gpus, shared, threads)
-    return ClusterDispatcher(
+    dispatcher = ClusterDispatcher(
         list(handles),
         progress=generation.progress,
         finish=generation.save_remote,
         options=lambda: generation.options.get().model_dump(mode="json"),
         checkpoint=generation.checkpoint_name,
+        journal=JobJournal(settings.cluster_journal_path),
+        saves=generation.will_save,
     )
+    dispatcher.recover()
+    return dispatcher
+
+
+def _request(fields: dict[str, Any], mode: str) -> Request:
+    if mode == "img2img":
+        return Img2ImgRequest.model_validate(fields)
+    return Txt2ImgRequest.model_validate(fields)

@@ -86,6 +86,11 @@ class Scheduler:
             job.submitted = self.clock()
         self.queue.append(job)
 
+    def restore(self, job: QueuedJob) -> None:
+        """A job taken back from the journal at start: queued in the order given, whatever the limit."""
+        job.submitted = job.submitted or self.clock()
+        self.queue.append(job)
+
     def requeue(self, job: QueuedJob) -> None:
         """A job back at the head of its place in line (its worker died): not counted against the limit."""
         self.queue.insert(0, job)

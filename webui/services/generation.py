@@ -166,13 +166,17 @@ class GenerationService(ImageModesMixin):
     def shutdown(self) -> None:
         self._queue.put(None)
 
-    def submit_txt2img(self, request: Txt2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
+    def submit_txt2img(
+        self, request: Txt2ImgRequest, task_id: str | None = None, user: str | None = None
+    ) -> Future[GenerationResult]:
+        """Queue a txt2img job. ``user`` ("browser:<name>" for the page, "api:<name>" for the REST API) is
+        whom the GPU workers' scheduler shares them between (``--ray-address``); the page's jobs go first."""
         limits.active().check_generation(request)  # over a server limit: an error before queueing
         self.check_controlnet_units(request)  # a bad unit fails here, before anything is queued
         check_best_of(self.clip, request)  # best of N without a CLIP model fails here too
         check_refiner_request(self.models, self.options, request)  # so does a refiner that is not there
         if self.cluster_factory is not None:
-            return self._submit_to_cluster(request, task_id)
+            return self._submit_to_cluster(request, task_id, user)
         return self.submit_call(lambda: self._run_job(request), task_id)
 
     # -- many GPU workers (--ray-address) ------------------------------------------------------------------
@@ -184,9 +188,12 @@ class GenerationService(ImageModesMixin):
             return self._cluster
 
     def _submit_to_cluster(
-        self, request: Txt2ImgRequest | Img2ImgRequest, task_id: str | None
+        self, request: Txt2ImgRequest | Img2ImgRequest, task_id: str | None, user: str | None
     ) -> Future[GenerationResult]:
-        future: Future[GenerationResult] = self.cluster().submit(request, task_id)
+        interactive = user.startswith("browser:") if user else None
+        future: Future[GenerationResult] = self.cluster().submit(
+            request, task_id, user=user, interactive=interactive
+        )
         if task_id:
             self.tasks.queued(task_id)
             self.tasks.started(task_id)
@@ -204,22 +211,39 @@ class GenerationService(ImageModesMixin):
             raise NoModelError(self.no_model_message())
         return str(record.name)
 
+    def will_save(self, request: Txt2ImgRequest | Img2ImgRequest) -> bool:
+        """Does ``request`` save its images (the request's flag and the saving option)?"""
+        return bool(request.save_images and self.job_options(request).samples_save)
+
     def save_remote(
-        self, request: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult
+        self,
+        request: Txt2ImgRequest | Img2ImgRequest,
+        result: GenerationResult,
+        saved: dict[int, str] | None = None,
+        on_saved: Callable[[int, str], None] | None = None,
     ) -> GenerationResult:
         """A worker's images saved on this machine (the front is the only writer of files and of the
-        history): numbered into ``outputs/`` as a local job's are, when saving is on."""
-        opts = self.job_options(request)
-        if not (request.save_images and opts.samples_save):
+        history): numbered into ``outputs/`` as a local job's are, when saving is on. ``saved``: the files
+        an earlier run of the front saved for this job (from the cluster's journal); an image is not saved
+        twice, even when that run stopped between writing its file and noting it. ``on_saved`` hears of
+        each image's file (index, path)."""
+        if not self.will_save(request):
             return result
         folder = dated_output_dir(self.outputs_root, request.mode, date.today())
         fmt = cast(ImageFormat, request.samples_format)
-        saved = []
-        for image in result.images:
-            path = str(save_image_atomic(image.png_bytes or b"", folder, image.seed, fmt))
+        images: list[GeneratedImage] = []
+        for index, image in enumerate(result.images):
+            data = image.png_bytes or b""
+            path = None if saved is None else _saved_before(saved.get(index), folder, image.seed, fmt, data)
+            if path is not None and any(path == other.path for other in images):
+                path = None  # two images of the job with the same bytes: two files
+            if path is None:
+                path = str(save_image_atomic(data, folder, image.seed, fmt))
             self.notify_saved(path, image.infotext, _image_size(image.png_bytes))
-            saved.append(image.model_copy(update={"path": path}))
-        return result.model_copy(update={"images": saved})
+            if on_saved is not None:
+                on_saved(index, path)
+            images.append(image.model_copy(update={"path": path}))
+        return result.model_copy(update={"images": images})
 
     def run_now(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
         """Run one job at once in the calling thread, for work that already holds the queue (an extension
@@ -784,3 +808,16 @@ def _image_size(data: bytes | None) -> tuple[int, int]:
 
     with Image.open(io.BytesIO(data or b"")) as image:
         return image.size
+
+
+def _saved_before(path: str | None, folder: Path, seed: int, ext: str, data: bytes) -> str | None:
+    """The file an earlier run of the front saved for an image (``path``, from the cluster's journal, or
+    one it wrote without noting it: a file in ``folder`` named for the image's seed, with its bytes)."""
+    candidates = [Path(path)] if path else sorted(folder.glob(f"[0-9]*-{seed}.{ext.lower().lstrip('.')}"))
+    for candidate in candidates:
+        try:
+            if candidate.stat().st_size == len(data) and candidate.read_bytes() == data:
+                return str(candidate)
+        except OSError:
+            continue
+    return None

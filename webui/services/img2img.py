@@ -112,7 +112,9 @@ class ImageModesMixin:
     _run_job: Callable[[Any], GenerationResult]
 
     # -- entry points ----------------------------------------------------------------------------------------
-    def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None) -> Future[GenerationResult]:
+    def submit_img2img(
+        self, request: Img2ImgRequest, task_id: str | None = None, user: str | None = None
+    ) -> Future[GenerationResult]:
         inputs = decode_img2img_inputs(request)  # fails here, before anything is queued or written
         check_img2img_limits(request, inputs)
         self.check_controlnet_units(request)
@@ -121,7 +123,7 @@ class ImageModesMixin:
         if request.sd_upscale is not None and self.upscalers is not None:
             self.upscalers.find(request.sd_upscale.upscaler)  # unknown upscaler: an error before queueing
         if self.cluster_factory is not None:  # --ray-address: a worker runs it
-            return self._submit_to_cluster(request, task_id)
+            return self._submit_to_cluster(request, task_id, user)
         return self.submit_call(lambda: self._run_img2img_job(request, inputs), task_id)
 
     def run_img2img_now(self, request: Img2ImgRequest) -> GenerationResult:

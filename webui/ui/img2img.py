@@ -35,7 +35,7 @@ from webui.ui.clip_scores import (
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.extension_scripts import ExtensionControls
 from webui.ui.img2img_scripts import SCRIPT_FIELDS, build_script_controls, sd_upscale_params
-from webui.ui.progress_bar import progress_html
+from webui.ui.progress_bar import page_user, progress_html
 from webui.ui.refiner import build_refiner_controls
 from webui.ui.txt2img import (
     POLL_SECONDS,
@@ -292,7 +292,13 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
     no_error = gr.update(value="", visible=False)
 
     def run(
-        mode: str, image: Any, editor: Any, upload_image: Any, upload_mask: Any, **fields: Any
+        http: gr.Request,
+        mode: str,
+        image: Any,
+        editor: Any,
+        upload_image: Any,
+        upload_mask: Any,
+        **fields: Any,
     ) -> Iterator[dict[Any, Any]]:
         opts = services.options.get()
         try:
@@ -313,7 +319,9 @@ def _wire(services: Any, tab: Img2ImgTab, generate: gr.Button, interrupt: gr.But
                 randn_source=opts.randn_source,
                 extension_values=extension_inputs.values,
             )
-            future = extensions.submit(request, extension_inputs) or generation.submit_img2img(request)
+            future = extensions.submit(request, extension_inputs) or generation.submit_img2img(
+                request, user=page_user(http)
+            )
         except (ValidationError, ValueError, LookupError) as exc:  # LookupError: a model that is not there
             message = user_message(exc)
             gr.Warning(message)

@@ -7,6 +7,10 @@ and the page script (``static/easel.js``) reads a ``.easel-progress`` in a progr
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 
 def progress_html(text: str, fraction: float | None = 0.0) -> str:
@@ -18,3 +22,11 @@ def progress_html(text: str, fraction: float | None = 0.0) -> str:
         f'<div class="easel-progress-fill" style="width: {percent:.1f}%"></div>'
         f'<span class="easel-progress-text">{html.escape(text)}</span></div>'
     )
+
+
+def page_user(http: gr.Request | None) -> str:
+    """Whom a job started on the page belongs to, for the GPU workers' fair shares (``--ray-address``):
+    the signed-in user (``--gradio-auth``), else the browser tab's session."""
+    if http is None:
+        return "browser:page"
+    return f"browser:{getattr(http, 'username', None) or getattr(http, 'session_hash', None) or 'page'}"

@@ -32,7 +32,7 @@ from webui.ui.clip_scores import (
 from webui.ui.controlnet import build_controlnet_units, detected_map_gallery, units_from_fields
 from webui.ui.extension_scripts import ExtensionControls
 from webui.ui.hires import build_hires_controls
-from webui.ui.progress_bar import progress_html
+from webui.ui.progress_bar import page_user, progress_html
 from webui.ui.refiner import build_refiner_controls
 from webui.ui.user_errors import user_message
 
@@ -210,7 +210,7 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
     hide_preview = gr.update(value=None, visible=False)
     no_error = gr.update(value="", visible=False)
 
-    def generate(**fields: Any) -> Iterator[dict[Any, Any]]:
+    def generate(http: gr.Request, **fields: Any) -> Iterator[dict[Any, Any]]:
         opts = services.options.get()
         try:
             extension_inputs = extensions.take(fields)  # accordion values, the selected extension script
@@ -224,7 +224,9 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
                 randn_source=opts.randn_source,
                 extension_values=extension_inputs.values,
             )
-            future = extensions.submit(request, extension_inputs) or generation.submit_txt2img(request)
+            future = extensions.submit(request, extension_inputs) or generation.submit_txt2img(
+                request, user=page_user(http)
+            )
         except (ValidationError, ValueError, LookupError) as exc:  # LookupError: a model that is not there
             message = user_message(exc)
             gr.Warning(message)
