@@ -152,6 +152,22 @@ def test_a_worker_killed_mid_job_hands_the_job_to_another_with_the_same_bytes(
     assert time.monotonic() - killed < 60
 
 
+def test_an_xyz_plot_runs_its_cells_on_the_workers(cluster: TestClient, single: dict[object, bytes]) -> None:
+    from tests.api.test_grid_scripts_api import XYZ_ARGS
+
+    dispatcher = cluster.services.generation.cluster()  # type: ignore[attr-defined]
+    assigned = dispatcher.scheduler.assigned
+    args = [4, "6, 40", *XYZ_ARGS[2:4], "7", *XYZ_ARGS[5:]]  # Steps 6 and 40, CFG 7: the jobs above
+    response = cluster.post(
+        "/sdapi/v1/txt2img", json={**JOB, "script_name": "x/y/z plot", "script_args": args}
+    )
+    assert response.status_code == 200, response.text
+    images = [base64.b64decode(image) for image in response.json()["images"]]
+    assert len(images) == 3  # the grid, then the cells (Include Sub Images)
+    assert dispatcher.scheduler.assigned == assigned + 2  # each cell a job on a worker
+    assert images[1:] == [single[6], single[40]]
+
+
 def test_without_the_flag_ray_is_never_imported(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -106,6 +106,7 @@ def test_a_front_that_stops_takes_its_queued_and_running_jobs_up_again(tmp_path:
         threading.Event().wait(0.05)
     assert len(JobJournal(path)) == 0  # all saved: forgotten
     assert second.describe()["recovered"] == 3
+    assert "3 unfinished jobs from the last run taken up again" in second.summary()  # the top bar says so
     stuck.release.set()
 
 

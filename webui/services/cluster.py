@@ -378,7 +378,10 @@ class ClusterDispatcher:
         alive = sum(w.alive for w in workers)
         busy = sum(w.busy for w in workers)
         loaded = "; ".join(f"{w.worker_id}: {', '.join(w.models) or '—'}" for w in workers if w.alive)
-        return f"GPU workers: {alive} of {len(workers)} up, {busy} busy, {queued} queued ({loaded})"
+        line = f"GPU workers: {alive} of {len(workers)} up, {busy} busy, {queued} queued ({loaded})"
+        if self.recovered:  # the images are in outputs/ and the History, not in a page that is gone
+            line += f"; {self.recovered} unfinished jobs from the last run taken up again (see the History)"
+        return line
 
     def describe(self) -> dict[str, Any]:
         """``GET /easel/v1/cluster``: each worker, whether it is alive, what it has loaded, its queue (the
