@@ -45,6 +45,9 @@ INPAINT = {
 }  # fmt: skip
 
 
+EXTRAS = {"image": _picture((200, 40, 40), (8, 8, 24, 40)), "upscaler_1": "Lanczos", "upscaling_resize": 2}
+
+
 def _bytes(payload: dict) -> bytes:
     return base64.b64decode(payload["images"][0])
 
@@ -66,6 +69,9 @@ def single(
             for steps in (6, 40)
         }
         made["inpaint"] = _bytes(client.post("/sdapi/v1/img2img", json=INPAINT).json())
+        made["extras"] = base64.b64decode(
+            client.post("/sdapi/v1/extra-single-image", json=EXTRAS).json()["image"]
+        )
     services.generation.shutdown()
     return made
 
@@ -166,6 +172,18 @@ def test_an_xyz_plot_runs_its_cells_on_the_workers(cluster: TestClient, single: 
     assert len(images) == 3  # the grid, then the cells (Include Sub Images)
     assert dispatcher.scheduler.assigned == assigned + 2  # each cell a job on a worker
     assert images[1:] == [single[6], single[40]]
+
+
+def test_extras_upscale_on_a_worker(cluster: TestClient, single: dict[object, bytes]) -> None:
+    dispatcher = cluster.services.generation.cluster()  # type: ignore[attr-defined]
+    assigned = dispatcher.scheduler.assigned
+    response = cluster.post("/sdapi/v1/extra-single-image", json=EXTRAS)
+    assert response.status_code == 200, response.text
+    assert dispatcher.scheduler.assigned == assigned + 1  # a worker upscaled it
+    assert base64.b64decode(response.json()["image"]) == single["extras"]  # encoded on the front as before
+    wrong = cluster.post("/sdapi/v1/extra-single-image", json={**EXTRAS, "upscaler_1": "Nope"})
+    assert wrong.status_code == 422 and "Unknown upscaler" in wrong.json()["detail"]  # before any work
+    assert dispatcher.scheduler.assigned == assigned + 1
 
 
 def test_without_the_flag_ray_is_never_imported(tmp_path: Path) -> None:

@@ -109,3 +109,19 @@ def test_interrupt_on_the_front_reaches_the_worker_and_progress_comes_back() -> 
     assert future.result(timeout=10).images
     assert worker.interrupted.is_set()
     assert not progress.snapshot()["busy"]
+
+
+def test_a_task_runs_on_a_free_worker_and_is_retried_once_if_it_dies() -> None:
+    class Upscaler(Worker):
+        def run(self, payload: dict[str, Any]) -> dict[str, Any]:
+            if payload["mode"] != "extras":
+                return super().run(payload)
+            self.payloads.append(payload)
+            if self.behaviour and self.behaviour.pop(0) == "die":
+                raise Died(f"{self.worker_id} died")
+            return {"result": [{"png": b"x", "info": {"by": self.worker_id}}], "models": []}
+
+    dispatcher = _dispatcher(Upscaler("w1", ["die"]), Upscaler("w2", []))
+    answer = dispatcher.submit_task({"mode": "extras", "request": {}}).result(timeout=10)
+    assert answer == [{"png": b"x", "info": {"by": "w2"}}] and dispatcher.retried == 1
+    assert dispatcher.describe()["queued"] == 0

@@ -63,6 +63,11 @@ def _worker_class() -> Any:
             from webui.domain.generation import Img2ImgRequest, Txt2ImgRequest
 
             generation = self.services.generation
+            if payload["mode"] == "extras":  # upscaling and face restoration (the front saves)
+                from webui.domain.upscalers import ExtrasRequest
+
+                extras = ExtrasRequest.model_validate(payload["request"])
+                return {"result": self.services.extras.process_on_worker(extras), "models": self.models()}
             if payload["mode"] == "img2img":
                 result = generation.img2img(Img2ImgRequest.model_validate(payload["request"]))
             else:

@@ -97,7 +97,8 @@ class ClusterDispatcher:
         self.options = options  # the front's options, sent with each job
         self.checkpoint = checkpoint  # the name a job's model is known by
         self._lock = threading.Lock()
-        self._futures: dict[str, tuple[Future[GenerationResult], dict[str, Any], Request]] = {}
+        # job id → (its future, what the worker is sent, the generation request; None for a task)
+        self._futures: dict[str, tuple[Future[Any], dict[str, Any], Request | None]] = {}
         self._running: dict[str, str] = {}  # job id → worker id
         self._shown: str | None = None  # the job whose progress the front shows (the latest started)
         self._info: dict[str, dict[str, Any]] = {}
@@ -152,6 +153,17 @@ class ClusterDispatcher:
                     raise
                 self._journaled.add(job_id)
             self._futures[job_id] = (future, payload, request)
+        self._pump()
+        return future
+
+    def submit_task(self, payload: dict[str, Any], user: str | None = None) -> Future[Any]:
+        """Queue work other than a generation (``payload["mode"]``: "extras"): any free worker runs it (it
+        needs no checkpoint); the future gets the worker's answer. Not journaled: its caller waits for it."""
+        job = QueuedJob(f"task-{uuid.uuid4().hex[:12]}", user or "api", "", interactive=False)
+        future: Future[Any] = Future()
+        with self._lock:
+            self.scheduler.submit(job)
+            self._futures[job.job_id] = (future, payload, None)
         self._pump()
         return future
 
@@ -224,12 +236,14 @@ class ClusterDispatcher:
             return
         done = threading.Event()
         watcher = threading.Thread(target=self._watch, args=(job, handle, request, done), daemon=True)
-        watcher.start()
+        if request is not None:  # a generation: its progress is shown
+            watcher.start()
         try:
             answer = handle.run(payload)
         except BaseException as error:
             done.set()
-            watcher.join()
+            if request is not None:
+                watcher.join()
             if handle.died(error):
                 self._lost(job, worker, error)
             else:
@@ -238,8 +252,13 @@ class ClusterDispatcher:
                 future.set_exception(error)
         else:
             done.set()
-            watcher.join()
             models = answer.get("models")
+            if request is None:  # a task: the answer as it is
+                self._settle(job, worker, models)
+                future.set_result(answer["result"])
+                self._pump()
+                return
+            watcher.join()
             self._settle(job, worker, models)
             try:
                 result = GenerationResult.model_validate(answer["result"])

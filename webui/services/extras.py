@@ -7,6 +7,7 @@ source image's parameters plus A1111's ``Postprocess ...`` keys.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from datetime import date
@@ -144,23 +145,17 @@ class ExtrasService:
         self.outputs_root = outputs_root
 
     def run(self, request: ExtrasRequest) -> ExtrasResult:
-        """Decode and check everything first, then upscale on the generation queue, then save."""
-        images = [decode_image(data, f"image {i + 1}") for i, data in enumerate(request.images)]
-        for index, image in enumerate(images):  # the server's limits, before any work is queued
-            check_extras_limits(request, image, f"The upscaled image {index + 1}")
-        first = self.upscalers.find(request.upscaler_1)
-        second = self.upscalers.find(request.upscaler_2) if request.extras_upscaler_2_visibility > 0 else None
-        if second is not None and second.name == UPSCALER_NONE:
-            second = None
-        asked = {"GFPGAN": request.gfpgan_visibility, "CodeFormer": request.codeformer_visibility}
-        for kind, visibility in asked.items():
-            if visibility > 0:  # not installed: say so before any work is done
-                if self.faces is None:
-                    raise ValueError("Face restoration is not available in this setup.")
-                self.faces.choose(kind)
-        processed = self.generation.submit_call(
-            lambda: [self._process(request, image, first, second) for image in images]
-        ).result()
+        """Decode and check everything first, then upscale on the generation queue (with GPU workers,
+        ``--ray-address``: on a worker), then save."""
+        images, first, second = self._checked(request)
+        if self.generation.cluster_factory is not None:
+            payload = {"mode": "extras", "request": request.model_dump(mode="json")}
+            answer = self.generation.cluster().submit_task(payload).result()
+            processed = [(Image.open(io.BytesIO(item["png"])), item["info"]) for item in answer]
+        else:
+            processed = self.generation.submit_call(
+                lambda: [self._process(request, image, first, second) for image in images]
+            ).result()
         results = []
         opts = self.options.get()
         fmt = cast(ImageFormat, request.samples_format)
@@ -189,6 +184,38 @@ class ExtrasService:
                 )
             )
         return ExtrasResult(request=request, images=results)
+
+    def process_on_worker(self, request: ExtrasRequest) -> list[dict[str, Any]]:
+        """A GPU worker's share of ``run``: each image upscaled and restored, as a lossless PNG with its
+        infotext items (the front encodes, saves and numbers it)."""
+        images, first, second = self._checked(request)
+        answer = []
+        for image in images:
+            processed, info = self._process(request, image, first, second)
+            buffer = io.BytesIO()
+            processed.save(buffer, format="PNG")
+            answer.append({"png": buffer.getvalue(), "info": info})
+        return answer
+
+    def _checked(
+        self, request: ExtrasRequest
+    ) -> tuple[list[Image.Image], UpscalerRecord, UpscalerRecord | None]:
+        """The decoded images and the upscalers, once the request passed the server's limits and every
+        model it names is there."""
+        images = [decode_image(data, f"image {i + 1}") for i, data in enumerate(request.images)]
+        for index, image in enumerate(images):  # the server's limits, before any work is queued
+            check_extras_limits(request, image, f"The upscaled image {index + 1}")
+        first = self.upscalers.find(request.upscaler_1)
+        second = self.upscalers.find(request.upscaler_2) if request.extras_upscaler_2_visibility > 0 else None
+        if second is not None and second.name == UPSCALER_NONE:
+            second = None
+        asked = {"GFPGAN": request.gfpgan_visibility, "CodeFormer": request.codeformer_visibility}
+        for kind, visibility in asked.items():
+            if visibility > 0:  # not installed: say so before any work is done
+                if self.faces is None:
+                    raise ValueError("Face restoration is not available in this setup.")
+                self.faces.choose(kind)
+        return images, first, second
 
     def _process(
         self,
