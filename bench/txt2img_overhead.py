@@ -130,6 +130,7 @@ class Runner:
     def easel(self) -> Any:
         from webui.runtime.generate import generate_batch
 
+        self.model.encodings.clear()  # like for like: plain diffusers encodes the prompt on every call
         images, _stopped = generate_batch(self.model, self.job)
         return images[0]
 

@@ -22,8 +22,11 @@ The steps, each matching what A1111 users expect from a prompt:
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -228,6 +231,84 @@ def _tokenize_with_embeddings(
     return out
 
 
+class EncodingCache:
+    """The text encoders' outputs for the prompts one loaded model encoded last, so an unchanged prompt is
+    not encoded again (a batch count, a seed search, an X/Y/Z plot over steps or CFG, a re-run).
+
+    One per loaded model (``LoadedModel.encodings``): a model loaded again starts empty. Each entry is
+    keyed by the state of the encoders' weights (the LoRA set merged into them, fp8, where they run; see
+    :func:`encoder_state`), the textual-inversion vectors in use, the text and the clip skip. Entries are
+    stored as copies, so a caller that changes a tensor it was given in place cannot change the cache.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Conditioning] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable) -> Conditioning | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+        return _copied(found)
+
+    def put(self, key: Hashable, value: Conditioning) -> None:
+        with self._lock:
+            self._items[key] = _copied(value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _copied(conditioning: Conditioning) -> Conditioning:
+    pooled = None if conditioning.pooled is None else conditioning.pooled.clone()
+    return Conditioning(conditioning.embeds.clone(), pooled)
+
+
+def encoder_state(model: Any, embeddings: Sequence[Mapping[str, torch.Tensor]] | None) -> Hashable:
+    """What, besides the text, decides an encoding of ``model``'s prompts: the LoRA set merged into its
+    weights, fp8 storage, the device and dtype the encoders run in, and the textual-inversion vectors (by
+    content: a changed embedding file gives another key)."""
+    patcher = getattr(model, "lora_patcher", None)
+    merged = patcher.applied if patcher is not None else ()
+    placement = tuple(
+        (str(execution_device(encoder)), str(getattr(encoder, "dtype", "")))
+        for encoder in model.text_encoders
+    )
+    vectors = []
+    for table in embeddings or ():
+        for name in sorted(table):
+            tensor = table[name].detach().to("cpu", torch.float32).contiguous()
+            vectors.append((name, tuple(tensor.shape), hashlib.blake2b(tensor.numpy().tobytes()).hexdigest()))
+    return (merged, bool(getattr(model, "fp8", False)), placement, tuple(vectors))
+
+
+def model_prompt_encoder(
+    model: Any, embeddings: Sequence[Mapping[str, torch.Tensor]] | None
+) -> PromptEncoder:
+    """The prompt encoder of a loaded model for one job, using the model's encoding cache."""
+    return PromptEncoder(
+        model.tokenizers,
+        model.text_encoders,
+        is_sdxl=model.family.is_sdxl,
+        embeddings=embeddings,
+        cache=getattr(model, "encodings", None),
+        state=encoder_state(model, embeddings),
+    )
+
+
 class PromptEncoder:
     """Encodes A1111 prompts with one text encoder (SD1/SD2) or two (SDXL; one for the SDXL refiner).
 
@@ -245,6 +326,8 @@ class PromptEncoder:
         is_sdxl: bool,
         zero_empty_negative: bool | None = None,
         embeddings: Sequence[Mapping[str, torch.Tensor]] | None = None,
+        cache: EncodingCache | None = None,
+        state: Hashable = None,
     ) -> None:
         if len(tokenizers) != len(text_encoders) or not tokenizers:
             raise ValueError("need one tokenizer per text encoder, and at least one of each")
@@ -260,12 +343,27 @@ class PromptEncoder:
         self.embeddings = list(embeddings) if embeddings else [{} for _ in self.text_encoders]
         if len(self.embeddings) != len(self.text_encoders):
             raise ValueError("need one embedding mapping per text encoder")
+        # ``cache`` keeps encodings between jobs; ``state`` (``encoder_state``) must then say everything
+        # besides the text that decides them. Without a state nothing is cached.
+        self.cache = cache if state is not None else None
+        self.state = state
 
     # -- single prompts ---------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def encode(self, prompt: str, clip_skip: int = 1) -> Conditioning:
-        """Encode one plain prompt (attention, BREAK; editing syntax is taken literally)."""
+        """Encode one plain prompt (attention, BREAK; editing syntax is taken literally); from the cache
+        when this model encoded the same text in the same state before."""
+        if self.cache is None:
+            return self._encode(prompt, clip_skip)
+        key = (self.state, self.is_sdxl, clip_skip, prompt)
+        found = self.cache.get(key)
+        if found is None:
+            found = self._encode(prompt, clip_skip)
+            self.cache.put(key, found)
+        return found
+
+    @torch.no_grad()
+    def _encode(self, prompt: str, clip_skip: int) -> Conditioning:
         prompt, _ = extract_extra_networks(prompt)
         chunk_sets = [
             build_chunks(prompt, tokenizer, {name: len(vectors) for name, vectors in table.items()})
@@ -310,10 +408,7 @@ class PromptEncoder:
         return text_model.final_layer_norm(output.hidden_states[-clip_skip])
 
     def empty(self, clip_skip: int = 1) -> Conditioning:
-        """The encoding of an empty prompt (one chunk), used to pad conditionings to equal length.
-
-        Not cached: the encoders' weights may change between calls (LoRA patches), and it is one chunk.
-        """
+        """The encoding of an empty prompt (one chunk), used to pad conditionings to equal length."""
         return self.encode("", clip_skip)
 
     # -- prompt + negative ------------------------------------------------------------------------------

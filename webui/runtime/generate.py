@@ -240,7 +240,7 @@ def generate_batch(
 ) -> tuple[list[Image.Image], bool]:
     """Generate ``len(job.seeds)`` images. Returns (images, stopped_early)."""
     from webui.runtime.clip_guidance import guide_for
-    from webui.runtime.conditioning import PromptEncoder
+    from webui.runtime.conditioning import model_prompt_encoder
     from webui.runtime.noise import initial_latents, make_generators
     from webui.runtime.refiner import attach_refiner
     from webui.runtime.samplers import build_scheduler
@@ -252,12 +252,7 @@ def generate_batch(
     device = model.device
     batch = len(job.seeds)
     refiner = attach_refiner(pipe, model, job, job.steps, batch)
-    encoder = prompt_encoder or PromptEncoder(
-        model.tokenizers,
-        model.text_encoders,
-        is_sdxl=model.family.is_sdxl,
-        embeddings=job.extra.get("embeddings"),
-    )
+    encoder = prompt_encoder or model_prompt_encoder(model, job.extra.get("embeddings"))
     schedule = encoder.encode_schedule(job.prompt, job.negative_prompt, job.steps, job.clip_skip)
     latent_channels = model.unet.config.in_channels if not model.family.is_inpaint else 4
     scale = vae_scale_factor(model)

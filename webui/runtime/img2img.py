@@ -172,7 +172,7 @@ def denoise(
     repaint). ``work_images`` are the RGB images the latents came from (needed for inpainting models).
     """
     from webui.runtime.clip_guidance import guide_for
-    from webui.runtime.conditioning import PromptEncoder
+    from webui.runtime.conditioning import model_prompt_encoder
     from webui.runtime.noise import initial_latents, make_generators
     from webui.runtime.refiner import attach_refiner
     from webui.runtime.samplers import build_scheduler, step_call_kwargs
@@ -190,10 +190,7 @@ def denoise(
     refiner = attach_refiner(pipe, model, job, steps, batch)
     device = model.device
     dtype = model.unet.dtype
-    encoder_kwargs: dict[str, Any] = {"is_sdxl": model.family.is_sdxl}
-    if job.extra.get("embeddings") is not None:
-        encoder_kwargs["embeddings"] = job.extra["embeddings"]
-    encoder = prompt_encoder or PromptEncoder(model.tokenizers, model.text_encoders, **encoder_kwargs)
+    encoder = prompt_encoder or model_prompt_encoder(model, job.extra.get("embeddings"))
     schedule = encoder.encode_schedule(job.prompt, job.negative_prompt, steps, job.clip_skip)
     generators = make_generators(job.seeds, job.randn_source, device)
     noise = initial_latents(

@@ -67,6 +67,14 @@ class LoadedModel:
     load_seconds: float = 0.0
     lora_patcher: Any = field(default=None, repr=False)  # webui.runtime.lora.LoraPatcher, made on first use
     fp8: bool = False  # UNet and text encoders keep their weights in fp8 (webui.runtime.fp8)
+    # the text encoders' outputs for recent prompts (webui.runtime.conditioning.EncodingCache)
+    encodings: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.encodings is None:
+            from webui.runtime.conditioning import EncodingCache
+
+            self.encodings = EncodingCache()
 
     @property
     def text_encoders(self) -> list[Any]:

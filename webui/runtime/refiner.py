@@ -134,13 +134,10 @@ class RefinerUNet:
         return self._refine(sample, timestep, kwargs)
 
     def _switch(self) -> None:
-        from webui.runtime.conditioning import PromptEncoder
+        from webui.runtime.conditioning import model_prompt_encoder
 
         refiner = self._plan.model
-        encoder_kwargs: dict[str, Any] = {"is_sdxl": refiner.family.is_sdxl}
-        if self._plan.embeddings is not None:
-            encoder_kwargs["embeddings"] = self._plan.embeddings
-        encoder = PromptEncoder(refiner.tokenizers, refiner.text_encoders, **encoder_kwargs)
+        encoder = model_prompt_encoder(refiner, self._plan.embeddings)
         job = self._job
         self._schedule = encoder.encode_schedule(job.prompt, job.negative_prompt, self._steps, job.clip_skip)
         self.switched = self._plan.switched = True
