@@ -150,6 +150,7 @@ def test_inpaint_is_a_control_type() -> None:
     inpaint = control_types(["control_v11p_sd15_inpaint [be8bc0ed]", "control_v11p_sd15_canny [d14c016b]"])[
         "Inpaint"
     ]
-    assert inpaint["module_list"] == ["none", "inpaint_global_harmonious", "inpaint_only"]
+    modules = ["none", "inpaint_global_harmonious", "inpaint_only", "inpaint_only+lama"]
+    assert inpaint["module_list"] == modules
     assert inpaint["default_option"] == "inpaint_only"
     assert inpaint["model_list"] == ["None", "control_v11p_sd15_inpaint [be8bc0ed]"]

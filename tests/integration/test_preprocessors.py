@@ -38,10 +38,14 @@ SIZE = (64, 48)  # width, height of the test picture
 RES = 64  # processing resolution for the network modules: short side 48 -> 64, so maps are 85x64
 MAP_SIZE = (85, 64)
 CHEAP_MODULES = tuple(info.name for info in PREPROCESSORS if not info.needs_weights)
-NETWORK_MODULES = [  # the seg_* modules (with a weight_folder) are tested in test_segmentation.py
+# the seg_* modules (with a weight_folder) are tested in test_segmentation.py; LaMa, which fills a mask rather
+# than drawing a map, in test_lama.py
+NETWORK_MODULES = [
     info.name
     for info in PREPROCESSORS
-    if info.needs_weights and info.name != "depth_zoe" and info.weight_folder is None
+    if info.needs_weights
+    and info.name not in ("depth_zoe", "inpaint_only+lama")
+    and info.weight_folder is None
 ]
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webui.api.routes import ApiError, _validation_message
 from webui.domain.controlnet import ControlNetUnit
-from webui.domain.controlnet_modules import UnknownPreprocessorError
+from webui.domain.controlnet_modules import LAMA_MODULE, UnknownPreprocessorError
 from webui.domain.generation import GenerationResult
 
 CONTROLNET_API_VERSION = 3
@@ -126,6 +126,21 @@ def add_controlnet_routes(router: APIRouter, services: Any) -> None:
         if not sources:
             raise ApiError(422, "ImageError", "No image selected")
         images = [decode_image(data, f"input image {i + 1}") for i, data in enumerate(sources)]
+        masks = [decode_image(data, f"mask {i + 1}") for i, data in enumerate(body.controlnet_masks)]
+        if info.name == LAMA_MODULE:  # the LaMa fill of each image's mask (the last mask for the rest)
+            if not masks:
+                raise ApiError(
+                    422, "ImageError", f"{LAMA_MODULE} fills a mask: send controlnet_masks (white = fill)."
+                )
+
+            def fill() -> list[Any]:
+                return [
+                    controlnet.lama_fill(image, masks[min(i, len(masks) - 1)])
+                    for i, image in enumerate(images)
+                ]
+
+            filled = services.generation.submit_call(fill).result()
+            return {"images": [encode_png_b64(image) for image in filled], "info": "Success"}
 
         def run() -> list[Any]:
             return [

@@ -44,8 +44,6 @@ Left out, with the reason:
 
 - ``seg_anime_face`` and ``mobile_sam``: their networks are not part of controlnet-aux 0.0.10 or
   transformers; Segment Anything paints random colours per mask, which a seg ControlNet would misread.
-- ``inpaint_only+lama``: LaMa is not part of controlnet-aux 0.0.10; ``inpaint_only`` does the same job
-  without LaMa's first fill.
 - ``t2ia_*``, ``threshold``, ``normal_midas``, ``depth_leres``, ``softedge_teed``, ``mediapipe_face``,
   ``reference_*``, ``recolor_*``, ``ip-adapter_face_id*``: not offered (yet).
 """
@@ -65,8 +63,13 @@ DEFAULT_RESOLUTION = 512
 # The inpaint modules pass the picture through; the unit's mask (or img2img's inpaint mask) marks the pixels
 # the ControlNet sees as -1 ("to be painted"). ``inpaint_only`` also keeps everything outside the mask: in
 # txt2img the job then runs as an inpainting of the unit's picture.
-INPAINT_MODULES = frozenset({"inpaint_global_harmonious", "inpaint_only"})
+# ``inpaint_only+lama`` is ``inpaint_only`` whose picture LaMa (``ControlNetLama.pth``) fills in the mask
+# first, so the repaint starts from a plausible fill rather than the old content.
 INPAINT_ONLY = "inpaint_only"
+LAMA_MODULE = "inpaint_only+lama"
+LAMA_FILE = "ControlNetLama.pth"
+INPAINT_ONLY_MODULES = frozenset({INPAINT_ONLY, LAMA_MODULE})
+INPAINT_MODULES = frozenset({"inpaint_global_harmonious", *INPAINT_ONLY_MODULES})
 
 # The IP-Adapter modules pass the picture through too: the unit's IP-Adapter model encodes it with the CLIP
 # image encoder the module names. The files each encoder is looked for under, first found wins (the
@@ -338,6 +341,7 @@ PREPROCESSORS: tuple[PreprocessorInfo, ...] = (
     _module("shuffle", "Shuffle"),
     _module("inpaint_global_harmonious", "Inpaint", resolution=False, aliases=("inpaint",)),
     _module("inpaint_only", "Inpaint", resolution=False),
+    _module(LAMA_MODULE, "Inpaint", resolution=False, files=(LAMA_FILE,)),
     _module("ip-adapter_clip_sd15", "IP-Adapter", resolution=False, aliases=("ip-adapter_clip_h",)),
     _module("ip-adapter_clip_sdxl", "IP-Adapter", resolution=False, aliases=("ip-adapter_clip_g",)),
     _module("ip-adapter_clip_sdxl_plus_vith", "IP-Adapter", resolution=False),

@@ -25,8 +25,9 @@ from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_
 from webui.domain.controlnet_models import ControlNetKind, ControlNetRecord, base_of_family, fits
 from webui.domain.controlnet_modules import (
     INPAINT_MODULES,
-    INPAINT_ONLY,
+    INPAINT_ONLY_MODULES,
     IP_ADAPTER_MODULES,
+    LAMA_MODULE,
     PREPROCESSORS,
     RESOLUTION_LABEL,
     PreprocessorInfo,
@@ -73,7 +74,8 @@ class PreparedControl:
 
 @dataclass
 class ExtensionMap:
-    """An extension preprocessor's map, shaped as the runtime's ``DetectedMap`` (no poses)."""
+    """A map made outside the runtime's preprocessors (an extension's, LaMa's fill), shaped as the
+    runtime's ``DetectedMap`` (no poses)."""
 
     image: Image.Image
     module: str
@@ -215,6 +217,12 @@ class ControlNetService:
             module, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b
         )
 
+    def lama_fill(self, image: Image.Image, mask: Image.Image) -> Image.Image:
+        """``inpaint_only+lama``'s first step: the white part of ``mask`` filled by LaMa
+        (``ControlNetLama.pth`` in the annotators folder; downloaded only when downloads are on)."""
+        filled: Image.Image = self.preprocessors().lama_fill(image, mask)
+        return filled
+
     def image_encoders(self) -> Any:
         """The CLIP image encoders of IP-Adapters (``ip_adapter.ImageEncoders``; torch on first use)."""
         with self._lock:
@@ -321,9 +329,9 @@ class ControlNetService:
                 f"The mask of {label} is {mask.width}x{mask.height} but its image is "
                 f"{image.width}x{image.height}; the mask must have the image's size."
             )
-        if isinstance(request, Txt2ImgRequest) and request.enable_hr and module == INPAINT_ONLY:
+        if isinstance(request, Txt2ImgRequest) and request.enable_hr and module in INPAINT_ONLY_MODULES:
             raise ControlNetInputError(
-                f"{label}: {INPAINT_ONLY} in txt2img repaints the masked part of the unit's picture at its "
+                f"{label}: {module} in txt2img repaints the masked part of the unit's picture at its "
                 "size and cannot be combined with Hires. fix; turn Hires. fix off, or use "
                 "inpaint_global_harmonious."
             )
@@ -376,8 +384,13 @@ class ControlNetService:
             mask = None
             if info.name in INPAINT_MODULES:
                 mask = _inpaint_mask(unit, init_mask, detected.image.size, label)
+                if info.name == LAMA_MODULE:  # LaMa fills the mask first: the repaint starts from that
+                    if progress is not None:
+                        progress.set_text(f"Filling the mask of {label} with LaMa")
+                    source = self.lama_fill(source, mask)
+                    detected = ExtensionMap(source, info.name)
                 if (
-                    info.name == INPAINT_ONLY
+                    info.name in INPAINT_ONLY_MODULES
                     and isinstance(request, Txt2ImgRequest)
                     and prepared.inpaint is None
                 ):

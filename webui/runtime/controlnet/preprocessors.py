@@ -57,6 +57,8 @@ from webui.domain.controlnet_modules import (
     HED_FILE,
     INPAINT_MODULES,
     IP_ADAPTER_MODULES,
+    LAMA_FILE,
+    LAMA_MODULE,
     LINEART_ANIME_FILE,
     LINEART_COARSE_FILE,
     LINEART_FILE,
@@ -694,6 +696,12 @@ def _dwpose(store: AnnotatorStore) -> Any:
         ) from exc
 
 
+def _lama(store: AnnotatorStore) -> Any:
+    from webui.runtime.controlnet.lama import load_lama
+
+    return load_lama(store.resolve(LAMA_FILE))
+
+
 COMPONENTS: dict[str, _Component] = {
     "openpose_body": _Component((OPENPOSE_BODY,), _body),
     "openpose_hand": _Component((OPENPOSE_HAND,), _hand),
@@ -708,6 +716,7 @@ COMPONENTS: dict[str, _Component] = {
     "midas": _Component((MIDAS_FILE,), _midas),
     "zoe": _Component((ZOE_FILE,), _zoe),
     "dwpose": _Component((), _dwpose),  # finds its files itself (ONNX or TorchScript)
+    "lama": _Component((LAMA_FILE,), _lama, uses_aux=False),
     **{name: _Component((), _segmenter(spec), uses_aux=False) for name, spec in SEG_MODELS.items()},
     # finds its file itself (the first of several names present), so no files to resolve beforehand
     **{module: _Component((), _depth_anything(module), uses_aux=False) for module in DEPTH_ANYTHING_FILES},
@@ -748,6 +757,7 @@ def _components_for(module: str) -> tuple[str, ...]:
         **{module: (name,) for module, name in SEG_MODULES.items()},
         **{module: (module,) for module in DEPTH_ANYTHING_FILES},
         **{module: ("dwpose",) for module in DW_OPENPOSE_PARTS},
+        LAMA_MODULE: ("lama",),
     }.get(module, ())
 
 
@@ -922,6 +932,13 @@ class Preprocessors:
         with self._lock, torch.inference_mode():
             result, poses = self._dispatch(info, rgb, res, a, b, seed)
         return DetectedMap(image=Image.fromarray(_rgb3(result), "RGB"), module=info.name, poses=poses)
+
+    def lama_fill(self, image: Image.Image, mask: Image.Image) -> Image.Image:
+        """``inpaint_only+lama``'s first fill: the white part of ``mask`` painted by LaMa."""
+        from webui.runtime.controlnet.lama import lama_fill
+
+        with self._lock, torch.inference_mode():
+            return lama_fill(self._networks(LAMA_MODULE)["lama"], image, mask)
 
     def _dispatch(
         self, info: PreprocessorInfo, rgb: np.ndarray, res: int, a: float, b: float, seed: int | None
