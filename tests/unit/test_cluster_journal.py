@@ -178,3 +178,28 @@ def test_the_fronts_saving_never_writes_an_image_twice(generation: Any) -> None:
     assert len(list(folder.iterdir())) == 3  # nothing written twice
     fresh = generation.save_remote(request, result)  # a new job with the same bytes: new files
     assert len(list(folder.iterdir())) == 6 and fresh.images[0].path not in paths
+
+
+def test_a_broken_queue_file_is_kept_aside_and_unreadable_jobs_are_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cluster-queue.sqlite3"
+    path.write_bytes(b"this is not a database, but a user may need what is left of it" * 20)
+    journal = JobJournal(path)  # starts empty instead of keeping the workers from starting
+    assert len(journal) == 0
+    (kept,) = tmp_path.glob("cluster-queue.sqlite3.broken-*")
+    assert kept.read_bytes().startswith(b"this is not a database")
+    common: dict[str, Any] = {"user": "api", "interactive": False, "checkpoint": "tiny"}
+    payload = {"mode": "txt2img", "request": {}}
+    journal.add("job-old", **common, request={"prompt": "x", "steps": "many"}, payload=payload)
+    good = Txt2ImgRequest(prompt="a cat", seed=3, save_images=True).model_dump(mode="json")
+    journal.add("job-ok", **common, request=good, payload=payload)
+    worker = Worker("w1", [])
+    front = _front(journal, Saver(), worker)
+    assert front.recover() == 1  # the unreadable one (another version's fields) is logged and dropped
+    assert "job-old" in caplog.text
+    for _ in range(100):
+        if len(journal) == 0:
+            break
+        threading.Event().wait(0.05)
+    assert len(journal) == 0 and len(worker.payloads) == 1

@@ -172,11 +172,17 @@ class ClusterDispatcher:
         the order they were first queued; their images are saved as they finish. Returns their count."""
         if self.journal is None:
             return 0
-        entries = self.journal.unfinished()
-        for entry in entries:
+        entries = []
+        for entry in self.journal.unfinished():
+            try:
+                request = _request(entry.request, entry.payload["mode"])
+            except (KeyError, ValueError) as exc:  # written by another version of Easel: not run
+                log.error("cluster: job %s from the last run cannot be read, left out: %s", entry.job_id, exc)
+                self.journal.forget(entry.job_id)
+                continue
+            entries.append(entry)
             future: Future[GenerationResult] = Future()
             future.add_done_callback(self._report_recovered)
-            request = _request(entry.request, entry.payload["mode"])
             with self._lock:
                 self._journaled.add(entry.job_id)
                 self._futures[entry.job_id] = (future, entry.payload, request)

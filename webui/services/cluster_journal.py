@@ -14,11 +14,16 @@ A SQLite file in the data dir (not in ``cache/``: it cannot be rebuilt from anyt
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,11 +64,30 @@ class JobJournal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # WAL: a committed row survives the process being killed; NORMAL: no fsync per job
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:  # not a database (a broken disk, a foreign file): kept aside
+            kept = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                if path.with_name(path.name + suffix).exists():
+                    os.replace(path.with_name(path.name + suffix), kept.with_name(kept.name + suffix))
+            log.error(
+                "the cluster's queue %s could not be read (%s); kept as %s, starting empty", path, exc, kept
+            )
+            self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            # WAL: a committed row survives the process being killed; NORMAL: no fsync per job
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def add(
         self,
