@@ -142,6 +142,7 @@ def test_a_job_on_a_worker_gives_the_single_machine_bytes_and_the_front_saves_it
     assert all(w["alive"] for w in page["workers"])
     assert sum(w["models"] == ["tiny.safetensors"] for w in page["workers"]) == 1
     assert all("cpu" in w["device"] or w["device"] == "not started" for w in page["workers"])
+    assert {"user": "api:testclient", "queued": 0, "started": 1} in page["users"]  # the API caller's share
     wrong = cluster.post("/sdapi/v1/txt2img", json={**JOB, "enable_hr": True, "hr_upscaler": "Nope"})
     assert wrong.status_code == 422 and "Nope" in wrong.json()["detail"]  # the worker's own message
     assert "ray::" not in wrong.json()["detail"]

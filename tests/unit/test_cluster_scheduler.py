@@ -55,8 +55,17 @@ def test_fairness_between_users_and_interactive_first() -> None:
     scheduler.submit(_job("one", "m", user="artist"))
     scheduler.submit(_job("batch", "m", user="api-key-2"))
     scheduler.submit(_job("ui", "m", user="api-key-2", interactive=True))
+    assert scheduler.users() == [
+        {"user": "api-key-1", "queued": 5, "started": 0},
+        {"user": "api-key-2", "queued": 2, "started": 0},
+        {"user": "artist", "queued": 1, "started": 0},
+    ]  # the cluster page's view of the fair shares
     order = []
-    for _ in range(8):
+    for step in range(8):
+        if step == 3:
+            assert {row["user"]: row["started"] for row in scheduler.users()} == {
+                "api-key-1": 1, "api-key-2": 1, "artist": 1,
+            }  # fmt: skip
         ((job, worker),) = scheduler.assign()
         order.append(job.job_id)
         scheduler.finished(worker.worker_id)

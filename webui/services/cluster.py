@@ -410,11 +410,12 @@ class ClusterDispatcher:
 
     def describe(self) -> dict[str, Any]:
         """``GET /easel/v1/cluster``: each worker, whether it is alive, what it has loaded, its queue (the
-        job it runs), its device and memory; the front's queue."""
+        job it runs), its device and memory; the front's queue, and each user's share of it."""
         with self._lock:
             states = {w.worker_id: (w.alive, w.busy, list(w.models)) for w in self.scheduler.workers.values()}
             queued = len(self.scheduler.queue)
             hits, assigned = self.scheduler.warm_hits, self.scheduler.assigned
+            users = self.scheduler.users()
         workers = []
         for worker_id, (alive, busy, models) in states.items():
             info = self._info.get(worker_id, {})
@@ -437,7 +438,7 @@ class ClusterDispatcher:
             "queued": queued, "warm_hits": hits, "assigned": assigned, "retried": self.retried,
             "recovered": self.recovered,
         }  # fmt: skip
-        return {"workers": workers, **counts}
+        return {"workers": workers, **counts, "users": users}
 
 
 def start_cluster(settings: Any, generation: Any) -> ClusterDispatcher:

@@ -136,6 +136,17 @@ class Scheduler:
                 started.append((job, worker))
         return started
 
+    def users(self) -> list[dict[str, object]]:
+        """Each user's jobs waiting and started so far (the fair shares), the most waiting first."""
+        waiting: dict[str, int] = {}
+        for job in self.queue:
+            waiting[job.user] = waiting.get(job.user, 0) + 1
+        names = sorted(set(waiting) | set(self.started), key=lambda name: (-waiting.get(name, 0), name))
+        return [
+            {"user": name, "queued": waiting.get(name, 0), "started": self.started.get(name, 0)}
+            for name in names
+        ]
+
     def finished(self, worker_id: str, models: list[str] | None = None) -> None:
         worker = self.workers[worker_id]
         worker.busy = False
