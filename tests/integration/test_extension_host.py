@@ -53,6 +53,29 @@ def _png(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def test_a_scripts_jobs_belong_to_the_user_who_started_it(services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With GPU workers the script's jobs are shared out by user: the page's user reaches every job."""
+    users: list[Any] = []
+    real = services.generation.run_now
+
+    def run_now(request: Any, user: Any = None) -> GenerationResult:
+        users.append(user)
+        return real(request)
+
+    monkeypatch.setattr(services.generation, "run_now", run_now)
+
+    def run(p: ScriptRun) -> GenerationResult:
+        p.easel.txt2img(p.request)
+        return p.easel.txt2img(p.request.model_copy(update={"seed": 5}))
+
+    host = services.extension_host
+    request = Txt2ImgRequest(**SMALL)
+    host.run_script(_extension(services), _Script(run), request, [], "txt2img", user="browser:ann").result(
+        timeout=GUARD
+    )
+    assert users == ["browser:ann", "browser:ann"]
+
+
 def test_host_txt2img_gives_the_bytes_of_the_generation_service(services) -> None:
     request = Txt2ImgRequest(**SMALL)
     direct = services.generation.txt2img(request)

@@ -49,6 +49,7 @@ class _ScriptScope:
     script: Script
     inner_errors: list[BaseException]
     interrupted: bool = False
+    user: str | None = None  # whom the script's jobs belong to (the GPU workers' fair shares)
 
 
 class EaselHost:
@@ -78,7 +79,7 @@ class EaselHost:
             return cast(GenerationResult, generation.submit_txt2img(request).result())
         scope = self._scope()
         try:
-            result = cast(GenerationResult, generation.run_now(request))
+            result = cast(GenerationResult, generation.run_now(request, user=scope.user if scope else None))
         except BaseException as exc:
             if scope is not None:
                 scope.inner_errors.append(exc)  # Easel's own error, not the script's bug
@@ -105,6 +106,7 @@ class EaselHost:
         args: list[Any],
         tab: Tab,
         task_id: str | None = None,
+        user: str | None = None,
     ) -> Future[GenerationResult]:
         """Queue ONE job that runs ``script.run(ScriptRun(request, self, tab), *args)``.
 
@@ -116,7 +118,7 @@ class EaselHost:
         progress = generation.progress
 
         def job() -> GenerationResult:
-            scope = _ScriptScope(extension, script, [])
+            scope = _ScriptScope(extension, script, [], user=user)
             self._local.scope = scope
             progress.begin_script(script.title)
             try:

@@ -245,15 +245,15 @@ class GenerationService(ImageModesMixin):
             images.append(image.model_copy(update={"path": path}))
         return result.model_copy(update={"images": images})
 
-    def run_now(self, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
+    def run_now(self, request: Txt2ImgRequest | Img2ImgRequest, user: str | None = None) -> GenerationResult:
         """Run one job at once in the calling thread, for work that already holds the queue (an extension
         script's job runs its jobs this way); anything else uses ``submit_txt2img`` / ``submit_img2img``.
         With GPU workers (``--ray-address``) a worker runs it while this thread waits: the script's cells
         (X/Y/Z plot...) run on the workers and the front makes the grid."""
         if self.cluster_factory is not None:
             if isinstance(request, Img2ImgRequest):
-                return self.submit_img2img(request).result()
-            return self.submit_txt2img(request).result()
+                return self.submit_img2img(request, user=user).result()
+            return self.submit_txt2img(request, user=user).result()
         if isinstance(request, Img2ImgRequest):
             return self.run_img2img_now(request)
         limits.active().check_generation(request)

@@ -231,8 +231,11 @@ class ExtensionControls:
             taken.script, taken.args = selected, args[selected]
         return taken
 
-    def submit(self, request: Request, taken: ExtensionInputs) -> concurrent.futures.Future[Any] | None:
-        """Queue the selected extension script with ``request`` (None: no extension script is selected)."""
+    def submit(
+        self, request: Request, taken: ExtensionInputs, user: str | None = None
+    ) -> concurrent.futures.Future[Any] | None:
+        """Queue the selected extension script with ``request`` (None: no extension script is selected);
+        its jobs belong to ``user`` (``GenerationService.submit_txt2img``)."""
         if taken.script is None:
             return None
         found = self.manager.find_script(self.tab, taken.script) if self.manager is not None else None
@@ -243,7 +246,9 @@ class ExtensionControls:
             )
         extension, script = found
         host = self.services.extension_host
-        return host.run_script(extension, script, request, list(taken.args), self.tab)  # type: ignore[no-any-return]
+        return host.run_script(  # type: ignore[no-any-return]
+            extension, script, request, list(taken.args), self.tab, user=user
+        )
 
     # -- paste / send-to ------------------------------------------------------------------------------------
 

@@ -224,8 +224,9 @@ def _wire(services: Any, tab: Txt2ImgTab) -> None:
                 randn_source=opts.randn_source,
                 extension_values=extension_inputs.values,
             )
-            future = extensions.submit(request, extension_inputs) or generation.submit_txt2img(
-                request, user=page_user(http)
+            user = page_user(http)
+            future = extensions.submit(request, extension_inputs, user) or generation.submit_txt2img(
+                request, user=user
             )
         except (ValidationError, ValueError, LookupError) as exc:  # LookupError: a model that is not there
             message = user_message(exc)
