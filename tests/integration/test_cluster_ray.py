@@ -52,6 +52,11 @@ def _bytes(payload: dict) -> bytes:
     return base64.b64decode(payload["images"][0])
 
 
+# SDXL with its refiner taking over at 40 % of the steps
+REFINED = {
+    **JOB, "override_settings": {"sd_model_checkpoint": "tiny-sdxl"},
+    "refiner_checkpoint": "tiny-sdxl-refiner", "refiner_switch_at": 0.4,
+}  # fmt: skip
 # hires fix, a LoRA in the prompt and a ControlNet unit in one job
 FULL = {
     **JOB, "prompt": "a red circle <lora:ink:0.8>", "enable_hr": True, "hr_scale": 1.5,
@@ -81,6 +86,8 @@ def install(
         _link_or_copy(tiny_model_files["sd15_single"], models / "Stable-diffusion" / "tiny.safetensors")
         _link_or_copy(lora, models / "Lora" / "ink.safetensors")
         _link_or_copy(controlnet_files["ldm"], models / "ControlNet" / controlnet_files["ldm"].name)
+        for name in ("sdxl_single", "sdxl_refiner"):  # an SDXL job handing over to its refiner
+            _link_or_copy(tiny_model_files[name], models / "Stable-diffusion" / tiny_model_files[name].name)
 
     return put
 
@@ -93,6 +100,7 @@ def single(tmp_path_factory: pytest.TempPathFactory, install: Callable[[Path], N
     data = tmp_path_factory.mktemp("single")
     install(data)
     services = build_services(Settings(data_dir=data, preload_model=False, nowebui=True))
+    services.options.update({"sd_model_checkpoint": "tiny.safetensors"})  # the SDXL files sort first
     with TestClient(build_app(services)) as client:
         made: dict[object, bytes] = {
             steps: _bytes(client.post("/sdapi/v1/txt2img", json={**JOB, "steps": steps}).json())
@@ -102,6 +110,7 @@ def single(tmp_path_factory: pytest.TempPathFactory, install: Callable[[Path], N
         full = client.post("/sdapi/v1/txt2img", json=FULL)
         assert full.status_code == 200, full.text
         made["full"], made["full map"] = (base64.b64decode(image) for image in full.json()["images"])
+        made["refined"] = _bytes(client.post("/sdapi/v1/txt2img", json=REFINED).json())
         made["extras"] = base64.b64decode(
             client.post("/sdapi/v1/extra-single-image", json=EXTRAS).json()["image"]
         )
@@ -121,6 +130,7 @@ def cluster(
     install(data)
     settings = Settings(data_dir=data, preload_model=False, nowebui=True, ray_address="local", workers=2)
     services = build_services(settings)
+    services.options.update({"sd_model_checkpoint": "tiny.safetensors"})  # the SDXL files sort first
     with TestClient(build_app(services)) as client:
         client.services = services  # type: ignore[attr-defined]
         yield client
@@ -199,6 +209,21 @@ def test_hires_lora_and_controlnet_on_a_worker_give_the_single_machine_bytes(
     assert (image, detected) == (single["full"], single["full map"])  # the ControlNet map comes back too
     info = json.loads(response.json()["info"])["infotexts"][0]
     assert "Hires upscale: 1.5" in info and "Lora hashes" in info and "ControlNet 0" in info
+
+
+def test_sdxl_with_its_refiner_on_a_worker(cluster: TestClient, single: dict[object, bytes]) -> None:
+    from webui.domain.generation import Txt2ImgRequest
+
+    generation = cluster.services.generation  # type: ignore[attr-defined]
+    fields = {k: v for k, v in REFINED.items() if k in Txt2ImgRequest.model_fields}
+    assert generation.checkpoint_name(Txt2ImgRequest(**fields)) == "tiny-sdxl.safetensors"  # affinity key
+    response = cluster.post("/sdapi/v1/txt2img", json=REFINED)
+    assert response.status_code == 200, response.text
+    assert _bytes(response.json()) == single["refined"]
+    info = json.loads(response.json()["info"])["infotexts"][0]
+    assert "Refiner: tiny-sdxl-refiner [" in info and "Refiner switch at: 0.4" in info
+    loaded = [w["models"] for w in cluster.get("/easel/v1/cluster").json()["workers"]]
+    assert any("tiny-sdxl.safetensors" in models for models in loaded)
 
 
 def test_an_xyz_plot_runs_its_cells_on_the_workers(cluster: TestClient, single: dict[object, bytes]) -> None:

@@ -201,11 +201,12 @@ class GenerationService(ImageModesMixin):
         return future
 
     def checkpoint_name(self, request: Txt2ImgRequest | Img2ImgRequest) -> str:
-        """The file name of the checkpoint ``request`` runs on (what the workers report as loaded)."""
+        """The file name of the checkpoint ``request`` runs on (what the workers report as loaded); an API
+        job's ``override_settings.sd_model_checkpoint`` counts, as it does for the job itself."""
         record = (
             self.models.find(request.checkpoint)
             if request.checkpoint
-            else self.models.default_checkpoint(self.options.get().sd_model_checkpoint)
+            else self.models.default_checkpoint(self.job_options(request).sd_model_checkpoint)
         )
         if record is None:
             raise NoModelError(self.no_model_message())
