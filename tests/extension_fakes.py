@@ -8,6 +8,7 @@ an infotext field, a tab and a route; ``broken_extensions`` three whose UI piece
 from __future__ import annotations
 
 import io
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,21 @@ def result_for(request: Request, infotext: str) -> GenerationResult:
         infotext=infotext, png_bytes=png(),
     )  # fmt: skip
     return GenerationResult(request=request, images=[image], model_name="fake", model_hash=None)
+
+
+def recording_submit(seen: list[Any], users: list[Any] | None = None) -> Any:
+    """A stand-in for ``GenerationService.submit_txt2img`` / ``submit_img2img``: records each request (and
+    the user it belongs to) and answers at once with ``result_for``."""
+
+    def submit(request: Any, task_id: Any = None, user: Any = None) -> Future[Any]:
+        seen.append(request)
+        if users is not None:
+            users.append(user)
+        future: Future[Any] = Future()
+        future.set_result(result_for(request, request.prompt + "\nSteps: 2"))
+        return future
+
+    return submit
 
 
 class EchoScript(Script):

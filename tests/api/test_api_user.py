@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.extension_fakes import result_for
+from tests.extension_fakes import recording_submit
 from webui.container import build_services
 from webui.settings import Settings
 
@@ -23,13 +22,7 @@ def _client(data_dir: Path, monkeypatch: pytest.MonkeyPatch, **flags: Any) -> tu
 
     services = build_services(Settings(data_dir=data_dir, preload_model=False, nowebui=True, **flags))
     users: list[Any] = []
-
-    def submit(request: Any, task_id: Any = None, user: Any = None) -> Future[Any]:
-        users.append(user)
-        future: Future[Any] = Future()
-        future.set_result(result_for(request, request.prompt + "\nSteps: 2"))
-        return future
-
+    submit = recording_submit([], users)
     monkeypatch.setattr(services.generation, "submit_txt2img", submit)
     monkeypatch.setattr(services.generation, "submit_img2img", submit)
     return TestClient(build_app(services)), users

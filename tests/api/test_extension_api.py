@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.extension_fakes import EchoScript, FakeManager, result_for, sample_extension
+from tests.extension_fakes import EchoScript, FakeManager, recording_submit, sample_extension
 from webui.container import build_services
 from webui.settings import Settings
 
@@ -37,13 +36,7 @@ def api(data_dir: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Any, EchoS
 def _capture_txt2img(services: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
 
-    def submit(request: Any, task_id: Any = None, user: Any = None) -> Future[Any]:
-        seen.append(request)
-        future: Future[Any] = Future()
-        future.set_result(result_for(request, request.prompt + "\nSteps: 2"))
-        return future
-
-    monkeypatch.setattr(services.generation, "submit_txt2img", submit)
+    monkeypatch.setattr(services.generation, "submit_txt2img", recording_submit(seen))
     return seen
 
 

@@ -7,13 +7,17 @@ run and the txt2img job are answered without a model, so these tests check the w
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.extension_fakes import FakeManager, broken_extensions, result_for, sample_extension
+from tests.extension_fakes import (
+    FakeManager,
+    broken_extensions,
+    recording_submit,
+    sample_extension,
+)
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -143,13 +147,7 @@ def test_accordion_values_reach_the_request_without_a_script(
     blocks, _manager, script = app
     seen: list[Any] = []
 
-    def submit(request: Any, task_id: Any = None, user: Any = None) -> Future[Any]:
-        seen.append(request)
-        future: Future[Any] = Future()
-        future.set_result(result_for(request, request.prompt + "\nSteps: 2"))
-        return future
-
-    monkeypatch.setattr(services.generation, "submit_txt2img", submit)
+    monkeypatch.setattr(services.generation, "submit_txt2img", recording_submit(seen))
     client = _launch(blocks)
     try:
         client.predict(prompt="plain", ext_echo_enabled=True, ext_echo_greeting="hey", api_name="/txt2img")

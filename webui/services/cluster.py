@@ -240,16 +240,11 @@ class ClusterDispatcher:
             self._forget(job.job_id)
             self._pump()
             return
-        done = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(job, handle, request, done), daemon=True)
-        if request is not None:  # a generation: its progress is shown
-            watcher.start()
+        stop_watching = self._start_watching(job, handle, request)
         try:
             answer = handle.run(payload)
         except BaseException as error:
-            done.set()
-            if request is not None:
-                watcher.join()
+            stop_watching()
             if handle.died(error):
                 self._lost(job, worker, error)
             else:
@@ -257,23 +252,36 @@ class ClusterDispatcher:
                 self._forget(job.job_id)  # the job's own error (a bad request): it would fail again
                 future.set_exception(error)
         else:
-            done.set()
-            models = answer.get("models")
+            stop_watching()
+            self._settle(job, worker, answer.get("models"))
             if request is None:  # a task: the answer as it is
-                self._settle(job, worker, models)
                 future.set_result(answer["result"])
-                self._pump()
-                return
-            watcher.join()
-            self._settle(job, worker, models)
-            try:
-                result = GenerationResult.model_validate(answer["result"])
-            except BaseException as error:
-                self._forget(job.job_id)
-                future.set_exception(error)
             else:
-                self._deliver(job.job_id, request, result, future)
+                try:
+                    result = GenerationResult.model_validate(answer["result"])
+                except BaseException as error:
+                    self._forget(job.job_id)
+                    future.set_exception(error)
+                else:
+                    self._deliver(job.job_id, request, result, future)
         self._pump()
+
+    def _start_watching(
+        self, job: QueuedJob, handle: WorkerHandle, request: Request | None
+    ) -> Callable[[], None]:
+        """A generation's progress shown while it runs (``_watch``); returns what stops that. A task shows
+        none."""
+        if request is None:
+            return lambda: None
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(job, handle, request, done), daemon=True)
+        watcher.start()
+
+        def stop() -> None:
+            done.set()
+            watcher.join()
+
+        return stop
 
     def _deliver(
         self,

@@ -91,14 +91,14 @@ class FFC(nn.Module):
         self.convl2g = conv(in_local, out_global)
         self.convg2l = conv(in_global, out_local)
         self.convg2g = SpectralTransform(in_global, out_global) if in_global and out_global else None
-        self.has_local, self.has_global = out_local > 0, out_global > 0
+        self.out_local, self.out_global = out_local, out_global
 
     def forward(self, x: Pair) -> Pair:
         local, glob = x
         out_local = out_global = None
-        if self.has_local:
+        if self.out_local:
             out_local = _sum(_apply(self.convl2l, local), _apply(self.convg2l, glob))
-        if self.has_global:
+        if self.out_global:
             out_global = _sum(_apply(self.convl2g, local), _apply(self.convg2g, glob))
         assert out_local is not None
         return out_local, out_global
@@ -115,26 +115,13 @@ def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class FFCBlock(nn.Module):
-    """FFC, then batch norm and ReLU on each group that exists."""
+    """An FFC, then batch norm and ReLU on each channel group it puts out."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        ratio_in: float,
-        ratio_out: float,
-        *,
-        stride: int = 1,
-        padding: int = 0,
-    ) -> None:
+    def __init__(self, ffc: FFC) -> None:
         super().__init__()
-        self.ffc = FFC(
-            in_channels, out_channels, kernel_size, ratio_in, ratio_out, stride=stride, padding=padding
-        )
-        out_global = int(out_channels * ratio_out)
-        self.bn_l = nn.BatchNorm2d(out_channels - out_global) if out_channels - out_global else None
-        self.bn_g = nn.BatchNorm2d(out_global) if out_global else None
+        self.ffc = ffc
+        self.bn_l = nn.BatchNorm2d(ffc.out_local) if ffc.out_local else None
+        self.bn_g = nn.BatchNorm2d(ffc.out_global) if ffc.out_global else None
 
     def forward(self, x: Pair | torch.Tensor) -> Pair:
         local, glob = self.ffc((x, None) if isinstance(x, torch.Tensor) else x)
@@ -147,8 +134,8 @@ class FFCBlock(nn.Module):
 class FFCResnetBlock(nn.Module):
     def __init__(self, channels: int, ratio: float) -> None:
         super().__init__()
-        self.conv1 = FFCBlock(channels, channels, 3, ratio, ratio, padding=1)
-        self.conv2 = FFCBlock(channels, channels, 3, ratio, ratio, padding=1)
+        self.conv1 = FFCBlock(FFC(channels, channels, 3, ratio, ratio, padding=1))
+        self.conv2 = FFCBlock(FFC(channels, channels, 3, ratio, ratio, padding=1))
 
     def forward(self, x: Pair) -> Pair:
         local, glob = self.conv2(self.conv1(x))
@@ -169,11 +156,11 @@ class LamaGenerator(nn.Module):
 
     def __init__(self, channels: int = 64, blocks: int = 18, downsamplings: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), FFCBlock(4, channels, 7, 0, 0)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), FFCBlock(FFC(4, channels, 7, 0, 0))]
         for index in range(downsamplings):
             ratio_out = GLOBAL_RATIO if index == downsamplings - 1 else 0
             cin, cout = channels * 2**index, channels * 2 ** (index + 1)
-            layers.append(FFCBlock(cin, cout, 3, 0, ratio_out, stride=2, padding=1))
+            layers.append(FFCBlock(FFC(cin, cout, 3, 0, ratio_out, stride=2, padding=1)))
         width = channels * 2**downsamplings
         layers += [FFCResnetBlock(width, GLOBAL_RATIO) for _ in range(blocks)]
         layers.append(_Join())
