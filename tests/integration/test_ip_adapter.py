@@ -215,7 +215,7 @@ def test_bad_ip_adapter_units_and_files(ip_services: Any, data_dir: Path, tiny_u
     ip_services.controlnet.refresh()
     write_image_encoder(encoder)
     faceid = _unit(ip_services, model=_title(ip_services, "ip-adapter-faceid_tiny"))
-    with pytest.raises(Exception, match="InsightFace"):
+    with pytest.raises(ControlNetInputError, match="choose the ip-adapter_face_id preprocessor"):
         generation.txt2img(Txt2ImgRequest(**SMALL, controlnet_units=[faceid]))
     broken = _unit(ip_services, model=_title(ip_services, "ip-adapter_truncated"))
     with pytest.raises(Exception, match="cannot be read"):

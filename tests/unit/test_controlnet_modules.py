@@ -31,6 +31,7 @@ EXPECTED_MODULES = {
     "depth_anything", "depth_anything_v2", "dw_openpose_full", "dw_openpose", "dw_openpose_hand",
     "dw_openpose_face", "dw_openpose_faceonly",
     "ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith",
+    "ip-adapter_face_id", "ip-adapter_face_id_plus",
 }  # fmt: skip
 
 MODELS = [
@@ -197,6 +198,9 @@ def test_weight_files_are_the_annotator_files_each_loader_reads() -> None:
         "ip-adapter_clip_sd15",
         "ip-adapter_clip_sdxl",
         "ip-adapter_clip_sdxl_plus_vith",
+        # the InsightFace files are found by the ControlNet service, not the annotator store
+        "ip-adapter_face_id",
+        "ip-adapter_face_id_plus",
     }
     assert all(resolve_module(name).needs_weights is (name not in cheap) for name in files)
 

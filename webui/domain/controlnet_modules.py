@@ -45,7 +45,13 @@ Left out, with the reason:
 - ``seg_anime_face`` and ``mobile_sam``: their networks are not part of controlnet-aux 0.0.10 or
   transformers; Segment Anything paints random colours per mask, which a seg ControlNet would misread.
 - ``t2ia_*``, ``threshold``, ``normal_midas``, ``depth_leres``, ``softedge_teed``, ``mediapipe_face``,
-  ``reference_*``, ``recolor_*``, ``ip-adapter_face_id*``: not offered (yet).
+  ``reference_*``, ``recolor_*``: not offered (yet).
+
+``ip-adapter_face_id`` and ``ip-adapter_face_id_plus`` feed IP-Adapter FaceID models: InsightFace's
+``buffalo_l`` face detector and ArcFace recogniser (:data:`FACE_FILES`, looked for in
+``models/insightface/models/buffalo_l`` as the extension, Forge and ComfyUI keep them, or anywhere under
+``models/insightface`` and ``models/annotators``) give the largest face's identity; ``_plus`` also encodes the
+picture with CLIP ViT-H.
 """
 
 from __future__ import annotations
@@ -86,10 +92,16 @@ CLIP_G_FILES = (
     "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
     "image_encoder_sdxl",
 )
+FACE_ID = "ip-adapter_face_id"
+FACE_ID_PLUS = "ip-adapter_face_id_plus"
+FACE_FILES = ("det_10g.onnx", "w600k_r50.onnx")  # InsightFace buffalo_l: SCRFD-10G detector, ArcFace R50
+FACE_ID_MODULES = frozenset({FACE_ID, FACE_ID_PLUS})
 IP_ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "ip-adapter_clip_sd15": CLIP_H_FILES,
     "ip-adapter_clip_sdxl": CLIP_G_FILES,
     "ip-adapter_clip_sdxl_plus_vith": CLIP_H_FILES,
+    FACE_ID: (),  # no CLIP encoder: the face embedding alone
+    FACE_ID_PLUS: CLIP_H_FILES,
 }
 
 
@@ -345,6 +357,8 @@ PREPROCESSORS: tuple[PreprocessorInfo, ...] = (
     _module("ip-adapter_clip_sd15", "IP-Adapter", resolution=False, aliases=("ip-adapter_clip_h",)),
     _module("ip-adapter_clip_sdxl", "IP-Adapter", resolution=False, aliases=("ip-adapter_clip_g",)),
     _module("ip-adapter_clip_sdxl_plus_vith", "IP-Adapter", resolution=False),
+    _module(FACE_ID, "IP-Adapter", resolution=False),
+    _module(FACE_ID_PLUS, "IP-Adapter", resolution=False),
     _module(
         "tile_resample",
         "Tile/Blur",

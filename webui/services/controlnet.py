@@ -24,6 +24,10 @@ from PIL import Image
 from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_extra
 from webui.domain.controlnet_models import ControlNetKind, ControlNetRecord, base_of_family, fits
 from webui.domain.controlnet_modules import (
+    FACE_FILES,
+    FACE_ID,
+    FACE_ID_MODULES,
+    FACE_ID_PLUS,
     INPAINT_MODULES,
     INPAINT_ONLY_MODULES,
     IP_ADAPTER_MODULES,
@@ -99,6 +103,7 @@ class ControlNetService:
         self.encoder_dirs.append(self.annotators_dir)
         self.models_root = Path(clip_vision_dir).parent if clip_vision_dir is not None else None
         self._encoders: Any = None
+        self._faces: tuple[tuple[Any, ...], Any] | None = None  # (files and device, FaceAnalyzer)
         self.options = options
         self._records: list[ControlNetRecord] | None = None
         self._lock = threading.Lock()
@@ -114,6 +119,16 @@ class ControlNetService:
     # -- models ----------------------------------------------------------------------------------------------
     def refresh(self) -> list[ControlNetRecord]:
         records = scan_controlnets(self.root)
+        # ComfyUI keeps IP-Adapters in models/ipadapter: listed too (a name in models/ControlNet wins)
+        extra = self.models_root / "ipadapter" if self.models_root is not None else None
+        if extra is not None and extra.is_dir() and extra.resolve() != self.root.resolve():
+            taken = {record.name.lower() for record in records}
+            records += [
+                record
+                for record in scan_controlnets(extra)
+                if record.kind is ControlNetKind.IP_ADAPTER and record.name.lower() not in taken
+            ]
+            records.sort(key=lambda record: record.name.lower())
         with self._lock:
             self._records = records
         return records
@@ -209,6 +224,10 @@ class ControlNetService:
         """Run preprocessor ``module`` on ``image``; returns a ``DetectedMap`` (``.image``, ``.poses``)."""
         extension = self._extension_modules()
         name = self.module_info(module).name  # UnknownPreprocessorError lists the valid names
+        if name in FACE_ID_MODULES:  # the picture with the faces found, the one the unit uses in green
+            from webui.runtime.controlnet.face_embedding import draw_faces
+
+            return ExtensionMap(draw_faces(image, self._face_analyzer().faces(image)), name)
         if name in extension:
             size = resolution if resolution > 0 else 512
             result = extension[name](image, size, threshold_a=threshold_a, threshold_b=threshold_b)
@@ -240,13 +259,60 @@ class ControlNetService:
         if self._encoders is not None:
             self._encoders.unload()
 
+    def face_dirs(self) -> list[Path]:
+        """Where InsightFace's files are looked for: ``models/insightface``, then the annotators folder."""
+        return ([self.models_root / "insightface"] if self.models_root is not None else []) + [
+            self.annotators_dir
+        ]
+
+    def _face_analyzer(self) -> Any:
+        """InsightFace's detector and recogniser (``FACE_FILES``), loaded once and kept; a clear error naming
+        the files and the folder when one is missing."""
+        from webui.runtime.controlnet.face_embedding import FaceAnalyzer, find_face_files
+
+        found = find_face_files(self.face_dirs())
+        missing = [name for name in FACE_FILES if found.get(name) is None]
+        if missing:
+            where = self.face_dirs()[0] / "models" / "buffalo_l"
+            raise ControlNetInputError(
+                f"IP-Adapter FaceID needs InsightFace's face models, and {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing: put {FACE_FILES[0]} and {FACE_FILES[1]} "
+                f"(from InsightFace's buffalo_l.zip model pack) into {where}."
+            )
+        device = str(self.preprocess_device()) if self.preprocess_device is not None else "cpu"
+        key = (*((str(path), path.stat().st_mtime) for path in found.values() if path is not None), device)
+        with self._lock:
+            if self._faces is not None and self._faces[0] == key:
+                return self._faces[1]
+            try:
+                analyzer = FaceAnalyzer(found[FACE_FILES[0]], found[FACE_FILES[1]], device)
+            except Exception as exc:  # ONNX Runtime's own errors (InvalidProtobuf ...) derive from Exception
+                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ControlNetInputError(
+                    f"InsightFace's face models could not be loaded ({detail}); replace {FACE_FILES[0]} and "
+                    f"{FACE_FILES[1]} with the files of buffalo_l.zip."
+                ) from exc
+            self._faces = (key, analyzer)
+            return analyzer
+
     def _ip_adapter_tokens(self, module: str, loaded: Any, images: list[Image.Image], label: str) -> Any:
         """The image tokens of an IP-Adapter unit: ``images`` encoded by the module's CLIP image encoder
-        (several pictures: their embeddings averaged)."""
+        (several pictures: their embeddings averaged) and, for FaceID, the identity of their largest face."""
         import torch
 
+        from webui.runtime.controlnet.face_embedding import FaceEmbeddingError, face_embedding
         from webui.runtime.controlnet.ip_adapter import IPAdapterError, IPAdapterTokens
 
+        adapter = loaded.model
+        _check_face_pairing(module, adapter.variant, loaded.record.title, label)
+        face = None
+        if adapter.uses_face:
+            try:
+                face = torch.from_numpy(face_embedding(self._face_analyzer(), images))
+            except FaceEmbeddingError as exc:
+                raise ControlNetInputError(f"{label}: {exc}") from exc
+            if not adapter.uses_clip:
+                return IPAdapterTokens(adapter, face, torch.zeros_like(face))
         device = self.preprocess_device() if self.preprocess_device is not None else "cpu"
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         try:
@@ -254,7 +320,6 @@ class ControlNetService:
             encoder = self.image_encoders().get(IP_ADAPTER_MODULES[module], dtype, str(device), own=own)
         except IPAdapterError as exc:
             raise ControlNetInputError(f"{label}: {exc}") from exc
-        adapter = loaded.model
         hidden = adapter.uses_hidden_states
         width = encoder.hidden_dim if hidden else encoder.embed_dim
         if width != adapter.image_embed_dim:
@@ -266,6 +331,8 @@ class ControlNetService:
                 "ip-adapter_clip_sdxl for ViT-bigG)."
             )
         cond, uncond = encoder.encode(images, hidden)
+        if face is not None:  # FaceID Plus: the identity read against the picture's CLIP hidden states
+            return IPAdapterTokens(adapter, (face, cond), (torch.zeros_like(face), uncond))
         return IPAdapterTokens(adapter, cond, uncond)
 
     # -- units of a job --------------------------------------------------------------------------------------
@@ -491,6 +558,22 @@ def _check_ip_adapter_pairing(module: str, record: ControlNetRecord, label: str)
         raise ControlNetInputError(
             f"{label}: the {module} preprocessor feeds an IP-Adapter, but {record.title} is a ControlNet; "
             "choose an IP-Adapter model (ip-adapter_sd15.safetensors ...) from models/ControlNet."
+        )
+
+
+def _check_face_pairing(module: str, variant: str, title: str, label: str) -> None:
+    """FaceID models read the ``ip-adapter_face_id*`` preprocessor of their kind; the others a CLIP one."""
+    wanted = {"faceid": FACE_ID, "faceid_plus": FACE_ID_PLUS}.get(variant)
+    if wanted is not None and module != wanted:
+        raise ControlNetInputError(
+            f"{label}: {title} is an IP-Adapter FaceID{' Plus' if variant == 'faceid_plus' else ''} model; "
+            f"choose the {wanted} preprocessor for it."
+        )
+    if wanted is None and module in FACE_ID_MODULES:
+        raise ControlNetInputError(
+            f"{label}: the {module} preprocessor gives a face identity, which only IP-Adapter FaceID models "
+            f"read, and {title} is not one: choose ip-adapter_clip_sd15 (or _sdxl) for it, or a FaceID model "
+            "(ip-adapter-faceid_sd15.bin ...)."
         )
 
 

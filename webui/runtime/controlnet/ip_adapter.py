@@ -10,10 +10,15 @@ hook on each ``attn2`` module, registered for one pass and removed after it, so 
 changed and any attention backend (SDPA, xformers, LoRA-wrapped projections, fp8 storage) keeps working.
 
 Variants, told from the file's keys: plain (``image_proj.proj``: the pooled, projected CLIP embedding),
-plus and full-face (the CLIP vision tower's penultimate hidden states through a resampler / MLP; diffusers'
-own projection classes are used). FaceID variants need InsightFace's face embedding and are refused with
-that reason. The unconditional half of classifier-free guidance gets the tokens of a zero embedding
-(plain) or of a zero image (plus), as the reference implementation does.
+plus and full-face (the CLIP vision tower's penultimate hidden states through a resampler / MLP), FaceID
+(``norm`` + ``proj.0`` / ``proj.2``: an InsightFace identity embedding through an MLP; the portrait files
+are the same with 16 tokens) and FaceID Plus (that embedding read against the CLIP hidden states of the
+picture by a perceiver resampler; a ``v2`` file adds the embedding's own tokens back, as the extension
+decides from the file name). diffusers' own projection classes are used. The unconditional half of
+classifier-free guidance gets the tokens of a zero embedding (plain, FaceID) or of a zero image (plus), as
+the reference implementation does. FaceID files also hold LoRA layers for the UNet's attention; like the
+extension, Easel leaves them to the companion LoRA file the user puts in the prompt
+(``<lora:ip-adapter-faceid_sd15_lora:0.6>``).
 
 The CLIP image encoder (ViT-H/14 for the SD 1.5 and "vit-h" SDXL adapters, ViT-bigG/14 for the others) is
 a ``CLIPVisionModelWithProjection`` read from the published files — ``clip_h.pth`` / ``clip_g.pth`` (the
@@ -70,14 +75,19 @@ def split_state(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tens
     return parts
 
 
+FACEID_VARIANTS = ("faceid", "faceid_plus")
+
+
 def variant_of(image_proj_keys: Iterable[str]) -> str:
-    """``plain``, ``full_face``, ``plus``, or ``faceid`` from the image projection's key names."""
+    """``plain``, ``full_face``, ``plus``, ``faceid`` or ``faceid_plus`` from the image projection's keys."""
     keys = set(image_proj_keys)
     if "proj.weight" in keys:
         return "plain"
     if "proj.3.weight" in keys:
         return "full_face"
-    if "perceiver_resampler.proj_in.weight" in keys or "norm.weight" in keys:
+    if "perceiver_resampler.proj_in.weight" in keys:
+        return "faceid_plus"
+    if "norm.weight" in keys and "proj.0.weight" in keys:
         return "faceid"
     if "latents" in keys:
         return "plus"
@@ -88,11 +98,17 @@ class IPAdapterModel(torch.nn.Module):
     """The image projection and the per-layer key/value projections of one IP-Adapter."""
 
     def __init__(
-        self, image_proj: torch.nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], variant: str
+        self,
+        image_proj: torch.nn.Module,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        variant: str,
+        *,
+        shortcut: bool = False,
     ):
         super().__init__()
         self.image_proj = image_proj
         self.variant = variant
+        self.shortcut = shortcut  # FaceID Plus v2: the identity tokens are added to the resampler's output
         self.encoder_hint: str | None = None  # the encoder the file names (relative to the models folder)
         self.to_k = torch.nn.ModuleList()
         self.to_v = torch.nn.ModuleList()
@@ -105,7 +121,16 @@ class IPAdapterModel(torch.nn.Module):
     @property
     def uses_hidden_states(self) -> bool:
         """Whether the projection reads the CLIP tower's penultimate hidden states (else its embedding)."""
-        return self.variant != "plain"
+        return self.variant not in ("plain", "faceid")
+
+    @property
+    def uses_face(self) -> bool:
+        """Whether the projection reads an InsightFace identity embedding (the FaceID variants)."""
+        return self.variant in FACEID_VARIANTS
+
+    @property
+    def uses_clip(self) -> bool:
+        return self.variant != "faceid"
 
     @property
     def cross_attention_dim(self) -> int:
@@ -113,11 +138,32 @@ class IPAdapterModel(torch.nn.Module):
 
     @property
     def image_embed_dim(self) -> int:
-        """The width of what the projection reads: the CLIP embedding (plain) or hidden states (plus)."""
+        """The width of what the projection reads from CLIP: the embedding (plain) or hidden states (plus,
+        FaceID Plus); 0 for FaceID, which reads no CLIP output."""
+        if self.variant == "faceid":
+            return 0
+        if self.variant == "faceid_plus":
+            return int(self.image_proj.proj_in.weight.shape[1])
         first = next(
             p for name, p in self.image_proj.named_parameters() if p.ndim == 2 and "latents" not in name
         )
         return int(first.shape[1])
+
+    def project(self, inputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Image tokens from what the variant reads: a CLIP embedding or hidden states, a face embedding,
+        or (FaceID Plus) the face embedding and the CLIP hidden states."""
+        if self.variant != "faceid_plus":
+            assert isinstance(inputs, torch.Tensor)
+            return self.image_proj(inputs)
+        face, hidden = inputs
+        proj = self.image_proj  # diffusers' IPAdapterFaceIDPlusImageProjection, called with explicit inputs
+        identity = proj.norm(proj.proj(face).reshape(-1, proj.num_tokens, proj.embed_dim))
+        context = proj.proj_in(hidden)
+        latents = identity
+        for block in proj.layers:
+            latents = block(context, latents, latents)
+        out = proj.norm_out(proj.proj_out(latents))
+        return identity + out if self.shortcut else out
 
 
 def build_ip_adapter(state: dict[str, dict[str, torch.Tensor]], name: str) -> IPAdapterModel:
@@ -128,14 +174,15 @@ def build_ip_adapter(state: dict[str, dict[str, torch.Tensor]], name: str) -> IP
     if not image_proj or not ip_layers:
         raise IPAdapterError(f"{name}: not an IP-Adapter (no image_proj / ip_adapter weights)")
     variant = variant_of(image_proj)
-    if variant == "faceid":
-        raise IPAdapterError(
-            f"{name}: an IP-Adapter FaceID model; it needs InsightFace face embeddings, which Easel does not "
-            "compute. Use a plain, plus or full-face IP-Adapter."
-        )
-    if any("lora" in key for key in ip_layers):
-        raise IPAdapterError(f"{name}: an IP-Adapter with LoRA layers (FaceID); this kind is not supported")
-    indices = sorted({int(key.split(".", 1)[0]) for key in ip_layers if key.split(".", 1)[0].isdigit()})
+    # FaceID files also hold LoRA layers (``<n>.to_q_lora.down.weight`` ...), for attn1 layers too: only the
+    # image key/value projections are read here (the LoRA is the companion file in the prompt).
+    indices = sorted(
+        {
+            int(key.split(".", 1)[0])
+            for key in ip_layers
+            if key.endswith((".to_k_ip.weight", ".to_v_ip.weight")) and key[:1].isdigit()
+        }
+    )
     kv = []
     for index in indices:
         try:
@@ -153,7 +200,9 @@ def build_ip_adapter(state: dict[str, dict[str, torch.Tensor]], name: str) -> IP
         raise IPAdapterError(
             f"{name}: the image projection does not load ({str(exc).splitlines()[0]})"
         ) from exc
-    return IPAdapterModel(projection, [(k.float(), v.float()) for k, v in kv], variant).eval()
+    shortcut = variant == "faceid_plus" and "v2" in name.lower()
+    model = IPAdapterModel(projection, [(k.float(), v.float()) for k, v in kv], variant, shortcut=shortcut)
+    return model.eval()
 
 
 def cross_attention_layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -385,10 +434,19 @@ class ImageEncoders:
 # -- applying ---------------------------------------------------------------------------------------------
 
 
+ProjectionInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # see IPAdapterModel.project
+
+
+def _moved(inputs: ProjectionInput, device: torch.device, dtype: torch.dtype) -> ProjectionInput:
+    if isinstance(inputs, tuple):
+        return (inputs[0].to(device, dtype), inputs[1].to(device, dtype))
+    return inputs.to(device, dtype)
+
+
 class IPAdapterTokens:
     """One unit's image tokens (conditional and unconditional), projected once per device and dtype."""
 
-    def __init__(self, model: IPAdapterModel, cond: torch.Tensor, uncond: torch.Tensor) -> None:
+    def __init__(self, model: IPAdapterModel, cond: ProjectionInput, uncond: ProjectionInput) -> None:
         self.model = model
         self.cond = cond
         self.uncond = uncond
@@ -399,11 +457,10 @@ class IPAdapterTokens:
         key = (str(device), dtype)
         cached = self._projected.get(key)
         if cached is None:
-            proj = self.model.image_proj
-            weight_dtype = next(proj.parameters()).dtype
+            weight_dtype = next(self.model.image_proj.parameters()).dtype
             with torch.no_grad():
-                cond = proj(self.cond.to(device, weight_dtype)).to(dtype)
-                uncond = proj(self.uncond.to(device, weight_dtype)).to(dtype)
+                cond = self.model.project(_moved(self.cond, device, weight_dtype)).to(dtype)
+                uncond = self.model.project(_moved(self.uncond, device, weight_dtype)).to(dtype)
             cached = self._projected[key] = (cond, uncond)
         return cached
 
