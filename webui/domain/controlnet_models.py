@@ -21,6 +21,7 @@ class ControlNetKind(StrEnum):
     CONTROLNET = "controlnet"
     T2I_ADAPTER = "t2i_adapter"
     IP_ADAPTER = "ip_adapter"  # image prompt: extra image tokens in the UNet's cross-attention
+    LLLITE = "lllite"  # ControlNet-LLLite: small modules in front of the UNet's attention projections
 
 
 class ControlNetLayout(StrEnum):
@@ -38,6 +39,7 @@ class ControlNetLayout(StrEnum):
       layers a UNet lacks (hint encoder, zero convolutions) in full; built against the loaded checkpoint.
     * ``ip_adapter``: one IP-Adapter file (``image_proj.*`` and ``ip_adapter.*`` weights; ``.safetensors``,
       or a ``.bin`` / ``.pth`` holding the two parts).
+    * ``lllite``: one ControlNet-LLLite file (``lllite_unet_*`` modules, kohya-ss's SDXL format).
     """
 
     LDM = "ldm"
@@ -47,6 +49,7 @@ class ControlNetLayout(StrEnum):
     T2I_ADAPTER_FILE = "t2i_adapter_file"
     IP_ADAPTER = "ip_adapter"
     CONTROL_LORA = "control_lora"
+    LLLITE = "lllite"
 
     @property
     def is_folder(self) -> bool:

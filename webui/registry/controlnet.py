@@ -144,6 +144,8 @@ def _file_record(root: Path, path: Path) -> ControlNetRecord | None:
                 layout, base, context_dim = identity.layout, identity.base, identity.context_dim
                 if layout is ControlNetLayout.T2I_ADAPTER_FILE:
                     kind = ControlNetKind.T2I_ADAPTER
+                elif layout is ControlNetLayout.LLLITE:
+                    kind = ControlNetKind.LLLITE
         except (SafetensorsError, UnsupportedControlNetError) as exc:
             error = str(exc)
     elif lower.endswith(".bin") and _IP_ADAPTER_NAME.search(lower):
@@ -296,7 +298,7 @@ def controlnet_layout(shapes: Shapes, *, name: str = "ControlNet") -> ControlNet
             "supported, use the full ControlNet file instead"
         )
     if any(key.startswith("lllite_") for key in keys):
-        raise UnsupportedControlNetError(f"{name}: a ControlNet-LLLite file; this format is not supported")
+        return ControlNetLayout.LLLITE
     stripped = strip_ldm_prefix(shapes)
     if "input_hint_block.0.weight" in stripped or "zero_convs.0.0.weight" in stripped:
         return ControlNetLayout.LDM
@@ -319,6 +321,8 @@ def identify_controlnet(shapes: Shapes, *, name: str = "ControlNet") -> ControlN
     layout = controlnet_layout(shapes, name=name)
     if layout is ControlNetLayout.CONTROL_LORA:
         return _control_lora_identity(shapes, name)
+    if layout is ControlNetLayout.LLLITE:  # kohya-ss made LLLite for SDXL only
+        return ControlNetIdentity(layout=layout, base="sdxl", context_dim=None)
     if layout is ControlNetLayout.T2I_ADAPTER_FILE:
         xl = t2i_adapter_config(shapes, name=name)["adapter_type"] == "full_adapter_xl"
         return ControlNetIdentity(layout=layout, base="sdxl" if xl else None, context_dim=None)

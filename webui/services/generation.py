@@ -501,9 +501,15 @@ class GenerationService(ImageModesMixin):
                     infotext_extra = {**infotext_extra, "Tiling": True}
                 if getattr(model, "fp8", False):
                     infotext_extra = {**infotext_extra, "FP8 weight": opts.fp8_storage}
-                compiling = job_scope.enter_context(
-                    self._compiled(engine, model, opts.easel_compile_unet, shape)
-                )
+                compile_unet = opts.easel_compile_unet
+                if compile_unet and control.plan and any(unit.is_hooked for unit in control.plan.units):
+                    # a compiled graph would not see hooks added inside the UNet (nor drop them later)
+                    compile_unet = False
+                    warnings.append(
+                        "The UNet ran without compiling for this job: its IP-Adapter / LLLite units work "
+                        "inside the UNet's layers."
+                    )
+                compiling = job_scope.enter_context(self._compiled(engine, model, compile_unet, shape))
                 for iteration in range(request.n_iter):
                     base = iteration * per_batch
                     seeds = all_seeds[base : base + per_batch]

@@ -79,6 +79,8 @@ class ControlUnitInput:
     _adapter_features: dict[tuple[int, int, str], list[torch.Tensor]] = field(
         default_factory=dict, repr=False
     )
+    # an LLLite unit's image embedding per module, size, device and dtype (``lllite.lllite_hooks``)
+    lllite_embeddings: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def is_adapter(self) -> bool:
@@ -87,6 +89,15 @@ class ControlUnitInput:
     @property
     def is_ip_adapter(self) -> bool:
         return str(getattr(self.control, "kind", "controlnet")) == "ip_adapter"
+
+    @property
+    def is_lllite(self) -> bool:
+        return str(getattr(self.control, "kind", "controlnet")) == "lllite"
+
+    @property
+    def is_hooked(self) -> bool:
+        """Applied by hooks inside the UNet (IP-Adapter, LLLite), not by residuals of its inputs."""
+        return self.is_ip_adapter or self.is_lllite
 
     def acts_in(self, pass_name: str) -> bool:
         if self.weight == 0 or self.guidance_end <= self.guidance_start:
@@ -150,7 +161,14 @@ class ControlPlan:
             )
             mask = unit.mask.crop(area) if unit.mask is not None else None
             units.append(
-                replace(unit, image=unit.image.crop(area), mask=mask, _hints={}, _adapter_features={})
+                replace(
+                    unit,
+                    image=unit.image.crop(area),
+                    mask=mask,
+                    _hints={},
+                    _adapter_features={},
+                    lllite_embeddings={},
+                )
             )
         return ControlPlan(units)
 
@@ -163,10 +181,12 @@ class ControlPlan:
         ``pass_name`` is ``single`` (txt2img, img2img), or ``low`` / ``high`` for the two hires passes.
         """
         from webui.runtime.controlnet.ip_adapter import ip_adapter_hooks
+        from webui.runtime.controlnet.lllite import lllite_hooks
 
         units = [unit for unit in self.units if unit.acts_in(pass_name)]
-        residual_units = [unit for unit in units if not unit.is_ip_adapter]
+        residual_units = [unit for unit in units if not unit.is_hooked]
         ip_units = [unit for unit in units if unit.is_ip_adapter]
+        lllite_units = [unit for unit in units if unit.is_lllite]
         session = ControlSession(residual_units, batch=batch, total=total_steps, soft=pass_name == "high")
         device = execution_device(unet)  # with --medvram/--lowvram the UNet's weights wait elsewhere
         moved = []
@@ -179,7 +199,7 @@ class ControlPlan:
             unet.register_forward_pre_hook(session.pre_hook, with_kwargs=True) if residual_units else None
         )
         try:
-            with ip_adapter_hooks(unet, ip_units, session):
+            with ip_adapter_hooks(unet, ip_units, session), lllite_hooks(unet, lllite_units, session):
                 yield session
         finally:
             if handle is not None:

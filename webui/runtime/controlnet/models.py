@@ -103,6 +103,8 @@ def load_controlnet(
     try:
         if record.kind is ControlNetKind.IP_ADAPTER:
             loaded = _load_ip_adapter(record, path, dtype)
+        elif record.layout is ControlNetLayout.LLLITE:
+            loaded = _load_lllite(record, path, dtype)
         elif record.layout is ControlNetLayout.CONTROL_LORA:
             loaded = _load_control_lora(record, path, dtype, base_model)
         elif path.is_dir():
@@ -145,6 +147,24 @@ def _load_ip_adapter(record: ControlNetRecord, path: Path, dtype: torch.dtype) -
         kind=ControlNetKind.IP_ADAPTER,
         context_dim=context_dim,
         base=CONTEXT_DIM_BASES.get(context_dim, record.base),
+        downscale=LATENT_SCALE,
+        dtype=dtype,
+    )
+
+
+def _load_lllite(record: ControlNetRecord, path: Path, dtype: torch.dtype) -> LoadedControlNet:
+    from webui.runtime.controlnet.lllite import LLLiteError, load_lllite
+
+    try:
+        model = load_lllite(path, record.name)
+    except LLLiteError as exc:
+        raise ControlNetLoadError(str(exc)) from exc
+    return LoadedControlNet(
+        record=record,
+        model=model.to(dtype),
+        kind=ControlNetKind.LLLITE,
+        context_dim=None,
+        base="sdxl",
         downscale=LATENT_SCALE,
         dtype=dtype,
     )
