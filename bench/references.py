@@ -9,8 +9,12 @@ it needs once per job, and the Depth Anything preprocessors at 512².
    one encoding of a picture.
 3. Depth Anything (v1 file layout, random weights at the published ViT-S/B/L sizes): first load from a file
    and the median of ``--runs`` runs at processing resolution 512.
+4. ControlNet-LLLite (``--lllite``): an SDXL-shaped UNet (bundled config, random weights) runs CFG steps at
+   ``--size`` with no unit and with one LLLite unit of the published ``v01032064e`` shape (image embedding
+   32 wide, modules 64 wide, on the attention projections of the input and middle blocks).
 
     python bench/references.py [--size 256] [--rounds 5] [--runs 3] [--depth s,b,l] [--skip-encoder]
+                               [--lllite]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from PIL import Image
@@ -51,14 +56,11 @@ def _ip_unit(unet: torch.nn.Module) -> ControlUnitInput:
     )
 
 
-def ip_adapter_steps(size: int, rounds: int) -> None:
-    unet = sd15_components()["unet"].eval()
-    latent = size // 8
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, latent, latent, generator=generator)
-    context = torch.randn(2, 77, 768, generator=generator)
-    timestep = torch.tensor(500)
-    plans = {"none": ControlPlan([]), "IP-Adapter": ControlPlan([_ip_unit(unet)])}
+def _step_medians(
+    unet: torch.nn.Module, plans: dict[str, ControlPlan], inputs: dict[str, Any], rounds: int
+) -> dict[str, float]:
+    """Median seconds of one UNet call per plan; the plans alternate round by round, the first round warms
+    up."""
     times: dict[str, list[float]] = {name: [] for name in plans}
     with torch.inference_mode():
         for round_index in range(rounds + 1):
@@ -66,17 +68,75 @@ def ip_adapter_steps(size: int, rounds: int) -> None:
                 with plan.session(unet, batch=1, total_steps=20) as session:
                     session.advance(0)
                     start = time.perf_counter()
-                    unet(sample, timestep, context, return_dict=False)
+                    unet(**inputs, return_dict=False)
                     elapsed = time.perf_counter() - start
-                if round_index:  # the first round warms up
+                if round_index:
                     times[name].append(elapsed)
-    base = statistics.median(times["none"])
-    with_unit = statistics.median(times["IP-Adapter"])
-    print(f"\nIP-Adapter, SD1.5-shaped UNet, CFG batch 2 at {size}² ({rounds} rounds, medians):")
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _print_steps(title: str, unit: str, medians: dict[str, float]) -> None:
+    base, with_unit = medians["none"], medians[unit]
+    print(f"\n{title}:")
     print("| case | step | ratio |")
     print("| --- | ---: | ---: |")
     print(f"| no unit | {base * 1000:.0f} ms | 1.00 |")
-    print(f"| one IP-Adapter unit | {with_unit * 1000:.0f} ms | {with_unit / base:.3f} |")
+    print(f"| one {unit} unit | {with_unit * 1000:.0f} ms | {with_unit / base:.3f} |")
+
+
+def ip_adapter_steps(size: int, rounds: int) -> None:
+    unet = sd15_components()["unet"].eval()
+    latent = size // 8
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "sample": torch.randn(2, 4, latent, latent, generator=generator),
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(2, 77, 768, generator=generator),
+    }
+    plans = {"none": ControlPlan([]), "IP-Adapter": ControlPlan([_ip_unit(unet)])}
+    medians = _step_medians(unet, plans, inputs, rounds)
+    _print_steps(
+        f"IP-Adapter, SD1.5-shaped UNet, CFG batch 2 at {size}² ({rounds} rounds, medians)",
+        "IP-Adapter",
+        medians,
+    )
+
+
+def lllite_steps(size: int, rounds: int) -> None:
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from sd15_random import materialise
+
+    from tests.fixtures.lllite_files import lllite_state
+    from webui.runtime.controlnet.lllite import build_lllite
+
+    config = json.loads(
+        (REPO / "webui" / "runtime" / "configs" / "sdxl" / "unet" / "config.json").read_text()
+    )
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    unet = materialise(unet, 0).eval()
+    state = lllite_state(unet, embed_dim=32, mlp_dim=64, blocks=("down_blocks", "mid_block"), scale=0.05)
+    model = build_lllite(state, "controllllite_v01032064e_sdxl")
+    control = SimpleNamespace(model=model, kind="lllite", record=SimpleNamespace(title="bench"))
+    unit = ControlUnitInput(control=control, image=bench_picture(size))
+    latent = size // 8
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "sample": torch.randn(2, 4, latent, latent, generator=generator),
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(2, 77, 2048, generator=generator),
+        "added_cond_kwargs": {"text_embeds": torch.randn(2, 1280), "time_ids": torch.zeros(2, 6)},
+    }
+    medians = _step_medians(unet, {"none": ControlPlan([]), "LLLite": ControlPlan([unit])}, inputs, rounds)
+    modules = len(model.blocks)
+    _print_steps(
+        f"ControlNet-LLLite ({modules} modules), SDXL-shaped UNet, CFG batch 2 at {size}² ({rounds} rounds, "
+        "medians)",
+        "LLLite",
+        medians,
+    )
 
 
 def clip_h_encoder(folder: Path) -> None:
@@ -147,8 +207,12 @@ def main() -> None:
         "--depth", default="s,b,l", help="Depth Anything sizes to time (s, b, l; '' for none)"
     )
     parser.add_argument("--skip-encoder", action="store_true")
+    parser.add_argument("--lllite", action="store_true", help="only the ControlNet-LLLite step cost")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    if args.lllite:
+        lllite_steps(args.size, args.rounds)
+        return
     ip_adapter_steps(args.size, args.rounds)
     with tempfile.TemporaryDirectory(prefix="easel-bench-") as folder:
         if not args.skip_encoder:
