@@ -84,15 +84,20 @@ def _print_steps(title: str, unit: str, medians: dict[str, float]) -> None:
     print(f"| one {unit} unit | {with_unit * 1000:.0f} ms | {with_unit / base:.3f} |")
 
 
-def ip_adapter_steps(size: int, rounds: int) -> None:
-    unet = sd15_components()["unet"].eval()
+def _cfg_inputs(size: int, context_width: int) -> dict[str, Any]:
+    """A CFG batch (2 rows) of UNet inputs at ``size``², seeded."""
     latent = size // 8
     generator = torch.Generator().manual_seed(0)
-    inputs = {
+    return {
         "sample": torch.randn(2, 4, latent, latent, generator=generator),
         "timestep": torch.tensor(500),
-        "encoder_hidden_states": torch.randn(2, 77, 768, generator=generator),
+        "encoder_hidden_states": torch.randn(2, 77, context_width, generator=generator),
     }
+
+
+def ip_adapter_steps(size: int, rounds: int) -> None:
+    unet = sd15_components()["unet"].eval()
+    inputs = _cfg_inputs(size, 768)
     plans = {"none": ControlPlan([]), "IP-Adapter": ControlPlan([_ip_unit(unet)])}
     medians = _step_medians(unet, plans, inputs, rounds)
     _print_steps(
@@ -121,14 +126,8 @@ def lllite_steps(size: int, rounds: int) -> None:
     model = build_lllite(state, "controllllite_v01032064e_sdxl")
     control = SimpleNamespace(model=model, kind="lllite", record=SimpleNamespace(title="bench"))
     unit = ControlUnitInput(control=control, image=bench_picture(size))
-    latent = size // 8
-    generator = torch.Generator().manual_seed(0)
-    inputs = {
-        "sample": torch.randn(2, 4, latent, latent, generator=generator),
-        "timestep": torch.tensor(500),
-        "encoder_hidden_states": torch.randn(2, 77, 2048, generator=generator),
-        "added_cond_kwargs": {"text_embeds": torch.randn(2, 1280), "time_ids": torch.zeros(2, 6)},
-    }
+    inputs = _cfg_inputs(size, 2048)
+    inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 1280), "time_ids": torch.zeros(2, 6)}
     medians = _step_medians(unet, {"none": ControlPlan([]), "LLLite": ControlPlan([unit])}, inputs, rounds)
     modules = len(model.blocks)
     _print_steps(

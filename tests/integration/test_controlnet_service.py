@@ -32,14 +32,15 @@ def _pixels(result: Any) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(image.png_bytes)).convert("RGB")) for image in result.images]
 
 
-def _unit(services: Any, **change: Any) -> ControlNetUnit:
-    base = {
-        "enabled": True,
-        "module": "none",
-        "model": _title(services, "control_tiny_sd15_edges"),
-        "image": b64(edge_map()),
-    }
+def enabled_unit(services: Any, stem: str, picture: Image.Image, /, **change: Any) -> ControlNetUnit:
+    """An enabled unit with the model listed as ``stem…``, ``picture`` and module ``none``; ``change``
+    overrides any field (``model`` and ``image`` too)."""
+    base = {"enabled": True, "module": "none", "model": _title(services, stem), "image": b64(picture)}
     return ControlNetUnit(**{**base, **change})
+
+
+def _unit(services: Any, **change: Any) -> ControlNetUnit:
+    return enabled_unit(services, "control_tiny_sd15_edges", edge_map(), **change)
 
 
 def test_unit_changes_the_image_and_is_written_to_the_infotext(cn_services: Any) -> None:

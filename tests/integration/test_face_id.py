@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from tests.fixtures.face_id_files import face_spec, write_face_models
 from tests.fixtures.ip_adapter_files import ip_adapter_state, write_image_encoder, write_ip_adapter
 from tests.fixtures.tiny_models import tiny_sd15_components
-from tests.integration.test_controlnet_service import SMALL, _pixels
+from tests.integration.test_controlnet_service import SMALL, _pixels, _title, enabled_unit
 from tests.integration.test_img2img_service import b64
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.generation import Txt2ImgRequest
@@ -182,18 +182,9 @@ def face_services(cn_services: Any, data_dir: Path, tiny_unet: Any) -> Any:
     return cn_services
 
 
-def _title(services: Any, stem: str) -> str:
-    return next(t for t in services.controlnet.model_list() if t.startswith(stem + " ["))
-
-
 def _face_unit(services: Any, **change: Any) -> ControlNetUnit:
-    base = {
-        "enabled": True,
-        "module": "ip-adapter_face_id",
-        "model": _title(services, "ip-adapter-faceid_sd15"),
-        "image": b64(portrait()),
-    }
-    return ControlNetUnit(**{**base, **change})
+    fields = {"module": "ip-adapter_face_id", **change}
+    return enabled_unit(services, "ip-adapter-faceid_sd15", portrait(), **fields)
 
 
 def test_a_face_id_unit_steers_the_image_and_weight_zero_is_no_unit(face_services: Any) -> None:

@@ -22,7 +22,7 @@ from tests.fixtures.ip_adapter_files import (
     write_ip_adapter,
 )
 from tests.fixtures.tiny_models import tiny_sd15_components
-from tests.integration.test_controlnet_service import SMALL, _pixels
+from tests.integration.test_controlnet_service import SMALL, _pixels, _title, enabled_unit
 from tests.integration.test_img2img_service import b64, picture
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.controlnet_models import ControlNetKind
@@ -57,10 +57,6 @@ def ip_services(cn_services: Any, data_dir: Path, tiny_unet: Any) -> Any:
     return cn_services
 
 
-def _title(services: Any, stem: str) -> str:
-    return next(t for t in services.controlnet.model_list() if t.startswith(stem))
-
-
 def reference(colour: tuple[int, int, int] = (240, 200, 20)) -> Image.Image:
     image = Image.new("RGB", (48, 48), (20, 20, 20))
     ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill=colour)
@@ -68,13 +64,8 @@ def reference(colour: tuple[int, int, int] = (240, 200, 20)) -> Image.Image:
 
 
 def _unit(services: Any, **change: Any) -> ControlNetUnit:
-    base = {
-        "enabled": True,
-        "module": "ip-adapter_clip_sd15",
-        "model": _title(services, "ip-adapter_tiny_sd15"),
-        "image": b64(reference()),
-    }
-    return ControlNetUnit(**{**base, **change})
+    fields = {"module": "ip-adapter_clip_sd15", **change}
+    return enabled_unit(services, "ip-adapter_tiny_sd15", reference(), **fields)
 
 
 def test_ip_adapters_are_listed_as_such(ip_services: Any) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tests.fixtures.lllite_files import lllite_state, write_lllite
 from tests.fixtures.tiny_models import tiny_sdxl_components
-from tests.integration.test_controlnet_service import _pixels, edge_map
+from tests.integration.test_controlnet_service import _pixels, _title, edge_map, enabled_unit
 from tests.integration.test_img2img_service import b64
 from webui.domain.controlnet import ControlNetUnit
 from webui.domain.controlnet_models import ControlNetKind
@@ -57,18 +57,8 @@ def services(root: Path) -> Iterator[Any]:
     built.generation.shutdown()
 
 
-def _title(services: Any, stem: str) -> str:
-    return next(t for t in services.controlnet.model_list() if t.startswith(stem + " ["))
-
-
 def _unit(services: Any, **change: Any) -> ControlNetUnit:
-    base = {
-        "enabled": True,
-        "module": "none",
-        "model": _title(services, "controllllite_tiny_sdxl_canny"),
-        "image": b64(edge_map()),
-    }
-    return ControlNetUnit(**{**base, **change})
+    return enabled_unit(services, "controllllite_tiny_sdxl_canny", edge_map(), **change)
 
 
 def _image(services: Any, *units: ControlNetUnit, **fields: Any) -> np.ndarray:
