@@ -261,9 +261,8 @@ class ControlNetService:
 
     def face_dirs(self) -> list[Path]:
         """Where InsightFace's files are looked for: ``models/insightface``, then the annotators folder."""
-        return ([self.models_root / "insightface"] if self.models_root is not None else []) + [
-            self.annotators_dir
-        ]
+        own = [self.models_root / "insightface"] if self.models_root is not None else []
+        return [*own, self.annotators_dir]
 
     def _face_analyzer(self) -> Any:
         """InsightFace's detector and recogniser (``FACE_FILES``), loaded once and kept; a clear error naming
