@@ -2,7 +2,8 @@
 
 Easel's reference model (``models/Stable-diffusion/easel-reference``), DPM++ 2M, 20 steps, CFG 7, the
 same seed: the first compiled job (it compiles), then eager and compiled jobs alternating round by round
-(medians), and the largest pixel difference between the two images. On a CUDA machine add
+(medians), and the largest pixel difference between the two images; then the VAE decode alone (the
+option compiles the decoder too), eager and compiled, median of ``--rounds`` + 2. On a CUDA machine add
 ``--device cuda``; ``bench/gpu.py`` has the SD1.5 and SDXL rows.
 
     HF_HUB_OFFLINE=1 python bench/compile_unet.py [--size 256] [--rounds 3] [--device cpu]
@@ -70,8 +71,36 @@ def main() -> None:
             f"reference model {args.size}², 20 steps, {args.device}: first compiled job {first:.1f} s | "
             f"eager {e:.2f} s | compiled {c:.2f} s | time ratio {c / e:.3f} | largest pixel difference {diff}"
         )
+        decode_rows(services, args)
     finally:
         services.generation.shutdown()
+
+
+def decode_rows(services: object, args: argparse.Namespace) -> None:
+    """The VAE decode of one latent at the job's size, eager and through the compiled decoder."""
+    import torch
+
+    from webui.runtime.compile import compiled_unet
+    from webui.runtime.generate import decode_latents
+
+    model = services.generation.engine().cache.active  # type: ignore[attr-defined]
+    latent = torch.randn(1, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(1))
+    latent = latent.to(model.vae.device, model.vae.dtype) * model.vae.config.scaling_factor
+
+    def timed() -> float:
+        start = time.perf_counter()
+        decode_latents(model, latent)
+        return time.perf_counter() - start
+
+    eager = [timed() for _ in range(args.rounds + 2)]
+    with compiled_unet(model, True, ("decode", args.size)):
+        timed()  # compiled already by the jobs above; warms it
+        compiled = [timed() for _ in range(args.rounds + 2)]
+    e, c = statistics.median(eager), statistics.median(compiled)
+    print(
+        f"VAE decode {args.size}², {args.device}: eager {e * 1000:.0f} ms | compiled {c * 1000:.0f} ms | "
+        f"ratio {c / e:.3f}"
+    )
 
 
 if __name__ == "__main__":

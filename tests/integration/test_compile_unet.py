@@ -49,6 +49,10 @@ def _unet(client: TestClient) -> object:
     return client.services.generation.engine().cache.active.unet  # type: ignore[attr-defined]
 
 
+def _decoder(client: TestClient) -> object:
+    return client.services.generation.engine().cache.active.vae.decoder  # type: ignore[attr-defined]
+
+
 @pytest.mark.slow
 def test_the_compiled_unet_gives_the_same_images_and_a_lora_switch_compiles_nothing(
     client: TestClient,
@@ -66,6 +70,13 @@ def test_the_compiled_unet_gives_the_same_images_and_a_lora_switch_compiles_noth
     compiled_graphs = counters["stats"]["unique_graphs"]
     assert compiled_graphs > graphs  # it did compile
     assert "forward" not in vars(_unet(client))  # eager again after the job
+    assert "forward" not in vars(_decoder(client))
+    # the VAE decoder decodes through its compiled forward too
+    compiled_decoder = _decoder(client)._easel_compiled  # type: ignore[attr-defined]
+    inner, calls = compiled_decoder.forward, []
+    compiled_decoder.forward = lambda *args, **kwargs: (calls.append(1), inner(*args, **kwargs))[1]
+    assert np.array_equal(_run(client, **COMPILED)[0], compiled) and calls
+    compiled_decoder.forward = inner
 
     with_lora, _ = _run(client, prompt="a red ball <lora:ink:1>", **COMPILED)
     assert np.abs(with_lora - eager_lora).max() <= 2  # the merged LoRA is in the compiled graph's weights
@@ -75,6 +86,28 @@ def test_the_compiled_unet_gives_the_same_images_and_a_lora_switch_compiles_noth
 
     _run(client, width=96, **COMPILED)
     assert counters["stats"]["unique_graphs"] > compiled_graphs  # a new size compiles once
+
+
+def test_a_failed_decoder_compile_falls_back_to_the_eager_decoder_and_says_so(client: TestClient) -> None:
+    import torch._dynamo.exc
+
+    from webui.runtime.compile import CompiledUnet
+
+    eager, _ = _run(client)
+    unet = _unet(client)
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise torch._dynamo.exc.TorchDynamoException("inductor: no working C++ compiler")
+
+    # the UNet's "compiled" forward is its eager one here (the same kernels, no compile wait)
+    unet._easel_compiled = CompiledUnet(type(unet).forward.__get__(unet))  # type: ignore[attr-defined]
+    _decoder(client)._easel_compiled = CompiledUnet(broken)  # type: ignore[attr-defined]
+    pixels, warnings = _run(client, **COMPILED)
+    assert np.array_equal(pixels, eager)
+    (warning,) = warnings
+    assert warning.startswith("Compiling the VAE decoder failed (TorchDynamoException: inductor: no")
+    assert _run(client, **COMPILED)[1] == []  # said once
+    assert "forward" not in vars(_decoder(client))
 
 
 def test_a_failed_compile_falls_back_to_the_eager_unet_and_says_so(client: TestClient) -> None:
@@ -88,6 +121,8 @@ def test_a_failed_compile_falls_back_to_the_eager_unet_and_says_so(client: TestC
         raise torch._dynamo.exc.TorchDynamoException("inductor: no working C++ compiler")
 
     _unet(client)._easel_compiled = CompiledUnet(broken)  # type: ignore[attr-defined]
+    decoder = _decoder(client)  # its "compiled" forward is its eager one here: the same kernels
+    decoder._easel_compiled = CompiledUnet(type(decoder).forward.__get__(decoder))  # type: ignore[attr-defined]
     pixels, warnings = _run(client, **COMPILED)
     assert np.array_equal(pixels, eager)  # the same eager kernels
     (warning,) = warnings

@@ -1,12 +1,12 @@
-"""The UNet compiled with ``torch.compile`` (option ``easel_compile_unet``).
+"""The UNet and the VAE decoder compiled with ``torch.compile`` (option ``easel_compile_unet``).
 
-The compiled forward is made once per loaded model and kept on its UNet; TorchDynamo keeps one graph per
-input shape (and per set of extra inputs, such as a ControlNet's residuals), so each new image size
-compiles once and later jobs at that size reuse it. LoRAs merge into the weights in place, which the
-graphs read as inputs: switching LoRAs compiles nothing again. Off, or where the forward is someone
-else's (offload hooks of --medvram/--lowvram, FP8 weight's per-layer upcast), the UNet runs as it is, and
-so do calls that need gradients (CLIP guidance), which would compile a backward graph as well. A failed
-compile is reported once and the model runs without compiling from then on.
+The compiled forwards are made once per loaded model and kept on its UNet and VAE decoder; TorchDynamo
+keeps one graph per input shape (and per set of extra inputs, such as a ControlNet's residuals), so each
+new image size compiles once and later jobs at that size reuse it. LoRAs merge into the weights in place,
+which the graphs read as inputs: switching LoRAs compiles nothing again. Off, or where the forward is
+someone else's (offload hooks of --medvram/--lowvram, FP8 weight's per-layer upcast), the model runs as it
+is, and so do calls that need gradients (CLIP guidance), which would compile a backward graph as well. A
+failed compile is reported once and that module runs without compiling from then on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ GRAPHS_PER_MODEL = 64  # sizes × batch shapes × extra inputs kept compiled bef
 
 @dataclass
 class CompiledUnet:
-    """A model's compiled UNet forward and the job shapes it has compiled for."""
+    """A module's compiled forward (the UNet's, the VAE decoder's) and the job shapes it has compiled for."""
 
     forward: Any
     shapes: set[tuple[Any, ...]] = field(default_factory=set)
@@ -42,6 +42,7 @@ class CompileState:
     active: bool = False
     new_shape: bool = False
     failure: str | None = None
+    failed_part: str = "UNet"  # or "VAE decoder"
 
 
 def can_compile(model: Any) -> str | None:
@@ -55,9 +56,46 @@ def can_compile(model: Any) -> str | None:
     return None
 
 
+def _compiled_of(module: torch.nn.Module) -> CompiledUnet:
+    """``module``'s compiled forward, made on first use and kept on the module."""
+    compiled: CompiledUnet | None = getattr(module, "_easel_compiled", None)
+    if compiled is None:
+        config = torch._dynamo.config
+        config.cache_size_limit = max(config.cache_size_limit, GRAPHS_PER_MODEL)
+        compiled = CompiledUnet(torch.compile(type(module).forward.__get__(module), dynamic=False))
+        module._easel_compiled = compiled  # type: ignore[assignment]
+    return compiled
+
+
+def _install(module: torch.nn.Module, compiled: CompiledUnet, name: str, eager_now: Any) -> None:
+    """Make ``module`` call ``compiled`` (its eager forward when ``eager_now()`` says so, or once compiling
+    has failed); ``_uninstall`` puts the eager forward back."""
+    eager = type(module).forward.__get__(module)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        # A call that needs gradients (CLIP guidance's) would compile a backward graph too: it runs eagerly.
+        if compiled.failure is not None or torch.is_grad_enabled() or eager_now():
+            return eager(*args, **kwargs)
+        try:
+            return compiled.forward(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            compiled.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("compiling the %s failed; it runs without compiling: %s", name, exc)
+            return eager(*args, **kwargs)
+
+    module.forward = forward  # type: ignore[method-assign]
+
+
+def _uninstall(module: torch.nn.Module) -> None:
+    if "forward" in vars(module):
+        del module.forward
+
+
 @contextlib.contextmanager
 def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator[CompileState]:
-    """While the job runs, ``model``'s UNet calls its compiled forward (made on first use)."""
+    """While the job runs, ``model``'s UNet and VAE decoder call their compiled forwards (made on first
+    use). The decoder runs eagerly while the VAE decodes in tiles (each tile a shape of its own) or after
+    an fp16 overflow moved it to fp32."""
     state = CompileState()
     if not enabled:
         yield state
@@ -68,34 +106,32 @@ def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator
         yield state
         return
     unet = model.unet
-    compiled: CompiledUnet | None = getattr(unet, "_easel_compiled", None)
-    if compiled is None:
-        config = torch._dynamo.config
-        config.cache_size_limit = max(config.cache_size_limit, GRAPHS_PER_MODEL)
-        compiled = CompiledUnet(torch.compile(type(unet).forward.__get__(unet), dynamic=False))
-        unet._easel_compiled = compiled
+    compiled = _compiled_of(unet)
     if compiled.failure is not None:
         yield state
         return
-    eager = type(unet).forward.__get__(unet)
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        # A call that needs gradients (CLIP guidance's) would compile a backward graph too: it runs eagerly.
-        if compiled.failure is not None or torch.is_grad_enabled():
-            return eager(*args, **kwargs)
-        try:
-            return compiled.forward(*args, **kwargs)
-        except torch._dynamo.exc.TorchDynamoException as exc:
-            compiled.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log.warning("compiling the UNet failed; it runs without compiling: %s", exc)
-            return eager(*args, **kwargs)
-
     state.active = True
     state.new_shape = shape not in compiled.shapes
     compiled.shapes.add(shape)
-    unet.forward = forward
+    _install(unet, compiled, "UNet", lambda: False)
+    vae = getattr(model, "vae", None)
+    decoder = getattr(vae, "decoder", None)
+    decoder_compiled = None
+    if decoder is not None and "forward" not in vars(decoder) and _compiled_of(decoder).failure is None:
+        decoder_compiled = _compiled_of(decoder)
+        dtype = next(decoder.parameters()).dtype
+        _install(
+            decoder,
+            decoder_compiled,
+            "VAE decoder",
+            lambda: bool(getattr(vae, "use_tiling", False)) or next(decoder.parameters()).dtype != dtype,
+        )
     try:
         yield state
     finally:
-        del unet.forward
+        _uninstall(unet)
+        if decoder_compiled is not None:
+            _uninstall(decoder)
         state.failure = compiled.failure
+        if state.failure is None and decoder_compiled is not None and decoder_compiled.failure is not None:
+            state.failure, state.failed_part = decoder_compiled.failure, "VAE decoder"

@@ -624,8 +624,8 @@ class GenerationService(ImageModesMixin):
             progress.end()
         if compiling is not None and compiling.failure:
             warnings.append(
-                f"Compiling the UNet failed ({compiling.failure}); this model runs without compiling until "
-                "it is loaded again."
+                f"Compiling the {compiling.failed_part} failed ({compiling.failure}); this model's "
+                f"{compiling.failed_part} runs without compiling until it is loaded again."
             )
         return GenerationResult(
             request=canonical,
