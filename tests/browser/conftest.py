@@ -105,6 +105,16 @@ def wait_for_text(page: Any, selector: str, text: str, timeout: int = 120_000) -
         raise AssertionError(f"{selector} never contained {text!r}; it shows {current!r}") from exc
 
 
+def enable_unit(page: Any, picture: Path, model: str, unit: str = "#txt2img_controlnet_0") -> None:
+    """Open txt2img's ControlNet accordion, upload ``picture`` into ``unit``, enable it and pick ``model``."""
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    page.locator(f"{unit}_image input[type=file]").set_input_files(str(picture))
+    page.wait_for_selector(f"{unit}_image img", timeout=30_000)
+    page.locator(f"{unit}_enabled input").check()
+    page.locator(f"{unit}_model input").click()
+    page.get_by_role("option", name=model).first.click()
+
+
 def generate(page: Any, tab: str, expect: str) -> str:
     """Click the tab's Generate, wait until its infotext contains ``expect`` and return the infotext."""
     page.click(f"#{tab}_generate")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import OpenPage, generate, set_size_steps_seed, wait_for_text
+from tests.browser.conftest import OpenPage, enable_unit, generate, set_size_steps_seed, wait_for_text
 from tests.fixtures.face_id_files import write_face_models
 from tests.fixtures.ip_adapter_files import write_ip_adapter
 from tests.fixtures.tiny_models import tiny_sd15_components
@@ -35,12 +35,7 @@ def test_a_portrait_in_a_face_id_unit(data_dir: Path, open_page: OpenPage, tmp_p
     portrait().save(picture)
     unit = "#txt2img_controlnet_0"
     page = open_page(height=1600)
-    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
-    page.locator(f"{unit}_image input[type=file]").set_input_files(str(picture))
-    page.wait_for_selector(f"{unit}_image img", timeout=30_000)
-    page.locator(f"{unit}_enabled input").check()
-    page.locator(f"{unit}_model input").click()
-    page.get_by_role("option", name="ip-adapter-faceid_sd15").first.click()
+    enable_unit(page, picture, "ip-adapter-faceid_sd15", unit)
     page.fill("#txt2img_prompt textarea", "a portrait")
     set_size_steps_seed(page, "txt2img", steps=4, seed=3)
     # wrong input first: a CLIP preprocessor with a FaceID model

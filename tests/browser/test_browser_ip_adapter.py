@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import OpenPage, draw_init_png, generate, set_size_steps_seed, wait_for_text
+from tests.browser.conftest import (
+    OpenPage,
+    draw_init_png,
+    enable_unit,
+    generate,
+    set_size_steps_seed,
+    wait_for_text,
+)
 from tests.fixtures.ip_adapter_files import write_image_encoder, write_ip_adapter
 from tests.fixtures.tiny_models import tiny_sd15_components
 
@@ -30,12 +37,7 @@ def test_reference_picture_in_an_ip_adapter_unit(
     picture = draw_init_png(tmp_path / "reference.png")
     unit = "#txt2img_controlnet_0"
     page = open_page(height=1600)
-    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
-    page.locator(f"{unit}_image input[type=file]").set_input_files(str(picture))
-    page.wait_for_selector(f"{unit}_image img", timeout=30_000)
-    page.locator(f"{unit}_enabled input").check()
-    page.locator(f"{unit}_model input").click()
-    page.get_by_role("option", name="ip-adapter_tiny_sd15").first.click()
+    enable_unit(page, picture, "ip-adapter_tiny_sd15", unit)
     page.fill("#txt2img_prompt textarea", "a cat")
     set_size_steps_seed(page, "txt2img", steps=4, seed=3)
     # wrong input first: the preprocessor is still "none"

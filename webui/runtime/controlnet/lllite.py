@@ -199,7 +199,8 @@ def _projection_hook(
             dtype = next(lite.parameters()).dtype
             embedding = unit.lllite_embeddings.get(key)
             if embedding is None:
-                hint = unit.hint(height * 8, width * 8, x.device, dtype) * 2.0 - 1.0
+                scale = int(getattr(unit.control, "downscale", 8))  # pixels per latent
+                hint = unit.hint(height * scale, width * scale, x.device, dtype) * 2.0 - 1.0
                 with torch.no_grad():
                     embedding = lite.embed(hint)
                 if embedding.shape[1] != x.shape[1]:
