@@ -117,15 +117,17 @@ def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator
     vae = getattr(model, "vae", None)
     decoder = getattr(vae, "decoder", None)
     decoder_compiled = None
-    if decoder is not None and "forward" not in vars(decoder) and _compiled_of(decoder).failure is None:
-        decoder_compiled = _compiled_of(decoder)
-        dtype = next(decoder.parameters()).dtype
-        _install(
-            decoder,
-            decoder_compiled,
-            "VAE decoder",
-            lambda: bool(getattr(vae, "use_tiling", False)) or next(decoder.parameters()).dtype != dtype,
-        )
+    if decoder is not None and "forward" not in vars(decoder):
+        candidate = _compiled_of(decoder)
+        if candidate.failure is None:  # one that failed in an earlier job (said then) stays eager
+            decoder_compiled = candidate
+            dtype = next(decoder.parameters()).dtype
+            _install(
+                decoder,
+                candidate,
+                "VAE decoder",
+                lambda: bool(getattr(vae, "use_tiling", False)) or next(decoder.parameters()).dtype != dtype,
+            )
     try:
         yield state
     finally:

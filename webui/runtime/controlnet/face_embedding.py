@@ -31,7 +31,6 @@ from webui.domain.controlnet_modules import FACE_FILES
 from webui.runtime.controlnet.dwpose import Network, load_network, nms
 
 DETECTOR_FILE, RECOGNIZER_FILE = FACE_FILES
-FACE_PACK = "buffalo_l"  # InsightFace's model pack holding both files
 DETECT_SIZE = 640
 SCORE_MIN = 0.5
 NMS_IOU = 0.4
@@ -64,26 +63,15 @@ class Face:
 
 
 def find_face_files(folders: list[Path]) -> dict[str, Path | None]:
-    """Each of ``FACE_FILES`` in the first folder that has it: ``<folder>/models/buffalo_l`` (InsightFace's
-    own layout), then the folder itself and up to three levels below it (hidden folders and empty files
-    skipped)."""
-    found: dict[str, Path | None] = {}
-    for name in FACE_FILES:
-        found[name] = None
-        for folder in folders:
-            candidates = [folder / "models" / FACE_PACK / name, folder / FACE_PACK / name, folder / name]
-            if folder.is_dir():
-                for depth in ("*", "*/*", "*/*/*"):
-                    candidates += sorted(
-                        path
-                        for path in folder.glob(f"{depth}/{name}")
-                        if not any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])
-                    )
-            hit = next((path for path in candidates if path.is_file() and path.stat().st_size > 0), None)
-            if hit is not None:
-                found[name] = hit
-                break
-    return found
+    """Each of ``FACE_FILES`` in the first folder that has it, there or up to two levels below (so
+    ``models/insightface/models/buffalo_l``, InsightFace's own layout), as annotator files are found."""
+    from webui.runtime.controlnet.preprocessors import AnnotatorStore
+
+    stores = [AnnotatorStore(folder, allow_download=False) for folder in folders]
+    return {
+        name: next((p for store in stores if (p := store.find(name)) is not None), None)
+        for name in FACE_FILES
+    }
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:

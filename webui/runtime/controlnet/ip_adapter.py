@@ -156,14 +156,12 @@ class IPAdapterModel(torch.nn.Module):
             assert isinstance(inputs, torch.Tensor)
             return self.image_proj(inputs)
         face, hidden = inputs
-        proj = self.image_proj  # diffusers' IPAdapterFaceIDPlusImageProjection, called with explicit inputs
-        identity = proj.norm(proj.proj(face).reshape(-1, proj.num_tokens, proj.embed_dim))
-        context = proj.proj_in(hidden)
-        latents = identity
-        for block in proj.layers:
-            latents = block(context, latents, latents)
-        out = proj.norm_out(proj.proj_out(latents))
-        return identity + out if self.shortcut else out
+        proj = self.image_proj  # diffusers' IPAdapterFaceIDPlusImageProjection reads these from itself
+        proj.clip_embeds, proj.shortcut = hidden[:, None], self.shortcut
+        try:
+            return proj(face)
+        finally:
+            proj.clip_embeds = None  # not kept alive with the model
 
 
 def build_ip_adapter(state: dict[str, dict[str, torch.Tensor]], name: str) -> IPAdapterModel:

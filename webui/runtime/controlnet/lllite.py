@@ -196,9 +196,9 @@ def _projection_hook(
         added = None
         for unit, lite in active:
             key = (name, height, width, str(x.device), x.dtype)
-            dtype = next(lite.parameters()).dtype
-            embedding = unit.lllite_embeddings.get(key)
+            embedding = unit.lllite_embeddings.get(key)  # in the module's dtype
             if embedding is None:
+                dtype = next(lite.parameters()).dtype
                 scale = int(getattr(unit.control, "downscale", 8))  # pixels per latent
                 hint = unit.hint(height * scale, width * scale, x.device, dtype) * 2.0 - 1.0
                 with torch.no_grad():
@@ -209,7 +209,7 @@ def _projection_hook(
                         f"tokens for a layer of {x.shape[1]}; the file does not fit this checkpoint's UNet."
                     )
                 unit.lllite_embeddings[key] = embedding
-            delta = lite(x.to(dtype), embedding).to(x.dtype) * unit.weight
+            delta = lite(x.to(embedding.dtype), embedding).to(x.dtype) * unit.weight
             added = delta if added is None else added + delta
         return (x + added, *args[1:])
 
