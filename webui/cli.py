@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lowvram", action="store_true", help="stream weights layer by layer (slow, smallest)"
     )
     device.add_argument("--models-in-ram", type=int, default=2, help="checkpoints kept loaded (default 2)")
+    device.add_argument(
+        "--no-pinned-ram",
+        action="store_true",
+        help="keep models that wait in RAM in ordinary (pageable) memory; switching back to them is slower",
+    )
     device.add_argument("--no-preload", action="store_true", help="do not load the checkpoint at start")
     device.add_argument(
         "--lora-cache-mb", type=int, default=1024, help="RAM for parsed LoRA files (default 1024)"
@@ -177,6 +182,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     values["attention"] = "xformers" if args.xformers else "sdpa"
     values["memory_mode"] = "lowvram" if args.lowvram else "medvram" if args.medvram else args.memory_mode
     values["models_in_ram"] = args.models_in_ram
+    values["pinned_ram"] = not args.no_pinned_ram
     values["lora_cache_mb"] = args.lora_cache_mb
     values["preload_model"] = not args.no_preload
     values["ray_address"] = args.ray_address

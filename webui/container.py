@@ -116,6 +116,7 @@ def build_services(settings: Settings, *, engine_factory: Any = None) -> Service
             attention=settings.attention,
             memory_mode=settings.memory_mode,
             models_in_ram=settings.models_in_ram,
+            pinned_ram=settings.pinned_ram,
             tokenizer_cache=tokenizer_cache,
             lora_cache_mb=settings.lora_cache_mb,
         )

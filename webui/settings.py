@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     attention: Literal["sdpa", "xformers"] = "sdpa"
     memory_mode: Literal["auto", "normal", "medvram", "lowvram"] = "auto"
     models_in_ram: int = Field(2, ge=1, le=16)
+    pinned_ram: bool = True  # models waiting in RAM are page-locked (CUDA), for a fast switch back
     lora_cache_mb: int = Field(1024, ge=16)  # RAM for parsed LoRA files (least recently used dropped)
 
     listen: bool = False

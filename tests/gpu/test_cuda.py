@@ -182,3 +182,38 @@ def test_the_automatic_mode_places_each_job_where_it_fits(
         images, _ = generate_batch(model, job)
         pictures.append(np.asarray(images[0], dtype=np.int16))
     assert np.abs(pictures[1] - pictures[0]).max() <= 2 and np.array_equal(pictures[2], pictures[0])
+
+
+def test_a_model_waiting_in_ram_is_page_locked_and_comes_back_unchanged(
+    tiny_model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Switching away moves a model into page-locked RAM (reused on the next switch); switching back gives
+    the same image as before."""
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.cache import ModelCache, choose_device
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    cache = ModelCache(choose_device("cuda", "half", "sdpa", "normal"), capacity=2, tokenizer_cache=tmp_path)
+    first_record, second_record = (_record(tiny_model_files[k]) for k in ("sd15_single", "sdxl_single"))
+    sampler, schedule = resolve_sampler("Euler")
+    job = DiffusionJob(
+        prompt="x", negative_prompt="", steps=3, cfg_scale=7.0, width=64, height=64,
+        seeds=[5], subseeds=[5], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+    )  # fmt: skip
+    first = cache.get(first_record)
+    assert first.pinned is None  # never switched away from: never pinned
+    before = generate_batch(first, job)[0][0].tobytes()
+    cache.get(second_record)
+    weights = [t for module in first.modules() for t in (*module.parameters(), *module.buffers())]
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in weights)
+    chunks = [chunk.data_ptr() for chunk in first.pinned.chunks]
+    assert cache.get(first_record) is first and cache.loads == 2
+    assert all(t.is_cuda for t in first.unet.parameters())
+    assert generate_batch(first, job)[0][0].tobytes() == before
+    cache.get(second_record)
+    assert [chunk.data_ptr() for chunk in first.pinned.chunks] == chunks  # the same chunks, reused
+    choice = choose_device("cuda", "half", "sdpa", "normal")
+    cache_off = ModelCache(choice, capacity=2, tokenizer_cache=tmp_path, pinned_ram=False)
+    plain = cache_off.get(first_record)
+    cache_off.get(second_record)
+    assert plain.pinned is None and not next(plain.unet.parameters()).is_pinned()

@@ -3,7 +3,9 @@
 ``ModelCache`` keeps up to N loaded checkpoints in RAM (least recently used goes first), with one of
 them on the generation device. Switching back to a cached model reads nothing from disk. A failed
 load leaves the cache (and the previously active model) untouched. A job with a refiner has a second
-model on the device beside the active one, its companion, until the job releases it.
+model on the device beside the active one, its companion, until the job releases it. On a CUDA card the
+models that wait in RAM are page-locked (``webui.runtime.pinned``), so one comes back to the GPU at the
+bus's speed.
 """
 
 from __future__ import annotations
@@ -96,9 +98,11 @@ class ModelCache:
         capacity: int,
         tokenizer_cache: Path,
         loader: Callable[..., LoadedModel] = load_checkpoint,
+        pinned_ram: bool = True,
     ) -> None:
         self.device = device
         self.capacity = capacity
+        self.pinned_ram = pinned_ram  # off after page-locking failed once (RAM short): pageable from then
         self.tokenizer_cache = tokenizer_cache
         self._loader = loader
         self._models: OrderedDict[tuple[str, float, int, bool], LoadedModel] = OrderedDict()
@@ -218,7 +222,10 @@ class ModelCache:
         target = self.device.device
         if self._mode_for_device() == "normal":
             _disable_offload(model)
-            model.to(target)
+            from_pinned = model.pinned is not None and model.device.type == "cpu" and target.type == "cuda"
+            model.to(target, non_blocking=from_pinned)
+            if from_pinned:
+                torch.cuda.synchronize(target)  # the weights are there before the RAM copy is written again
         else:
             if _placed_mode(model) == "normal" and model.device.type != "cpu":
                 model.to(torch.device("cpu"))
@@ -226,9 +233,22 @@ class ModelCache:
             _enable_offload(model, self.device)
 
     def _to_ram(self, model: LoadedModel) -> None:
-        """Off the GPU (a whole model; offloaded ones already wait in RAM)."""
-        if _placed_mode(model) == "normal" and model.device.type != "cpu":
-            model.to(torch.device("cpu"))
+        """Off the GPU (a whole model; offloaded ones already wait in RAM), into page-locked RAM from a
+        CUDA card unless that is off or failed."""
+        if _placed_mode(model) != "normal" or model.device.type == "cpu":
+            return
+        if self.pinned_ram and model.device.type == "cuda":
+            from webui.runtime.pinned import to_pinned_ram
+
+            try:
+                model.pinned = to_pinned_ram(model.modules(), model.pinned)
+                model.device = torch.device("cpu")
+                return
+            except RuntimeError as exc:  # the OS would not lock that much RAM: pageable, as before
+                log.warning("models wait in ordinary RAM from now on: page-locking failed (%s)", exc)
+                self.pinned_ram = False
+                model.pinned = None
+        model.to(torch.device("cpu"))
 
     def _evict(self) -> None:
         """Unload least recently used models beyond ``capacity``; never the active model or its companion."""
@@ -240,15 +260,20 @@ class ModelCache:
                 continue
             del self._models[key]
             log.info("unloaded %s from RAM (cache holds %d)", model.record.name, self.capacity)
-            del model
+            pinned, model.pinned = model.pinned, None
+            del model, pinned
             gc.collect()
+            _release_pinned()
 
     def unload_all(self) -> None:
+        for model in self._models.values():
+            model.pinned = None
         self._models.clear()
         self._active = self._companion = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+            _release_pinned()
 
     def set_vae(self, model: LoadedModel, vae_path: Path | None, vae_hash: str | None = None) -> None:
         """Swap the VAE of ``model`` for a file from models/VAE (``None`` restores the checkpoint's own)."""
@@ -274,6 +299,13 @@ class ModelCache:
         model.vae = vae.to(model.device)
         model.vae_name = vae_path.name
         model.vae_hash = vae_hash
+
+
+def _release_pinned() -> None:
+    """Give page-locked RAM that no model holds any more back to the OS (PyTorch keeps freed pinned
+    blocks for reuse)."""
+    if torch.cuda.is_available():
+        torch._C._host_emptyCache()
 
 
 def _placed_mode(model: LoadedModel) -> str:

@@ -46,6 +46,7 @@ class Engine:
         tokenizer_cache: Path,
         loader: Callable[..., LoadedModel] | None = None,
         lora_cache_mb: int = 1024,
+        pinned_ram: bool = True,
     ) -> None:
         # auto: each job's memory mode is chosen from its estimated need and the free GPU memory, never
         # above the ceiling that an out-of-memory error lowers for the session.
@@ -57,7 +58,11 @@ class Engine:
         # What other parts keep on the GPU between jobs and can let go of when a job needs the room (the
         # IP-Adapter image encoder): (bytes held, release) pairs; the ControlNet cache is one too.
         self._releasables: list[tuple[Callable[[], int], Callable[[], None]]] = []
-        kwargs: dict[str, Any] = {"capacity": models_in_ram, "tokenizer_cache": tokenizer_cache}
+        kwargs: dict[str, Any] = {
+            "capacity": models_in_ram,
+            "tokenizer_cache": tokenizer_cache,
+            "pinned_ram": pinned_ram,
+        }
         if loader is not None:
             kwargs["loader"] = loader
         self.cache = ModelCache(self.choice, **kwargs)

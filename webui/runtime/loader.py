@@ -69,6 +69,8 @@ class LoadedModel:
     fp8: bool = False  # UNet and text encoders keep their weights in fp8 (webui.runtime.fp8)
     # the text encoders' outputs for recent prompts (webui.runtime.conditioning.EncodingCache)
     encodings: Any = field(default=None, repr=False)
+    # the page-locked RAM its weights wait in while another model generates (webui.runtime.pinned)
+    pinned: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.encodings is None:
@@ -90,9 +92,9 @@ class LoadedModel:
     def size_bytes(self) -> int:
         return weight_bytes(*self.modules())
 
-    def to(self, device: torch.device) -> None:
+    def to(self, device: torch.device, non_blocking: bool = False) -> None:
         for module in self.modules():
-            module.to(device)
+            module.to(device, non_blocking=non_blocking)
         self.device = device
 
 
