@@ -241,14 +241,16 @@ def main() -> None:
 
             row(f"{family} {sizes[family]}² batch {batch}, {steps} steps, eager")(compare)
 
-        def compiled(model: LoadedModel = models[family], size: int = sizes[family]) -> str:
+        def compiled(
+            model: LoadedModel = models[family], size: int = sizes[family], graphs: bool = True
+        ) -> str:
             from torch._dynamo.utils import counters
 
             from webui.runtime.compile import compiled_unet
 
             work = job(size, 1, steps)
             eager_s, eager_rate = best_of(args.runs, lambda: easel_run(model, work))
-            with compiled_unet(model, True, (size, 1)):
+            with compiled_unet(model, True, (size, 1), cuda_graphs=graphs):
                 start = time.perf_counter()
                 easel_run(model, work)  # compiles
                 first = time.perf_counter() - start
@@ -261,7 +263,11 @@ def main() -> None:
                 f"{first:.1f} s | graphs compiled after the first: {again}"
             )
 
-        row(f"{family} {sizes[family]}² batch 1, {steps} steps, compiled UNet (torch.compile)")(compiled)
+        row(f"{family} {sizes[family]}² batch 1, {steps} steps, compiled UNet + CUDA graphs")(compiled)
+        if family == "sd1":  # what the graphs add (the compile itself comes from inductor's cache)
+            row(f"sd1 {sizes[family]}² batch 1, {steps} steps, compiled UNet, no CUDA graphs")(
+                lambda: compiled(graphs=False)
+            )
 
         def vae(model: LoadedModel = models[family], size: int = sizes[family]) -> str:
             latents = torch.randn(1, 4, size // 8, size // 8, device=device, dtype=dtype)

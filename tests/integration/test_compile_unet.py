@@ -133,3 +133,55 @@ def test_a_failed_compile_falls_back_to_the_eager_unet_and_says_so(client: TestC
     assert _run(client, **COMPILED)[1] == []  # said once; the model stays eager
     off, _ = _run(client)
     assert np.array_equal(off, eager)
+
+
+def test_cuda_graphs_are_asked_for_on_a_cuda_card_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from webui.runtime.compile import compile_mode, compiled_unet
+
+    assert compile_mode(torch.device("cuda", 0), True) == "reduce-overhead"
+    assert (
+        compile_mode(torch.device("cuda", 0), False) == compile_mode(torch.device("cpu"), True) == "default"
+    )
+    modes: list[str] = []
+
+    def fake_compile(fn: object, *, dynamic: bool, mode: str) -> object:
+        modes.append(mode)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = SimpleNamespace(unet=torch.nn.Linear(2, 2), vae=None)
+    x = torch.ones(1, 2)
+    with compiled_unet(model, True, (1,), cuda_graphs=True) as state, torch.no_grad():
+        assert state.active
+        assert torch.equal(model.unet(x), torch.nn.functional.linear(x, model.unet.weight, model.unet.bias))
+    assert modes == ["default"]  # a UNet on the CPU: no CUDA graphs whatever the option says
+
+
+def test_a_cuda_graph_output_is_copied_out_before_the_next_replay_writes_over_it() -> None:
+    """A captured graph returns the same memory on every replay; the UNet's caller gets its own copy, so an
+    output kept across calls (the sampler's, the previous step's) keeps its values."""
+    import torch
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    from webui.runtime.compile import CompiledUnet, _install, _uninstall
+
+    static = torch.zeros(2)
+
+    def replay(x: torch.Tensor) -> UNet2DConditionOutput:
+        static.copy_(x)  # what a CUDA graph replay does: the same output buffer every time
+        return UNet2DConditionOutput(sample=static)
+
+    module = torch.nn.Identity()
+    with torch.no_grad():
+        _install(module, CompiledUnet(replay, mode="reduce-overhead"), "UNet", lambda: False)
+        first = module(torch.tensor([1.0, 2.0]))
+        second = module(torch.tensor([3.0, 4.0]))
+        assert first.sample.tolist() == [1.0, 2.0] and second.sample.tolist() == [3.0, 4.0]
+        assert first.sample.data_ptr() != static.data_ptr()
+        _uninstall(module)
+        _install(module, CompiledUnet(replay, mode="default"), "UNet", lambda: False)
+        assert module(torch.tensor([5.0, 6.0])).sample is static  # without graphs nothing is copied

@@ -5,8 +5,16 @@ keeps one graph per input shape (and per set of extra inputs, such as a ControlN
 new image size compiles once and later jobs at that size reuse it. LoRAs merge into the weights in place,
 which the graphs read as inputs: switching LoRAs compiles nothing again. Off, or where the forward is
 someone else's (offload hooks of --medvram/--lowvram, FP8 weight's per-layer upcast), the model runs as it
-is, and so do calls that need gradients (CLIP guidance), which would compile a backward graph as well. A
+is, and so do calls that need gradients (CLIP guidance's), which would compile a backward graph as well. A
 failed compile is reported once and that module runs without compiling from then on.
+
+On a CUDA card the graphs are also captured as CUDA graphs (inductor's "reduce-overhead" mode, option
+``easel_cuda_graphs``): a step's hundreds of kernel launches replay as one, which is where the time of a
+batch-1 step goes on a fast card. A job's shapes are fixed, so each (size, batch) is captured once. The
+weights are the graphs' static inputs: LoRAs merged in place change what they read, and a model that comes
+back from RAM at new addresses is captured again. A captured graph writes its outputs into the same memory
+on every replay, so each call's outputs are copied out (a latent-sized copy) before the next call can
+overwrite them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from typing import Any
 import torch
 import torch._dynamo
 
+from webui.runtime.devices import execution_device
+
 log = logging.getLogger(__name__)
 
 GRAPHS_PER_MODEL = 64  # sizes × batch shapes × extra inputs kept compiled before TorchDynamo gives up
@@ -32,6 +42,7 @@ class CompiledUnet:
     forward: Any
     shapes: set[tuple[Any, ...]] = field(default_factory=set)
     failure: str | None = None  # why compiling failed; the model then runs eagerly
+    mode: str = "default"  # torch.compile's mode: "reduce-overhead" captures CUDA graphs
 
 
 @dataclass
@@ -56,28 +67,50 @@ def can_compile(model: Any) -> str | None:
     return None
 
 
-def _compiled_of(module: torch.nn.Module) -> CompiledUnet:
-    """``module``'s compiled forward, made on first use and kept on the module."""
+def compile_mode(device: torch.device, cuda_graphs: bool) -> str:
+    """torch.compile's mode for a module on ``device``: CUDA graphs where asked for and on a CUDA card."""
+    return "reduce-overhead" if cuda_graphs and device.type == "cuda" else "default"
+
+
+def _compiled_of(module: torch.nn.Module, mode: str = "default") -> CompiledUnet:
+    """``module``'s compiled forward in ``mode``, made on first use and kept on the module (a failure is
+    kept too: the other mode is not tried)."""
     compiled: CompiledUnet | None = getattr(module, "_easel_compiled", None)
-    if compiled is None:
+    if compiled is None or (compiled.mode != mode and compiled.failure is None):
         config = torch._dynamo.config
         config.cache_size_limit = max(config.cache_size_limit, GRAPHS_PER_MODEL)
-        compiled = CompiledUnet(torch.compile(type(module).forward.__get__(module), dynamic=False))
+        forward = type(module).forward.__get__(module)
+        compiled = CompiledUnet(torch.compile(forward, dynamic=False, mode=mode), mode=mode)
         module._easel_compiled = compiled  # type: ignore[assignment]
     return compiled
+
+
+def _owned(value: Any) -> Any:
+    """``value`` (a tensor, a tuple of them, or diffusers' output dict) with every tensor copied out of the
+    memory a CUDA graph's next replay writes again."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if type(value) is tuple:
+        return tuple(_owned(item) for item in value)
+    if isinstance(value, dict):  # diffusers' BaseOutput keeps its fields as items and attributes
+        for key, item in value.items():
+            value[key] = _owned(item)
+    return value
 
 
 def _install(module: torch.nn.Module, compiled: CompiledUnet, name: str, eager_now: Any) -> None:
     """Make ``module`` call ``compiled`` (its eager forward when ``eager_now()`` says so, or once compiling
     has failed); ``_uninstall`` puts the eager forward back."""
     eager = type(module).forward.__get__(module)
+    graphs = compiled.mode == "reduce-overhead"
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         # A call that needs gradients (CLIP guidance's) would compile a backward graph too: it runs eagerly.
         if compiled.failure is not None or torch.is_grad_enabled() or eager_now():
             return eager(*args, **kwargs)
         try:
-            return compiled.forward(*args, **kwargs)
+            out = compiled.forward(*args, **kwargs)
+            return _owned(out) if graphs else out
         except torch._dynamo.exc.TorchDynamoException as exc:
             compiled.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log.warning("compiling the %s failed; it runs without compiling: %s", name, exc)
@@ -92,10 +125,12 @@ def _uninstall(module: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator[CompileState]:
+def compiled_unet(
+    model: Any, enabled: bool, shape: tuple[Any, ...], cuda_graphs: bool = True
+) -> Iterator[CompileState]:
     """While the job runs, ``model``'s UNet and VAE decoder call their compiled forwards (made on first
-    use). The decoder runs eagerly while the VAE decodes in tiles (each tile a shape of its own) or after
-    an fp16 overflow moved it to fp32."""
+    use; as CUDA graphs on a CUDA card with ``cuda_graphs``). The decoder runs eagerly while the VAE decodes
+    in tiles (each tile a shape of its own) or after an fp16 overflow moved it to fp32."""
     state = CompileState()
     if not enabled:
         yield state
@@ -106,7 +141,8 @@ def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator
         yield state
         return
     unet = model.unet
-    compiled = _compiled_of(unet)
+    mode = compile_mode(execution_device(unet), cuda_graphs)
+    compiled = _compiled_of(unet, mode)
     if compiled.failure is not None:
         yield state
         return
@@ -118,7 +154,7 @@ def compiled_unet(model: Any, enabled: bool, shape: tuple[Any, ...]) -> Iterator
     decoder = getattr(vae, "decoder", None)
     decoder_compiled = None
     if decoder is not None and "forward" not in vars(decoder):
-        candidate = _compiled_of(decoder)
+        candidate = _compiled_of(decoder, mode)
         if candidate.failure is None:  # one that failed in an earlier job (said then) stays eager
             decoder_compiled = candidate
             dtype = next(decoder.parameters()).dtype

@@ -273,12 +273,12 @@ class Engine:
         return seamless_tiling([model.unet, model.vae], enabled)
 
     @staticmethod
-    def compiled_unet(model: LoadedModel, enabled: bool, shape: Any) -> Any:
-        """Context manager: the UNet runs compiled while a job runs (``webui.runtime.compile``); it gives
-        the job's ``CompileState``."""
+    def compiled_unet(model: LoadedModel, enabled: bool, shape: Any, cuda_graphs: bool = True) -> Any:
+        """Context manager: the UNet runs compiled while a job runs (``webui.runtime.compile``; as CUDA
+        graphs on a CUDA card with ``cuda_graphs``); it gives the job's ``CompileState``."""
         from webui.runtime.compile import compiled_unet
 
-        return compiled_unet(model, enabled, shape)
+        return compiled_unet(model, enabled, shape, cuda_graphs)
 
     # -- LoRA and embeddings --------------------------------------------------------------------------------
     @staticmethod

@@ -509,7 +509,9 @@ class GenerationService(ImageModesMixin):
                         "The UNet ran without compiling for this job: its IP-Adapter / LLLite units work "
                         "inside the UNet's layers."
                     )
-                compiling = job_scope.enter_context(self._compiled(engine, model, compile_unet, shape))
+                compiling = job_scope.enter_context(
+                    self._compiled(engine, model, compile_unet, shape, opts.easel_cuda_graphs)
+                )
                 for iteration in range(request.n_iter):
                     base = iteration * per_batch
                     seeds = all_seeds[base : base + per_batch]
@@ -664,11 +666,11 @@ class GenerationService(ImageModesMixin):
         return tiling(model, enabled)
 
     @staticmethod
-    def _compiled(engine: Any, model: Any, enabled: bool, shape: Any) -> Any:
+    def _compiled(engine: Any, model: Any, enabled: bool, shape: Any, cuda_graphs: bool) -> Any:
         compiled_unet = getattr(engine, "compiled_unet", None)
         if not enabled or compiled_unet is None:
             return contextlib.nullcontext()
-        return compiled_unet(model, enabled, shape)
+        return compiled_unet(model, enabled, shape, cuda_graphs)
 
     def _face_restorer(self, request: Txt2ImgRequest | Img2ImgRequest, warnings: list[str]) -> str | None:
         """The face restorer to run on this job's images, or None (with a warning if one was asked for)."""

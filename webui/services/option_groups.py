@@ -155,6 +155,13 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         "minutes), later ones and LoRA changes do not; not with --medvram / --lowvram or FP8 weight",
     ),
     _opt(
+        "easel_cuda_graphs",
+        SD,
+        "Compiled UNet: replay each step as CUDA graphs",
+        "with the compiled UNet on a CUDA card, a step's kernels launch as one graph (faster at small "
+        "batches); each image size keeps its graphs' memory on the card",
+    ),
+    _opt(
         "randn_source",
         SD,
         "Random number generator source",

@@ -52,6 +52,7 @@ class Options(BaseModel):
     fp8_storage: str = "Disable"
     # Optimizations: run the UNet compiled with torch.compile (webui.runtime.compile)
     easel_compile_unet: bool = False
+    easel_cuda_graphs: bool = True  # the compiled UNet on a CUDA card replays each step as CUDA graphs
     face_restoration_model: str = ""  # GFPGAN, CodeFormer or RestoreFormer; empty: the first installed
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)  # CodeFormer fidelity: 0 strongest, 1 weakest
     # ControlNet (the sd-webui-controlnet extension's option names)
