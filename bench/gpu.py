@@ -3,11 +3,15 @@
 Random weights from Easel's bundled configs (SD 1.5 and SDXL shapes, no download), fp16 on CUDA:
 
 * txt2img, 20 steps, DPM++ 2M Karras, CFG 7: SD1.5 512² and SDXL 1024² at batch 1 and 4 — the denoising
-  loop's it/s (from the step callbacks) and the image's end-to-end time, Easel's ``generate_batch`` against
-  a plain diffusers pipeline over the same modules and scheduler, in the same process; peak VRAM of each;
+  loop's it/s (CUDA events recorded at the step callbacks: no step waits for the card) and the image's
+  end-to-end time, Easel's ``generate_batch`` (its default weight layout: channels-last on CUDA) against a
+  plain diffusers pipeline over the same modules (NCHW, diffusers' default) and scheduler, in the same
+  process; peak VRAM of each; Easel with the other layout;
+* eager against compiled + CUDA graphs (and, for SD1.5, compiled without graphs); first image with compile;
 * VAE decode ms (one image); LoRA switch ms (SD1.5, two rank-16 LoRAs on every attention projection);
-  RAM→VRAM switch of a whole SDXL checkpoint (pageable memory); the refiner's cost (SDXL base + SDXL refiner
-  at 0.8 against the base alone); fp8 weight storage (SDXL 1024²: it/s and peak VRAM against fp16);
+  RAM→VRAM switch of a whole SDXL checkpoint (page-locked as Easel keeps it, and pageable); the refiner's
+  cost (SDXL base + SDXL refiner at 0.8 against the base alone); fp8 weight storage (SDXL 1024²: it/s and
+  peak VRAM against fp16);
   SDXL 1024² with the process capped at 8 GiB (``set_per_process_memory_fraction``), fp8 + medvram.
 
 Each row runs on its own: one that fails (an out-of-memory, a missing kernel) prints its error and the
@@ -49,6 +53,7 @@ CONFIGS = REPO / "webui" / "runtime" / "configs"
 PROMPT = "a photo of a cat sitting on a wooden table, highly detailed"
 CFG = 7.0
 ROWS: list[tuple[str, str]] = []  # (row, result)
+CUDA = False  # set by main: the run is on a CUDA card (not --smoke)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -135,22 +140,43 @@ def peak() -> Iterator[dict[str, float]]:
     out["gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
 
 
+class StepClock:
+    """Marks at the step callbacks: CUDA events on a card (recorded in the stream, so no step waits for the
+    card and the CPU may run ahead as it does in a real job), wall time on the CPU."""
+
+    def __init__(self) -> None:
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if CUDA:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def rate(self) -> float:
+        """Steps per second from the first mark to the last (call after the run has synchronised)."""
+        if len(self.marks) < 2:
+            return float("nan")
+        first, last = self.marks[0], self.marks[-1]
+        seconds = first.elapsed_time(last) / 1000 if CUDA else last - first
+        return (len(self.marks) - 1) / seconds
+
+
 def easel_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
     """(end-to-end seconds, denoising it/s from the first to the last step callback)."""
-    stamps: list[float] = []
+    clock = StepClock()
 
     def on_step(step: int, total: int, latents: Any) -> bool:
-        sync()
-        stamps.append(time.perf_counter())
+        clock.mark()
         return True
 
     sync()
     start = time.perf_counter()
     generate_batch(model, job(work.width, len(work.seeds), work.steps, work.extra), on_step=on_step)
     sync()
-    total = time.perf_counter() - start
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-    return total, rate
+    return time.perf_counter() - start, clock.rate()
 
 
 def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
@@ -163,11 +189,10 @@ def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
                                 noise_seeds=work.seeds)  # fmt: skip
     cls = StableDiffusionXLPipeline if model.family.is_sdxl else StableDiffusionPipeline
     pipe = assemble_pipeline(model, scheduler, cls)
-    stamps: list[float] = []
+    clock = StepClock()
 
     def callback(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        sync()
-        stamps.append(time.perf_counter())
+        clock.mark()
         return kwargs
 
     sync()
@@ -177,9 +202,7 @@ def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
              height=work.height, width=work.width, output_type="pil", callback_on_step_end=callback,
              generator=[torch.Generator("cpu").manual_seed(s) for s in work.seeds])  # fmt: skip
     sync()
-    total = time.perf_counter() - start
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-    return total, rate
+    return time.perf_counter() - start, clock.rate()
 
 
 def best_of(runs: int, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
@@ -214,7 +237,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="timed runs per row after a warm-up (best kept)")
     parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args()
-    cuda = torch.cuda.is_available() and not args.smoke
+    global CUDA
+    cuda = CUDA = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         sys.exit("no CUDA device: run on a GPU machine, or use --smoke to check the script on the CPU")
     device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
@@ -222,6 +246,9 @@ def main() -> None:
     sizes = {"sd1": 512, "sdxl": 1024} if cuda else {"sd1": 64, "sdxl": 64}
     started = time.perf_counter()
 
+    from webui.runtime.channels_last import use_channels_last, wanted
+
+    layout = wanted("Automatic", torch.device(device))  # Easel's default weight layout on this device
     models: dict[str, LoadedModel] = {}
     for family in ("sd1", "sdxl"):
         models[family] = build_model(family, device, dtype, args.smoke)
@@ -229,15 +256,25 @@ def main() -> None:
             work = job(sizes[family], batch, steps)
 
             def compare(model: LoadedModel = models[family], work: DiffusionJob = work) -> str:
-                easel_run(model, work)  # warm-up (kernels, allocator)
-                with peak() as easel_peak:
-                    easel_s, easel_rate = best_of(args.runs, lambda: easel_run(model, work))
-                plain_run(model, work)
-                with peak() as plain_peak:
-                    plain_s, plain_rate = best_of(args.runs, lambda: plain_run(model, work))
+                try:
+                    use_channels_last(model, layout)  # Easel's default on this device
+                    easel_run(model, work)  # warm-up (kernels, allocator)
+                    with peak() as easel_peak:
+                        easel_s, easel_rate = best_of(args.runs, lambda: easel_run(model, work))
+                    use_channels_last(model, not layout)
+                    easel_run(model, work)
+                    other_s, other_rate = best_of(args.runs, lambda: easel_run(model, work))
+                    use_channels_last(model, False)  # diffusers' default
+                    plain_run(model, work)
+                    with peak() as plain_peak:
+                        plain_s, plain_rate = best_of(args.runs, lambda: plain_run(model, work))
+                finally:
+                    use_channels_last(model, layout)  # the rows after this one run Easel's default
                 easel = f"Easel {easel_rate:.1f} it/s, {easel_s:.3f} s, {easel_peak['gib']:.2f} GiB"
                 plain = f"diffusers {plain_rate:.1f} it/s, {plain_s:.3f} s, {plain_peak['gib']:.2f} GiB"
-                return f"{easel} | {plain} | time ratio {easel_s / plain_s:.3f}"
+                name = "NCHW" if layout else "channels-last"
+                other = f"Easel with {name} weights {other_rate:.1f} it/s, {other_s:.3f} s"
+                return f"{easel} | {plain} | time ratio {easel_s / plain_s:.3f} | {other}"
 
             row(f"{family} {sizes[family]}² batch {batch}, {steps} steps, eager")(compare)
 

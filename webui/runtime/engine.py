@@ -266,6 +266,14 @@ class Engine:
         return loaded
 
     @staticmethod
+    def memory_layout(model: LoadedModel, option: str) -> None:
+        """The UNet's and VAE's conv weights in the layout option ``easel_channels_last`` asks for on the
+        model's device (``webui.runtime.channels_last``)."""
+        from webui.runtime.channels_last import use_channels_last, wanted
+
+        use_channels_last(model, wanted(option, model.device))
+
+    @staticmethod
     def tiling(model: LoadedModel, enabled: bool) -> Any:
         """Context manager: seamless (circular) padding on the UNet and VAE while a job runs."""
         from webui.runtime.tiling import seamless_tiling

@@ -481,6 +481,11 @@ class GenerationService(ImageModesMixin):
             ):
                 job_extra, infotext_extra, warnings = self._prepare_networks(engine, model, request)
                 refiner = prepare_refiner(self, engine, model, request, opts, warnings)
+                layout = getattr(engine, "memory_layout", None)
+                if layout is not None:
+                    layout(model, opts.easel_channels_last)
+                    if refiner is not None:
+                        layout(refiner.model, opts.easel_channels_last)
                 if refiner is not None:
                     job_extra["refiner"] = refiner
                     job_scope.enter_context(self._tiling(engine, refiner.model, request.tiling))

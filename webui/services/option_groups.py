@@ -162,6 +162,14 @@ OPTION_TABLE: tuple[OptionInfo, ...] = (
         "batches); each image size keeps its graphs' memory on the card",
     ),
     _opt(
+        "easel_channels_last",
+        SD,
+        "Channels-last weights (UNet and VAE)",
+        "the memory layout of the convolutions' weights: channels-last is faster on CUDA cards, NCHW on "
+        "the CPU; Automatic picks by device",
+        choices=tuple((name, name) for name in ("Automatic", "On", "Off")),
+    ),
+    _opt(
         "randn_source",
         SD,
         "Random number generator source",

@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,6 +53,8 @@ class Options(BaseModel):
     # Optimizations: run the UNet compiled with torch.compile (webui.runtime.compile)
     easel_compile_unet: bool = False
     easel_cuda_graphs: bool = True  # the compiled UNet on a CUDA card replays each step as CUDA graphs
+    # the UNet's and VAE's conv weights in channels-last (webui.runtime.channels_last); Automatic: on CUDA
+    easel_channels_last: Literal["Automatic", "On", "Off"] = "Automatic"
     face_restoration_model: str = ""  # GFPGAN, CodeFormer or RestoreFormer; empty: the first installed
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)  # CodeFormer fidelity: 0 strongest, 1 weakest
     # ControlNet (the sd-webui-controlnet extension's option names)
