@@ -217,3 +217,67 @@ def test_a_model_waiting_in_ram_is_page_locked_and_comes_back_unchanged(
     plain = cache_off.get(first_record)
     cache_off.get(second_record)
     assert plain.pinned is None and not next(plain.unet.parameters()).is_pinned()
+
+
+def test_compiled_unet_with_cuda_graphs_follows_lora_switches_and_channels_last(
+    data_dir: Path, tiny_model_files: dict[str, Path]
+) -> None:
+    """On a CUDA card the compiled UNet replays CUDA graphs; a LoRA merged in place reaches the captured
+    graphs (their weights are static inputs) and compiles nothing again; channels-last weights (Automatic on
+    CUDA) give the NCHW image within fp16's noise."""
+    import base64
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from torch._dynamo.utils import counters
+
+    from tests.fixtures.lora_files import kohya_lora, tiny_sd15_modules, write_lora
+    from webui.container import build_services
+    from webui.server import build_app
+    from webui.settings import Settings
+
+    unet, te = tiny_sd15_modules(tiny_model_files["sd15_folder"])
+    write_lora(data_dir / "models" / "Lora" / "ink.safetensors", kohya_lora(unet, [te]))
+    services = build_services(Settings(data_dir=data_dir, preload_model=False, nowebui=True, device="cuda"))
+    small = {
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "seed": 5,
+        "sampler_name": "Euler",
+        "prompt": "a red ball",
+    }
+
+    def run(client: TestClient, prompt: str = "a red ball", **settings: object) -> np.ndarray:
+        response = client.post(
+            "/sdapi/v1/txt2img", json={**small, "prompt": prompt, "override_settings": settings}
+        )
+        assert response.status_code == 200, response.text
+        with Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+    try:
+        with TestClient(build_app(services)) as client:
+            nchw = run(client, easel_channels_last="Off")
+            eager = run(client)  # Automatic: channels-last on CUDA
+            model = services.generation.engine().cache.active
+            conv = model.unet.conv_in.weight
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+            assert np.abs(eager - nchw).max() <= 3
+            eager_lora = run(client, "a red ball <lora:ink:1>")
+            assert np.abs(eager_lora - eager).max() > 10
+            compiled = run(client, easel_compile_unet=True)
+            assert model.unet._easel_compiled.mode == "reduce-overhead"
+            assert np.abs(compiled - eager).max() <= 3
+            graphs = counters["stats"]["unique_graphs"]
+            with_lora = run(client, "a red ball <lora:ink:1>", easel_compile_unet=True)
+            assert np.abs(with_lora - eager_lora).max() <= 3  # the merge reached the captured graphs
+            assert np.abs(run(client, easel_compile_unet=True) - compiled).max() <= 1  # and left them
+            assert counters["stats"]["unique_graphs"] == graphs
+            no_graphs = run(client, easel_compile_unet=True, easel_cuda_graphs=False)
+            assert model.unet._easel_compiled.mode == "default"
+            assert np.abs(no_graphs - compiled).max() <= 3
+    finally:
+        services.generation.shutdown()
