@@ -22,11 +22,18 @@ def wanted(option: str, device: torch.device) -> bool:
 
 def use_channels_last(model: Any, on: bool) -> None:
     """Put ``model``'s UNet and VAE conv weights in channels-last (``on``) or back in NCHW, where they are
-    not so already. Weights that accelerate streams layer by layer (--lowvram) are left as they are."""
+    not so already. Weights that accelerate streams layer by layer (--lowvram) are left as they are.
+
+    A module remembers the layout it was last put in, so a job in the same layout checks nothing (looking
+    at every weight of an SD 1.5 UNet and VAE takes a millisecond); moves, LoRA merges and fp8 casts keep
+    the layout, and a VAE swapped in is a new module."""
     if getattr(model, "_offload_mode", None) == "lowvram":
         return
     layout = torch.channels_last if on else torch.contiguous_format
     for module in (model.unet, model.vae):
+        if getattr(module, "_easel_channels_last", None) == on:
+            continue
         weights = [p for p in module.parameters() if p.dim() == 4]
         if not all(p.is_contiguous(memory_format=layout) for p in weights):
             module.to(memory_format=layout)
+        module._easel_channels_last = on
