@@ -304,8 +304,9 @@ class ModelCache:
 def _release_pinned() -> None:
     """Give page-locked RAM that no model holds any more back to the OS (PyTorch keeps freed pinned
     blocks for reuse)."""
-    if torch.cuda.is_available():
-        torch._C._host_emptyCache()
+    empty = getattr(torch._C, "_host_emptyCache", None)  # PyTorch's own call, not public API
+    if torch.cuda.is_available() and empty is not None:
+        empty()
 
 
 def _placed_mode(model: LoadedModel) -> str:

@@ -61,6 +61,12 @@ class PinnedRam:
     def nbytes(self) -> int:
         return sum(chunk.numel() for chunk in self.chunks)
 
+    def release(self) -> None:
+        """Let go of the chunks (to be made again in another layout): PyTorch's pinned cache takes them
+        back and the next allocation of that size reuses them, so a new layout does not hold two copies."""
+        self.chunks.clear()
+        self.views.clear()
+
 
 def _slots(modules: Sequence[torch.nn.Module]) -> Iterator[tuple[str, torch.nn.Module, str, bool]]:
     """Every parameter and buffer slot of ``modules``: (name, owning module, attribute, is a parameter)."""
@@ -102,7 +108,10 @@ def to_pinned_ram(
     signature: Signature = tuple(
         (name, tuple(t.shape), tuple(t.stride()), t.dtype) for name, t in zip(names, tensors, strict=True)
     )
-    store = held if held is not None and held.signature == signature else _allocate(tensors, signature, pin)
+    if held is not None and held.signature != signature:
+        held.release()  # the model's tensors live elsewhere now (on the card): nothing still uses them
+        held = None
+    store = held if held is not None else _allocate(tensors, signature, pin)
     for tensor, view in zip(tensors, store.views, strict=True):
         if view.data_ptr() != tensor.data_ptr():  # not already there (a model in RAM stays put)
             view.copy_(tensor.detach(), non_blocking=True)
