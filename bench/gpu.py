@@ -287,17 +287,19 @@ def main() -> None:
 
             work = job(size, 1, steps)
             eager_s, eager_rate = best_of(args.runs, lambda: easel_run(model, work))
+            skips = counters["inductor"]["cudagraph_skips"]
             with compiled_unet(model, True, (size, 1), cuda_graphs=graphs):
                 start = time.perf_counter()
                 easel_run(model, work)  # compiles
                 first = time.perf_counter() - start
-                graphs = counters["stats"]["unique_graphs"]
+                compiled_before = counters["stats"]["unique_graphs"]
                 compiled_s, compiled_rate = best_of(args.runs, lambda: easel_run(model, work))
-                again = counters["stats"]["unique_graphs"] - graphs
+                again = counters["stats"]["unique_graphs"] - compiled_before
+            skipped = counters["inductor"]["cudagraph_skips"] - skips  # graphs inductor could not capture
             return (
                 f"compiled {compiled_rate:.1f} it/s, {compiled_s:.3f} s | eager {eager_rate:.1f} it/s, "
                 f"{eager_s:.3f} s | time ratio {compiled_s / eager_s:.3f} | first image with the compile "
-                f"{first:.1f} s | graphs compiled after the first: {again}"
+                f"{first:.1f} s | graphs compiled after the first: {again} | CUDA graph skips: {skipped}"
             )
 
         row(f"{family} {sizes[family]}² batch 1, {steps} steps, compiled UNet + CUDA graphs")(compiled)
