@@ -8,6 +8,8 @@ Random weights from Easel's bundled configs (SD 1.5 and SDXL shapes, no download
   plain diffusers pipeline over the same modules (NCHW, diffusers' default) and scheduler, in the same
   process; peak VRAM of each; Easel with the other layout;
 * eager against compiled + CUDA graphs (and, for SD1.5, compiled without graphs); first image with compile;
+* for each of the issue's it/s targets a row misses, a profile of a 5-step job: the card's busy share of
+  the wall time (kernel-bound or launch-bound) and the ops that took the most;
 * VAE decode ms (one image); LoRA switch ms (SD1.5, two rank-16 LoRAs on every attention projection);
   RAM→VRAM switch of a whole SDXL checkpoint (page-locked as Easel keeps it, and pageable); the refiner's
   cost (SDXL base + SDXL refiner at 0.8 against the base alone); fp8 weight storage (SDXL 1024²: it/s and
@@ -54,6 +56,10 @@ PROMPT = "a photo of a cat sitting on a wooden table, highly detailed"
 CFG = 7.0
 ROWS: list[tuple[str, str]] = []  # (row, result)
 CUDA = False  # set by main: the run is on a CUDA card (not --smoke)
+# The issue's targets at batch 1, fp16, on an H100/H200 (it/s of the denoising loop); a row that misses one
+# is followed by a profile of where its time goes.
+TARGETS = {"sd1": {"eager": 60.0, "compiled": 120.0}, "sdxl": {"eager": 16.0, "compiled": 25.0}}
+RATES: dict[tuple[str, str], float] = {}  # (family, "eager" | "compiled") → it/s measured at batch 1
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -205,6 +211,37 @@ def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
     return time.perf_counter() - start, clock.rate()
 
 
+def where_time_goes(model: LoadedModel, size: int, compiled: bool) -> str:
+    """A 5-step job under the profiler: how much of the wall time the card (the CPU in --smoke) was busy,
+    which says launch/Python-bound or kernel-bound, and the ops that took the most of it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from webui.runtime.compile import compiled_unet
+
+    work = job(size, 1, 5)
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if CUDA else [])]
+
+    def own(event: Any) -> float:  # µs of the op itself, on the card (the CPU in --smoke)
+        return float(getattr(event, "self_device_time_total", 0.0) if CUDA else event.self_cpu_time_total)
+
+    with compiled_unet(model, compiled, (size, 1)):
+        easel_run(model, work)
+        sync()
+        start = time.perf_counter()
+        with profile(activities=activities) as prof:
+            easel_run(model, work)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    busy = sum(own(event) for event in events) / 1e6
+    top = sorted(events, key=own, reverse=True)[:6]
+    names = "; ".join(f"{event.key[:48]} {own(event) / 1000:.1f} ms ×{event.count}" for event in top)
+    share = busy / wall
+    waiting = "launch / Python-bound: the card waits for the CPU" if CUDA else "time outside ops (Python)"
+    bound = "kernel-bound" if share >= 0.8 else waiting
+    where = "card" if CUDA else "CPU"
+    return f"{where} busy {1000 * busy:.0f} ms of {1000 * wall:.0f} ms ({share:.0%}, {bound}) | top: {names}"
+
+
 def best_of(runs: int, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
     results = [fn() for _ in range(runs)]
     return min(r[0] for r in results), max(r[1] for r in results)
@@ -255,7 +292,9 @@ def main() -> None:
         for batch in (1, 4):
             work = job(sizes[family], batch, steps)
 
-            def compare(model: LoadedModel = models[family], work: DiffusionJob = work) -> str:
+            def compare(
+                model: LoadedModel = models[family], work: DiffusionJob = work, family: str = family
+            ) -> str:
                 try:
                     use_channels_last(model, layout)  # Easel's default on this device
                     easel_run(model, work)  # warm-up (kernels, allocator)
@@ -272,6 +311,8 @@ def main() -> None:
                     use_channels_last(model, layout)  # the rows after this one run Easel's default
                 easel = f"Easel {easel_rate:.1f} it/s, {easel_s:.3f} s, {easel_peak['gib']:.2f} GiB"
                 plain = f"diffusers {plain_rate:.1f} it/s, {plain_s:.3f} s, {plain_peak['gib']:.2f} GiB"
+                if len(work.seeds) == 1:
+                    RATES[(family, "eager")] = easel_rate
                 name = "NCHW" if layout else "channels-last"
                 other = f"Easel with {name} weights {other_rate:.1f} it/s, {other_s:.3f} s"
                 return f"{easel} | {plain} | time ratio {easel_s / plain_s:.3f} | {other}"
@@ -279,7 +320,10 @@ def main() -> None:
             row(f"{family} {sizes[family]}² batch {batch}, {steps} steps, eager")(compare)
 
         def compiled(
-            model: LoadedModel = models[family], size: int = sizes[family], graphs: bool = True
+            model: LoadedModel = models[family],
+            size: int = sizes[family],
+            graphs: bool = True,
+            family: str = family,
         ) -> str:
             from torch._dynamo.utils import counters
 
@@ -296,6 +340,8 @@ def main() -> None:
                 compiled_s, compiled_rate = best_of(args.runs, lambda: easel_run(model, work))
                 again = counters["stats"]["unique_graphs"] - compiled_before
             skipped = counters["inductor"]["cudagraph_skips"] - skips  # graphs inductor could not capture
+            if graphs:
+                RATES[(family, "compiled")] = compiled_rate
             return (
                 f"compiled {compiled_rate:.1f} it/s, {compiled_s:.3f} s | eager {eager_rate:.1f} it/s, "
                 f"{eager_s:.3f} s | time ratio {compiled_s / eager_s:.3f} | first image with the compile "
@@ -321,6 +367,17 @@ def main() -> None:
             return f"{1000 * statistics.median(times):.1f} ms"
 
         row(f"{family} VAE decode {sizes[family]}²")(vae)
+
+        for mode, target in TARGETS[family].items():
+            rate = RATES.get((family, mode), float("nan"))
+            if args.smoke or rate < target:  # the smoke run profiles to check this code
+                row(
+                    f"profile: {family} {sizes[family]}² batch 1 {mode}, {rate:.1f} it/s, target {target:.0f}"
+                )(
+                    lambda model=models[family], size=sizes[family], mode=mode: where_time_goes(
+                        model, size, mode == "compiled"
+                    )
+                )
 
     def lora_switch() -> str:
         from tests.fixtures.lora_files import kohya_lora
