@@ -230,6 +230,9 @@ class ModelCache:
             if _placed_mode(model) == "normal" and model.device.type != "cpu":
                 model.to(torch.device("cpu"))
             model.device = target  # offload hooks move weights during generation
+            # accelerate's hooks put weights back into fresh pageable RAM: the page-locked copy would only
+            # double the model's RAM (its chunks go as the hooks replace the tensors that use them)
+            model.pinned = None
             _enable_offload(model, self.device)
 
     def _to_ram(self, model: LoadedModel) -> None:
