@@ -263,8 +263,8 @@ class ModelCache:
                 continue
             del self._models[key]
             log.info("unloaded %s from RAM (cache holds %d)", model.record.name, self.capacity)
-            pinned, model.pinned = model.pinned, None
-            del model, pinned
+            model.pinned = None
+            del model
             gc.collect()
             _release_pinned()
 
