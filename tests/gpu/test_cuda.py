@@ -284,3 +284,32 @@ def test_compiled_unet_with_cuda_graphs_follows_lora_switches_and_channels_last(
             assert near(no_graphs, compiled)
     finally:
         services.generation.shutdown()
+
+
+def test_medvram_leaves_one_part_on_the_card(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
+    """--medvram on SDXL: while the UNet runs, neither text encoder is on the card; after the job only the
+    VAE (the last part to run) is."""
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.cache import ModelCache, choose_device
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    cache = ModelCache(choose_device("cuda", "half", "sdpa", "medvram"), capacity=1, tokenizer_cache=tmp_path)
+    model = cache.get(_record(tiny_model_files["sdxl_single"]))
+    parts = {"te": model.text_encoder, "te2": model.text_encoder_2, "unet": model.unet, "vae": model.vae}
+    during: list[dict[str, str]] = []
+
+    def places() -> dict[str, str]:
+        return {name: next(module.parameters()).device.type for name, module in parts.items()}
+
+    handle = model.unet.conv_in.register_forward_pre_hook(lambda *_: during.append(places()))  # its hook ran
+    sampler, schedule = resolve_sampler("Euler")
+    job = DiffusionJob(
+        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
+        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+    )  # fmt: skip
+    generate_batch(model, job)
+    handle.remove()
+    assert during and all(
+        seen == {"te": "cpu", "te2": "cpu", "unet": "cuda", "vae": "cpu"} for seen in during
+    )
+    assert places() == {"te": "cpu", "te2": "cpu", "unet": "cpu", "vae": "cuda"}

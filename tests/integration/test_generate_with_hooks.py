@@ -140,3 +140,48 @@ def test_back_to_normal_mode_takes_the_hooks_off_and_puts_the_weights_back(
     assert not hasattr(model.unet, "_hf_hook")
     assert {p.device.type for m in model.modules() for p in m.parameters()} == {"cpu"}
     assert _generate(model, []) == plain
+
+
+def test_medvram_keeps_one_part_of_the_model_on_the_device(
+    tiny_model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--medvram on SDXL: whenever a part runs (either text encoder, the UNet, the VAE), it is the only
+    part of the model on the device, also in a second job whose prompt is cached (no encoder runs). On the
+    CPU nothing moves, so where each part "is" is followed through the hooks' own moves."""
+    from accelerate.hooks import CpuOffload
+
+    from webui.runtime.offload import OnePartOnDevice
+
+    path = tiny_model_files["sdxl_single"]
+    record = next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
+    model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tok")
+    names = {
+        id(model.unet): "unet",
+        id(model.vae): "vae",
+        id(model.text_encoder): "te",
+        id(model.text_encoder_2): "te2",
+    }
+    resident: set[str] = set()
+    seen: list[tuple[str, frozenset[str]]] = []
+
+    def arrive(self: CpuOffload, module: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        resident.add(names[id(module)])
+        seen.append((names[id(module)], frozenset(resident)))
+        return args, kwargs
+
+    def leave(self: CpuOffload, module: torch.nn.Module) -> torch.nn.Module:
+        resident.discard(names.get(id(module), ""))
+        return module.to("cpu")
+
+    monkeypatch.setattr(CpuOffload, "pre_forward", arrive)
+    monkeypatch.setattr(CpuOffload, "init_hook", leave)
+    monkeypatch.setattr(
+        OnePartOnDevice, "on_device", staticmethod(lambda module: names[id(module)] in resident)
+    )
+    _enable_offload(model, DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", "medvram"))
+    _generate(model, [])
+    _generate(model, [])  # the same prompt: encoded from the cache, the VAE is still "there" from job one
+    # job one: prompt and negative through both encoders, two steps, the decode; job two: no encoders
+    parts = [part for part, _ in seen]
+    assert parts == ["te", "te2", "te", "te2", "unet", "unet", "vae", "unet", "unet", "vae"]
+    assert all(present == {part} for part, present in seen), seen

@@ -329,8 +329,10 @@ def _disable_offload(model: LoadedModel) -> None:
 
 
 def _enable_offload(model: LoadedModel, device: DeviceChoice) -> None:
-    """--medvram: whole components move to the GPU when used; --lowvram: layer by layer."""
-    from accelerate import cpu_offload, cpu_offload_with_hook
+    """--medvram: whole components move to the GPU when used, one at a time; --lowvram: layer by layer."""
+    from accelerate import cpu_offload
+
+    from webui.runtime.offload import one_part_at_a_time
 
     if getattr(model, "_offload_mode", None) == device.memory_mode:
         return
@@ -339,7 +341,5 @@ def _enable_offload(model: LoadedModel, device: DeviceChoice) -> None:
         for module in model.modules():
             cpu_offload(module, execution_device=device.device)
     else:
-        hook = None
-        for module in model.modules():
-            _, hook = cpu_offload_with_hook(module, device.device, prev_module_hook=hook)
+        one_part_at_a_time(model.modules(), device.device)
     model._offload_mode = device.memory_mode  # type: ignore[attr-defined]
