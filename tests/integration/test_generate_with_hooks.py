@@ -142,46 +142,85 @@ def test_back_to_normal_mode_takes_the_hooks_off_and_puts_the_weights_back(
     assert _generate(model, []) == plain
 
 
+class Residency:
+    """Where medvram's hooks have put each part: on the CPU nothing moves, so the test follows the hooks'
+    own moves (a part arrives in its hook's pre-forward, leaves in its offload)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, names: dict[int, str]) -> None:
+        from accelerate.hooks import CpuOffload
+
+        from webui.runtime.offload import OnePartOnDevice
+
+        self.names, self.resident, self.seen = names, set[str](), list[tuple[str, frozenset[str]]]()
+
+        def arrive(hook: CpuOffload, module: torch.nn.Module, *args: object, **kwargs: object) -> object:
+            self.resident.add(names[id(module)])
+            self.seen.append((names[id(module)], frozenset(self.resident)))
+            return args, kwargs
+
+        def leave(hook: CpuOffload, module: torch.nn.Module) -> torch.nn.Module:
+            self.resident.discard(names.get(id(module), ""))
+            return module.to("cpu")
+
+        monkeypatch.setattr(CpuOffload, "pre_forward", arrive)
+        monkeypatch.setattr(CpuOffload, "init_hook", leave)
+        monkeypatch.setattr(
+            OnePartOnDevice, "on_device", staticmethod(lambda m: names[id(m)] in self.resident)
+        )
+
+
 def test_medvram_keeps_one_part_of_the_model_on_the_device(
     tiny_model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--medvram on SDXL: whenever a part runs (either text encoder, the UNet, the VAE), it is the only
-    part of the model on the device, also in a second job whose prompt is cached (no encoder runs). On the
-    CPU nothing moves, so where each part "is" is followed through the hooks' own moves."""
-    from accelerate.hooks import CpuOffload
-
-    from webui.runtime.offload import OnePartOnDevice
-
+    part of the model on the device, also in a second job whose prompt is cached (no encoder runs)."""
     path = tiny_model_files["sdxl_single"]
     record = next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
     model = load_checkpoint(record, dtype=torch.float32, tokenizer_cache=tmp_path / "tok")
-    names = {
-        id(model.unet): "unet",
-        id(model.vae): "vae",
-        id(model.text_encoder): "te",
-        id(model.text_encoder_2): "te2",
-    }
-    resident: set[str] = set()
-    seen: list[tuple[str, frozenset[str]]] = []
-
-    def arrive(self: CpuOffload, module: torch.nn.Module, *args: object, **kwargs: object) -> object:
-        resident.add(names[id(module)])
-        seen.append((names[id(module)], frozenset(resident)))
-        return args, kwargs
-
-    def leave(self: CpuOffload, module: torch.nn.Module) -> torch.nn.Module:
-        resident.discard(names.get(id(module), ""))
-        return module.to("cpu")
-
-    monkeypatch.setattr(CpuOffload, "pre_forward", arrive)
-    monkeypatch.setattr(CpuOffload, "init_hook", leave)
-    monkeypatch.setattr(
-        OnePartOnDevice, "on_device", staticmethod(lambda module: names[id(module)] in resident)
-    )
+    parts = {"unet": model.unet, "vae": model.vae, "te": model.text_encoder, "te2": model.text_encoder_2}
+    where = Residency(monkeypatch, {id(module): name for name, module in parts.items()})
     _enable_offload(model, DeviceChoice(torch.device("cpu"), torch.float32, "sdpa", "medvram"))
     _generate(model, [])
     _generate(model, [])  # the same prompt: encoded from the cache, the VAE is still "there" from job one
     # job one: prompt and negative through both encoders, two steps, the decode; job two: no encoders
-    parts = [part for part, _ in seen]
-    assert parts == ["te", "te2", "te", "te2", "unet", "unet", "vae", "unet", "unet", "vae"]
-    assert all(present == {part} for part, present in seen), seen
+    assert [part for part, _ in where.seen] == [
+        "te",
+        "te2",
+        "te",
+        "te2",
+        "unet",
+        "unet",
+        "vae",
+        "unet",
+        "unet",
+        "vae",
+    ]
+    assert all(present == {part} for part, present in where.seen), where.seen
+
+
+def test_medvram_parts_of_two_models_share_the_device_and_leave_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model cache puts every offloaded model in one group (a refiner and its base model): a part of
+    one sends the other's parts back too; a model that leaves the cache leaves the group; ``send_to_ram``
+    takes a model off the device when it stops being active."""
+    from webui.runtime.offload import leave_group, one_part_at_a_time, send_to_ram
+
+    base, refiner = [torch.nn.Linear(2, 2) for _ in range(2)], [torch.nn.Linear(2, 2) for _ in range(2)]
+    names = {
+        id(m): f"{side}{i}" for side, ms in (("base", base), ("refiner", refiner)) for i, m in enumerate(ms)
+    }
+    where = Residency(monkeypatch, names)
+    group = one_part_at_a_time(base, torch.device("cpu"))
+    assert one_part_at_a_time(refiner, torch.device("cpu"), group) is group and len(group) == 4
+    x = torch.ones(1, 2)
+    base[1](x)
+    refiner[0](x)
+    base[0](x)
+    assert [present for _, present in where.seen] == [{"base1"}, {"refiner0"}, {"base0"}]
+    leave_group(refiner, group)
+    assert [names[id(part.model)] for part in group] == ["base0", "base1"]
+    moved: list[str] = []
+    monkeypatch.setattr(torch.nn.Linear, "to", lambda self, *a, **k: moved.append(names[id(self)]) or self)
+    send_to_ram(base)
+    assert moved == ["base0"]  # only the part that was on the device

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,6 +109,9 @@ class ModelCache:
         self._models: OrderedDict[tuple[str, float, int, bool], LoadedModel] = OrderedDict()
         self._active: LoadedModel | None = None
         self._companion: LoadedModel | None = None  # a refiner beside the active model, for one job
+        self._offloaded: list[
+            Any
+        ] = []  # medvram: the parts of every offloaded model, one on the GPU at a time
         self.lock = threading.RLock()
         self.loads = 0  # number of loads from disk (tests use it to prove cache hits)
 
@@ -221,7 +225,7 @@ class ModelCache:
         for another mode leaves it first."""
         target = self.device.device
         if self._mode_for_device() == "normal":
-            _disable_offload(model)
+            _disable_offload(model, self._offloaded)
             from_pinned = model.pinned is not None and model.device.type == "cpu" and target.type == "cuda"
             model.to(target, non_blocking=from_pinned)
             if from_pinned:
@@ -233,11 +237,16 @@ class ModelCache:
             # accelerate's hooks put weights back into fresh pageable RAM: the page-locked copy would only
             # double the model's RAM (its chunks go as the hooks replace the tensors that use them)
             model.pinned = None
-            _enable_offload(model, self.device)
+            _enable_offload(model, self.device, self._offloaded)
 
     def _to_ram(self, model: LoadedModel) -> None:
-        """Off the GPU (a whole model; offloaded ones already wait in RAM), into page-locked RAM from a
+        """Off the GPU (a whole model; an offloaded one's part that ran last), into page-locked RAM from a
         CUDA card unless that is off or failed."""
+        if _placed_mode(model) == "medvram":
+            from webui.runtime.offload import send_to_ram
+
+            send_to_ram(model.modules())
+            return
         if _placed_mode(model) != "normal" or model.device.type == "cpu":
             return
         if self.pinned_ram and model.device.type == "cuda":
@@ -263,6 +272,7 @@ class ModelCache:
                 continue
             del self._models[key]
             log.info("unloaded %s from RAM (cache holds %d)", model.record.name, self.capacity)
+            _disable_offload(model, self._offloaded)  # the group would keep it alive
             model.pinned = None
             del model
             gc.collect()
@@ -271,6 +281,7 @@ class ModelCache:
     def unload_all(self) -> None:
         for model in self._models.values():
             model.pinned = None
+        self._offloaded.clear()
         self._models.clear()
         self._active = self._companion = None
         gc.collect()
@@ -317,29 +328,35 @@ def _placed_mode(model: LoadedModel) -> str:
     return getattr(model, "_offload_mode", None) or "normal"
 
 
-def _disable_offload(model: LoadedModel) -> None:
-    """The offload hooks come off; lowvram's weights, kept in RAM by the hooks, are put back in place."""
+def _disable_offload(model: LoadedModel, group: list[Any] | None = None) -> None:
+    """The offload hooks come off (and the model's parts leave medvram's ``group``); lowvram's weights,
+    kept in RAM by the hooks, are put back in place."""
     if getattr(model, "_offload_mode", None) is None:
         return
     from accelerate.hooks import remove_hook_from_module
 
+    from webui.runtime.offload import leave_group
+
     for module in model.modules():
         remove_hook_from_module(module, recurse=True)
+    if group is not None:
+        leave_group(model.modules(), group)
     model._offload_mode = None  # type: ignore[attr-defined]
 
 
-def _enable_offload(model: LoadedModel, device: DeviceChoice) -> None:
-    """--medvram: whole components move to the GPU when used, one at a time; --lowvram: layer by layer."""
+def _enable_offload(model: LoadedModel, device: DeviceChoice, group: list[Any] | None = None) -> None:
+    """--medvram: whole parts move to the GPU when used, one part of ``group`` (the cache's offloaded
+    models; this model's own parts by default) at a time; --lowvram: layer by layer."""
     from accelerate import cpu_offload
 
     from webui.runtime.offload import one_part_at_a_time
 
     if getattr(model, "_offload_mode", None) == device.memory_mode:
         return
-    _disable_offload(model)  # another mode's hooks give way (medvram's would stack under lowvram's)
+    _disable_offload(model, group)  # another mode's hooks give way (medvram's would stack under lowvram's)
     if device.memory_mode == "lowvram":
         for module in model.modules():
             cpu_offload(module, execution_device=device.device)
     else:
-        one_part_at_a_time(model.modules(), device.device)
+        one_part_at_a_time(model.modules(), device.device, group)
     model._offload_mode = device.memory_mode  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
-"""--medvram placement: one part of the model on the GPU at a time.
+"""--medvram placement: one model part on the GPU at a time.
 
 Each part (the text encoders, the UNet, the VAE) waits in RAM and moves to the GPU when it runs; before
-it moves, every other part of the same model that is on the GPU goes back to RAM. accelerate's
+it moves, every other part of its group that is on the GPU goes back to RAM. The model cache puts all its
+offloaded models in one group, so a job's refiner and its base model share the card the same way. accelerate's
 ``cpu_offload_with_hook`` chains the parts instead (each part sends back the one before it), which leaves
 the last part of the chain on the GPU for good and the first one whenever a step of the chain is skipped
 (a cached prompt skips the text encoders): SDXL's second text encoder, 1.4 GB in fp16, stayed beside the
@@ -36,12 +37,27 @@ class OnePartOnDevice(CpuOffload):
         return super().pre_forward(module, *args, **kwargs)
 
 
-def one_part_at_a_time(modules: list[torch.nn.Module], device: torch.device) -> list[UserCpuOffloadHook]:
+def one_part_at_a_time(
+    modules: list[torch.nn.Module], device: torch.device, group: list[UserCpuOffloadHook] | None = None
+) -> list[UserCpuOffloadHook]:
     """Put ``modules`` (a model's parts) in RAM behind hooks that bring each one to ``device`` when it runs
-    and send the others back first."""
-    parts: list[UserCpuOffloadHook] = []
+    and send the other parts of ``group`` (a new one by default) back first; returns the group."""
+    parts: list[UserCpuOffloadHook] = [] if group is None else group
     for module in modules:
         hook = OnePartOnDevice(device, parts)
         add_hook_to_module(module, hook, append=True)
         parts.append(UserCpuOffloadHook(module, hook))
     return parts
+
+
+def leave_group(modules: list[torch.nn.Module], group: list[UserCpuOffloadHook]) -> None:
+    """``modules`` are no longer in ``group`` (their hooks came off, or their model left the cache)."""
+    gone = {id(module) for module in modules}
+    group[:] = [part for part in group if id(part.model) not in gone]
+
+
+def send_to_ram(modules: list[torch.nn.Module]) -> None:
+    """Those of ``modules`` that are on the GPU go back to RAM now (a model leaving the card)."""
+    for module in modules:
+        if OnePartOnDevice.on_device(module):
+            module.to("cpu")
