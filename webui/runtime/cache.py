@@ -109,9 +109,8 @@ class ModelCache:
         self._models: OrderedDict[tuple[str, float, int, bool], LoadedModel] = OrderedDict()
         self._active: LoadedModel | None = None
         self._companion: LoadedModel | None = None  # a refiner beside the active model, for one job
-        self._offloaded: list[
-            Any
-        ] = []  # medvram: the parts of every offloaded model, one on the GPU at a time
+        # medvram: the parts of every offloaded model (webui.runtime.offload), one on the GPU at a time
+        self._offloaded: list[Any] = []
         self.lock = threading.RLock()
         self.loads = 0  # number of loads from disk (tests use it to prove cache hits)
 

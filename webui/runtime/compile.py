@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch._dynamo
+from torch.utils._pytree import tree_map_only
 
 from webui.runtime.devices import execution_device
 
@@ -85,19 +86,6 @@ def _compiled_of(module: torch.nn.Module, mode: str = "default") -> CompiledUnet
     return compiled
 
 
-def _owned(value: Any) -> Any:
-    """``value`` (a tensor, a tuple of them, or diffusers' output dict) with every tensor copied out of the
-    memory a CUDA graph's next replay writes again."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if type(value) is tuple:
-        return tuple(_owned(item) for item in value)
-    if isinstance(value, dict):  # diffusers' BaseOutput keeps its fields as items and attributes
-        for key, item in value.items():
-            value[key] = _owned(item)
-    return value
-
-
 def _install(module: torch.nn.Module, compiled: CompiledUnet, name: str, eager_now: Any) -> None:
     """Make ``module`` call ``compiled`` (its eager forward when ``eager_now()`` says so, or once compiling
     has failed); ``_uninstall`` puts the eager forward back."""
@@ -110,7 +98,9 @@ def _install(module: torch.nn.Module, compiled: CompiledUnet, name: str, eager_n
             return eager(*args, **kwargs)
         try:
             out = compiled.forward(*args, **kwargs)
-            return _owned(out) if graphs else out
+            # a CUDA graph's next replay writes its outputs again: each tensor in them (diffusers registers
+            # its output classes with torch's pytree) is copied out for the caller
+            return tree_map_only(torch.Tensor, torch.clone, out) if graphs else out
         except torch._dynamo.exc.TorchDynamoException as exc:
             compiled.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log.warning("compiling the %s failed; it runs without compiling: %s", name, exc)

@@ -57,10 +57,6 @@ class PinnedRam:
     chunks: list[torch.Tensor]
     views: list[torch.Tensor]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(chunk.numel() for chunk in self.chunks)
-
     def release(self) -> None:
         """Let go of the chunks (to be made again in another layout): PyTorch's pinned cache takes them
         back and the next allocation of that size reuses them, so a new layout does not hold two copies."""
