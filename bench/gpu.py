@@ -10,6 +10,7 @@ Random weights from Easel's bundled configs (SD 1.5 and SDXL shapes, no download
 * eager against compiled + CUDA graphs (and, for SD1.5, compiled without graphs); first image with compile;
 * for each of the issue's it/s targets a row misses, a profile of a 5-step job: the card's busy share of
   the wall time (kernel-bound or launch-bound) and the ops that took the most;
+* host-device synchronisations (torch's sync debug mode): per step of the loop, and where they come from;
 * VAE decode ms (one image); LoRA switch ms (SD1.5, two rank-16 LoRAs on every attention projection);
   RAM→VRAM switch of a whole SDXL checkpoint (page-locked as Easel keeps it, and pageable); the refiner's
   cost (SDXL base + SDXL refiner at 0.8 against the base alone); fp8 weight storage (SDXL 1024²: it/s and
@@ -119,12 +120,14 @@ def build_model(family: str, device: str, dtype: torch.dtype, smoke: bool, seed:
     )  # fmt: skip
 
 
-def job(size: int, batch: int, steps: int, extra: dict[str, Any] | None = None) -> DiffusionJob:
-    sampler, schedule = resolve_sampler("DPM++ 2M", "Karras")
+def job(
+    size: int, batch: int, steps: int, extra: dict[str, Any] | None = None, sampler: str = "DPM++ 2M Karras"
+) -> DiffusionJob:
+    spec, schedule = resolve_sampler(sampler)  # A1111's combined names carry their schedule
     seeds = list(range(1234, 1234 + batch))
     return DiffusionJob(
         prompt=PROMPT, negative_prompt="", steps=steps, cfg_scale=CFG, width=size, height=size, seeds=seeds,
-        subseeds=seeds, subseed_strength=0.0, sampler=sampler, schedule=schedule, extra=dict(extra or {}),
+        subseeds=seeds, subseed_strength=0.0, sampler=spec, schedule=schedule, extra=dict(extra or {}),
     )  # fmt: skip
 
 
@@ -240,6 +243,28 @@ def where_time_goes(model: LoadedModel, size: int, compiled: bool) -> str:
     bound = "kernel-bound" if share >= 0.8 else waiting
     where = "card" if CUDA else "CPU"
     return f"{where} busy {1000 * busy:.0f} ms of {1000 * wall:.0f} ms ({share:.0%}, {bound}) | top: {names}"
+
+
+def syncs_per_step(model: LoadedModel, size: int, steps: int, sampler: str) -> str:
+    """How often a job makes the CPU wait for the card (torch's sync debug mode): up to the end of the
+    first step (prompt, latents, the scheduler's first look-ups), in each later step, and in the decode."""
+    from collections import Counter
+
+    from webui.runtime.devices import host_syncs
+
+    work = job(size, 1, steps, sampler=sampler)
+    generate_batch(model, work)  # first calls (autotuning, caches) are not what a step costs
+    marks: list[int] = []
+    with host_syncs() as syncs:
+        generate_batch(model, work, on_step=lambda *_: marks.append(len(syncs)) or True)
+        total, places = len(syncs), syncs.places()
+    in_loop = marks[-1] - marks[0]
+    where = Counter("/".join(Path(place).parts[-2:]) for place in places[marks[0] : marks[-1]])
+    named = "; ".join(f"{place} ×{count}" for place, count in where.most_common(4)) or "none"
+    return ("" if CUDA else "no card, nothing to count: ") + (
+        f"{in_loop / (len(marks) - 1):.2f} per step in steps 2–{len(marks)} | {marks[0]} up to the end of "
+        f"step 1 | {total - marks[-1]} after the last step | in the loop: {named}"
+    )
 
 
 def best_of(runs: int, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
@@ -367,6 +392,13 @@ def main() -> None:
             return f"{1000 * statistics.median(times):.1f} ms"
 
         row(f"{family} VAE decode {sizes[family]}²")(vae)
+
+        for sampler in ("DPM++ 2M Karras", "Euler a") if family == "sd1" else ("DPM++ 2M Karras",):
+            row(f"{family} host-device syncs, {sampler}")(
+                lambda model=models[family], size=sizes[family], sampler=sampler: syncs_per_step(
+                    model, size, steps, sampler
+                )
+            )
 
         for mode, target in TARGETS[family].items():
             rate = RATES.get((family, mode), float("nan"))

@@ -313,3 +313,34 @@ def test_medvram_leaves_one_part_on_the_card(tiny_model_files: dict[str, Path], 
         seen == {"te": "cpu", "te2": "cpu", "unet": "cuda", "vae": "cpu"} for seen in during
     )
     assert places() == {"te": "cpu", "te2": "cpu", "unet": "cpu", "vae": "cuda"}
+
+
+@pytest.mark.parametrize("sampler_name", ["DPM++ 2M Karras", "Euler a"])
+def test_the_steps_never_wait_for_the_card_in_easels_code(
+    sampler_name: str, tiny_model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """After the first step, nothing Easel runs per step (the step callback, its progress, the scheduled
+    prompts) makes the CPU wait for the card: torch's sync debug mode names no place in ``webui/``."""
+    from webui.domain.samplers import resolve_sampler
+    from webui.runtime.cache import ModelCache, choose_device
+    from webui.runtime.devices import host_syncs
+    from webui.runtime.generate import DiffusionJob, generate_batch
+
+    with host_syncs() as syncs:  # the counter itself counts: one .item() is one place, here
+        torch.ones(1, device="cuda").item()
+        assert len(syncs) == 1 and syncs.places()[0].startswith(__file__)
+    cache = ModelCache(choose_device("cuda", "half", "sdpa", "normal"), capacity=1, tokenizer_cache=tmp_path)
+    model = cache.get(_record(tiny_model_files["sd15_single"]))
+    sampler, schedule = resolve_sampler(sampler_name)
+    job = DiffusionJob(
+        prompt="a [red:blue:3] circle", negative_prompt="", steps=6, cfg_scale=7.0, width=64, height=64,
+        seeds=[3], subseeds=[3], subseed_strength=0.0, sampler=sampler, schedule=schedule,
+    )  # fmt: skip
+    generate_batch(model, job)
+    marks: list[int] = []
+    with host_syncs() as syncs:
+        generate_batch(model, job, on_step=lambda *_: marks.append(len(syncs)) or True)
+        places = syncs.places()
+    assert len(marks) == 6
+    easels = [place for place in places[marks[0] : marks[-1]] if "/webui/" in place]
+    assert easels == []

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import torch
 
 
@@ -41,3 +45,34 @@ def training_memory(device: str) -> tuple[str, int | None]:
     if chosen.type == "cpu":
         return "cpu", available_ram_bytes()
     return str(chosen), None
+
+
+class HostSyncs:
+    """The CUDA calls that made the CPU wait for the card while it was open (``host_syncs``), each as
+    ``"file:line"`` of the Python code that asked; it grows as they happen."""
+
+    def __init__(self, caught: list[warnings.WarningMessage]) -> None:
+        self._caught = caught
+
+    def places(self) -> list[str]:
+        return [f"{w.filename}:{w.lineno}" for w in self._caught if "synchronizing" in str(w.message)]
+
+    def __len__(self) -> int:
+        return len(self.places())
+
+
+@contextlib.contextmanager
+def host_syncs() -> Iterator[HostSyncs]:
+    """Counts host-device synchronisations with torch's sync debug mode (a warning per synchronising call:
+    ``.item()``, a blocking copy to or from the card, ``nonzero`` …). Nothing is counted without CUDA."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if not torch.cuda.is_available():
+            yield HostSyncs([])
+            return
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield HostSyncs(caught)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
