@@ -19,6 +19,7 @@ from webui.domain.models import ModelFamily
 from webui.metadata.image_io import encode_image, read_infotext
 from webui.settings import Settings
 from webui.ui.pnginfo import fields_to_send, read_image_info
+from webui.ui.quicksettings import CheckpointSwitcher, _notice_update
 from webui.ui.txt2img import format_progress
 from webui.ui.user_errors import user_message
 
@@ -285,6 +286,9 @@ def test_no_checkpoint_is_reported_then_recovers(served: Any) -> None:
         models.refresh()
         out = _txt2img(served.client)
         assert "No checkpoint found" in _error_text(out["error"])
+        notice = _notice_update(served.services)  # one line under the checkpoint list says what to do
+        assert notice["visible"] and "models/Stable-diffusion" in notice["value"].replace("\\", "/")
+        assert CheckpointSwitcher(served.services).status() == ""
     finally:
         hidden.rename(ckpt)
         models.refresh()
@@ -321,7 +325,6 @@ def test_interrupt_and_skip_endpoints_are_safe_when_idle(served: Any) -> None:
 
 
 def test_checkpoint_switch_reports_errors_in_the_status_line(served: Any) -> None:
-    from webui.ui.quicksettings import CheckpointSwitcher
 
     services = served.services
     broken = services.settings.checkpoint_dir / f"{BROKEN_NAME}.ckpt"
@@ -339,7 +342,7 @@ def test_checkpoint_switch_reports_errors_in_the_status_line(served: Any) -> Non
         while switcher.status().startswith(("Loading", "Queued")) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not switcher.status().startswith(("Error", "Loading", "Queued")), switcher.status()
-        assert "tiny.ckpt" in switcher.status()
+        assert switcher.status().startswith("Loaded tiny.ckpt") and switcher.status().count("tiny.ckpt") == 1
         assert services.options.get().sd_model_checkpoint.startswith("tiny.ckpt")
     finally:
         broken.unlink()

@@ -87,9 +87,9 @@ class CheckpointSwitcher:
             kept = f" Still using {state.loaded_name}." if state.loaded_name else ""
             return f"Error: {state.error}{kept}"
         if state.loaded_name:
-            return f"{state.message or 'Loaded'} — {state.loaded_name}"
+            return f"Loaded {state.loaded_name}"
         if not self.services.models.checkpoints():
-            return "No checkpoint available."
+            return ""  # the notice under it says where to put one
         return "No checkpoint loaded yet; the selected one loads with the first generation."
 
 
