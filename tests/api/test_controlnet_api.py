@@ -125,6 +125,10 @@ def test_img2img_accepts_data_url_and_image_dict(client: TestClient) -> None:
     ("unit", "message"),
     [
         ({"enabled": True, "module": "none", "model": "missing-model", "image": "x"}, "not found"),
+        (
+            {"enabled": True, "module": "canny", "image": "x"},
+            "unit 0 is enabled but has no model: choose one",
+        ),
         ({"enabled": True, "module": "none", "model": "m", "control_mode": "Loud"}, "control_mode"),
         ({"enabled": True, "module": "none", "model": "m", "weight": 3}, "weight"),
         ("not a unit", "must be an object"),
@@ -137,6 +141,26 @@ def test_bad_units_are_422(client: TestClient, unit: object, message: str) -> No
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
+
+
+@pytest.fixture
+def bare_client(data_dir: Path) -> Iterator[TestClient]:
+    """No ControlNet model installed."""
+    yield from _client(data_dir)
+
+
+def test_an_enabled_unit_without_a_model_says_where_models_go(bare_client: TestClient) -> None:
+    """With no ControlNet model installed, an enabled unit (model "None") is refused with the folder to fill,
+    not skipped; the same unit turned off generates."""
+    unit = {"enabled": True, "module": "canny", "model": "None", "image": b64(edge_map())}
+    body = {**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    response = bare_client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 422, response.text
+    folder = str(Path("models") / "ControlNet")
+    assert "has no model: put ControlNet models into" in response.json()["detail"]
+    assert folder in response.json()["detail"]
+    unit["enabled"] = False
+    assert bare_client.post("/sdapi/v1/txt2img", json=body).status_code == 200
 
 
 def test_inpaint_only_unit_with_mask_image_over_the_api(client: TestClient) -> None:

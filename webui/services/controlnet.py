@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from webui.domain.controlnet import ControlNetUnit, ControlResizeMode, infotext_extra
+from webui.domain.controlnet import MODEL_NONE, ControlNetUnit, ControlResizeMode, infotext_extra
 from webui.domain.controlnet_models import ControlNetKind, ControlNetRecord, base_of_family, fits
 from webui.domain.controlnet_modules import (
     FACE_FILES,
@@ -344,9 +344,17 @@ class ControlNetService:
                 "disable the units or the script."
             )
         for index, unit in enumerate(request.controlnet_units):
+            label = f"ControlNet unit {index}"
+            if unit.enabled and unit.model == MODEL_NONE:  # skipped, it would be lost silently
+                installed = any(r.error is None for r in self.records())
+                where = (
+                    "choose one in its Model list"
+                    if installed
+                    else f"put ControlNet models into {self.root} and press Refresh models"
+                )
+                raise ControlNetInputError(f"{label} is enabled but has no model: {where}, or turn it off.")
             if not unit.is_active:
                 continue
-            label = f"ControlNet unit {index}"
             try:
                 self.module_info(unit.module)
             except UnknownPreprocessorError as exc:

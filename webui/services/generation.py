@@ -305,7 +305,7 @@ class GenerationService(ImageModesMixin):
         return result
 
     def check_controlnet_units(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
-        if self.controlnet is None or not any(unit.is_active for unit in request.controlnet_units):
+        if self.controlnet is None or not any(unit.enabled for unit in request.controlnet_units):
             return
         opts = self.options.get()
         record = (
