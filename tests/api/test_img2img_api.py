@@ -67,6 +67,16 @@ def test_img2img_errors(client: TestClient) -> None:
         json={**SMALL, "init_images": [b64(picture())], "mask": b64(square_mask((32, 32), (0, 0, 4, 4)))},
     )
     assert wrong_mask.status_code == 422 and "must have the image's size" in wrong_mask.json()["detail"]
+    # a mask that leaves nothing to repaint: refused before a generation that would change nothing
+    black, white = Image.new("L", (64, 64), 0), Image.new("L", (64, 64), 255)
+    refused = ((black, False, "marks nothing to repaint"), (white, True, "Inpaint not masked"))
+    for mask, invert, said in refused:
+        body = {**SMALL, "init_images": [b64(picture())], "mask": b64(mask), "inpainting_mask_invert": invert}
+        empty = client.post("/sdapi/v1/img2img", json=body)
+        assert empty.status_code == 422 and said in empty.json()["detail"], empty.text
+    for mask, invert in ((white, False), (black, True)):  # the whole picture repainted is a real job
+        body = {**SMALL, "init_images": [b64(picture())], "mask": b64(mask), "inpainting_mask_invert": invert}
+        assert client.post("/sdapi/v1/img2img", json=body).status_code == 200
     script = client.post(
         "/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(picture())], "script_name": "Loopbak"}
     )

@@ -71,7 +71,7 @@ class Img2ImgInputs:
 
 
 def decode_img2img_inputs(request: Img2ImgRequest) -> Img2ImgInputs:
-    from webui.runtime.masks import to_rgb
+    from webui.runtime.masks import mask_from_image, to_rgb
 
     images = [to_rgb(decode_image(data, f"init image {i + 1}")) for i, data in enumerate(request.init_images)]
     mask = None
@@ -84,6 +84,18 @@ def decode_img2img_inputs(request: Img2ImgRequest) -> Img2ImgInputs:
             )
         if any(image.size != images[0].size for image in images):
             raise ImageInputError("With a mask, every init image must have the mask's size.")
+        low, high = mask_from_image(mask).getextrema()
+        if request.inpainting_mask_invert and low == 255:  # the job would change nothing
+            raise ImageInputError(
+                "The mask covers the whole picture and the mask mode is 'Inpaint not masked', so nothing is "
+                "left to repaint: leave the part to repaint unpainted (black in an uploaded mask), or switch "
+                "the mask mode to 'Inpaint masked'."
+            )
+        if not request.inpainting_mask_invert and high == 0:
+            raise ImageInputError(
+                "The mask marks nothing to repaint: paint over the part to repaint (white in an uploaded "
+                "mask), or use the img2img tab without a mask to change the whole picture."
+            )
     return Img2ImgInputs(images=images, mask=mask)
 
 
