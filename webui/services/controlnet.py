@@ -346,10 +346,9 @@ class ControlNetService:
         for index, unit in enumerate(request.controlnet_units):
             label = f"ControlNet unit {index}"
             if unit.enabled and unit.model == MODEL_NONE:  # skipped, it would be lost silently
-                installed = any(r.error is None for r in self.records())
                 where = (
                     "choose one in its Model list"
-                    if installed
+                    if self.model_list()
                     else f"put ControlNet models into {self.root} and press Refresh models"
                 )
                 raise ControlNetInputError(f"{label} is enabled but has no model: {where}, or turn it off.")
