@@ -288,11 +288,28 @@ def test_no_checkpoint_is_reported_then_recovers(served: Any) -> None:
         assert "No checkpoint found" in _error_text(out["error"])
         notice = _notice_update(served.services)  # one line under the checkpoint list says what to do
         assert notice["visible"] and "models/Stable-diffusion" in notice["value"].replace("\\", "/")
-        assert CheckpointSwitcher(served.services).status() == ""
     finally:
         hidden.rename(ckpt)
         models.refresh()
     assert _error_text(_txt2img(served.client)["error"]) == ""
+
+
+def test_the_status_line_leaves_a_missing_checkpoint_to_the_notice_and_names_a_loaded_one_once() -> None:
+    from webui.services.models import LoadState
+
+    state = LoadState()
+    files: list[str] = []
+    services = SimpleNamespace(
+        models=SimpleNamespace(load_state=state, checkpoints=lambda: files),
+        generation=SimpleNamespace(cluster_factory=None),
+    )
+    switcher = CheckpointSwitcher(services)
+    assert switcher.status() == ""  # nothing installed: the notice under it says where to put one
+    files.append("a.safetensors")
+    assert switcher.status().startswith("No checkpoint loaded yet")
+    state.loaded_name = "a.safetensors [0123456789]"
+    state.set("Loaded a.safetensors", 1.0)
+    assert switcher.status() == "Loaded a.safetensors [0123456789]"
 
 
 def test_pnginfo_reads_parameters(served: Any, tmp_path: Path) -> None:
