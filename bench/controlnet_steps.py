@@ -15,7 +15,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -28,7 +27,9 @@ for entry in (REPO, REPO / "bench"):
 
 from sd15_random import materialise, sd15_components  # noqa: E402
 
+from webui.domain.controlnet_models import ControlNetKind  # noqa: E402
 from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput  # noqa: E402
+from webui.runtime.controlnet.models import LoadedControlNet  # noqa: E402
 
 CONFIG = REPO / "webui" / "runtime" / "configs" / "controlnet" / "sd1" / "config.json"
 
@@ -52,10 +53,11 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     unet = sd15_components()["unet"].to(device, dtype)
-    controls = [
-        SimpleNamespace(model=sd15_controlnet(seed).to(device, dtype), kind="controlnet", downscale=8)
+    controls = [  # Easel's own loaded-ControlNet record, so the hook sees what a real unit gives it
+        LoadedControlNet(None, sd15_controlnet(seed).to(device, dtype), ControlNetKind.CONTROLNET, 768, "sd1",
+                         downscale=8, dtype=dtype, device=device)
         for seed in (10, 11)
-    ]
+    ]  # fmt: skip
     image = Image.new("RGB", (args.size, args.size), (128, 128, 128))
     latent = args.size // 8
     sample = torch.randn(2, 4, latent, latent, device=device, dtype=dtype)

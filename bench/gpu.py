@@ -56,6 +56,7 @@ CONFIGS = REPO / "webui" / "runtime" / "configs"
 PROMPT = "a photo of a cat sitting on a wooden table, highly detailed"
 CFG = 7.0
 ROWS: list[tuple[str, str]] = []  # (row, result)
+ONLY: list[str] = []  # --only: run just the rows whose name contains one of these
 CUDA = False  # set by main: the run is on a CUDA card (not --smoke)
 # The issue's targets at batch 1, fp16, on an H100/H200 (it/s of the denoising loop); a row that misses one
 # is followed by a profile of where its time goes.
@@ -188,16 +189,29 @@ def easel_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
     return time.perf_counter() - start, clock.rate()
 
 
-def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def plain_run(
+    model: LoadedModel, work: DiffusionJob, controlnets: list[Any] | None = None, hint: Any = None
+) -> tuple[float, float]:
+    """As ``easel_run``, with diffusers' own pipeline (its ControlNet pipeline for ``controlnets``, each
+    given ``hint``)."""
+    import diffusers
 
     from webui.runtime.generate import assemble_pipeline
     from webui.runtime.samplers import build_scheduler
 
     scheduler = build_scheduler(work.sampler, work.schedule, dict(model.scheduler_config), eta=None,
                                 noise_seeds=work.seeds)  # fmt: skip
-    cls = StableDiffusionXLPipeline if model.family.is_sdxl else StableDiffusionPipeline
-    pipe = assemble_pipeline(model, scheduler, cls)
+    name = "StableDiffusionXL" if model.family.is_sdxl else "StableDiffusion"
+    control: dict[str, Any] = {}
+    if controlnets:
+        single = len(controlnets) == 1
+        net = controlnets[0] if single else diffusers.MultiControlNetModel(controlnets)
+        pipe = assemble_pipeline(
+            model, scheduler, getattr(diffusers, f"{name}ControlNetPipeline"), controlnet=net
+        )
+        control = {"image": hint if single else [hint] * len(controlnets)}
+    else:
+        pipe = assemble_pipeline(model, scheduler, getattr(diffusers, f"{name}Pipeline"))
     clock = StepClock()
 
     def callback(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +223,7 @@ def plain_run(model: LoadedModel, work: DiffusionJob) -> tuple[float, float]:
     with torch.inference_mode():
         pipe(prompt=[PROMPT] * len(work.seeds), num_inference_steps=work.steps, guidance_scale=CFG,
              height=work.height, width=work.width, output_type="pil", callback_on_step_end=callback,
-             generator=[torch.Generator("cpu").manual_seed(s) for s in work.seeds])  # fmt: skip
+             generator=[torch.Generator("cpu").manual_seed(s) for s in work.seeds], **control)  # fmt: skip
     sync()
     return time.perf_counter() - start, clock.rate()
 
@@ -276,6 +290,8 @@ def row(name: str) -> Callable[[Callable[[], str]], None]:
     """Run one row now; its error (out of memory included) becomes the row's result."""
 
     def run(fn: Callable[[], str]) -> None:
+        if ONLY and not any(part in name for part in ONLY):
+            return
         started = time.perf_counter()
         try:
             result = fn()
@@ -298,8 +314,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (checks the script)")
     parser.add_argument("--runs", type=int, default=2, help="timed runs per row after a warm-up (best kept)")
     parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="TEXT",
+        help="run only the rows whose name contains TEXT (repeatable): to finish a run that was cut short",
+    )  # fmt: skip
     args = parser.parse_args()
     global CUDA
+    ONLY.extend(args.only)
     cuda = CUDA = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         sys.exit("no CUDA device: run on a GPU machine, or use --smoke to check the script on the CPU")
@@ -533,6 +554,63 @@ def main() -> None:
                 f"{unit_s / plain_s:.3f}")  # fmt: skip
 
     row(f"IP-Adapter unit sd1 {sizes['sd1']}² batch 1")(ip_adapter)
+
+    def controlnets(family: str) -> str:
+        """1 and 2 ControlNet units (the family's published ControlNet shape: a copy of the UNet's encoder),
+        Easel against diffusers' ControlNet pipeline, with the time of no unit as the base."""
+        from diffusers import ControlNetModel
+        from PIL import Image
+
+        from webui.domain.controlnet_models import ControlNetKind
+        from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
+        from webui.runtime.controlnet.models import LoadedControlNet
+        from webui.runtime.generate import vae_scale_factor
+
+        model, size = models[family], sizes[family]
+        model.to(torch.device(device))
+        scale = vae_scale_factor(model)  # 8, as the published ControlNets' hint encoder (tiny models: less)
+        levels = (16, 32, 96, 256)[: scale.bit_length()]
+        with torch.device(
+            device
+        ):  # built where it runs: SDXL's 1.25 B parameters are initialised on the card
+            nets = [
+                ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=levels)
+                for _ in "ab"
+            ]
+        nets = [net.to(dtype) for net in nets]
+        hint = Image.new("RGB", (size, size), (128, 128, 128))
+        where = torch.device(device)
+        kind = ControlNetKind.CONTROLNET
+        loaded = [
+            LoadedControlNet(None, net.eval(), kind, None, family, downscale=scale, dtype=dtype, device=where)
+            for net in nets
+        ]
+
+        def easel(units: int) -> tuple[float, float]:  # a new plan per job, as a request makes one
+            plan = ControlPlan([ControlUnitInput(control=c, image=hint) for c in loaded[:units]])
+            return easel_run(model, job(size, 1, steps, {"control": plan} if units else None))
+
+        plain_work = job(size, 1, steps)
+        base_s, base_rate = best_of(args.runs, lambda: easel(0))
+        parts = [f"no unit {base_rate:.1f} it/s, {base_s:.3f} s"]
+        for units in (1, 2):
+            easel(units)
+            with peak() as easel_peak:
+                easel_s, easel_rate = best_of(args.runs, lambda units=units: easel(units))
+            plain_run(model, plain_work, nets[:units], hint)
+            with peak() as plain_peak:
+                plain_s, plain_rate = best_of(
+                    args.runs, lambda units=units: plain_run(model, plain_work, nets[:units], hint)
+                )
+            parts.append(
+                f"{units} unit(s): Easel {easel_rate:.1f} it/s, {easel_s:.3f} s ({easel_s / base_s:.2f}× no "
+                f"unit), {easel_peak['gib']:.2f} GiB; diffusers {plain_rate:.1f} it/s, {plain_s:.3f} s, "
+                f"{plain_peak['gib']:.2f} GiB; time ratio {easel_s / plain_s:.3f}"
+            )
+        return " | ".join(parts)
+
+    for family in ("sd1", "sdxl"):
+        row(f"ControlNet units {family} {sizes[family]}² batch 1")(lambda family=family: controlnets(family))
 
     def capped() -> str:
         """SDXL 1024² in 8 GiB: the memory mode Easel's planner picks for 8 GiB (the product's path), and fp8

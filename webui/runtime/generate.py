@@ -76,8 +76,9 @@ def _pipeline(model: LoadedModel, scheduler: Any) -> Any:
     return assemble_pipeline(model, scheduler, cls)
 
 
-def assemble_pipeline(model: LoadedModel, scheduler: Any, cls: Any, **sdxl_kwargs: Any) -> Any:
-    """A diffusers pipeline of class ``cls`` over the loaded model's components (no copies, no hub)."""
+def assemble_pipeline(model: LoadedModel, scheduler: Any, cls: Any, **extra: Any) -> Any:
+    """A diffusers pipeline of class ``cls`` over the loaded model's components (no copies, no hub);
+    ``extra``: more of ``cls``'s arguments (SDXL's aesthetics flag, a ControlNet)."""
     if model.family.is_sdxl:
         pipe = cls(
             vae=model.vae,
@@ -88,7 +89,7 @@ def assemble_pipeline(model: LoadedModel, scheduler: Any, cls: Any, **sdxl_kwarg
             unet=model.unet,
             scheduler=scheduler,
             force_zeros_for_empty_prompt=False,
-            **sdxl_kwargs,
+            **extra,
         )
     else:
         pipe = cls(
@@ -100,6 +101,7 @@ def assemble_pipeline(model: LoadedModel, scheduler: Any, cls: Any, **sdxl_kwarg
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
+            **extra,
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
