@@ -14,7 +14,8 @@ Random weights from Easel's bundled configs (SD 1.5 and SDXL shapes, no download
 * VAE decode ms (one image); LoRA switch ms (SD1.5, two rank-16 LoRAs on every attention projection);
   RAM→VRAM switch of a whole SDXL checkpoint (page-locked as Easel keeps it, and pageable); the refiner's
   cost (SDXL base + SDXL refiner at 0.8 against the base alone); fp8 weight storage (SDXL 1024²: it/s and
-  peak VRAM against fp16);
+  peak VRAM against fp16); 1 and 2 ControlNet units (SD1.5 512², SDXL 1024², against diffusers' ControlNet
+  pipeline); an IP-Adapter unit;
   SDXL 1024² with the process capped at 8 GiB (``set_per_process_memory_fraction``), fp8 + medvram.
 
 Each row runs on its own: one that fails (an out-of-memory, a missing kernel) prints its error and the
