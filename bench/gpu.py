@@ -58,6 +58,7 @@ PROMPT = "a photo of a cat sitting on a wooden table, highly detailed"
 CFG = 7.0
 ROWS: list[tuple[str, str]] = []  # (row, result)
 ONLY: list[str] = []  # --only: run just the rows whose name contains one of these
+DEADLINE = [float("inf")]  # --budget: perf_counter() after which no row starts
 CUDA = False  # set by main: the run is on a CUDA card (not --smoke)
 # The targets at batch 1, fp16, on an H100/H200 (it/s of the denoising loop); a row that misses one
 # is followed by a profile of where its time goes.
@@ -293,6 +294,9 @@ def row(name: str) -> Callable[[Callable[[], str]], None]:
     def run(fn: Callable[[], str]) -> None:
         if ONLY and not any(part in name for part in ONLY):
             return
+        if time.perf_counter() > DEADLINE[0]:
+            ROWS.append((name, "not run: the --budget was spent (run it with --only)"))
+            return
         started = time.perf_counter()
         try:
             result = fn()
@@ -319,6 +323,10 @@ def main() -> None:
         "--only", action="append", default=[], metavar="TEXT",
         help="run only the rows whose name contains TEXT (repeatable): to finish a run that was cut short",
     )  # fmt: skip
+    parser.add_argument(
+        "--budget", type=float, default=0, metavar="SECONDS",
+        help="start no row after this many seconds, so the table is written before a time limit (0: none)",
+    )  # fmt: skip
     args = parser.parse_args()
     global CUDA
     ONLY.extend(args.only)
@@ -329,6 +337,8 @@ def main() -> None:
     steps = 20 if cuda else 3
     sizes = {"sd1": 512, "sdxl": 1024} if cuda else {"sd1": 64, "sdxl": 64}
     started = time.perf_counter()
+    if args.budget > 0:
+        DEADLINE[0] = started + args.budget
 
     from webui.runtime.channels_last import use_channels_last, wanted
 
