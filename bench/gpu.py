@@ -577,20 +577,18 @@ def main() -> None:
         from webui.runtime.controlnet.models import LoadedControlNet
         from webui.runtime.generate import vae_scale_factor
 
-        model, size = models[family], sizes[family]
-        model.to(torch.device(device))
+        model, size, where = models[family], sizes[family], torch.device(device)
+        model.to(where)
         scale = vae_scale_factor(model)  # 8, as the published ControlNets' hint encoder (tiny models: less)
         levels = (16, 32, 96, 256)[: scale.bit_length()]
-        with torch.device(
-            device
-        ):  # built where it runs: SDXL's 1.25 B parameters are initialised on the card
+        # built where they run: SDXL's 1.25 B parameters are initialised on the card, not the CPU
+        with where:
             nets = [
                 ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=levels)
                 for _ in "ab"
             ]
         nets = [net.to(dtype) for net in nets]
         hint = Image.new("RGB", (size, size), (128, 128, 128))
-        where = torch.device(device)
         kind = ControlNetKind.CONTROLNET
         loaded = [
             LoadedControlNet(None, net.eval(), kind, None, family, downscale=scale, dtype=dtype, device=where)
