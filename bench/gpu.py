@@ -538,21 +538,23 @@ def main() -> None:
     row(f"fp8 storage sdxl {sizes['sdxl']}² batch 1")(fp8)
 
     def ip_adapter() -> str:
-        from types import SimpleNamespace
-
         from PIL import Image
 
         from tests.fixtures.ip_adapter_files import ip_adapter_state
+        from webui.domain.controlnet_models import ControlNetKind
         from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
         from webui.runtime.controlnet.ip_adapter import IPAdapterTokens, build_ip_adapter, split_state
+        from webui.runtime.controlnet.models import LoadedControlNet
 
         model = models["sd1"]
         model.to(torch.device(device))
         state = ip_adapter_state(model.unet, embed_dim=1024)
         adapter = build_ip_adapter(split_state(state), "ip-adapter_sd15").to(device, dtype)
         embeds = torch.randn(1, 1024)
+        kind, where = ControlNetKind.IP_ADAPTER, torch.device(device)
+        loaded = LoadedControlNet(None, adapter, kind, 768, "sd1", downscale=8, dtype=dtype, device=where)
         unit = ControlUnitInput(
-            control=SimpleNamespace(model=adapter, kind="ip_adapter", record=SimpleNamespace(title="bench")),
+            control=loaded,
             image=Image.new("RGB", (8, 8)),
             ip_tokens=IPAdapterTokens(adapter, embeds, torch.zeros_like(embeds)),
         )

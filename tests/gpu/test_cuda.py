@@ -21,10 +21,21 @@ def _record(path: Path):
     return next(r for r in scan_checkpoints(path.parent) if r.name == path.name)
 
 
-def test_fp16_load_and_generate_on_cuda(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
+def _job(sampler: str = "Euler", *, prompt: str = "x", steps: int = 2, seed: int = 1, **extra: Any) -> Any:
+    """A 64×64 job of ``steps`` steps, CFG 7, one image."""
     from webui.domain.samplers import resolve_sampler
+    from webui.runtime.generate import DiffusionJob
+
+    spec, schedule = resolve_sampler(sampler)
+    return DiffusionJob(
+        prompt=prompt, negative_prompt="", steps=steps, cfg_scale=7.0, width=64, height=64, seeds=[seed],
+        subseeds=[seed], subseed_strength=0.0, sampler=spec, schedule=schedule, extra=extra,
+    )  # fmt: skip
+
+
+def test_fp16_load_and_generate_on_cuda(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
     from webui.runtime.cache import ModelCache, choose_device
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     choice = choose_device("cuda", "half", "sdpa", "normal")
     assert choice.dtype == torch.float16
@@ -32,11 +43,7 @@ def test_fp16_load_and_generate_on_cuda(tiny_model_files: dict[str, Path], tmp_p
     model = cache.get(_record(tiny_model_files["sd15_single"]))
     assert next(model.unet.parameters()).dtype == torch.float16
     assert next(model.unet.parameters()).device.type == "cuda"
-    sampler, schedule = resolve_sampler("Euler a")
-    job = DiffusionJob(
-        prompt="a red circle", negative_prompt="", steps=4, cfg_scale=7.0, width=64, height=64,
-        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job("Euler a", prompt="a red circle", steps=4)
     images, _ = generate_batch(model, job)
     assert images[0].size == (64, 64)
 
@@ -55,19 +62,14 @@ def test_attention_choice_falls_back_without_xformers() -> None:
 
 @pytest.mark.parametrize("mode", ["medvram", "lowvram"])
 def test_offload_modes_generate(mode: str, tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
-    from webui.domain.samplers import resolve_sampler
     from webui.runtime.cache import ModelCache, choose_device
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     cache = ModelCache(
         choose_device("cuda", "half", "sdpa", mode), capacity=1, tokenizer_cache=tmp_path / "t"
     )
     model = cache.get(_record(tiny_model_files["sd15_single"]))
-    sampler, schedule = resolve_sampler("Euler")
-    job = DiffusionJob(
-        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
-        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job()
     images, _ = generate_batch(model, job)
     assert images
 
@@ -80,12 +82,11 @@ def test_controlnet_unit_on_cuda_fp16(
     on the GPU only during the pass."""
     from PIL import Image, ImageDraw
 
-    from webui.domain.samplers import resolve_sampler
     from webui.registry.controlnet import scan_controlnets
     from webui.runtime.cache import ModelCache, choose_device
     from webui.runtime.controlnet.apply import ControlPlan, ControlUnitInput
     from webui.runtime.controlnet.models import ControlNetCache
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     cache = ModelCache(
         choose_device("cuda", "half", "sdpa", "normal"), capacity=1, tokenizer_cache=tmp_path / "t"
@@ -99,14 +100,9 @@ def test_controlnet_unit_on_cuda_fp16(
     control = ControlNetCache().get(record, torch.float16, "cpu" if low_vram else "cuda")
     edges = Image.new("RGB", (64, 64))
     ImageDraw.Draw(edges).rectangle((16, 16, 48, 48), outline=(255, 255, 255), width=3)
-    sampler, schedule = resolve_sampler("Euler")
 
     def run(units: list[ControlUnitInput]) -> Any:
-        job = DiffusionJob(
-            prompt="x", negative_prompt="", steps=3, cfg_scale=7.0, width=64, height=64,
-            seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-            extra={"control": ControlPlan(units)} if units else {},
-        )  # fmt: skip
+        job = _job(steps=3, **({"control": ControlPlan(units)} if units else {}))
         images, _ = generate_batch(model, job)
         return images[0]
 
@@ -124,20 +120,15 @@ MEMORY_STEPS = [("normal", "medvram"), ("medvram", "lowvram")]
 def test_out_of_memory_step_down_keeps_generating(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
     """Engine.lower_memory_mode on a real GPU: normal → medvram → lowvram, each still generating; each step
     releases what is kept on the GPU between jobs (cached ControlNets, the IP-Adapter image encoder)."""
-    from webui.domain.samplers import resolve_sampler
     from webui.runtime.engine import Engine
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     engine = Engine(
         device="cuda", precision="half", attention="sdpa", memory_mode="normal", models_in_ram=1,
         tokenizer_cache=tmp_path / "t",
     )  # fmt: skip
     model = engine.cache.get(_record(tiny_model_files["sd15_single"]))
-    sampler, schedule = resolve_sampler("Euler")
-    job = DiffusionJob(
-        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
-        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job()
     released: list[int] = []
     engine.add_releasable(lambda: 1, lambda: released.append(1))
     for expected in (("normal", "medvram"), ("medvram", "lowvram"), None):
@@ -155,9 +146,8 @@ def test_the_automatic_mode_places_each_job_where_it_fits(
     import numpy as np
 
     from webui.domain.memory_plan import GIB, JobShape
-    from webui.domain.samplers import resolve_sampler
     from webui.runtime.engine import Engine
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     engine = Engine(
         device="cuda", precision="half", attention="sdpa", memory_mode="auto", models_in_ram=1,
@@ -166,11 +156,7 @@ def test_the_automatic_mode_places_each_job_where_it_fits(
     assert engine.auto
     record = _record(tiny_model_files["sd15_single"])
     shape = JobShape("", 64, 64)
-    sampler, schedule = resolve_sampler("Euler")
-    job = DiffusionJob(
-        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
-        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job()
     pictures = []
     for free, mode in ((64 * GIB, "normal"), (None, "medvram"), (64 * GIB, "normal")):
         if free is None:
@@ -189,17 +175,12 @@ def test_a_model_waiting_in_ram_is_page_locked_and_comes_back_unchanged(
 ) -> None:
     """Switching away moves a model into page-locked RAM (reused on the next switch); switching back gives
     the same image as before."""
-    from webui.domain.samplers import resolve_sampler
     from webui.runtime.cache import ModelCache, choose_device
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     cache = ModelCache(choose_device("cuda", "half", "sdpa", "normal"), capacity=2, tokenizer_cache=tmp_path)
     first_record, second_record = (_record(tiny_model_files[k]) for k in ("sd15_single", "sdxl_single"))
-    sampler, schedule = resolve_sampler("Euler")
-    job = DiffusionJob(
-        prompt="x", negative_prompt="", steps=3, cfg_scale=7.0, width=64, height=64,
-        seeds=[5], subseeds=[5], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job(steps=3, seed=5)
     first = cache.get(first_record)
     assert first.pinned is None  # never switched away from: never pinned
     before = generate_batch(first, job)[0][0].tobytes()
@@ -289,9 +270,8 @@ def test_compiled_unet_with_cuda_graphs_follows_lora_switches_and_channels_last(
 def test_medvram_leaves_one_part_on_the_card(tiny_model_files: dict[str, Path], tmp_path: Path) -> None:
     """--medvram on SDXL: while the UNet runs, neither text encoder is on the card; after the job only the
     VAE (the last part to run) is."""
-    from webui.domain.samplers import resolve_sampler
     from webui.runtime.cache import ModelCache, choose_device
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     cache = ModelCache(choose_device("cuda", "half", "sdpa", "medvram"), capacity=1, tokenizer_cache=tmp_path)
     model = cache.get(_record(tiny_model_files["sdxl_single"]))
@@ -302,11 +282,7 @@ def test_medvram_leaves_one_part_on_the_card(tiny_model_files: dict[str, Path], 
         return {name: next(module.parameters()).device.type for name, module in parts.items()}
 
     handle = model.unet.conv_in.register_forward_pre_hook(lambda *_: during.append(places()))  # its hook ran
-    sampler, schedule = resolve_sampler("Euler")
-    job = DiffusionJob(
-        prompt="x", negative_prompt="", steps=2, cfg_scale=7.0, width=64, height=64,
-        seeds=[1], subseeds=[1], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job()
     generate_batch(model, job)
     handle.remove()
     assert during and all(
@@ -320,22 +296,20 @@ def test_the_steps_never_wait_for_the_card_in_easels_code(
     sampler_name: str, tiny_model_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """After the first step, nothing Easel runs per step (the step callback, its progress, the scheduled
-    prompts) makes the CPU wait for the card: torch's sync debug mode names no place in ``webui/``."""
-    from webui.domain.samplers import resolve_sampler
+    prompts) makes the CPU wait for the card: torch's sync debug mode names no place in ``webui/``.
+
+    ``tests/integration/test_step_syncs.py`` finds per-step reads of tensor values on the CPU; this sees
+    what only a card shows besides them: blocking copies to the card and any other synchronising call."""
     from webui.runtime.cache import ModelCache, choose_device
     from webui.runtime.devices import host_syncs
-    from webui.runtime.generate import DiffusionJob, generate_batch
+    from webui.runtime.generate import generate_batch
 
     with host_syncs() as syncs:  # the counter itself counts: one .item() is one place, here
         torch.ones(1, device="cuda").item()
         assert len(syncs) == 1 and syncs.places()[0].startswith(__file__)
     cache = ModelCache(choose_device("cuda", "half", "sdpa", "normal"), capacity=1, tokenizer_cache=tmp_path)
     model = cache.get(_record(tiny_model_files["sd15_single"]))
-    sampler, schedule = resolve_sampler(sampler_name)
-    job = DiffusionJob(
-        prompt="a [red:blue:3] circle", negative_prompt="", steps=6, cfg_scale=7.0, width=64, height=64,
-        seeds=[3], subseeds=[3], subseed_strength=0.0, sampler=sampler, schedule=schedule,
-    )  # fmt: skip
+    job = _job(sampler_name, prompt="a [red:blue:3] circle", steps=6, seed=3)
     generate_batch(model, job)
     marks: list[int] = []
     with host_syncs() as syncs:

@@ -63,14 +63,16 @@ def _easel_reads_per_step(
 ) -> dict[str, int]:
     def job(steps: int) -> collections.Counter[str]:
         request = Txt2ImgRequest(
-            prompt="a red ball",
-            width=64,
-            height=64,
-            seed=1,
-            steps=steps,
-            save_images=False,
-            override_settings={"live_previews_enable": False, "samples_save": False},
-            **fields,
+            **{
+                "prompt": "a red ball",
+                "width": 64,
+                "height": 64,
+                "seed": 1,
+                "steps": steps,
+                "save_images": False,
+                "override_settings": {"live_previews_enable": False, "samples_save": False},
+                **fields,
+            }
         )
         reads.counts = collections.Counter()
         reads.on = True
@@ -94,6 +96,13 @@ def test_no_per_step_host_reads_in_easels_loop(
     services: Any, host_reads: HostReads, sampler: str, schedule: str
 ) -> None:
     assert _easel_reads_per_step(services, host_reads, sampler_name=sampler, scheduler=schedule) == {}
+
+
+def test_no_per_step_host_reads_when_the_prompt_alternates_every_step(
+    services: Any, host_reads: HostReads
+) -> None:
+    """``[red|blue]`` swaps the conditioning in the step callback at every step."""
+    assert _easel_reads_per_step(services, host_reads, prompt="a [red|blue] ball", sampler_name="Euler") == {}
 
 
 def test_no_per_step_host_reads_with_a_controlnet_unit(cn_services: Any, host_reads: HostReads) -> None:
